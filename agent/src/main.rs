@@ -1,0 +1,2 @@
+//! otherix-agent: the otherix node agent.
+fn main() {}

@@ -1,0 +1,20 @@
+//! otherix-api: the wire types every otherix process shares.
+//!
+//! Pure data and validation, no I/O: the manifest/HTTP kinds ([`vm`], [`task`],
+//! [`cluster`]), the error codes and their HTTP statuses ([`error`]), request validation
+//! ([`validate`]), human durations ([`duration`]) and the agent gRPC protocol ([`proto`]).
+
+pub mod cluster;
+pub mod duration;
+pub mod error;
+pub mod list;
+pub mod proto;
+pub mod task;
+pub mod validate;
+pub mod vm;
+
+pub use cluster::{Node, NodeStatus, Pool, PoolInstance};
+pub use error::{ApiError, ErrorBody, ErrorCode, ErrorEnvelope};
+pub use list::ListResponse;
+pub use task::{Placement, RejectedNode, Task, TaskAccepted, TaskKind, TaskProgress, TaskStatus};
+pub use vm::{Arch, CreateVmRequest, DesiredPhase, DiskFormat, Vm, VmPhase, VmSpec, VmStatus};

@@ -1,0 +1,268 @@
+//! Request validation: pure functions that name the field and the rule they break.
+//!
+//! The server is the authority; the CLI calls the same functions to catch flag mistakes
+//! before sending.
+
+use crate::error::ApiError;
+use crate::vm::{CreateVmRequest, VmSpec};
+
+pub const VCPUS_RANGE: (u32, u32) = (1, 128);
+pub const MEMORY_MB_RANGE: (u32, u32) = (128, 524_288);
+pub const DISK_GIB_RANGE: (u32, u32) = (1, 65_536);
+pub const STOP_TIMEOUT_RANGE: (u32, u32) = (1, 3600);
+pub const MAX_CLOUD_INIT_BYTES: usize = 64 * 1024;
+
+/// True for a UUID literal in any of its usual spellings.
+pub fn is_uuid_literal(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok()
+}
+
+/// A resource name: one DNS label (RFC 1123, starting with a letter), not a UUID literal.
+pub fn validate_name(field: &str, name: &str) -> Result<(), ApiError> {
+    if is_uuid_literal(name) {
+        return Err(ApiError::validation(format!(
+            "{field}: UUID literals are not accepted as names; VMs are addressed by name"
+        )));
+    }
+    let ok_len = (1..=63).contains(&name.len());
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_start = name.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
+    let ok_end = !name.ends_with('-');
+    if ok_len && ok_chars && ok_start && ok_end {
+        Ok(())
+    } else {
+        Err(ApiError::validation(format!(
+            "{field}: {name:?} is not a valid name: use 1..63 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+        )))
+    }
+}
+
+fn check_range(field: &str, value: u32, (lo, hi): (u32, u32)) -> Result<(), ApiError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ApiError::validation(format!(
+            "{field}: must be {lo}..{hi} (got {value})"
+        )))
+    }
+}
+
+/// Checks an image URL: http(s) or file, with a host for http(s).
+pub fn validate_image_url(field: &str, url: &str) -> Result<(), ApiError> {
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if let Some(r) = url.strip_prefix("https://") {
+        r
+    } else if let Some(r) = url.strip_prefix("file://") {
+        if r.starts_with('/') {
+            return Ok(());
+        }
+        return Err(ApiError::validation(format!(
+            "{field}: file URLs need an absolute path (file:///path)"
+        )));
+    } else {
+        return Err(ApiError::validation(format!(
+            "{field}: must be an http://, https:// or file:// URL (got {url:?})"
+        )));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::validation(format!(
+            "{field}: {url:?} is not a valid URL"
+        )));
+    }
+    Ok(())
+}
+
+/// Validates a VM spec; `prefix` is the path of the spec, e.g. `spec`.
+pub fn validate_vm_spec(prefix: &str, spec: &VmSpec) -> Result<(), ApiError> {
+    validate_image_url(&format!("{prefix}.image_url"), &spec.image_url)?;
+    if let Some(sha) = &spec.image_sha256 {
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::validation(format!(
+                "{prefix}.image_sha256: must be 64 hex digits"
+            )));
+        }
+    }
+    if spec.firmware.is_some() && spec.firmware_id.is_some() {
+        return Err(ApiError::validation(format!(
+            "{prefix}.firmware: mutually exclusive with {prefix}.firmware_id"
+        )));
+    }
+    if let Some(id) = &spec.firmware_id {
+        if !is_uuid_literal(id) {
+            return Err(ApiError::validation(format!(
+                "{prefix}.firmware_id: must be a uuid"
+            )));
+        }
+    }
+    check_range(&format!("{prefix}.vcpus"), spec.vcpus, VCPUS_RANGE)?;
+    check_range(
+        &format!("{prefix}.memory_mb"),
+        spec.memory_mb,
+        MEMORY_MB_RANGE,
+    )?;
+    if let Some(gib) = spec.disk_gib {
+        check_range(&format!("{prefix}.disk_gib"), gib, DISK_GIB_RANGE)?;
+    }
+    if let Some(t) = spec.stop_timeout_secs {
+        check_range(
+            &format!("{prefix}.stop_timeout_secs"),
+            t,
+            STOP_TIMEOUT_RANGE,
+        )?;
+    }
+    for (field, value) in [
+        ("pool", &spec.pool),
+        ("node", &spec.node),
+        ("network", &spec.network),
+        ("firmware", &spec.firmware),
+    ] {
+        if let Some(v) = value {
+            if !is_uuid_literal(v) {
+                validate_name(&format!("{prefix}.{field}"), v)?;
+            }
+        }
+    }
+    if spec.no_cloud_init && (spec.user_data.is_some() || spec.network_config.is_some()) {
+        return Err(ApiError::validation(format!(
+            "{prefix}.no_cloud_init: mutually exclusive with {prefix}.user_data and {prefix}.network_config"
+        )));
+    }
+    for (field, value) in [
+        ("user_data", &spec.user_data),
+        ("network_config", &spec.network_config),
+    ] {
+        if let Some(v) = value {
+            if v.len() > MAX_CLOUD_INIT_BYTES {
+                return Err(ApiError::validation(format!(
+                    "{prefix}.{field}: must be at most {MAX_CLOUD_INIT_BYTES} bytes (got {})",
+                    v.len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates a `POST /v1/vms` body.
+pub fn validate_create_vm(req: &CreateVmRequest) -> Result<(), ApiError> {
+    validate_name("name", &req.name)?;
+    validate_vm_spec("spec", &req.spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::Arch;
+
+    fn spec() -> VmSpec {
+        VmSpec::new("http://127.0.0.1:8080/img.qcow2", Arch::Amd64)
+    }
+
+    #[test]
+    fn validate_name_table() {
+        let table = [
+            ("web-1", true),
+            ("a", true),
+            ("a-b-c-0", true),
+            ("", false),
+            ("1web", false),
+            ("Web", false),
+            ("web_1", false),
+            ("web-", false),
+            ("-web", false),
+            ("web.1", false),
+            (&"a".repeat(63), true),
+            (&"a".repeat(64), false),
+            ("6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11", false),
+        ];
+        for (name, ok) in table {
+            assert_eq!(validate_name("name", name).is_ok(), ok, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn validate_name_uuid_message_says_uuid() {
+        let err = validate_name("name", "6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11").unwrap_err();
+        assert!(err.message.contains("UUID"), "{}", err.message);
+    }
+
+    #[test]
+    fn validate_vm_spec_rules_name_field_and_rule() {
+        type Mutate = fn(&mut VmSpec);
+        let table: &[(Mutate, &str)] = &[
+            (|s| s.vcpus = 0, "spec.vcpus: must be 1..128 (got 0)"),
+            (|s| s.vcpus = 129, "spec.vcpus: must be 1..128 (got 129)"),
+            (
+                |s| s.memory_mb = 127,
+                "spec.memory_mb: must be 128..524288 (got 127)",
+            ),
+            (
+                |s| s.memory_mb = 524_289,
+                "spec.memory_mb: must be 128..524288",
+            ),
+            (
+                |s| s.image_sha256 = Some("abc".into()),
+                "spec.image_sha256: must be 64 hex digits",
+            ),
+            (
+                |s| s.image_url = "ftp://x/y".into(),
+                "spec.image_url: must be an http://",
+            ),
+            (
+                |s| s.image_url = "http:///y".into(),
+                "spec.image_url: \"http:///y\" is not a valid URL",
+            ),
+            (
+                |s| {
+                    s.firmware = Some("ovmf".into());
+                    s.firmware_id = Some("6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11".into());
+                },
+                "spec.firmware: mutually exclusive with spec.firmware_id",
+            ),
+            (
+                |s| s.firmware_id = Some("nope".into()),
+                "spec.firmware_id: must be a uuid",
+            ),
+            (
+                |s| {
+                    s.no_cloud_init = true;
+                    s.user_data = Some("#cloud-config\n".into());
+                },
+                "spec.no_cloud_init: mutually exclusive",
+            ),
+            (|s| s.disk_gib = Some(0), "spec.disk_gib: must be 1..65536"),
+            (
+                |s| s.pool = Some("Bad Pool".into()),
+                "spec.pool: \"Bad Pool\" is not a valid name",
+            ),
+            (
+                |s| s.stop_timeout_secs = Some(0),
+                "spec.stop_timeout_secs: must be 1..3600",
+            ),
+        ];
+        for (mutate, want) in table {
+            let mut s = spec();
+            mutate(&mut s);
+            let err = validate_vm_spec("spec", &s).expect_err(want);
+            assert!(
+                err.message.starts_with(want),
+                "got {:?}, want {want:?}",
+                err.message
+            );
+            assert_eq!(err.code, crate::ErrorCode::ValidationFailed);
+        }
+    }
+
+    #[test]
+    fn validate_vm_spec_accepts_defaults_and_uuid_refs() {
+        let mut s = spec();
+        assert!(validate_vm_spec("spec", &s).is_ok());
+        s.pool = Some("6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11".into());
+        s.image_sha256 = Some("a".repeat(64));
+        assert!(validate_vm_spec("spec", &s).is_ok());
+    }
+}

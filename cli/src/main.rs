@@ -1,0 +1,2 @@
+//! otherix: the otherix command-line client.
+fn main() {}

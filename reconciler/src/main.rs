@@ -1,0 +1,2 @@
+//! otherixd: the otherix control plane.
+fn main() {}
