@@ -242,7 +242,8 @@ EOF
 write_syslinux_cfg "" >"$WORK/syslinux.cfg"
 write_syslinux_cfg "otherix.ignore_powerdown=1" >"$WORK/syslinux-nopowerdown.cfg"
 cp "$WORK/kernel/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
-touch -d @0 "$WORK/vmlinuz" "$WORK/initrd.gz" "$WORK/syslinux.cfg" "$WORK/syslinux-nopowerdown.cfg"
+# FAT cannot store dates before 1980: use 2000-01-01 for the files on the disk.
+touch -d @946684800 "$WORK/vmlinuz" "$WORK/initrd.gz" "$WORK/syslinux.cfg" "$WORK/syslinux-nopowerdown.cfg"
 
 # Raw disk: a FAT "superfloppy" (filesystem from sector 0, no partition
 # table); syslinux writes its boot code into the FAT boot sector, which
