@@ -48,7 +48,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
 /// Formats a duration the way [`parse_duration`] reads it back (`90s` -> `1m30s`).
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut secs = d.as_secs();

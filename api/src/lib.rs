@@ -17,6 +17,6 @@ pub mod vm;
 pub use cluster::{Node, NodeStatus, Pool, PoolInstance};
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorEnvelope};
 pub use list::ListResponse;
-pub use manifest::{ObjectMeta, VmManifest, API_VERSION};
+pub use manifest::{ManifestError, Object, ObjectMeta, ParsedObject, VmManifest, API_VERSION};
 pub use task::{Placement, RejectedNode, Task, TaskAccepted, TaskKind, TaskProgress, TaskStatus};
 pub use vm::{Arch, CreateVmRequest, DesiredPhase, DiskFormat, Vm, VmPhase, VmSpec, VmStatus};

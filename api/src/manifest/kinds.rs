@@ -1,0 +1,205 @@
+//! The manifest kinds users write: `VM`, `Pool`, `Network`, `Firmware`, `ClusterSettings`,
+//! each a kubectl-like envelope (`apiVersion`, `kind`, `metadata`, `spec`) whose spec field
+//! names are the same as the HTTP API's.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::vm::{Arch, Vm, VmSpec};
+
+/// The one API version manifests carry today.
+pub const API_VERSION: &str = "otherix.dev/v1";
+
+/// Object metadata users write.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectMeta {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A `kind: VM` manifest document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VmManifest {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: VmSpec,
+}
+
+impl VmManifest {
+    /// Projects a live VM back into the manifest that would re-create it.
+    pub fn from_vm(vm: &Vm) -> Self {
+        VmManifest {
+            api_version: API_VERSION.to_owned(),
+            kind: "VM".to_owned(),
+            metadata: ObjectMeta {
+                name: vm.name.clone(),
+                annotations: BTreeMap::new(),
+            },
+            spec: vm.spec.clone(),
+        }
+    }
+}
+
+/// A storage pool: a name that agents serve at their own paths (`--pool NAME=PATH`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Network types. Only `bridge` networks can be attached to VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkType {
+    Bridge,
+    Nat,
+    Isolated,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    #[serde(rename = "type")]
+    pub network_type: NetworkType,
+    /// Host bridge interface name, for `type: bridge`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FirmwareType {
+    Bios,
+    Uefi,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FirmwareSpec {
+    pub arch: Arch,
+    #[serde(rename = "type")]
+    pub firmware_type: FirmwareType,
+    /// Path of the firmware code image on the nodes (UEFI), e.g. OVMF_CODE_4M.fd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Path of the UEFI variable store template copied per VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars_template: Option<String>,
+}
+
+/// Cluster-wide settings; there is one, named `cluster`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettingsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_pool: Option<String>,
+}
+
+/// A generic manifest envelope around a typed spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Manifest<S> {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: S,
+}
+
+pub type PoolManifest = Manifest<PoolSpec>;
+pub type NetworkManifest = Manifest<NetworkSpec>;
+pub type FirmwareManifest = Manifest<FirmwareSpec>;
+pub type ClusterSettingsManifest = Manifest<ClusterSettingsSpec>;
+
+/// The kinds, in the order `create -f` applies them (dependencies first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Pool,
+    Network,
+    Firmware,
+    ClusterSettings,
+    Vm,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Pool,
+        Kind::Network,
+        Kind::Firmware,
+        Kind::ClusterSettings,
+        Kind::Vm,
+    ];
+
+    /// The `kind:` value in a manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pool => "Pool",
+            Kind::Network => "Network",
+            Kind::Firmware => "Firmware",
+            Kind::ClusterSettings => "ClusterSettings",
+            Kind::Vm => "VM",
+        }
+    }
+
+    /// The lowercase name used in `vm/web-1 created` lines and schema file names.
+    pub fn short(self) -> &'static str {
+        match self {
+            Kind::Pool => "pool",
+            Kind::Network => "network",
+            Kind::Firmware => "firmware",
+            Kind::ClusterSettings => "cluster",
+            Kind::Vm => "vm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// One parsed, typed manifest object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Vm(VmManifest),
+    Pool(PoolManifest),
+    Network(NetworkManifest),
+    Firmware(FirmwareManifest),
+    ClusterSettings(ClusterSettingsManifest),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Vm(_) => Kind::Vm,
+            Object::Pool(_) => Kind::Pool,
+            Object::Network(_) => Kind::Network,
+            Object::Firmware(_) => Kind::Firmware,
+            Object::ClusterSettings(_) => Kind::ClusterSettings,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Object::Vm(m) => &m.metadata,
+            Object::Pool(m) => &m.metadata,
+            Object::Network(m) => &m.metadata,
+            Object::Firmware(m) => &m.metadata,
+            Object::ClusterSettings(m) => &m.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    /// `vm/web-1`, as apply and diff print it.
+    pub fn reference(&self) -> String {
+        format!("{}/{}", self.kind().short(), self.name())
+    }
+}

@@ -1,0 +1,387 @@
+//! Parses a multi-document YAML manifest file into typed, validated objects. Every problem
+//! becomes a [`ManifestError`] `file:line:column: field.path: rule`; all documents are
+//! checked and all errors returned, so a bad file applies nothing.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::kinds::*;
+use super::locate::{document_positions, DocPositions, Pos};
+use crate::validate::{validate_name, validate_vm_spec};
+
+/// One manifest problem, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ManifestError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// `field.path: rule`.
+    pub message: String,
+}
+
+/// A typed object and where it was declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedObject {
+    pub object: Object,
+    pub file: String,
+    pub line: usize,
+}
+
+struct DocContext<'a> {
+    file: &'a str,
+    positions: Option<&'a DocPositions>,
+}
+
+impl DocContext<'_> {
+    fn error_at(&self, path: &str, message: String) -> ManifestError {
+        let pos = self
+            .positions
+            .and_then(|p| p.find(path))
+            .unwrap_or(Pos { line: 1, column: 1 });
+        ManifestError {
+            file: self.file.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message,
+        }
+    }
+
+    /// Locates a validation message of the form `field.path: rule`.
+    fn error_from_message(&self, message: String) -> ManifestError {
+        let path = message
+            .split_once(": ")
+            .map(|(p, _)| p.to_owned())
+            .unwrap_or_default();
+        self.error_at(&path, message)
+    }
+}
+
+/// Parses every document of `text` (read from `file`, used in messages).
+pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<ParsedObject>, Vec<ManifestError>> {
+    let positions = match document_positions(text) {
+        Ok(p) => p,
+        Err(e) => {
+            return Err(vec![ManifestError {
+                file: file.to_owned(),
+                line: e.pos.line,
+                column: e.pos.column,
+                message: format!("invalid YAML: {}", e.message),
+            }])
+        }
+    };
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let ctx = DocContext {
+            file,
+            positions: positions.get(index),
+        };
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                let (line, column) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((1, 1));
+                errors.push(ManifestError {
+                    file: file.to_owned(),
+                    line,
+                    column,
+                    message: format!("invalid YAML: {e}"),
+                });
+                continue;
+            }
+        };
+        if value.is_null() {
+            continue; // An empty document, e.g. a trailing `---`.
+        }
+        match parse_object(&ctx, value) {
+            Ok(object) => {
+                let line = ctx.positions.and_then(|p| p.start).map_or(1, |p| p.line);
+                objects.push(ParsedObject {
+                    object,
+                    file: file.to_owned(),
+                    line,
+                });
+            }
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    errors.extend(check_duplicates(&objects));
+    if errors.is_empty() {
+        Ok(objects)
+    } else {
+        Err(errors)
+    }
+}
+
+fn parse_object(ctx: &DocContext, value: serde_yaml::Value) -> Result<Object, Vec<ManifestError>> {
+    let Some(map) = value.as_mapping() else {
+        return Err(vec![ctx.error_at(
+            "",
+            "a manifest document must be a mapping with apiVersion, kind, metadata and spec".into(),
+        )]);
+    };
+    let kind_name = match map.get("kind") {
+        Some(serde_yaml::Value::String(s)) => s.clone(),
+        Some(_) => return Err(vec![ctx.error_at("kind", "kind: must be a string".into())]),
+        None => return Err(vec![ctx.error_at("", "kind: required".into())]),
+    };
+    let Some(kind) = Kind::parse(&kind_name) else {
+        let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        return Err(vec![ctx.error_at(
+            "kind",
+            format!(
+                "kind: unknown kind {kind_name:?} (expected one of {})",
+                known.join(", ")
+            ),
+        )]);
+    };
+    match map.get("apiVersion") {
+        Some(serde_yaml::Value::String(v)) if v == API_VERSION => {}
+        Some(other) => {
+            let shown = serde_yaml::to_string(other).unwrap_or_default();
+            return Err(vec![ctx.error_at(
+                "apiVersion",
+                format!(
+                    "apiVersion: must be {API_VERSION} (got {})",
+                    shown.trim_end()
+                ),
+            )]);
+        }
+        None => {
+            return Err(vec![
+                ctx.error_at("", format!("apiVersion: required ({API_VERSION})"))
+            ])
+        }
+    }
+    let object = match kind {
+        Kind::Vm => Object::Vm(typed(ctx, value)?),
+        Kind::Pool => Object::Pool(typed(ctx, value)?),
+        Kind::Network => Object::Network(typed(ctx, value)?),
+        Kind::Firmware => Object::Firmware(typed(ctx, value)?),
+        Kind::ClusterSettings => Object::ClusterSettings(typed(ctx, value)?),
+    };
+    validate_object(&object).map_err(|m| vec![ctx.error_from_message(m)])?;
+    Ok(object)
+}
+
+fn typed<T: DeserializeOwned>(
+    ctx: &DocContext,
+    value: serde_yaml::Value,
+) -> Result<T, Vec<ManifestError>> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let inner = e.into_inner().to_string();
+        let message = if path.is_empty() {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        };
+        vec![ctx.error_at(&path, message)]
+    })
+}
+
+/// Field rules beyond types; `Err` is a `field.path: rule` message.
+fn validate_object(object: &Object) -> Result<(), String> {
+    let name = object.name();
+    match object {
+        Object::ClusterSettings(_) => {
+            if name != "cluster" {
+                return Err(format!(
+                    "metadata.name: ClusterSettings must be named \"cluster\" (got {name:?})"
+                ));
+            }
+        }
+        _ => validate_name("metadata.name", name).map_err(|e| e.message)?,
+    }
+    match object {
+        Object::Vm(vm) => validate_vm_spec("spec", &vm.spec).map_err(|e| e.message),
+        Object::Network(net) => match (net.spec.network_type, &net.spec.bridge) {
+            (NetworkType::Bridge, None) => Err("spec.bridge: required for type bridge".into()),
+            (_, Some(b)) if !valid_ifname(b) => Err(format!(
+                "spec.bridge: {b:?} is not a valid interface name (1..15 of a-z A-Z 0-9 - _ .)"
+            )),
+            _ => Ok(()),
+        },
+        Object::Firmware(fw) => {
+            if fw.spec.firmware_type == FirmwareType::Uefi && fw.spec.code.is_none() {
+                Err("spec.code: required for type uefi".into())
+            } else {
+                Ok(())
+            }
+        }
+        Object::ClusterSettings(cs) => match &cs.spec.default_pool {
+            Some(p) => validate_name("spec.default_pool", p).map_err(|e| e.message),
+            None => Ok(()),
+        },
+        Object::Pool(_) => Ok(()),
+    }
+}
+
+/// A Linux network interface name.
+pub fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Errors for objects declared twice (same kind and name) in one set of documents.
+pub fn check_duplicates(objects: &[ParsedObject]) -> Vec<ManifestError> {
+    let mut seen: std::collections::HashMap<(Kind, &str), &ParsedObject> = Default::default();
+    let mut errors = Vec::new();
+    for obj in objects {
+        let key = (obj.object.kind(), obj.object.name());
+        if let Some(first) = seen.get(&key) {
+            errors.push(ManifestError {
+                file: obj.file.clone(),
+                line: obj.line,
+                column: 1,
+                message: format!(
+                    "metadata.name: {} is declared twice (first at {}:{})",
+                    obj.object.reference(),
+                    first.file,
+                    first.line
+                ),
+            });
+        } else {
+            seen.insert(key, obj);
+        }
+    }
+    errors
+}
+
+/// Orders objects so dependencies come first (pools, networks, firmware, cluster settings,
+/// then VMs), keeping file order within a kind.
+pub fn sort_for_apply(objects: &mut [ParsedObject]) {
+    objects.sort_by_key(|o| o.object.kind());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VM: &str = "\
+apiVersion: otherix.dev/v1
+kind: VM
+metadata:
+  name: web-1
+spec:
+  image_url: http://127.0.0.1:8080/busybox.qcow2
+  arch: amd64
+  vcpus: 2
+";
+
+    fn errors(text: &str) -> Vec<String> {
+        parse_manifests("web.yaml", text)
+            .expect_err("should fail")
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn parse_manifests_valid_vm_parses_with_defaults() {
+        let objs = parse_manifests("web.yaml", VM).unwrap();
+        assert_eq!(objs.len(), 1);
+        let Object::Vm(vm) = &objs[0].object else {
+            panic!("not a VM")
+        };
+        assert_eq!(vm.metadata.name, "web-1");
+        assert_eq!(vm.spec.memory_mb, 2048);
+        assert_eq!(objs[0].object.reference(), "vm/web-1");
+    }
+
+    #[test]
+    fn parse_manifests_error_table_has_locations() {
+        let table: &[(&str, &str)] = &[
+            (
+                &VM.replace("vcpus: 2", "vcpus: 0"),
+                "web.yaml:8:3: spec.vcpus: must be 1..128 (got 0)",
+            ),
+            (
+                &VM.replace("vcpus: 2", "vcpu: 2"),
+                "web.yaml:8:3: spec.vcpu: unknown field `vcpu`",
+            ),
+            (
+                &VM.replace("vcpus: 2", "vcpus: two"),
+                "web.yaml:8:3: spec.vcpus: invalid type",
+            ),
+            (
+                &VM.replace("arch: amd64", "arch: sparc"),
+                "web.yaml:7:3: spec.arch: unknown variant `sparc`",
+            ),
+            (
+                &VM.replace("name: web-1", "name: Web_1"),
+                "web.yaml:4:3: metadata.name: \"Web_1\" is not a valid name",
+            ),
+            (
+                &VM.replace("kind: VM", "kind: Vm"),
+                "web.yaml:2:1: kind: unknown kind \"Vm\"",
+            ),
+            (
+                &VM.replace("otherix.dev/v1", "otherix.dev/v2"),
+                "web.yaml:1:1: apiVersion: must be otherix.dev/v1 (got otherix.dev/v2)",
+            ),
+            (
+                &VM.replace("  image_url: http://127.0.0.1:8080/busybox.qcow2\n", ""),
+                "web.yaml:5:1: spec: missing field `image_url`",
+            ),
+            (
+                "apiVersion: otherix.dev/v1\nkind: Network\nmetadata: {name: br}\nspec:\n  type: bridge\n",
+                "web.yaml:4:1: spec.bridge: required for type bridge",
+            ),
+            ("a: [1, 2\n", "web.yaml:"),
+        ];
+        for (text, want) in table {
+            let errs = errors(text);
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "want prefix {want:?}, got {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_manifests_reports_every_bad_document() {
+        let text = format!(
+            "{}---\n{}",
+            VM.replace("vcpus: 2", "vcpus: 0"),
+            VM.replace("web-1", "web-2")
+                .replace("arch: amd64", "arch: x")
+        );
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[1].starts_with("web.yaml:16:3: spec.arch"), "{errs:?}");
+    }
+
+    #[test]
+    fn parse_manifests_duplicate_objects_rejected() {
+        let text = format!("{VM}---\n{VM}");
+        let errs = errors(&text);
+        assert!(
+            errs[0].contains("vm/web-1 is declared twice (first at web.yaml:1)"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn sort_for_apply_puts_dependencies_first() {
+        let text = format!(
+            "{VM}---\napiVersion: otherix.dev/v1\nkind: Pool\nmetadata: {{name: fast}}\nspec: {{}}\n---\napiVersion: otherix.dev/v1\nkind: Network\nmetadata: {{name: lan}}\nspec: {{type: bridge, bridge: br0}}\n"
+        );
+        let mut objs = parse_manifests("env.yaml", &text).unwrap();
+        sort_for_apply(&mut objs);
+        let refs: Vec<String> = objs.iter().map(|o| o.object.reference()).collect();
+        assert_eq!(refs, ["pool/fast", "network/lan", "vm/web-1"]);
+    }
+
+    #[test]
+    fn parse_manifests_empty_documents_skipped() {
+        let objs = parse_manifests("x.yaml", &format!("---\n{VM}---\n")).unwrap();
+        assert_eq!(objs.len(), 1);
+    }
+}
