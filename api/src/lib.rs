@@ -10,6 +10,7 @@ pub mod error;
 pub mod list;
 pub mod manifest;
 pub mod proto;
+pub mod schema;
 pub mod task;
 pub mod validate;
 pub mod vm;

@@ -36,6 +36,10 @@ export DEBIAN_FRONTEND=noninteractive
 # mtools refuses images whose size is not a multiple of a track otherwise.
 export MTOOLS_SKIP_CHECK=1
 export LC_ALL=C
+# Fixed timestamps (2000-01-01; FAT cannot store dates before 1980) so that
+# rebuilding from the same kernel .deb gives byte-identical images. mtools
+# (and so syslinux --install) honours SOURCE_DATE_EPOCH.
+export SOURCE_DATE_EPOCH=946684800
 
 NAME=busybox-amd64
 IMG_SIZE_MIB=64
@@ -167,8 +171,12 @@ kernel_deb() {
 # ---------------------------------------------------------------------------
 ensure_tools
 
+# Leftovers of a build that was killed outright (we hold the lock, so no
+# other build is running), then our own temp dir, removed on any exit.
+rm -rf "$OUT_DIR"/.build.* "$CACHE_DIR"/.dl.*
 WORK=$(mktemp -d "$OUT_DIR/.build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM HUP
 
 DEB=$(kernel_deb)
 log "extracting $(basename "$DEB")"
@@ -221,7 +229,7 @@ ln -s bin "$ROOT/sbin"
 install -m 0755 "$INIT_SRC" "$ROOT/init"
 
 # cpio newc + gzip, root-owned, sorted, fixed timestamps.
-find "$ROOT" -exec touch -h -d @0 {} +
+find "$ROOT" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 (cd "$ROOT" && find . -print0 | sort -z |
 	cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) |
 	gzip -9 -n >"$WORK/initrd.gz"
@@ -242,8 +250,7 @@ EOF
 write_syslinux_cfg "" >"$WORK/syslinux.cfg"
 write_syslinux_cfg "otherix.ignore_powerdown=1" >"$WORK/syslinux-nopowerdown.cfg"
 cp "$WORK/kernel/boot/vmlinuz-$KVER" "$WORK/vmlinuz"
-# FAT cannot store dates before 1980: use 2000-01-01 for the files on the disk.
-touch -d @946684800 "$WORK/vmlinuz" "$WORK/initrd.gz" "$WORK/syslinux.cfg" "$WORK/syslinux-nopowerdown.cfg"
+touch -d "@$SOURCE_DATE_EPOCH" "$WORK/vmlinuz" "$WORK/initrd.gz" "$WORK/syslinux.cfg" "$WORK/syslinux-nopowerdown.cfg"
 
 # Raw disk: a FAT "superfloppy" (filesystem from sector 0, no partition
 # table); syslinux writes its boot code into the FAT boot sector, which

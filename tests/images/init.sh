@@ -24,6 +24,9 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 # Make sure our stdio is the console (ttyS0 via console=ttyS0).
 exec </dev/console >/dev/console 2>&1
+# Start on a fresh line: firmware/bootloader output (terminal escape
+# sequences) may still be pending on the current one.
+echo
 
 # --- 2. kernel modules -----------------------------------------------------
 KVER=$(cat /etc/otherix/kver)

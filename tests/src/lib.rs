@@ -1,1 +1,14 @@
-//! Shared harness for the end-to-end suite.
+//! Harness for the end-to-end suite: runs the real `otherixd`, `otherix-agent` and `otherix`
+//! binaries on loopback ports, serves test guest images over real HTTP, and cleans up every
+//! process it started (QEMU included) when a test ends.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, which
+//! `scripts/test.sh` does); the test guests come from `tests/images/build.sh`.
+
+pub mod cluster;
+pub mod image_server;
+pub mod paths;
+pub mod wait;
+
+pub use cluster::{CliOutput, Cluster, ClusterOptions};
+pub use image_server::ImageServer;

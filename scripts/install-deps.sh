@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the Debian packages otherix needs to run VMs and to build its test guests:
+# QEMU (x86 + arm) and qemu-img, UEFI firmware, and the image tools tests/images/build.sh
+# uses. Safe to re-run: does nothing when everything is present.
+#
+# On Debian 12 (bookworm) machines whose qemu-utils comes from bookworm-backports, the
+# matching qemu-system packages must come from there too, so backports is enabled and the
+# QEMU packages are installed from it.
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
+
+packages=(qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64
+          busybox-static syslinux syslinux-common mtools dosfstools cpio kmod iproute2)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+
+codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+target=()
+if [ "$codename" = bookworm ]; then
+  list=/etc/apt/sources.list.d/otherix-bookworm-backports.list
+  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' | $SUDO tee "$list" >/dev/null
+  fi
+  target=(-t bookworm-backports)
+fi
+
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${target[@]}" "${missing[@]}"
+qemu-system-x86_64 --version | head -1

@@ -1,0 +1,53 @@
+//! Where the workspace, the built binaries and the test guest images are.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The workspace root (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The profile directory holding the binaries: the one this test executable was built in.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    for bin in ["otherixd", "otherix-agent", "otherix"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: build the binaries first with `cargo build --workspace --bins` (scripts/test.sh does)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// The directory with the built test guest images, building them once if needed.
+pub fn test_images() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = workspace_root();
+        let out = root.join("target/test-images");
+        let status = Command::new("bash")
+            .arg(root.join("tests/images/build.sh"))
+            .arg(&out)
+            .status()
+            .expect("run tests/images/build.sh");
+        assert!(status.success(), "tests/images/build.sh failed: {status}");
+        out
+    })
+    .clone()
+}
