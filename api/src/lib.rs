@@ -20,4 +20,7 @@ pub use error::{ApiError, ErrorBody, ErrorCode, ErrorEnvelope};
 pub use list::ListResponse;
 pub use manifest::{ManifestError, Object, ObjectMeta, ParsedObject, VmManifest, API_VERSION};
 pub use task::{Placement, RejectedNode, Task, TaskAccepted, TaskKind, TaskProgress, TaskStatus};
-pub use vm::{Arch, CreateVmRequest, DesiredPhase, DiskFormat, Vm, VmPhase, VmSpec, VmStatus};
+pub use vm::{
+    Arch, CreateVmRequest, DesiredPhase, DiskFormat, PortForward, PortProtocol, RestartPolicy, Vm,
+    VmPhase, VmSpec, VmStatus,
+};

@@ -144,6 +144,79 @@ pub fn validate_vm_spec(prefix: &str, spec: &VmSpec) -> Result<(), ApiError> {
             }
         }
     }
+    if let Some(ud) = &spec.user_data {
+        validate_user_data(&format!("{prefix}.user_data"), ud)?;
+    }
+    if let Some(nc) = &spec.network_config {
+        validate_network_config(&format!("{prefix}.network_config"), nc)?;
+    }
+    validate_ports(prefix, spec)?;
+    Ok(())
+}
+
+/// cloud-init user-data: `#cloud-config` followed by valid YAML, or a `#!` script.
+pub fn validate_user_data(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.starts_with("#!") {
+        return Ok(());
+    }
+    let Some(body) = text.strip_prefix("#cloud-config") else {
+        return Err(ApiError::validation(format!(
+            "{field}: must start with #cloud-config (YAML) or #! (a script)"
+        )));
+    };
+    if !(body.is_empty() || body.starts_with('\n') || body.starts_with("\r\n")) {
+        return Err(ApiError::validation(format!(
+            "{field}: #cloud-config must be alone on the first line"
+        )));
+    }
+    match serde_yaml::from_str::<serde_yaml::Value>(body) {
+        Ok(serde_yaml::Value::Mapping(_)) | Ok(serde_yaml::Value::Null) => Ok(()),
+        Ok(_) => Err(ApiError::validation(format!(
+            "{field}: #cloud-config must be a YAML mapping"
+        ))),
+        Err(e) => Err(ApiError::validation(format!(
+            "{field}: invalid #cloud-config YAML: {e}"
+        ))),
+    }
+}
+
+/// cloud-init network-config: netplan v2 YAML (`version: 2` at the top).
+pub fn validate_network_config(field: &str, text: &str) -> Result<(), ApiError> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text)
+        .map_err(|e| ApiError::validation(format!("{field}: invalid YAML: {e}")))?;
+    // Accept both the bare v2 document and one wrapped in `network:`.
+    let doc = value.get("network").unwrap_or(&value);
+    match doc.get("version").and_then(|v| v.as_u64()) {
+        Some(2) => Ok(()),
+        _ => Err(ApiError::validation(format!(
+            "{field}: must be netplan v2 YAML with `version: 2`"
+        ))),
+    }
+}
+
+fn validate_ports(prefix: &str, spec: &VmSpec) -> Result<(), ApiError> {
+    if spec.ports.is_empty() {
+        return Ok(());
+    }
+    if spec.network.is_some() {
+        return Err(ApiError::validation(format!(
+            "{prefix}.ports: port forwards need SLIRP networking; remove {prefix}.network or the ports"
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, p) in spec.ports.iter().enumerate() {
+        if p.host == 0 || p.guest == 0 {
+            return Err(ApiError::validation(format!(
+                "{prefix}.ports[{i}]: ports must be 1..65535"
+            )));
+        }
+        if !seen.insert((p.host, p.protocol)) {
+            return Err(ApiError::validation(format!(
+                "{prefix}.ports[{i}].host: port {} is forwarded twice",
+                p.host
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -263,6 +336,11 @@ mod tests {
         assert!(validate_vm_spec("spec", &s).is_ok());
         s.pool = Some("6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11".into());
         s.image_sha256 = Some("a".repeat(64));
+        s.user_data = Some("#cloud-config\nhostname: a\n".into());
+        s.network_config = Some("network:\n  version: 2\n".into());
+        assert!(validate_vm_spec("spec", &s).is_ok());
+        s.user_data = Some("#!/bin/sh\necho hi\n".into());
+        s.network_config = Some("version: 2\nethernets: {}\n".into());
         assert!(validate_vm_spec("spec", &s).is_ok());
     }
 }

@@ -91,6 +91,55 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+/// What the reconciler does when a VM stops without being asked to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Start it again whenever it stops on its own.
+    Always,
+    /// Start it again when QEMU crashed or was killed; a clean guest poweroff stays stopped.
+    #[default]
+    OnFailure,
+    /// Never start it again on its own.
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+fn is_default_restart(p: &RestartPolicy) -> bool {
+    *p == RestartPolicy::OnFailure
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+fn is_tcp(p: &PortProtocol) -> bool {
+    *p == PortProtocol::Tcp
+}
+
+/// A SLIRP port forward: connections to `host` on the node reach `guest` in the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortForward {
+    pub host: u16,
+    pub guest: u16,
+    #[serde(default, skip_serializing_if = "is_tcp")]
+    pub protocol: PortProtocol,
+}
+
 /// The desired state of a VM: what `vm create` flags and `kind: VM` manifests set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -144,6 +193,12 @@ pub struct VmSpec {
     /// running (default) or stopped.
     #[serde(default, skip_serializing_if = "is_default_phase")]
     pub desired_phase: DesiredPhase,
+    /// always | on-failure (default) | never.
+    #[serde(default, skip_serializing_if = "is_default_restart")]
+    pub restart_policy: RestartPolicy,
+    /// SLIRP port forwards (only without `network`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortForward>,
 }
 
 impl VmSpec {
@@ -167,6 +222,8 @@ impl VmSpec {
             no_cloud_init: false,
             stop_timeout_secs: None,
             desired_phase: DesiredPhase::Running,
+            restart_policy: RestartPolicy::OnFailure,
+            ports: Vec::new(),
         }
     }
 
