@@ -166,7 +166,7 @@ impl Kind {
 /// One parsed, typed manifest object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
-    Vm(VmManifest),
+    Vm(Box<VmManifest>),
     Pool(PoolManifest),
     Network(NetworkManifest),
     Firmware(FirmwareManifest),

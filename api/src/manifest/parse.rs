@@ -157,7 +157,7 @@ fn parse_object(ctx: &DocContext, value: serde_yaml::Value) -> Result<Object, Ve
         }
     }
     let object = match kind {
-        Kind::Vm => Object::Vm(typed(ctx, value)?),
+        Kind::Vm => Object::Vm(Box::new(typed(ctx, value)?)),
         Kind::Pool => Object::Pool(typed(ctx, value)?),
         Kind::Network => Object::Network(typed(ctx, value)?),
         Kind::Firmware => Object::Firmware(typed(ctx, value)?),
