@@ -1,0 +1,362 @@
+//! The typed HTTP client of the otherixd `/v1` API: one function per route, blocking,
+//! every failure a [`ClientError`].
+
+use std::time::Duration;
+
+use otherix_api::{
+    CreateVmRequest, ListResponse, Node, Pool, Task, TaskAccepted, TaskStatus, Vm, VmPhase,
+};
+use reqwest::blocking::{Client as Http, RequestBuilder};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// Longest a single request may take; long-polls ask for far less.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of a non-JSON error body to quote.
+const BODY_QUOTE_CHARS: usize = 200;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error envelope.
+    #[error("{code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// No usable answer: connection failure, timeout, or an error without an envelope.
+    #[error("cannot reach otherix server at {server}")]
+    Unreachable {
+        server: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A success status whose body is not what the route returns.
+    #[error("unexpected response from otherix server at {server} for {route}")]
+    Decode {
+        server: String,
+        route: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid server URL {url:?}")]
+    BadServerUrl {
+        url: String,
+        #[source]
+        source: UrlParseError,
+    },
+}
+
+/// The url crate's parse error, named without depending on `url` directly.
+pub type UrlParseError = <Url as std::str::FromStr>::Err;
+
+/// An HTTP answer that was not an error envelope.
+#[derive(Debug, thiserror::Error)]
+#[error("HTTP {status}: {body}")]
+pub struct BadStatus {
+    status: reqwest::StatusCode,
+    body: String,
+}
+
+/// A decoded answer and the exact body it came from (for `-o json`).
+#[derive(Debug, Clone)]
+pub struct Fetched<T> {
+    pub value: T,
+    pub raw: String,
+}
+
+/// Filters of `GET /v1/vms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmListQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    pub pool: Option<String>,
+    pub node: Option<String>,
+    pub status: Option<VmPhase>,
+}
+
+/// The error envelope, read leniently so a code this CLI does not know still prints.
+#[derive(Deserialize)]
+struct WireEnvelope {
+    error: WireError,
+}
+#[derive(Deserialize)]
+struct WireError {
+    code: String,
+    message: String,
+}
+
+pub struct Client {
+    base: Url,
+    server: String,
+    http: Http,
+}
+
+impl Client {
+    pub fn new(server: &str) -> Result<Client, ClientError> {
+        let base = Url::parse(server).map_err(|source| ClientError::BadServerUrl {
+            url: server.to_owned(),
+            source,
+        })?;
+        let http = Http::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("otherix/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Unreachable {
+                server: server.to_owned(),
+                source: Box::new(e),
+            })?;
+        Ok(Client {
+            base,
+            server: server.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    /// `POST /v1/vms`
+    pub fn create_vm(&self, req: &CreateVmRequest) -> Result<TaskAccepted, ClientError> {
+        let url = self.url(&["v1", "vms"], &[]);
+        Ok(self.send(self.http.post(url).json(req))?.value)
+    }
+
+    /// `GET /v1/vms?limit=&cursor=&pool=&node=&status=`
+    pub fn list_vms(&self, q: &VmListQuery) -> Result<Fetched<ListResponse<Vm>>, ClientError> {
+        let limit = q.limit.map(|l| l.to_string());
+        let mut query = vec![];
+        let pairs = [
+            ("limit", limit.as_deref()),
+            ("cursor", q.cursor.as_deref()),
+            ("pool", q.pool.as_deref()),
+            ("node", q.node.as_deref()),
+            ("status", q.status.map(VmPhase::as_str)),
+        ];
+        for (k, v) in pairs {
+            if let Some(v) = v {
+                query.push((k, v.to_owned()));
+            }
+        }
+        self.get(&["v1", "vms"], &query)
+    }
+
+    /// `GET /v1/vms/{name}`
+    pub fn get_vm(&self, name: &str) -> Result<Fetched<Vm>, ClientError> {
+        self.get(&["v1", "vms", name], &[])
+    }
+
+    /// `POST /v1/vms/{name}/start`
+    pub fn start_vm(&self, name: &str) -> Result<TaskAccepted, ClientError> {
+        Ok(self.post_vm(name, "start", &[])?.value)
+    }
+
+    /// `POST /v1/vms/{name}/stop?timeout_secs=N`
+    pub fn stop_vm(
+        &self,
+        name: &str,
+        timeout_secs: Option<u32>,
+    ) -> Result<TaskAccepted, ClientError> {
+        let query: Vec<_> = timeout_secs
+            .map(|t| ("timeout_secs", t.to_string()))
+            .into_iter()
+            .collect();
+        Ok(self.post_vm(name, "stop", &query)?.value)
+    }
+
+    /// `POST /v1/vms/{name}/poweroff`
+    pub fn poweroff_vm(&self, name: &str) -> Result<TaskAccepted, ClientError> {
+        Ok(self.post_vm(name, "poweroff", &[])?.value)
+    }
+
+    /// `POST /v1/vms/{name}/reboot`
+    pub fn reboot_vm(&self, name: &str) -> Result<TaskAccepted, ClientError> {
+        Ok(self.post_vm(name, "reboot", &[])?.value)
+    }
+
+    /// `POST /v1/vms/{name}/pause`
+    pub fn pause_vm(&self, name: &str) -> Result<Fetched<Vm>, ClientError> {
+        self.post_vm(name, "pause", &[])
+    }
+
+    /// `POST /v1/vms/{name}/resume`
+    pub fn resume_vm(&self, name: &str) -> Result<Fetched<Vm>, ClientError> {
+        self.post_vm(name, "resume", &[])
+    }
+
+    /// `POST /v1/vms/{name}/reset`
+    pub fn reset_vm(&self, name: &str) -> Result<Fetched<Vm>, ClientError> {
+        self.post_vm(name, "reset", &[])
+    }
+
+    /// `DELETE /v1/vms/{name}`
+    pub fn delete_vm(&self, name: &str) -> Result<TaskAccepted, ClientError> {
+        let url = self.url(&["v1", "vms", name], &[]);
+        Ok(self.send(self.http.request(Method::DELETE, url))?.value)
+    }
+
+    /// `GET /v1/tasks/{id}`, long-polling with `wait_secs` (and `status`, the status
+    /// the caller last saw) when `wait` is given.
+    pub fn get_task(
+        &self,
+        id: Uuid,
+        wait: Option<(u32, Option<TaskStatus>)>,
+    ) -> Result<Fetched<Task>, ClientError> {
+        let mut query = vec![];
+        if let Some((secs, status)) = wait {
+            query.push(("wait_secs", secs.to_string()));
+            if let Some(s) = status {
+                query.push(("status", s.as_str().to_owned()));
+            }
+        }
+        self.get(&["v1", "tasks", &id.to_string()], &query)
+    }
+
+    /// `GET /v1/tasks?vm=NAME`
+    pub fn list_tasks(&self, vm: Option<&str>) -> Result<Fetched<ListResponse<Task>>, ClientError> {
+        let query: Vec<_> = vm.map(|v| ("vm", v.to_owned())).into_iter().collect();
+        self.get(&["v1", "tasks"], &query)
+    }
+
+    /// `GET /v1/nodes`
+    pub fn list_nodes(&self) -> Result<Fetched<ListResponse<Node>>, ClientError> {
+        self.get(&["v1", "nodes"], &[])
+    }
+
+    /// `GET /v1/nodes/{name}`
+    pub fn get_node(&self, name: &str) -> Result<Fetched<Node>, ClientError> {
+        self.get(&["v1", "nodes", name], &[])
+    }
+
+    /// `GET /v1/pools`
+    pub fn list_pools(&self) -> Result<Fetched<ListResponse<Pool>>, ClientError> {
+        self.get(&["v1", "pools"], &[])
+    }
+
+    /// `GET /v1/pools/{name}`
+    pub fn get_pool(&self, name: &str) -> Result<Fetched<Pool>, ClientError> {
+        self.get(&["v1", "pools", name], &[])
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Fetched<T>, ClientError> {
+        self.send(self.http.get(self.url(segments, query)))
+    }
+
+    fn post_vm<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        op: &str,
+        query: &[(&str, String)],
+    ) -> Result<Fetched<T>, ClientError> {
+        let url = self.url(&["v1", "vms", name, op], query);
+        self.send(self.http.post(url))
+    }
+
+    /// The base URL plus percent-encoded path segments and query pairs.
+    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        url
+    }
+
+    fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<Fetched<T>, ClientError> {
+        let unreachable =
+            |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Unreachable {
+                server: self.server.clone(),
+                source,
+            };
+        let req = req.build().map_err(|e| unreachable(Box::new(e)))?;
+        let route = format!("{} {}", req.method(), req.url().path());
+        let resp = self
+            .http
+            .execute(req)
+            .map_err(|e| unreachable(Box::new(e)))?;
+        let status = resp.status();
+        let raw = resp.text().map_err(|e| unreachable(Box::new(e)))?;
+        if !status.is_success() {
+            return Err(match serde_json::from_str::<WireEnvelope>(&raw) {
+                Ok(env) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: env.error.code,
+                    message: env.error.message,
+                },
+                Err(_) => unreachable(Box::new(BadStatus {
+                    status,
+                    body: quote_body(&raw),
+                })),
+            });
+        }
+        match serde_json::from_str(&raw) {
+            Ok(value) => Ok(Fetched { value, raw }),
+            Err(source) => Err(ClientError::Decode {
+                server: self.server.clone(),
+                route,
+                source,
+            }),
+        }
+    }
+}
+
+/// The first line of a body, shortened, for an error message.
+fn quote_body(raw: &str) -> String {
+    let line = raw.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return "(empty body)".into();
+    }
+    let mut out: String = line.chars().take(BODY_QUOTE_CHARS).collect();
+    if out.len() < line.len() {
+        out.push_str("...");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_url_encodes_segments_and_query() {
+        let c = Client::new("http://127.0.0.1:7080/").unwrap();
+        let url = c.url(
+            &["v1", "vms", "a b/c"],
+            &[("status", "running".into()), ("cursor", "x&y".into())],
+        );
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:7080/v1/vms/a%20b%2Fc?status=running&cursor=x%26y"
+        );
+    }
+
+    #[test]
+    fn client_url_keeps_base_path_prefix() {
+        let c = Client::new("http://h:1/otherix").unwrap();
+        assert_eq!(
+            c.url(&["v1", "vms"], &[]).as_str(),
+            "http://h:1/otherix/v1/vms"
+        );
+    }
+
+    #[test]
+    fn client_bad_server_url_is_rejected() {
+        let err = Client::new("not a url").err().unwrap();
+        assert!(err.to_string().starts_with("invalid server URL"), "{err}");
+    }
+
+    #[test]
+    fn quote_body_shortens_and_names_empty() {
+        assert_eq!(quote_body(""), "(empty body)");
+        assert_eq!(quote_body("Bad Gateway\nmore"), "Bad Gateway");
+        assert_eq!(quote_body(&"x".repeat(300)).len(), BODY_QUOTE_CHARS + 3);
+    }
+}

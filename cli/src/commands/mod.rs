@@ -1,0 +1,259 @@
+//! Command dispatch, the error every command returns, and the async-op epilogue shared by
+//! create/start/stop/poweroff/reboot/delete (`<op> task=...`, then `--wait`).
+
+pub mod node;
+pub mod pool;
+pub mod task;
+pub mod vm_create;
+pub mod vm_get;
+pub mod vm_list;
+pub mod vm_ops;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use otherix_api::{ApiError, Task, TaskAccepted, TaskKind};
+
+use crate::cli::{Cli, Command, VmCommand, WaitArgs};
+use crate::client::{Client, ClientError};
+use crate::output;
+use crate::wait::{self, WaitError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+    /// Local validation with the server's rules, reported the way the server would.
+    #[error(transparent)]
+    Invalid(#[from] ApiError),
+    #[error("cannot read {flag} from {}", path.display())]
+    ReadInput {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "refusing to delete VM {name} without confirmation: stdin is not a terminal; pass --force"
+    )]
+    NeedsForce { name: String },
+    #[error("delete of VM {name} aborted")]
+    Aborted { name: String },
+    #[error("cannot render YAML")]
+    Yaml(#[from] serde_yaml::Error),
+    /// Writing to stdout failed (a closed pipe is not an error; `main` decides).
+    #[error("cannot write output")]
+    Output(#[from] io::Error),
+}
+
+/// What every command gets: the client and where to print.
+pub struct Ctx<'a> {
+    pub client: &'a Client,
+    /// Results (stdout).
+    pub out: &'a mut dyn Write,
+    /// Progress and hints (stderr).
+    pub err: &'a mut dyn Write,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CommandError> {
+    let client = Client::new(&cli.server)?;
+    let mut ctx = Ctx {
+        client: &client,
+        out,
+        err,
+    };
+    match cli.command {
+        Command::Vm(cmd) => match cmd {
+            VmCommand::Create(args) => {
+                let opts = vm_create::Options::from_args(args.0, &mut io::stdin().lock())?;
+                vm_create::run(&mut ctx, opts)
+            }
+            VmCommand::List(args) => vm_list::run(&mut ctx, args.into()),
+            VmCommand::Get(args) => vm_get::run(&mut ctx, args.into()),
+            VmCommand::Start(a) => vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::start(a)),
+            VmCommand::Stop(a) => vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::stop(a)),
+            VmCommand::Poweroff(a) => {
+                vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::poweroff(a))
+            }
+            VmCommand::Reboot(a) => vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::reboot(a)),
+            VmCommand::Delete(a) => vm_ops::run_delete(&mut ctx, a.into()),
+            VmCommand::Pause(a) => vm_ops::run_sync(&mut ctx, vm_ops::SyncOp::Pause, a.into()),
+            VmCommand::Resume(a) => vm_ops::run_sync(&mut ctx, vm_ops::SyncOp::Resume, a.into()),
+            VmCommand::Reset(a) => vm_ops::run_sync(&mut ctx, vm_ops::SyncOp::Reset, a.into()),
+        },
+        Command::Task(cmd) => task::run(&mut ctx, cmd),
+        Command::Node(cmd) => node::run(&mut ctx, cmd),
+        Command::Pool(cmd) => pool::run(&mut ctx, cmd),
+    }
+}
+
+/// `Some(timeout)` when `--wait` was given.
+pub fn wait_timeout(args: &WaitArgs) -> Option<Duration> {
+    args.wait.then_some(args.wait_timeout)
+}
+
+/// How an accepted async operation is reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    /// `created task=... status=...` first, even with --wait (the product page's create).
+    Always,
+    /// `<op> task=... status=...` only without --wait; with it, only the final line.
+    WithoutWait,
+}
+
+/// Prints `<op> task=<id> status=<status>` (see [`Announce`]); with `wait`, waits for the
+/// task and prints `vm <phase> task=<id>`.
+pub fn finish_async(
+    ctx: &mut Ctx<'_>,
+    op: &str,
+    announce: Announce,
+    vm_name: &str,
+    accepted: TaskAccepted,
+    wait: Option<Duration>,
+) -> Result<(), CommandError> {
+    if wait.is_none() || announce == Announce::Always {
+        writeln!(ctx.out, "{}", output::accepted_line(op, &accepted.task))?;
+        ctx.out.flush()?;
+    }
+    match wait {
+        None => Ok(()),
+        Some(timeout) => wait_and_report(ctx, accepted.task, Some(vm_name), timeout),
+    }
+}
+
+/// Waits for `task` and prints `vm <phase> task=<id>` with the VM's phase afterwards
+/// (`deleted` for a delete, without asking).
+pub fn wait_and_report(
+    ctx: &mut Ctx<'_>,
+    task: Task,
+    vm_name: Option<&str>,
+    timeout: Duration,
+) -> Result<(), CommandError> {
+    let task = wait::wait_for_task(ctx.client, task, timeout, ctx.err)?;
+    let phase = match (task.kind, vm_name.or(task.vm_name.as_deref())) {
+        (TaskKind::VmDelete, _) => "deleted".to_owned(),
+        (_, Some(name)) => ctx.client.get_vm(name)?.value.status.phase.to_string(),
+        (_, None) => task.status.to_string(),
+    };
+    writeln!(ctx.out, "{}", output::done_line(&phase, task.id))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::fixtures::{self as fx, TASK_ID};
+    use crate::wait::fake::FakeServer;
+    use otherix_api::TaskStatus;
+
+    fn accepted(status: TaskStatus, kind: TaskKind) -> TaskAccepted {
+        let mut task = fx::task(status);
+        task.kind = kind;
+        TaskAccepted { task, vm: None }
+    }
+
+    fn run_finish(
+        server: &FakeServer,
+        op: &str,
+        announce: Announce,
+        acc: TaskAccepted,
+        wait: Option<Duration>,
+    ) -> (Result<(), CommandError>, String, String) {
+        let client = Client::new(&server.url).unwrap();
+        let (mut out, mut err) = (vec![], vec![]);
+        let mut ctx = Ctx {
+            client: &client,
+            out: &mut out,
+            err: &mut err,
+        };
+        let r = finish_async(&mut ctx, op, announce, "web-1", acc, wait);
+        (
+            r,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    }
+
+    #[test]
+    fn finish_async_without_wait_prints_accepted_line_only() {
+        let server = FakeServer::start(vec![]);
+        let (r, out, err) = run_finish(
+            &server,
+            "stop",
+            Announce::WithoutWait,
+            accepted(TaskStatus::Pending, TaskKind::VmStop),
+            None,
+        );
+        r.unwrap();
+        assert_eq!(out, format!("stop task={TASK_ID} status=pending\n"));
+        assert_eq!(err, "");
+        assert!(server.requests().is_empty());
+    }
+
+    #[test]
+    fn finish_async_create_with_wait_prints_created_dots_and_phase() {
+        let mut done = fx::task(TaskStatus::Success);
+        done.kind = TaskKind::VmCreate;
+        let server = FakeServer::start(vec![
+            (200, serde_json::to_string(&done).unwrap()),
+            (200, serde_json::to_string(&fx::vm()).unwrap()),
+        ]);
+        let (r, out, err) = run_finish(
+            &server,
+            "created",
+            Announce::Always,
+            accepted(TaskStatus::Pending, TaskKind::VmCreate),
+            Some(Duration::from_secs(10)),
+        );
+        r.unwrap();
+        assert_eq!(
+            out,
+            format!("created task={TASK_ID} status=pending\nvm running task={TASK_ID}\n")
+        );
+        assert_eq!(err, ".\n");
+        assert_eq!(server.requests()[1], "GET /v1/vms/web-1");
+    }
+
+    #[test]
+    fn finish_async_stop_with_wait_prints_final_line_only() {
+        let mut done = fx::task(TaskStatus::Success);
+        done.kind = TaskKind::VmStop;
+        let mut stopped = fx::vm();
+        stopped.status.phase = otherix_api::VmPhase::Stopped;
+        let server = FakeServer::start(vec![
+            (200, serde_json::to_string(&done).unwrap()),
+            (200, serde_json::to_string(&stopped).unwrap()),
+        ]);
+        let (r, out, err) = run_finish(
+            &server,
+            "stop",
+            Announce::WithoutWait,
+            accepted(TaskStatus::Pending, TaskKind::VmStop),
+            Some(Duration::from_secs(10)),
+        );
+        r.unwrap();
+        assert_eq!(out, format!("vm stopped task={TASK_ID}\n"));
+        assert_eq!(err, ".\n");
+    }
+
+    #[test]
+    fn finish_async_delete_with_wait_prints_deleted_without_fetching_vm() {
+        let mut done = fx::task(TaskStatus::Success);
+        done.kind = TaskKind::VmDelete;
+        let server = FakeServer::start(vec![(200, serde_json::to_string(&done).unwrap())]);
+        let (r, out, _) = run_finish(
+            &server,
+            "delete",
+            Announce::WithoutWait,
+            accepted(TaskStatus::Pending, TaskKind::VmDelete),
+            Some(Duration::from_secs(10)),
+        );
+        r.unwrap();
+        assert_eq!(out, format!("vm deleted task={TASK_ID}\n"));
+        assert_eq!(server.requests().len(), 1);
+    }
+}

@@ -1,0 +1,93 @@
+//! `otherix vm list`: one page of `GET /v1/vms` as a table, JSON or YAML, with a stderr
+//! hint when there are more pages.
+
+use super::{CommandError, Ctx};
+use crate::cli::{ListFormat, VmListArgs};
+use crate::client::VmListQuery;
+use crate::output;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub query: VmListQuery,
+    pub show_ids: bool,
+    pub format: ListFormat,
+}
+
+impl From<VmListArgs> for Options {
+    fn from(a: VmListArgs) -> Self {
+        Options {
+            query: VmListQuery {
+                limit: a.limit,
+                cursor: a.cursor,
+                pool: a.pool,
+                node: a.node,
+                status: a.status,
+            },
+            show_ids: a.show_ids,
+            format: a.output,
+        }
+    }
+}
+
+pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
+    let page = ctx.client.list_vms(&opts.query)?;
+    let text = match opts.format {
+        ListFormat::Table => output::table::vms(&page.value.items, opts.show_ids),
+        ListFormat::Json => output::json::pretty(&page.raw),
+        ListFormat::Yaml => output::yaml::to_string(&page.value)?,
+    };
+    ctx.out.write_all(text.as_bytes())?;
+    ctx.out.flush()?;
+    if let Some(cursor) = &page.value.next_cursor {
+        let _ = writeln!(ctx.err, "{}", output::more_results_line(cursor));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use crate::output::fixtures as fx;
+    use crate::wait::fake::FakeServer;
+    use otherix_api::{ListResponse, VmPhase};
+
+    #[test]
+    fn run_with_next_cursor_prints_table_and_stderr_hint() {
+        let page = ListResponse {
+            items: vec![fx::vm()],
+            next_cursor: Some("c2".into()),
+        };
+        let server = FakeServer::start(vec![(200, serde_json::to_string(&page).unwrap())]);
+        let client = Client::new(&server.url).unwrap();
+        let (mut out, mut err) = (vec![], vec![]);
+        let mut ctx = Ctx {
+            client: &client,
+            out: &mut out,
+            err: &mut err,
+        };
+        let opts = Options {
+            query: VmListQuery {
+                limit: Some(1),
+                status: Some(VmPhase::Running),
+                pool: Some("default".into()),
+                ..Default::default()
+            },
+            show_ids: false,
+            format: ListFormat::Table,
+        };
+        run(&mut ctx, opts).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            output::table::vms(&page.items, false)
+        );
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "more results: --cursor c2\n"
+        );
+        assert_eq!(
+            server.requests(),
+            vec!["GET /v1/vms?limit=1&pool=default&status=running"]
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! Everything the CLI prints, as pure functions returning Strings: tables ([`table`]),
+//! key/value views ([`view`]), JSON ([`json`]), YAML ([`yaml`]) and the one-line
+//! task messages below.
+
+pub mod json;
+pub mod table;
+pub mod view;
+pub mod yaml;
+
+use std::time::Duration;
+
+use otherix_api::duration::format_duration;
+use otherix_api::{ErrorBody, Task, TaskStatus};
+use uuid::Uuid;
+
+/// Shown for an absent value in tables and views.
+pub const NONE: &str = "-";
+
+/// What an optional value looks like in a table or view.
+pub fn or_none<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| NONE.to_owned(), |v| v.to_string())
+}
+
+/// `<op> task=<id> status=<status>`: an accepted async operation (`op` is `created` for
+/// `vm create`).
+pub fn accepted_line(op: &str, task: &Task) -> String {
+    format!("{op} task={} status={}", task.id, task.status)
+}
+
+/// `vm <phase> task=<id>`: an async operation finished successfully.
+pub fn done_line(phase: &str, task_id: Uuid) -> String {
+    format!("vm {phase} task={task_id}")
+}
+
+/// `task <id> failed: <code>: <message>` (or `cancelled`): an async operation did not
+/// succeed.
+pub fn task_failed_line(task_id: Uuid, status: TaskStatus, error: Option<&ErrorBody>) -> String {
+    let verb = match status {
+        TaskStatus::Cancelled => "cancelled",
+        _ => "failed",
+    };
+    match error {
+        Some(e) => format!("task {task_id} {verb}: {}: {}", e.code, e.message),
+        None => format!("task {task_id} {verb}"),
+    }
+}
+
+/// The message (after `error: `) when --wait-timeout runs out.
+pub fn timed_out_message(after: Duration, task_id: Uuid, status: TaskStatus) -> String {
+    format!(
+        "timed out after {} waiting for task {task_id} (status {status}); the task keeps running",
+        format_duration(after)
+    )
+}
+
+/// The stderr hint when a list has more pages.
+pub fn more_results_line(cursor: &str) -> String {
+    format!("more results: --cursor {cursor}")
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Builder fixtures shared by the output tests.
+    use otherix_api::{
+        Arch, ErrorBody, ErrorCode, Task, TaskKind, TaskStatus, Vm, VmPhase, VmSpec, VmStatus,
+    };
+    use uuid::Uuid;
+
+    pub const VM_ID: &str = "6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11";
+    pub const VM2_ID: &str = "0b8e5a52-7a4e-4f0e-8d0c-2f6f3d9b1a20";
+    pub const TASK_ID: &str = "3d7b2a10-93c5-4c1e-b1f4-6a8d0e2c5b77";
+
+    pub fn vm() -> Vm {
+        let mut spec = VmSpec::new(
+            "https://cloud-images.ubuntu.com/minimal/releases/noble/release/ubuntu-24.04-minimal-cloudimg-arm64.img",
+            Arch::Arm64,
+        );
+        spec.user_data = Some("#cloud-config\npassword: x\n".into());
+        Vm {
+            id: Uuid::parse_str(VM_ID).unwrap(),
+            name: "web-1".into(),
+            generation: 1,
+            spec,
+            status: VmStatus {
+                phase: VmPhase::Running,
+                node: Some("node-1".into()),
+                pool: Some("default".into()),
+                pid: Some(4242),
+                serial_log: Some("/var/lib/otherix/vms/x/serial.log".into()),
+                current_task: None,
+                last_error: None,
+                observed_generation: 1,
+            },
+            created_at: "2026-05-01T10:00:00Z".into(),
+            updated_at: "2026-05-01T10:01:00Z".into(),
+        }
+    }
+
+    /// A second VM: pending, unplaced, with a network and a failed last task.
+    pub fn vm2() -> Vm {
+        let mut spec = VmSpec::new("http://images.local/debian-12.qcow2", Arch::Amd64);
+        spec.network = Some("br-lan".into());
+        spec.vcpus = 4;
+        Vm {
+            id: Uuid::parse_str(VM2_ID).unwrap(),
+            name: "database-primary".into(),
+            generation: 2,
+            spec,
+            status: VmStatus {
+                phase: VmPhase::Pending,
+                node: None,
+                pool: None,
+                pid: None,
+                serial_log: None,
+                current_task: None,
+                last_error: Some(ErrorBody {
+                    code: ErrorCode::NoNodeAvailable,
+                    message: "no ready node runs amd64 guests".into(),
+                }),
+                observed_generation: 0,
+            },
+            created_at: "2026-05-01T11:00:00Z".into(),
+            updated_at: "2026-05-01T11:00:00Z".into(),
+        }
+    }
+
+    pub fn task(status: TaskStatus) -> Task {
+        Task {
+            id: Uuid::parse_str(TASK_ID).unwrap(),
+            kind: TaskKind::VmCreate,
+            status,
+            vm_id: Some(Uuid::parse_str(VM_ID).unwrap()),
+            vm_name: Some("web-1".into()),
+            node: None,
+            progress: None,
+            error: None,
+            placement: None,
+            created_at: "2026-05-01T10:00:00Z".into(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use otherix_api::ErrorCode;
+
+    #[test]
+    fn accepted_line_pending_create_prints_created_task_status() {
+        let t = task(TaskStatus::Pending);
+        assert_eq!(
+            accepted_line("created", &t),
+            format!("created task={TASK_ID} status=pending")
+        );
+        assert_eq!(
+            accepted_line("stop", &task(TaskStatus::Running)),
+            format!("stop task={TASK_ID} status=running")
+        );
+    }
+
+    #[test]
+    fn done_line_running_prints_vm_phase_task() {
+        let id = Uuid::parse_str(TASK_ID).unwrap();
+        assert_eq!(
+            done_line("running", id),
+            format!("vm running task={TASK_ID}")
+        );
+        assert_eq!(
+            done_line("deleted", id),
+            format!("vm deleted task={TASK_ID}")
+        );
+    }
+
+    #[test]
+    fn task_failed_line_with_error_prints_code_and_message() {
+        let id = Uuid::parse_str(TASK_ID).unwrap();
+        let e = ErrorBody {
+            code: ErrorCode::StopTimeout,
+            message: "guest did not power off within 60s".into(),
+        };
+        assert_eq!(
+            task_failed_line(id, TaskStatus::Failed, Some(&e)),
+            format!("task {TASK_ID} failed: stop_timeout: guest did not power off within 60s")
+        );
+        assert_eq!(
+            task_failed_line(id, TaskStatus::Cancelled, None),
+            format!("task {TASK_ID} cancelled")
+        );
+    }
+
+    #[test]
+    fn timed_out_message_formats_duration_and_status() {
+        let id = Uuid::parse_str(TASK_ID).unwrap();
+        assert_eq!(
+            timed_out_message(Duration::from_secs(300), id, TaskStatus::Running),
+            format!("timed out after 5m waiting for task {TASK_ID} (status running); the task keeps running")
+        );
+    }
+
+    #[test]
+    fn more_results_line_names_cursor_flag() {
+        assert_eq!(more_results_line("abc"), "more results: --cursor abc");
+    }
+}

@@ -1,0 +1,267 @@
+//! Column-aligned tables: left-aligned cells, two spaces between columns, `-` for none,
+//! no trailing whitespace.
+
+use otherix_api::{Node, Pool, Task, Vm};
+
+use super::{or_none, NONE};
+
+/// Spaces between columns.
+const GAP: usize = 2;
+
+/// One column: its header and the width it never goes below.
+struct Column {
+    header: &'static str,
+    min_width: usize,
+}
+
+const fn col(header: &'static str, min_width: usize) -> Column {
+    Column { header, min_width }
+}
+
+/// Renders `rows` under `columns`; every row has one cell per column.
+fn render(columns: &[Column], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.header.len(), c.min_width])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let headers: Vec<String> = columns.iter().map(|c| c.header.to_owned()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&headers).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                let pad = widths[i] - cell.chars().count() + GAP;
+                line.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `vm list`: `NAME STATUS ARCH NODE POOL NETWORK`, with `ID` first when `show_ids`.
+/// NODE and POOL are where the agent reports the VM, NETWORK the requested network.
+pub fn vms(vms: &[Vm], show_ids: bool) -> String {
+    // Minimum widths keep short names aligned like the documented example.
+    let mut columns = vec![
+        col("NAME", 9),
+        col("STATUS", 0),
+        col("ARCH", 0),
+        col("NODE", 8),
+        col("POOL", 8),
+        col("NETWORK", 0),
+    ];
+    if show_ids {
+        columns.insert(0, col("ID", 0));
+    }
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|vm| {
+            let mut row = vec![
+                vm.name.clone(),
+                vm.status.phase.to_string(),
+                vm.spec.arch.to_string(),
+                or_none(vm.status.node.as_deref()),
+                or_none(vm.status.pool.as_deref()),
+                or_none(vm.spec.network.as_deref()),
+            ];
+            if show_ids {
+                row.insert(0, vm.id.to_string());
+            }
+            row
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
+/// `task list`: `ID KIND STATUS VM NODE CREATED`.
+pub fn tasks(tasks: &[Task]) -> String {
+    let columns = [
+        col("ID", 0),
+        col("KIND", 0),
+        col("STATUS", 0),
+        col("VM", 0),
+        col("NODE", 0),
+        col("CREATED", 0),
+    ];
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.kind.to_string(),
+                t.status.to_string(),
+                or_none(t.vm_name.as_deref()),
+                or_none(t.node.as_deref()),
+                t.created_at.clone(),
+            ]
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
+/// `node list`: `NAME STATUS ARCH ACCEL VCPUS MEMORY POOLS`; VCPUS and MEMORY are
+/// `allocated/capacity`, memory in MiB.
+pub fn nodes(nodes: &[Node]) -> String {
+    let columns = [
+        col("NAME", 0),
+        col("STATUS", 0),
+        col("ARCH", 0),
+        col("ACCEL", 0),
+        col("VCPUS", 0),
+        col("MEMORY", 0),
+        col("POOLS", 0),
+    ];
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.status.as_str().to_owned(),
+                n.arch.clone(),
+                n.accel.clone(),
+                format!("{}/{}", n.allocated_vcpus, n.vcpus),
+                format!("{}/{}MiB", n.allocated_memory_mb, n.memory_mb),
+                join_or_none(&n.pools),
+            ]
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
+/// `pool list`: `NAME NODES`.
+pub fn pools(pools: &[Pool]) -> String {
+    let columns = [col("NAME", 0), col("NODES", 0)];
+    let rows: Vec<Vec<String>> = pools
+        .iter()
+        .map(|p| {
+            let nodes: Vec<String> = p.instances.iter().map(|i| i.node.clone()).collect();
+            vec![p.name.clone(), join_or_none(&nodes)]
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
+/// `a,b,c`, or `-` when empty.
+pub fn join_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        NONE.to_owned()
+    } else {
+        items.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::*;
+    use super::*;
+    use otherix_api::{NodeStatus, PoolInstance, TaskKind, TaskStatus};
+    use uuid::Uuid;
+
+    #[test]
+    fn vms_single_vm_matches_documented_example() {
+        assert_eq!(
+            vms(&[vm()], false),
+            "NAME       STATUS   ARCH   NODE      POOL      NETWORK\n\
+             web-1      running  arm64  node-1    default   -\n"
+        );
+    }
+
+    #[test]
+    fn vms_two_vms_without_ids_prints_exact_table() {
+        assert_eq!(
+            vms(&[vm(), vm2()], false),
+            "NAME              STATUS   ARCH   NODE      POOL      NETWORK\n\
+             web-1             running  arm64  node-1    default   -\n\
+             database-primary  pending  amd64  -         -         br-lan\n"
+        );
+    }
+
+    #[test]
+    fn vms_two_vms_with_ids_prints_id_column_first() {
+        assert_eq!(
+            vms(&[vm(), vm2()], true),
+            format!(
+                "ID                                    NAME              STATUS   ARCH   NODE      POOL      NETWORK\n\
+                 {VM_ID}  web-1             running  arm64  node-1    default   -\n\
+                 {VM2_ID}  database-primary  pending  amd64  -         -         br-lan\n"
+            )
+        );
+    }
+
+    #[test]
+    fn vms_empty_list_prints_header_only() {
+        assert_eq!(
+            vms(&[], false),
+            "NAME       STATUS  ARCH  NODE      POOL      NETWORK\n"
+        );
+    }
+
+    #[test]
+    fn tasks_one_task_prints_exact_table() {
+        let mut t = task(TaskStatus::Running);
+        t.kind = TaskKind::VmStop;
+        t.node = Some("node-1".into());
+        assert_eq!(
+            tasks(&[t]),
+            format!(
+                "ID                                    KIND     STATUS   VM     NODE    CREATED\n\
+                 {TASK_ID}  vm.stop  running  web-1  node-1  2026-05-01T10:00:00Z\n"
+            )
+        );
+    }
+
+    #[test]
+    fn nodes_one_node_prints_allocation_columns() {
+        let n = Node {
+            id: Uuid::nil(),
+            name: "node-1".into(),
+            status: NodeStatus::NotReady,
+            arch: "arm64".into(),
+            guest_arches: vec!["arm64".into()],
+            accel: "kvm".into(),
+            vcpus: 8,
+            memory_mb: 16384,
+            allocated_vcpus: 2,
+            allocated_memory_mb: 2048,
+            pools: vec!["default".into(), "fast".into()],
+            last_heartbeat: None,
+        };
+        assert_eq!(
+            nodes(&[n]),
+            "NAME    STATUS     ARCH   ACCEL  VCPUS  MEMORY         POOLS\n\
+             node-1  not_ready  arm64  kvm    2/8    2048/16384MiB  default,fast\n"
+        );
+    }
+
+    #[test]
+    fn pools_without_instances_prints_none() {
+        let p = |name: &str, nodes: &[&str]| Pool {
+            id: Uuid::nil(),
+            name: name.into(),
+            instances: nodes
+                .iter()
+                .map(|n| PoolInstance {
+                    id: Uuid::nil(),
+                    node: (*n).into(),
+                    path: "/p".into(),
+                })
+                .collect(),
+        };
+        assert_eq!(
+            pools(&[p("default", &["node-1", "node-2"]), p("empty", &[])]),
+            "NAME     NODES\n\
+             default  node-1,node-2\n\
+             empty    -\n"
+        );
+    }
+}

@@ -1,0 +1,66 @@
+//! YAML output, the only place that knows about serde_yaml: manifests (`vm get -o
+//! yaml`) and list envelopes (`vm list -o yaml`).
+
+use otherix_api::{Vm, VmManifest};
+use serde::Serialize;
+
+/// Renders any serializable value as a YAML document.
+pub fn to_string<T: Serialize>(value: &T) -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(value)
+}
+
+/// The re-appliable `kind: VM` manifest of a live VM.
+pub fn vm_manifest(vm: &Vm) -> Result<String, serde_yaml::Error> {
+    to_string(&VmManifest::from_vm(vm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures;
+    use super::*;
+    use otherix_api::ListResponse;
+
+    #[test]
+    fn vm_manifest_running_vm_prints_exact_manifest() {
+        assert_eq!(
+            vm_manifest(&fixtures::vm()).unwrap(),
+            "\
+apiVersion: otherix.dev/v1
+kind: VM
+metadata:
+  name: web-1
+spec:
+  image_url: https://cloud-images.ubuntu.com/minimal/releases/noble/release/ubuntu-24.04-minimal-cloudimg-arm64.img
+  arch: arm64
+  vcpus: 2
+  memory_mb: 2048
+  user_data: |
+    #cloud-config
+    password: x
+"
+        );
+    }
+
+    #[test]
+    fn vm_manifest_parses_back_with_same_spec() {
+        for vm in [fixtures::vm(), fixtures::vm2()] {
+            let text = vm_manifest(&vm).unwrap();
+            let back: VmManifest = serde_yaml::from_str(&text).unwrap();
+            assert_eq!(back.spec, vm.spec);
+            assert_eq!(back.metadata.name, vm.name);
+            assert_eq!(back, VmManifest::from_vm(&vm));
+        }
+    }
+
+    #[test]
+    fn to_string_list_envelope_keeps_items_and_cursor() {
+        let list = ListResponse {
+            items: vec![fixtures::vm()],
+            next_cursor: Some("abc".into()),
+        };
+        let text = to_string(&list).unwrap();
+        let back: ListResponse<Vm> = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, list);
+        assert!(text.contains("next_cursor: abc\n"), "{text}");
+    }
+}
