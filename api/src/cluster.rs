@@ -59,3 +59,57 @@ pub struct Pool {
     pub name: String,
     pub instances: Vec<PoolInstance>,
 }
+
+/// A network VMs can attach to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Network {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub spec: crate::manifest::NetworkSpec,
+}
+
+/// A firmware VMs can boot with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Firmware {
+    pub id: Uuid,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub spec: crate::manifest::FirmwareSpec,
+    /// Shipped with otherix (seabios, ovmf, aavmf); cannot be changed or deleted.
+    pub builtin: bool,
+}
+
+/// The cluster-wide settings object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ClusterSettings {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    pub spec: crate::manifest::ClusterSettingsSpec,
+}
+
+/// One cached base image on one node's pool instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CachedImage {
+    pub node: String,
+    pub sha256: String,
+    pub url: String,
+    pub size: u64,
+    /// RFC 3339 time a VM was last created from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
+    /// How many VMs on that node use it.
+    pub used_by: u32,
+}
+
+/// A slice of a VM's serial console log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogChunk {
+    pub data: String,
+    pub next_offset: u64,
+    /// True when `next_offset` is the current end of the log.
+    pub eof: bool,
+}

@@ -4,6 +4,7 @@
 //! [`cluster`]), the error codes and their HTTP statuses ([`error`]), request validation
 //! ([`validate`]), human durations ([`duration`]) and the agent gRPC protocol ([`proto`]).
 
+pub mod apply;
 pub mod cluster;
 pub mod duration;
 pub mod error;
@@ -15,7 +16,12 @@ pub mod task;
 pub mod validate;
 pub mod vm;
 
-pub use cluster::{Node, NodeStatus, Pool, PoolInstance};
+pub use apply::{
+    ApplyOutcome, ApplyRequest, ApplyResponse, CreateObjectRequest, SOURCE_ANNOTATION,
+};
+pub use cluster::{
+    CachedImage, ClusterSettings, Firmware, LogChunk, Network, Node, NodeStatus, Pool, PoolInstance,
+};
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorEnvelope};
 pub use list::ListResponse;
 pub use manifest::{ManifestError, Object, ObjectMeta, ParsedObject, VmManifest, API_VERSION};
