@@ -1,2 +1,126 @@
-//! otherix-agent: the otherix node agent.
-fn main() {}
+//! otherix-agent: the otherix node agent binary. Parses flags, sets up logging, resolves
+//! the accelerator, re-adopts VMs on disk, then runs the VM monitor and the gateway
+//! session until killed. VMs keep running when the agent exits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use otherix_agent::driver::VmDriver;
+use otherix_agent::executor::Executor;
+use otherix_agent::host::{self, AccelChoice};
+use otherix_agent::local_driver::LocalDriver;
+use otherix_agent::monitor;
+use otherix_agent::outbox::Outbox;
+use otherix_agent::session::{self, NodeInfo};
+use otherix_agent::vm_registry::VmRegistry;
+
+/// The otherix node agent: runs VMs with QEMU for otherixd.
+#[derive(Debug, Parser)]
+#[command(name = "otherix-agent", version)]
+struct Args {
+    /// otherixd agent gateway URL (its --agent-listen address), e.g. http://10.0.0.1:7001.
+    #[arg(long, env = "OTHERIX_AGENT_SERVER")]
+    server: String,
+    /// This node's name.
+    #[arg(long)]
+    node: String,
+    /// Agent state: VM records, run dirs (QMP sockets, pidfiles, serial logs), task results.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// A storage pool this node serves, as NAME=PATH; repeat for several.
+    #[arg(long = "pool", value_name = "NAME=PATH", required = true, value_parser = parse_pool)]
+    pools: Vec<(String, PathBuf)>,
+    /// Accelerator: auto uses KVM only when a probe guest really runs under it.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelChoice,
+    /// Accept file:// image URLs (tests and air-gapped nodes).
+    #[arg(long)]
+    allow_file_urls: bool,
+}
+
+fn parse_pool(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, path) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=PATH"))?;
+    otherix_api::validate::validate_name("pool name", name).map_err(|e| e.message)?;
+    if path.is_empty() {
+        return Err(format!("{s:?}: empty pool path"));
+    }
+    Ok((name.to_string(), PathBuf::from(path)))
+}
+
+fn absolute_dir(path: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {what} {}", path.display()))?;
+    path.canonicalize()
+        .with_context(|| format!("resolving {what} {}", path.display()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    let data_dir = absolute_dir(&args.data_dir, "data dir")?;
+    let mut pools = Vec::new();
+    for (name, path) in &args.pools {
+        if pools.iter().any(|(n, _): &(String, PathBuf)| n == name) {
+            bail!("pool {name} is given twice");
+        }
+        pools.push((name.clone(), absolute_dir(path, "pool path")?));
+    }
+    let Some(host_arch) = host::host_arch() else {
+        bail!("unsupported host architecture {}", std::env::consts::ARCH);
+    };
+    let accel = host::resolve_accel(args.accel).await;
+    let guest_arches: Vec<&str> = host::guest_arches().iter().map(|a| a.as_str()).collect();
+    if guest_arches.is_empty() {
+        tracing::warn!("no qemu-system-* binary on PATH; this node cannot run VMs");
+    }
+    tracing::info!(
+        node = args.node,
+        accel = accel.as_str(),
+        ?guest_arches,
+        "otherix-agent starting"
+    );
+
+    let registry = Arc::new(VmRegistry::new(&data_dir));
+    let driver = Arc::new(LocalDriver::new(
+        registry.clone(),
+        accel,
+        args.allow_file_urls,
+    ));
+    for report in driver.report_all().await {
+        tracing::info!(
+            vm_id = report.vm_id,
+            power = report.power,
+            pid = report.pid,
+            "re-adopted VM"
+        );
+    }
+    let (outbox, outbox_rx) = Outbox::new();
+    let executor = Executor::new(driver.clone(), registry.clone(), &data_dir, outbox.clone());
+    tokio::spawn(monitor::run(registry, outbox.clone()));
+
+    let node = NodeInfo {
+        node: args.node,
+        host_arch: host_arch.as_str().to_string(),
+        guest_arches: guest_arches.iter().map(|a| a.to_string()).collect(),
+        accel: accel.as_str().to_string(),
+        vcpus: host::vcpus(),
+        memory_mb: host::memory_mb(),
+        pools,
+    };
+    tokio::select! {
+        () = session::run(args.server, node, executor, driver, outbox, outbox_rx) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; VMs keep running"),
+    }
+    Ok(())
+}

@@ -1,0 +1,332 @@
+//! Runs `TaskAssignment`s: idempotent by task id (a running task is ignored, a finished one
+//! has its final update re-sent from the [`TaskStore`]), serialized per VM, cancellable,
+//! and mapped onto [`VmDriver`] primitives exactly as ARCHITECTURE.md's task kinds table
+//! says. Also answers `SyncRequest`s.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use otherix_api::proto::{SyncReply, SyncRequest, TaskAssignment, TaskState, TaskUpdate, VmReport};
+use otherix_api::{ApiError, DesiredPhase, ErrorCode, TaskKind, VmSpec};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::driver::{SyncOp, VmDriver, VmTarget};
+use crate::outbox::{Outbox, Progress};
+use crate::task_store::TaskStore;
+use crate::vm_registry::VmRegistry;
+
+/// How a task ended.
+enum Outcome {
+    Succeeded(VmReport),
+    Failed(ApiError),
+    Cancelled,
+}
+
+/// Runs tasks on a driver; cheap to clone.
+pub struct Executor<D> {
+    inner: Arc<Inner<D>>,
+}
+
+impl<D> Clone for Executor<D> {
+    fn clone(&self) -> Self {
+        Executor {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<D> {
+    driver: Arc<D>,
+    registry: Arc<VmRegistry>,
+    store: TaskStore,
+    outbox: Outbox,
+    /// Tasks in progress, with the trigger that cancels them (taken once cancelled).
+    running: Mutex<HashMap<Uuid, Option<oneshot::Sender<()>>>>,
+}
+
+fn parse_uuid(field: &str, value: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(value)
+        .map_err(|_| ApiError::validation(format!("{field}: {value:?} is not a uuid")))
+}
+
+impl<D: VmDriver> Executor<D> {
+    pub fn new(
+        driver: Arc<D>,
+        registry: Arc<VmRegistry>,
+        data_dir: &Path,
+        outbox: Outbox,
+    ) -> Executor<D> {
+        Executor {
+            inner: Arc::new(Inner {
+                driver,
+                registry,
+                store: TaskStore::new(data_dir),
+                outbox,
+                running: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Starts `task` unless it is already running; re-sends the final update of a task
+    /// that already finished.
+    pub fn assign(&self, task: TaskAssignment) {
+        let inner = &self.inner;
+        let task_id = match parse_uuid("task_id", &task.task_id) {
+            Ok(id) => id,
+            Err(e) => {
+                inner
+                    .outbox
+                    .task_update(terminal_update(&task.task_id, &Outcome::Failed(e), None));
+                return;
+            }
+        };
+        let cancel_rx = {
+            let mut running = inner.running.lock().expect("running table poisoned");
+            if running.contains_key(&task_id) {
+                tracing::info!(%task_id, kind = task.kind, "task already running; ignoring redelivery");
+                return;
+            }
+            match inner.store.load(task_id) {
+                Ok(Some(update)) => {
+                    tracing::info!(%task_id, kind = task.kind, "task already finished; re-sending its result");
+                    inner.outbox.task_update(update);
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%task_id, error = %e, "unreadable task result; running the task again")
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            running.insert(task_id, Some(tx));
+            rx
+        };
+        tokio::spawn(inner.clone().run(task_id, task, cancel_rx));
+    }
+
+    /// Aborts a running task; it reports `CANCELLED`.
+    pub fn cancel(&self, task_id: &str) {
+        let Ok(task_id) = Uuid::parse_str(task_id) else {
+            return;
+        };
+        let trigger = self
+            .inner
+            .running
+            .lock()
+            .expect("running table poisoned")
+            .get_mut(&task_id)
+            .and_then(Option::take);
+        match trigger {
+            Some(tx) => {
+                tracing::info!(%task_id, "cancelling task");
+                let _ = tx.send(());
+            }
+            None => tracing::info!(%task_id, "cancel for a task that is not running; ignored"),
+        }
+    }
+
+    /// Answers a pause/resume/reset request.
+    pub async fn sync(&self, request: SyncRequest) -> SyncReply {
+        let driver = &self.inner.driver;
+        let reply = |result: Result<VmReport, ApiError>, vm: Option<VmReport>| match result {
+            Ok(report) => SyncReply {
+                request_id: request.request_id.clone(),
+                ok: true,
+                vm: Some(report),
+                ..Default::default()
+            },
+            Err(e) => SyncReply {
+                request_id: request.request_id.clone(),
+                ok: false,
+                error_code: e.code.as_str().into(),
+                error_message: e.message,
+                vm,
+            },
+        };
+        let vm_id = match parse_uuid("vm_id", &request.vm_id) {
+            Ok(id) => id,
+            Err(e) => return reply(Err(e), None),
+        };
+        let Some(op) = SyncOp::parse(&request.op) else {
+            let e = ApiError::validation(format!("op: unknown sync op {:?}", request.op));
+            return reply(Err(e), None);
+        };
+        tracing::info!(%vm_id, op = op.as_str(), "sync op");
+        match driver.sync_op(vm_id, op).await {
+            Ok(report) => reply(Ok(report), None),
+            Err(e) => {
+                let report = driver.report(vm_id).await;
+                reply(Err(e), Some(report))
+            }
+        }
+    }
+}
+
+impl<D: VmDriver> Inner<D> {
+    async fn run(
+        self: Arc<Self>,
+        task_id: Uuid,
+        task: TaskAssignment,
+        cancel_rx: oneshot::Receiver<()>,
+    ) {
+        tracing::info!(%task_id, kind = task.kind, vm = task.vm_name, "task started");
+        let progress = Progress::new(&task.task_id, self.outbox.clone());
+        let outcome = tokio::select! {
+            Ok(()) = cancel_rx => Outcome::Cancelled,
+            result = self.execute(&task, &progress) => match result {
+                Ok(report) => Outcome::Succeeded(report),
+                Err(e) => Outcome::Failed(e),
+            },
+        };
+        let report = match (&outcome, Uuid::parse_str(&task.vm_id)) {
+            (Outcome::Succeeded(report), _) => Some(report.clone()),
+            (_, Ok(vm_id)) => Some(self.driver.report(vm_id).await),
+            (_, Err(_)) => None,
+        };
+        let update = terminal_update(&task.task_id, &outcome, report);
+        match &outcome {
+            Outcome::Succeeded(_) => tracing::info!(%task_id, kind = task.kind, "task succeeded"),
+            Outcome::Failed(e) => {
+                tracing::warn!(%task_id, kind = task.kind, code = %e.code, message = e.message, "task failed")
+            }
+            Outcome::Cancelled => tracing::info!(%task_id, kind = task.kind, "task cancelled"),
+        }
+        if let Err(e) = self.store.save(task_id, &update) {
+            tracing::error!(%task_id, error = %e, "cannot persist task result");
+        }
+        self.outbox.task_update(update);
+        self.running
+            .lock()
+            .expect("running table poisoned")
+            .remove(&task_id);
+    }
+
+    /// The VM a task names, with its spec from the task or else the agent's record.
+    fn target(&self, task: &TaskAssignment) -> Result<VmTarget, ApiError> {
+        let vm_id = parse_uuid("vm_id", &task.vm_id)?;
+        let record = self.registry.load(vm_id).ok().flatten();
+        let spec = if task.spec_json.trim().is_empty() {
+            record.as_ref().map(|r| r.spec.clone())
+        } else {
+            Some(
+                serde_json::from_str::<VmSpec>(&task.spec_json).map_err(|e| {
+                    ApiError::validation(format!("spec_json: not a valid VM spec: {e}"))
+                })?,
+            )
+        };
+        let pool_path = if task.pool_path.is_empty() {
+            record
+                .as_ref()
+                .map(|r| r.pool_path.clone())
+                .unwrap_or_default()
+        } else {
+            task.pool_path.clone().into()
+        };
+        let pick = |given: &str, recorded: Option<&String>| {
+            if given.is_empty() {
+                recorded.cloned().unwrap_or_default()
+            } else {
+                given.to_string()
+            }
+        };
+        Ok(VmTarget {
+            vm_id,
+            name: pick(&task.vm_name, record.as_ref().map(|r| &r.name)),
+            pool: pick(&task.pool, record.as_ref().map(|r| &r.pool)),
+            pool_path,
+            spec,
+        })
+    }
+
+    fn stop_timeout(task: &TaskAssignment, vm: &VmTarget) -> Duration {
+        if task.stop_timeout_ms > 0 {
+            return Duration::from_millis(task.stop_timeout_ms);
+        }
+        let secs = vm
+            .spec
+            .as_ref()
+            .map(VmSpec::stop_timeout_secs)
+            .unwrap_or(otherix_api::vm::DEFAULT_STOP_TIMEOUT_SECS);
+        Duration::from_secs(secs.into())
+    }
+
+    async fn execute(
+        &self,
+        task: &TaskAssignment,
+        progress: &Progress,
+    ) -> Result<VmReport, ApiError> {
+        let kind = TaskKind::parse(&task.kind).ok_or_else(|| {
+            ApiError::validation(format!("kind: unknown task kind {:?}", task.kind))
+        })?;
+        let vm = self.target(task)?;
+        let lock = self.registry.vm_lock(vm.vm_id);
+        let _one_task_per_vm = match lock.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                progress.phase("waiting for another task on this vm");
+                lock.lock_owned().await
+            }
+        };
+        if kind != TaskKind::VmDelete {
+            self.driver.remember(&vm)?;
+        }
+        let driver = &self.driver;
+        match kind {
+            TaskKind::VmCreate => {
+                driver.prepare(&vm, progress).await?;
+                let desired = vm.spec.as_ref().map(|s| s.desired_phase);
+                if desired == Some(DesiredPhase::Stopped) {
+                    Ok(driver.report(vm.vm_id).await)
+                } else {
+                    driver.start(&vm, progress).await
+                }
+            }
+            TaskKind::VmStart => driver.start(&vm, progress).await,
+            TaskKind::VmStop => {
+                driver
+                    .stop(&vm, Self::stop_timeout(task, &vm), progress)
+                    .await
+            }
+            TaskKind::VmPoweroff => driver.poweroff(&vm, progress).await,
+            TaskKind::VmReboot => {
+                driver
+                    .stop(&vm, Self::stop_timeout(task, &vm), progress)
+                    .await?;
+                driver.start(&vm, progress).await
+            }
+            TaskKind::VmDelete => driver.delete(&vm, progress).await,
+        }
+    }
+}
+
+fn terminal_update(task_id: &str, outcome: &Outcome, vm: Option<VmReport>) -> TaskUpdate {
+    let (state, error_code, error_message) = match outcome {
+        Outcome::Succeeded(_) => (TaskState::Succeeded, String::new(), String::new()),
+        Outcome::Failed(e) => (
+            TaskState::Failed,
+            e.code.as_str().to_string(),
+            e.message.clone(),
+        ),
+        Outcome::Cancelled => (
+            TaskState::Cancelled,
+            ErrorCode::Cancelled.as_str().to_string(),
+            "task cancelled by the server".to_string(),
+        ),
+    };
+    TaskUpdate {
+        task_id: task_id.to_string(),
+        state: state as i32,
+        phase: "done".into(),
+        error_code,
+        error_message,
+        vm,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+#[path = "executor_tests.rs"]
+mod tests;

@@ -1,0 +1,270 @@
+//! The per-pool image cache in `POOL_PATH/images/`: content-addressed files
+//! `sha256-<hex>` (read-only, never modified after verification), an `index.json` mapping
+//! URL -> sha256 so a known URL is a cache hit with no HTTP request, and per-URL locks so
+//! concurrent requests for one URL share one download.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use otherix_api::ErrorCode;
+use serde::{Deserialize, Serialize};
+
+use crate::atomic_file::{sync_dir, write_json_atomic};
+use crate::image_fetch::{fetch_to_temp, FetchError, ProgressFn};
+
+const INDEX_FILE: &str = "index.json";
+const TMP_DIR: &str = "tmp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("image {url} has sha256 {actual}, expected {expected}")]
+    ChecksumMismatch {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("image {url} cannot be inspected by qemu-img: {cause}")]
+    Inspect { url: String, cause: String },
+    #[error("image {url} is a {format} image with a backing file; refusing it")]
+    HasBackingFile { url: String, format: String },
+    #[error("image cache I/O on {0}")]
+    Io(PathBuf, #[source] std::io::Error),
+}
+
+impl ImageError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ImageError::Fetch(FetchError::FileUrlsDisabled { .. })
+            | ImageError::Fetch(FetchError::UnsupportedScheme { .. }) => {
+                ErrorCode::ValidationFailed
+            }
+            ImageError::Fetch(FetchError::Write(..)) | ImageError::Io(..) => ErrorCode::DiskFailed,
+            ImageError::Fetch(_)
+            | ImageError::Inspect { .. }
+            | ImageError::HasBackingFile { .. } => ErrorCode::ImageDownloadFailed,
+            ImageError::ChecksumMismatch { .. } => ErrorCode::ImageChecksumMismatch,
+        }
+    }
+}
+
+/// A verified image in the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedImage {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// Format qemu-img detected (`qcow2`, `raw`, ...).
+    pub format: String,
+    /// Guest-visible size in bytes.
+    pub virtual_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct IndexEntry {
+    sha256: String,
+    format: String,
+    virtual_size: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Index {
+    #[serde(default)]
+    urls: BTreeMap<String, IndexEntry>,
+}
+
+/// The image cache of one pool instance.
+pub struct ImageCache {
+    images_dir: PathBuf,
+    allow_file_urls: bool,
+    client: reqwest::Client,
+    url_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    index_lock: tokio::sync::Mutex<()>,
+}
+
+impl ImageCache {
+    pub fn new(pool_path: &Path, allow_file_urls: bool) -> ImageCache {
+        let client = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(15))
+            .read_timeout(std::time::Duration::from_secs(60))
+            .user_agent(concat!("otherix-agent/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("reqwest client with static settings");
+        ImageCache {
+            images_dir: pool_path.join("images"),
+            allow_file_urls,
+            client,
+            url_locks: Mutex::default(),
+            index_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.images_dir.join(format!("sha256-{sha256}"))
+    }
+
+    fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+        move |e| ImageError::Io(path.to_path_buf(), e)
+    }
+
+    /// Returns the cached image for `url`, downloading and verifying it on first use.
+    pub async fn materialize(
+        &self,
+        url: &str,
+        expected_sha256: Option<&str>,
+        progress: ProgressFn<'_>,
+    ) -> Result<CachedImage, ImageError> {
+        let expected = expected_sha256.map(str::to_ascii_lowercase);
+        let url_lock = self
+            .url_locks
+            .lock()
+            .expect("url lock table poisoned")
+            .entry(url.to_string())
+            .or_default()
+            .clone();
+        let _downloading = url_lock.lock().await;
+
+        if let Some(hit) = self.lookup(url, expected.as_deref()).await? {
+            tracing::info!(url, sha256 = %hit.sha256, "image cache hit");
+            return Ok(hit);
+        }
+
+        let tmp_dir = self.images_dir.join(TMP_DIR);
+        tokio::fs::create_dir_all(&tmp_dir)
+            .await
+            .map_err(Self::io_err(&tmp_dir))?;
+        tracing::info!(url, "downloading image");
+        let fetched =
+            fetch_to_temp(&self.client, url, self.allow_file_urls, &tmp_dir, progress).await?;
+        if let Some(expected) = &expected {
+            if *expected != fetched.sha256 {
+                return Err(ImageError::ChecksumMismatch {
+                    url: url.into(),
+                    expected: expected.clone(),
+                    actual: fetched.sha256,
+                });
+            }
+        }
+        let (format, virtual_size) = inspect(url, fetched.file.path()).await?;
+        let blob = self.blob_path(&fetched.sha256);
+        let temp_path = fetched.file.path().to_path_buf();
+        set_read_only(&temp_path).map_err(Self::io_err(&temp_path))?;
+        if blob.exists() {
+            drop(fetched.file);
+        } else {
+            std::fs::rename(&temp_path, &blob).map_err(Self::io_err(&blob))?;
+            fetched.file.keep();
+            sync_dir(&self.images_dir).map_err(Self::io_err(&self.images_dir))?;
+        }
+        let entry = IndexEntry {
+            sha256: fetched.sha256,
+            format,
+            virtual_size,
+        };
+        self.record(url, &entry).await?;
+        tracing::info!(url, sha256 = %entry.sha256, bytes = fetched.bytes, "image cached");
+        Ok(self.cached(entry))
+    }
+
+    fn cached(&self, entry: IndexEntry) -> CachedImage {
+        CachedImage {
+            path: self.blob_path(&entry.sha256),
+            sha256: entry.sha256,
+            format: entry.format,
+            virtual_size: entry.virtual_size,
+        }
+    }
+
+    /// A cache hit: the URL's indexed blob (matching `expected` if given), or a blob with
+    /// the expected hash that another URL brought in.
+    async fn lookup(
+        &self,
+        url: &str,
+        expected: Option<&str>,
+    ) -> Result<Option<CachedImage>, ImageError> {
+        let index = self.read_index().await?;
+        if let Some(entry) = index.urls.get(url) {
+            let matches = expected.is_none_or(|e| e == entry.sha256);
+            if matches && self.blob_path(&entry.sha256).is_file() {
+                return Ok(Some(self.cached(entry.clone())));
+            }
+        }
+        if let Some(expected) = expected {
+            if let Some(entry) = index.urls.values().find(|e| e.sha256 == expected) {
+                if self.blob_path(expected).is_file() {
+                    let entry = entry.clone();
+                    self.record(url, &entry).await?;
+                    return Ok(Some(self.cached(entry)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn read_index(&self) -> Result<Index, ImageError> {
+        let path = self.images_dir.join(INDEX_FILE);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "corrupt image index; starting a new one");
+                Index::default()
+            })),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
+            Err(e) => Err(ImageError::Io(path, e)),
+        }
+    }
+
+    async fn record(&self, url: &str, entry: &IndexEntry) -> Result<(), ImageError> {
+        let _writing = self.index_lock.lock().await;
+        let mut index = self.read_index().await?;
+        index.urls.insert(url.to_string(), entry.clone());
+        let path = self.images_dir.join(INDEX_FILE);
+        write_json_atomic(&path, &index).map_err(|e| ImageError::Io(path, e))
+    }
+}
+
+fn set_read_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+}
+
+/// Detects format and virtual size with `qemu-img info --output=json`; refuses images
+/// that name a backing file (a downloaded image must not reach into the host's files).
+async fn inspect(url: &str, path: &Path) -> Result<(String, u64), ImageError> {
+    let err = |cause: String| ImageError::Inspect {
+        url: url.into(),
+        cause,
+    };
+    let output = tokio::process::Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| err(format!("cannot run qemu-img: {e}")))?;
+    if !output.status.success() {
+        return Err(err(String::from_utf8_lossy(&output.stderr)
+            .trim()
+            .to_string()));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| err(format!("unreadable qemu-img output: {e}")))?;
+    let format = info["format"]
+        .as_str()
+        .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .ok_or_else(|| err("qemu-img reported no format".into()))?
+        .to_string();
+    let virtual_size = info["virtual-size"]
+        .as_u64()
+        .ok_or_else(|| err("qemu-img reported no virtual size".into()))?;
+    if info.get("backing-filename").is_some() {
+        return Err(ImageError::HasBackingFile {
+            url: url.into(),
+            format,
+        });
+    }
+    Ok((format, virtual_size))
+}
+
+#[cfg(test)]
+#[path = "image_cache_tests.rs"]
+mod tests;

@@ -1,0 +1,415 @@
+//! [`LocalDriver`]: the real [`VmDriver`] for this node. Composes the image cache, disks,
+//! the QEMU launcher/QMP client and the VM registry; each method climbs the steps of one
+//! primitive (e.g. poweroff: QMP quit -> wait -> SIGKILL), logging each.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use otherix_api::proto::{VmPower, VmReport};
+use otherix_api::{ApiError, DiskFormat, ErrorCode, VmSpec};
+use uuid::Uuid;
+
+use crate::disk;
+use crate::driver::{SyncOp, VmDriver, VmTarget};
+use crate::error_chain::error_chain;
+use crate::host::Accel;
+use crate::image_cache::ImageCache;
+use crate::outbox::{power_report, Progress};
+use crate::qemu::process::{kill_pid, log_tail, wait_exit};
+use crate::qemu::{self, build_argv, LaunchConfig, Qmp, RunStatus};
+use crate::vm_registry::{RunDir, VmRecord, VmRegistry, MAX_SOCKET_PATH};
+
+/// How long a freshly launched QEMU may take to answer QMP and report `running`.
+const BOOT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long poweroff waits after QMP quit before SIGKILL, and after SIGKILL.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs VMs on this node with QEMU.
+pub struct LocalDriver {
+    registry: Arc<VmRegistry>,
+    accel: Accel,
+    allow_file_urls: bool,
+    caches: Mutex<HashMap<PathBuf, Arc<ImageCache>>>,
+}
+
+fn api_err(code: ErrorCode, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(code, e.to_string())
+}
+
+impl LocalDriver {
+    pub fn new(registry: Arc<VmRegistry>, accel: Accel, allow_file_urls: bool) -> LocalDriver {
+        LocalDriver {
+            registry,
+            accel,
+            allow_file_urls,
+            caches: Mutex::default(),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<VmRegistry> {
+        &self.registry
+    }
+
+    fn image_cache(&self, pool_path: &Path) -> Arc<ImageCache> {
+        self.caches
+            .lock()
+            .expect("cache table poisoned")
+            .entry(pool_path.to_path_buf())
+            .or_insert_with(|| Arc::new(ImageCache::new(pool_path, self.allow_file_urls)))
+            .clone()
+    }
+
+    /// The live QEMU pid of a VM, if its pidfile names a process that is really its QEMU.
+    fn live_pid(&self, run: &RunDir) -> Option<u32> {
+        qemu::read_pid(&run.pidfile()).filter(|pid| qemu::pid_alive(*pid, &run.path))
+    }
+
+    fn base_report(&self, vm_id: Uuid, power: VmPower, pool: &str, run: &RunDir) -> VmReport {
+        let mut report = power_report(&vm_id.to_string(), power);
+        report.pool = pool.to_string();
+        report.serial_log = run.serial_log().display().to_string();
+        report
+    }
+
+    fn stopped_report(&self, vm: &VmTarget, detail: &str) -> VmReport {
+        let run = self.registry.run_dir(vm.vm_id);
+        self.registry.set_observed_pid(vm.vm_id, None);
+        let mut report = self.base_report(vm.vm_id, VmPower::Stopped, &vm.pool, &run);
+        report.detail = detail.to_string();
+        report
+    }
+
+    /// Removes files a dead QEMU may leave behind.
+    fn clear_stale_runtime_files(run: &RunDir) {
+        let _ = std::fs::remove_file(run.qmp_socket());
+        let _ = std::fs::remove_file(run.pidfile());
+    }
+
+    fn require_spec(vm: &VmTarget) -> Result<&VmSpec, ApiError> {
+        vm.spec.as_ref().ok_or_else(|| {
+            ApiError::validation(format!(
+                "task for vm {} carries no spec and the agent has no record of it",
+                vm.name
+            ))
+        })
+    }
+
+    async fn launch(&self, vm: &VmTarget, spec: &VmSpec, run: &RunDir) -> Result<u32, ApiError> {
+        let disk = disk::existing_disk(&vm.pool_path, vm.vm_id).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::DiskFailed,
+                format!(
+                    "vm {} has no disk under {}; create it first",
+                    vm.name,
+                    disk::disk_dir(&vm.pool_path, vm.vm_id).display()
+                ),
+            )
+        })?;
+        std::fs::create_dir_all(&run.path).map_err(|e| {
+            api_err(
+                ErrorCode::QemuFailed,
+                format!("cannot create run dir {}: {e}", run.path.display()),
+            )
+        })?;
+        let socket_len = run.qmp_socket().as_os_str().len();
+        if socket_len > MAX_SOCKET_PATH {
+            return Err(ApiError::new(
+                ErrorCode::QemuFailed,
+                format!(
+                    "QMP socket path {} is {socket_len} bytes, over the {MAX_SOCKET_PATH}-byte unix socket limit; use a shorter --data-dir",
+                    run.qmp_socket().display()
+                ),
+            ));
+        }
+        Self::clear_stale_runtime_files(run);
+        let config = LaunchConfig {
+            vm_id: vm.vm_id,
+            vm_name: vm.name.clone(),
+            arch: spec.arch,
+            accel: self.accel,
+            vcpus: spec.vcpus,
+            memory_mb: spec.memory_mb,
+            disk_path: disk.path,
+            disk_format: disk.format,
+            pidfile: run.pidfile(),
+            qmp_socket: run.qmp_socket(),
+            serial_log: run.serial_log(),
+        };
+        let (program, args) = build_argv(&config).map_err(|e| api_err(ErrorCode::QemuFailed, e))?;
+        let pid = qemu::launch(&program, &args, &run.pidfile(), &run.qemu_log())
+            .await
+            .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
+        self.registry.set_observed_pid(vm.vm_id, Some(pid));
+        tracing::info!(vm = %vm.name, pid, "QEMU launched");
+        Ok(pid)
+    }
+
+    /// Waits until QMP answers and says running.
+    async fn confirm_running(run: &RunDir) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + BOOT_CONFIRM_TIMEOUT;
+        let qmp = Qmp::connect_retrying(&run.qmp_socket(), BOOT_CONFIRM_TIMEOUT)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        loop {
+            let status = qmp.query_status().await.map_err(|e| error_chain(&e))?;
+            if status == RunStatus::Running {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("QEMU reports {status:?} instead of running"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn kill_and_wait(run: &RunDir, pid: u32) -> bool {
+        kill_pid(pid);
+        wait_exit(pid, &run.path, QUIT_GRACE).await
+    }
+
+    fn not_running_conflict(name: &str, op: SyncOp, state: &str) -> ApiError {
+        ApiError::conflict(format!(
+            "vm {name} is {state}; {} needs {}",
+            op.as_str(),
+            match op {
+                SyncOp::Pause => "running",
+                SyncOp::Resume => "paused",
+                SyncOp::Reset => "running or paused",
+            }
+        ))
+    }
+}
+
+impl VmDriver for LocalDriver {
+    fn remember(&self, vm: &VmTarget) -> Result<(), ApiError> {
+        let Some(spec) = &vm.spec else {
+            return Ok(());
+        };
+        if vm.pool_path.as_os_str().is_empty() {
+            return Ok(());
+        }
+        let record = VmRecord {
+            vm_id: vm.vm_id,
+            name: vm.name.clone(),
+            pool: vm.pool.clone(),
+            pool_path: vm.pool_path.clone(),
+            spec: spec.clone(),
+        };
+        self.registry
+            .save(&record)
+            .map_err(|e| api_err(ErrorCode::Internal, error_chain(&e)))
+    }
+
+    async fn prepare(&self, vm: &VmTarget, progress: &Progress) -> Result<(), ApiError> {
+        let spec = Self::require_spec(vm)?;
+        if disk::existing_disk(&vm.pool_path, vm.vm_id).is_some() {
+            progress.phase("disk exists");
+            return Ok(());
+        }
+        progress.phase("downloading image");
+        let cache = self.image_cache(&vm.pool_path);
+        let report_bytes =
+            |done: u64, total: Option<u64>| progress.bytes("downloading image", done, total);
+        let image = cache
+            .materialize(&spec.image_url, spec.image_sha256.as_deref(), &report_bytes)
+            .await
+            .map_err(|e| ApiError::new(e.code(), error_chain(&e)))?;
+        progress.phase("creating disk");
+        let format = spec.format.unwrap_or(DiskFormat::Qcow2);
+        disk::ensure_disk(&vm.pool_path, vm.vm_id, &image, format, spec.disk_gib)
+            .await
+            .map_err(|e| ApiError::new(e.code(), error_chain(&e)))?;
+        Ok(())
+    }
+
+    async fn start(&self, vm: &VmTarget, progress: &Progress) -> Result<VmReport, ApiError> {
+        let run = self.registry.run_dir(vm.vm_id);
+        if self.live_pid(&run).is_some() {
+            tracing::info!(vm = %vm.name, "already running");
+            return Ok(self.report(vm.vm_id).await);
+        }
+        let spec = Self::require_spec(vm)?;
+        progress.phase("starting qemu");
+        let pid = self.launch(vm, spec, &run).await?;
+        progress.phase("waiting for qmp");
+        if let Err(cause) = Self::confirm_running(&run).await {
+            Self::kill_and_wait(&run, pid).await;
+            self.registry.set_observed_pid(vm.vm_id, None);
+            return Err(ApiError::new(
+                ErrorCode::QemuFailed,
+                format!(
+                    "QEMU (pid {pid}) did not reach running: {cause}; qemu log: {}",
+                    log_tail(&run.qemu_log())
+                ),
+            ));
+        }
+        Ok(self.report(vm.vm_id).await)
+    }
+
+    async fn stop(
+        &self,
+        vm: &VmTarget,
+        timeout: Duration,
+        progress: &Progress,
+    ) -> Result<VmReport, ApiError> {
+        let run = self.registry.run_dir(vm.vm_id);
+        let Some(pid) = self.live_pid(&run) else {
+            return Ok(self.stopped_report(vm, "already stopped"));
+        };
+        let qmp = Qmp::connect(&run.qmp_socket())
+            .await
+            .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
+        if qmp.query_status().await.ok() == Some(RunStatus::Paused) {
+            tracing::info!(vm = %vm.name, "resuming paused VM so the guest sees the power button");
+            qmp.cont()
+                .await
+                .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
+        }
+        qmp.system_powerdown()
+            .await
+            .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
+        drop(qmp);
+        progress.phase("powerdown sent");
+        progress.phase("waiting for guest");
+        if wait_exit(pid, &run.path, timeout).await {
+            Self::clear_stale_runtime_files(&run);
+            return Ok(self.stopped_report(vm, "guest powered off"));
+        }
+        Err(ApiError::new(
+            ErrorCode::StopTimeout,
+            format!(
+                "guest of vm {} did not power off within {}s after ACPI powerdown; it is still running (pid {pid}); use poweroff to force it",
+                vm.name,
+                timeout.as_secs_f64()
+            ),
+        ))
+    }
+
+    async fn poweroff(&self, vm: &VmTarget, progress: &Progress) -> Result<VmReport, ApiError> {
+        let run = self.registry.run_dir(vm.vm_id);
+        let Some(pid) = self.live_pid(&run) else {
+            return Ok(self.stopped_report(vm, "already stopped"));
+        };
+        progress.phase("quitting qemu");
+        match Qmp::connect(&run.qmp_socket()).await {
+            Ok(qmp) => {
+                if let Err(e) = qmp.quit().await {
+                    tracing::warn!(vm = %vm.name, error = %e, "QMP quit failed");
+                }
+            }
+            Err(e) => tracing::warn!(vm = %vm.name, error = %e, "QMP unavailable for quit"),
+        }
+        if !wait_exit(pid, &run.path, QUIT_GRACE).await {
+            progress.phase("killing qemu");
+            tracing::warn!(vm = %vm.name, pid, "QEMU still running after quit; sending SIGKILL");
+            if !Self::kill_and_wait(&run, pid).await {
+                return Err(ApiError::new(
+                    ErrorCode::QemuFailed,
+                    format!("QEMU (pid {pid}) of vm {} survived SIGKILL", vm.name),
+                ));
+            }
+        }
+        Self::clear_stale_runtime_files(&run);
+        Ok(self.stopped_report(vm, "powered off"))
+    }
+
+    async fn delete(&self, vm: &VmTarget, progress: &Progress) -> Result<VmReport, ApiError> {
+        self.poweroff(vm, progress).await?;
+        progress.phase("removing disk");
+        let pool_path = if vm.pool_path.as_os_str().is_empty() {
+            self.registry
+                .load(vm.vm_id)
+                .ok()
+                .flatten()
+                .map(|r| r.pool_path)
+        } else {
+            Some(vm.pool_path.clone())
+        };
+        if let Some(pool_path) = pool_path {
+            disk::remove_disk_dir(&pool_path, vm.vm_id)
+                .map_err(|e| ApiError::new(e.code(), error_chain(&e)))?;
+        }
+        self.registry
+            .remove(vm.vm_id)
+            .map_err(|e| api_err(ErrorCode::Internal, error_chain(&e)))?;
+        let mut report = power_report(&vm.vm_id.to_string(), VmPower::Absent);
+        report.pool = vm.pool.clone();
+        report.detail = "deleted".into();
+        Ok(report)
+    }
+
+    async fn report(&self, vm_id: Uuid) -> VmReport {
+        let run = self.registry.run_dir(vm_id);
+        let record = self.registry.load(vm_id).ok().flatten();
+        let pool = record.as_ref().map(|r| r.pool.clone()).unwrap_or_default();
+        let Some(pid) = self.live_pid(&run) else {
+            self.registry.set_observed_pid(vm_id, None);
+            let power = if record.is_some() || run.path.exists() {
+                VmPower::Stopped
+            } else {
+                VmPower::Absent
+            };
+            return self.base_report(vm_id, power, &pool, &run);
+        };
+        self.registry.set_observed_pid(vm_id, Some(pid));
+        let (power, detail) = match Qmp::connect(&run.qmp_socket()).await {
+            Ok(qmp) => match qmp.query_status().await {
+                Ok(RunStatus::Paused) => (VmPower::Paused, String::new()),
+                Ok(RunStatus::Running) => (VmPower::Running, String::new()),
+                Ok(RunStatus::Other(state)) => (VmPower::Running, format!("qemu state {state}")),
+                Err(e) => (VmPower::Running, format!("QMP query failed: {e}")),
+            },
+            Err(e) => (VmPower::Running, format!("QMP unavailable: {e}")),
+        };
+        let mut report = self.base_report(vm_id, power, &pool, &run);
+        report.pid = pid;
+        report.detail = detail;
+        report
+    }
+
+    async fn report_all(&self) -> Vec<VmReport> {
+        let mut reports = Vec::new();
+        for record in self.registry.load_all() {
+            reports.push(self.report(record.vm_id).await);
+        }
+        reports
+    }
+
+    async fn sync_op(&self, vm_id: Uuid, op: SyncOp) -> Result<VmReport, ApiError> {
+        let run = self.registry.run_dir(vm_id);
+        let name = self
+            .registry
+            .load(vm_id)
+            .ok()
+            .flatten()
+            .map(|r| r.name)
+            .unwrap_or_else(|| vm_id.to_string());
+        if self.live_pid(&run).is_none() {
+            return Err(Self::not_running_conflict(&name, op, "stopped"));
+        }
+        let qmp = Qmp::connect(&run.qmp_socket())
+            .await
+            .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
+        let status = qmp
+            .query_status()
+            .await
+            .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
+        let result = match (op, &status) {
+            (SyncOp::Pause, RunStatus::Running) => qmp.stop().await,
+            (SyncOp::Resume, RunStatus::Paused) => qmp.cont().await,
+            (SyncOp::Reset, RunStatus::Running | RunStatus::Paused) => qmp.system_reset().await,
+            (_, RunStatus::Running) => {
+                return Err(Self::not_running_conflict(&name, op, "running"))
+            }
+            (_, RunStatus::Paused) => return Err(Self::not_running_conflict(&name, op, "paused")),
+            (_, RunStatus::Other(state)) => {
+                return Err(Self::not_running_conflict(&name, op, state))
+            }
+        };
+        result.map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
+        drop(qmp);
+        Ok(self.report(vm_id).await)
+    }
+}

@@ -1,0 +1,177 @@
+//! Launching QEMU detached (`-daemonize`) and watching its process: pidfile, liveness
+//! (with a `/proc/PID/cmdline` check against pid reuse) and SIGKILL.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// How long the daemonizing parent may take to report that the guest process is set up.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} exited with {status}: {log}")]
+    LaunchFailed {
+        program: String,
+        status: std::process::ExitStatus,
+        log: String,
+    },
+    #[error("{program} did not daemonize within {}s", LAUNCH_TIMEOUT.as_secs())]
+    LaunchTimeout { program: String },
+    #[error("cannot open QEMU log {0}")]
+    Log(PathBuf, #[source] std::io::Error),
+    #[error("QEMU daemonized but pidfile {0} holds no pid")]
+    NoPid(PathBuf),
+}
+
+/// Runs `program args` (which must include `-daemonize -pidfile PIDFILE`), waits for the
+/// daemonizing parent to exit, and returns the guest process id from the pidfile.
+/// QEMU's own stderr goes to `log`, whose tail is the error message on failure.
+pub async fn launch(
+    program: &str,
+    args: &[OsString],
+    pidfile: &Path,
+    log: &Path,
+) -> Result<u32, ProcessError> {
+    let log_file = std::fs::File::create(log).map_err(|e| ProcessError::Log(log.into(), e))?;
+    let log_err = log_file
+        .try_clone()
+        .map_err(|e| ProcessError::Log(log.into(), e))?;
+    tracing::debug!(program, ?args, "launching QEMU");
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|source| ProcessError::Spawn {
+            program: program.to_string(),
+            source,
+        })?;
+    let status = match tokio::time::timeout(LAUNCH_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(source)) => {
+            return Err(ProcessError::Spawn {
+                program: program.to_string(),
+                source,
+            })
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(ProcessError::LaunchTimeout {
+                program: program.to_string(),
+            });
+        }
+    };
+    if !status.success() {
+        return Err(ProcessError::LaunchFailed {
+            program: program.to_string(),
+            status,
+            log: log_tail(log),
+        });
+    }
+    read_pid(pidfile).ok_or_else(|| ProcessError::NoPid(pidfile.into()))
+}
+
+/// The last lines of a log file, joined for an error message.
+pub fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join("; ");
+    if tail.is_empty() {
+        "(no output)".into()
+    } else {
+        tail
+    }
+}
+
+/// The pid in a QEMU pidfile, if the file exists and holds one.
+pub fn read_pid(pidfile: &Path) -> Option<u32> {
+    std::fs::read_to_string(pidfile)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|pid| *pid > 0)
+}
+
+/// True if `pid` is alive and its command line mentions `marker` (the VM's run dir), so a
+/// recycled pid of another process is not mistaken for the VM. Zombies have no cmdline
+/// and count as dead.
+pub fn pid_alive(pid: u32, marker: &Path) -> bool {
+    let Ok(raw) = i32::try_from(pid) else {
+        return false;
+    };
+    if kill(Pid::from_raw(raw), None).is_err() {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let marker = marker.as_os_str().as_encoded_bytes();
+    !marker.is_empty() && cmdline.windows(marker.len()).any(|w| w == marker)
+}
+
+/// Sends SIGKILL to `pid` (errors ignored: the process may already be gone).
+pub fn kill_pid(pid: u32) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
+    }
+}
+
+/// Polls until `pid` is gone or `timeout` passes; true if it is gone.
+pub async fn wait_exit(pid: u32, marker: &Path, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if !pid_alive(pid, marker) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_pid_valid_and_garbage_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("qemu.pid");
+        assert_eq!(read_pid(&f), None);
+        std::fs::write(&f, "1234\n").unwrap();
+        assert_eq!(read_pid(&f), Some(1234));
+        std::fs::write(&f, "nope").unwrap();
+        assert_eq!(read_pid(&f), None);
+    }
+
+    #[test]
+    fn pid_alive_own_process_needs_marker_match() {
+        let me = std::process::id();
+        let exe = std::env::current_exe().unwrap();
+        assert!(pid_alive(me, &exe));
+        assert!(!pid_alive(me, Path::new("/no/such/run/dir")));
+        assert!(!pid_alive(u32::MAX - 1, &exe));
+    }
+
+    #[test]
+    fn log_tail_keeps_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("qemu.log");
+        assert_eq!(log_tail(&f), "(no output)");
+        std::fs::write(&f, "a\nb\n\nc\nd\ne\nf\n").unwrap();
+        assert_eq!(log_tail(&f), "b; c; d; e; f");
+    }
+}

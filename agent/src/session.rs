@@ -1,0 +1,252 @@
+//! The gateway session: dials otherixd's `AgentGateway.Attach`, registers the node (with a
+//! report of every VM on disk), heartbeats, routes server messages to the executor and
+//! forwards the outbox to the server. Reconnects with exponential backoff; VMs keep running
+//! while the agent is disconnected.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use otherix_api::proto::agent_gateway_client::AgentGatewayClient;
+use otherix_api::proto::{
+    agent_message, server_message, AgentMessage, Heartbeat, PoolPath, Register, Registered,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::driver::VmDriver;
+use crate::error_chain::error_chain;
+use crate::executor::Executor;
+use crate::outbox::Outbox;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("timed out connecting to {0}")]
+    ConnectTimeout(String),
+    #[error("gateway stream failed")]
+    Stream(#[from] tonic::Status),
+    #[error("server did not answer Register with Registered: {0}")]
+    NotRegistered(String),
+    #[error("outgoing stream closed")]
+    OutgoingClosed,
+}
+
+/// What the agent tells the server about its node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node: String,
+    pub host_arch: String,
+    pub guest_arches: Vec<String>,
+    pub accel: String,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub pools: Vec<(String, PathBuf)>,
+}
+
+/// Exponential backoff between reconnect attempts.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The delay before the next attempt; doubles up to the maximum.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        delay
+    }
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+/// Keeps a session to `server` up forever.
+pub async fn run<D: VmDriver>(
+    server: String,
+    node: NodeInfo,
+    executor: Executor<D>,
+    driver: Arc<D>,
+    outbox: Outbox,
+    mut outbox_rx: mpsc::UnboundedReceiver<AgentMessage>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        let session = Session {
+            server: &server,
+            node: &node,
+            executor: &executor,
+            driver: &driver,
+            outbox: &outbox,
+        };
+        match session.attach(&mut outbox_rx, &mut backoff).await {
+            Ok(()) => tracing::warn!(server, "server closed the gateway stream"),
+            Err(e) => tracing::warn!(server, error = %error_chain(&e), "gateway session failed"),
+        }
+        let delay = backoff.next_delay();
+        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+struct Session<'a, D> {
+    server: &'a str,
+    node: &'a NodeInfo,
+    executor: &'a Executor<D>,
+    driver: &'a Arc<D>,
+    outbox: &'a Outbox,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn message(body: agent_message::Body) -> AgentMessage {
+    AgentMessage { body: Some(body) }
+}
+
+impl<D: VmDriver> Session<'_, D> {
+    async fn register_message(&self) -> AgentMessage {
+        let node = self.node;
+        message(agent_message::Body::Register(Register {
+            node: node.node.clone(),
+            host_arch: node.host_arch.clone(),
+            guest_arches: node.guest_arches.clone(),
+            accel: node.accel.clone(),
+            vcpus: node.vcpus,
+            memory_mb: node.memory_mb,
+            pools: node
+                .pools
+                .iter()
+                .map(|(name, path)| PoolPath {
+                    name: name.clone(),
+                    path: path.display().to_string(),
+                })
+                .collect(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            vms: self.driver.report_all().await,
+        }))
+    }
+
+    /// One connection: register, then pump messages until the stream ends.
+    async fn attach(
+        &self,
+        outbox_rx: &mut mpsc::UnboundedReceiver<AgentMessage>,
+        backoff: &mut Backoff,
+    ) -> Result<(), SessionError> {
+        // Messages queued while disconnected are stale: Register carries every VM's state
+        // and the server redelivers unfinished tasks, whose final updates are re-sent.
+        while outbox_rx.try_recv().is_ok() {}
+
+        let url = self.server.to_string();
+        let mut client =
+            tokio::time::timeout(CONNECT_TIMEOUT, AgentGatewayClient::connect(url.clone()))
+                .await
+                .map_err(|_| SessionError::ConnectTimeout(url.clone()))?
+                .map_err(|source| SessionError::Connect { url, source })?;
+        let (tx, rx) = mpsc::channel::<AgentMessage>(256);
+        tx.send(self.register_message().await)
+            .await
+            .map_err(|_| SessionError::OutgoingClosed)?;
+        let mut inbound = client.attach(ReceiverStream::new(rx)).await?.into_inner();
+
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| SessionError::NotRegistered("no answer within 10s".into()))??;
+        let registered: Registered = match first.and_then(|m| m.body) {
+            Some(server_message::Body::Registered(r)) => r,
+            Some(other) => return Err(SessionError::NotRegistered(format!("got {other:?}"))),
+            None => return Err(SessionError::NotRegistered("stream ended".into())),
+        };
+        backoff.reset();
+        let heartbeat_every = match registered.heartbeat_interval_ms {
+            0 => DEFAULT_HEARTBEAT,
+            ms => Duration::from_millis(ms.into()),
+        };
+        tracing::info!(
+            node_id = registered.node_id,
+            heartbeat_ms = heartbeat_every.as_millis() as u64,
+            "registered with the server"
+        );
+
+        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => {
+                    let beat = message(agent_message::Body::Heartbeat(Heartbeat { sent_at_ms: now_ms() }));
+                    tx.send(beat).await.map_err(|_| SessionError::OutgoingClosed)?;
+                }
+                Some(outgoing) = outbox_rx.recv() => {
+                    tx.send(outgoing).await.map_err(|_| SessionError::OutgoingClosed)?;
+                }
+                incoming = inbound.message() => match incoming? {
+                    Some(msg) => self.dispatch(msg.body),
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    fn dispatch(&self, body: Option<server_message::Body>) {
+        match body {
+            Some(server_message::Body::Task(task)) => {
+                tracing::info!(
+                    task_id = task.task_id,
+                    kind = task.kind,
+                    vm = task.vm_name,
+                    "task assigned"
+                );
+                self.executor.assign(task);
+            }
+            Some(server_message::Body::Cancel(cancel)) => self.executor.cancel(&cancel.task_id),
+            Some(server_message::Body::SyncRequest(request)) => {
+                let executor = self.executor.clone();
+                let outbox = self.outbox.clone();
+                tokio::spawn(async move {
+                    let reply = executor.sync(request).await;
+                    outbox.send(agent_message::Body::SyncReply(reply));
+                });
+            }
+            Some(server_message::Body::Registered(_)) => {
+                tracing::debug!("ignoring a repeated Registered")
+            }
+            None => tracing::debug!("ignoring an empty server message"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_and_resets() {
+        let mut b = Backoff::default();
+        let delays: Vec<u64> = (0..7).map(|_| b.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, vec![200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.next_delay(), BACKOFF_MIN);
+    }
+}

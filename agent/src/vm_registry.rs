@@ -1,0 +1,216 @@
+//! The agent's record of its VMs: `DATA_DIR/vms/<vm_id>/` run directories (named file
+//! constants), `vm.json` records, per-VM task locks, and the last observed QEMU pid per VM
+//! (what the monitor compares against).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use otherix_api::VmSpec;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::atomic_file::write_json_atomic;
+
+/// The VM record in the run dir.
+pub const VM_RECORD: &str = "vm.json";
+/// QEMU's QMP unix socket.
+pub const QMP_SOCKET: &str = "qmp.sock";
+/// QEMU's pidfile (`-pidfile`).
+pub const PIDFILE: &str = "qemu.pid";
+/// The guest's serial console.
+pub const SERIAL_LOG: &str = "serial.log";
+/// QEMU's own stdout/stderr from launch.
+pub const QEMU_LOG: &str = "qemu.log";
+
+/// Longest unix socket path the kernel accepts (sun_path minus the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot write VM record {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+    #[error("cannot read VM record {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("VM record {0} is corrupt")]
+    Corrupt(PathBuf, #[source] serde_json::Error),
+    #[error("cannot remove run dir {0}")]
+    Remove(PathBuf, #[source] std::io::Error),
+}
+
+/// What the agent remembers about a VM between tasks and restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub vm_id: Uuid,
+    pub name: String,
+    pub pool: String,
+    pub pool_path: PathBuf,
+    pub spec: VmSpec,
+}
+
+/// One VM's run directory and the files in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn record(&self) -> PathBuf {
+        self.path.join(VM_RECORD)
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.path.join(QMP_SOCKET)
+    }
+    pub fn pidfile(&self) -> PathBuf {
+        self.path.join(PIDFILE)
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.path.join(SERIAL_LOG)
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.path.join(QEMU_LOG)
+    }
+}
+
+/// Records, locks and observed pids of every VM on this node.
+pub struct VmRegistry {
+    vms_dir: PathBuf,
+    locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    observed_pids: Mutex<HashMap<Uuid, u32>>,
+}
+
+impl VmRegistry {
+    pub fn new(data_dir: &Path) -> VmRegistry {
+        VmRegistry {
+            vms_dir: data_dir.join("vms"),
+            locks: Mutex::default(),
+            observed_pids: Mutex::default(),
+        }
+    }
+
+    pub fn run_dir(&self, vm_id: Uuid) -> RunDir {
+        RunDir {
+            path: self.vms_dir.join(vm_id.to_string()),
+        }
+    }
+
+    pub fn save(&self, record: &VmRecord) -> Result<(), RegistryError> {
+        let path = self.run_dir(record.vm_id).record();
+        write_json_atomic(&path, record).map_err(|e| RegistryError::Write(path, e))
+    }
+
+    /// The VM's record, or `None` if the agent has none.
+    pub fn load(&self, vm_id: Uuid) -> Result<Option<VmRecord>, RegistryError> {
+        let path = self.run_dir(vm_id).record();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| RegistryError::Corrupt(path, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(RegistryError::Read(path, e)),
+        }
+    }
+
+    /// Every VM with a readable record; unreadable ones are logged and skipped.
+    pub fn load_all(&self) -> Vec<VmRecord> {
+        let Ok(entries) = std::fs::read_dir(&self.vms_dir) else {
+            return Vec::new();
+        };
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            let Some(vm_id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Uuid::parse_str(n).ok())
+            else {
+                continue;
+            };
+            match self.load(vm_id) {
+                Ok(Some(r)) => records.push(r),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%vm_id, error = %e, "skipping VM with a bad record"),
+            }
+        }
+        records.sort_by_key(|r| r.vm_id);
+        records
+    }
+
+    /// Removes the VM's run dir (record, logs, sockets). Absent is fine.
+    pub fn remove(&self, vm_id: Uuid) -> Result<(), RegistryError> {
+        let dir = self.run_dir(vm_id).path;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RegistryError::Remove(dir, e)),
+        }?;
+        self.set_observed_pid(vm_id, None);
+        Ok(())
+    }
+
+    /// The lock that serializes work on one VM.
+    pub fn vm_lock(&self, vm_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("vm lock table poisoned")
+            .entry(vm_id)
+            .or_default()
+            .clone()
+    }
+
+    /// Records the QEMU pid the agent last saw for a VM (`None`: not running).
+    pub fn set_observed_pid(&self, vm_id: Uuid, pid: Option<u32>) {
+        let mut pids = self.observed_pids.lock().expect("pid table poisoned");
+        match pid {
+            Some(pid) => pids.insert(vm_id, pid),
+            None => pids.remove(&vm_id),
+        };
+    }
+
+    /// Every VM the agent believes is running, with its pid.
+    pub fn observed_pids(&self) -> Vec<(Uuid, u32)> {
+        let pids = self.observed_pids.lock().expect("pid table poisoned");
+        pids.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use otherix_api::Arch;
+
+    fn record(vm_id: Uuid) -> VmRecord {
+        VmRecord {
+            vm_id,
+            name: "web-1".into(),
+            pool: "default".into(),
+            pool_path: "/pool".into(),
+            spec: VmSpec::new("http://x/i.img", Arch::Amd64),
+        }
+    }
+
+    #[test]
+    fn registry_save_load_all_remove_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = VmRegistry::new(dir.path());
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        reg.save(&record(a)).unwrap();
+        reg.save(&record(b)).unwrap();
+        std::fs::create_dir_all(dir.path().join("vms/not-a-uuid")).unwrap();
+        assert_eq!(reg.load(a).unwrap(), Some(record(a)));
+        assert_eq!(reg.load_all().len(), 2);
+        reg.remove(a).unwrap();
+        reg.remove(a).unwrap();
+        assert_eq!(reg.load(a).unwrap(), None);
+        assert_eq!(reg.load_all(), vec![record(b)]);
+    }
+
+    #[test]
+    fn registry_observed_pids_set_and_clear() {
+        let reg = VmRegistry::new(Path::new("/nonexistent"));
+        let id = Uuid::new_v4();
+        reg.set_observed_pid(id, Some(42));
+        assert_eq!(reg.observed_pids(), vec![(id, 42)]);
+        reg.set_observed_pid(id, None);
+        assert!(reg.observed_pids().is_empty());
+    }
+}

@@ -1,0 +1,219 @@
+//! The QEMU driver against real QEMU (TCG) and the project's busybox test guests: image
+//! cache + overlay disk, launch, QMP, serial console, graceful stop, relaunch, poweroff,
+//! re-adoption by a fresh driver, stop_timeout on a guest that ignores the power button,
+//! delete. Needs `target/test-images/` from `tests/images/build.sh`; fails (never skips)
+//! without it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use otherix_agent::driver::{VmDriver, VmTarget};
+use otherix_agent::host::Accel;
+use otherix_agent::local_driver::LocalDriver;
+use otherix_agent::outbox::{Outbox, Progress};
+use otherix_agent::qemu::process::kill_pid;
+use otherix_agent::qemu::{pid_alive, read_pid, Qmp, RunStatus};
+use otherix_agent::vm_registry::{RunDir, VmRegistry};
+use otherix_api::proto::agent_message::Body;
+use otherix_api::proto::VmPower;
+use otherix_api::{Arch, ErrorCode, VmSpec};
+use uuid::Uuid;
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+const STOP_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn test_image(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/test-images")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "test guest image {} is missing; build it with tests/images/build.sh",
+        path.display()
+    );
+    path.canonicalize().unwrap()
+}
+
+/// Kills every QEMU this test started, even when an assertion fails.
+struct KillQemuOnDrop {
+    run_dirs: Mutex<Vec<RunDir>>,
+}
+
+impl KillQemuOnDrop {
+    fn watch(&self, run: RunDir) {
+        self.run_dirs.lock().unwrap().push(run);
+    }
+}
+
+impl Drop for KillQemuOnDrop {
+    fn drop(&mut self) {
+        for run in self.run_dirs.lock().unwrap().iter() {
+            if let Some(pid) = read_pid(&run.pidfile()).filter(|p| pid_alive(*p, &run.path)) {
+                eprintln!("cleanup: killing QEMU pid {pid}");
+                kill_pid(pid);
+            }
+        }
+    }
+}
+
+fn target(pool_path: &Path, name: &str, image: &Path) -> VmTarget {
+    let mut spec = VmSpec::new(format!("file://{}", image.display()), Arch::Amd64);
+    spec.vcpus = 1;
+    spec.memory_mb = 256;
+    VmTarget {
+        vm_id: Uuid::new_v4(),
+        name: name.into(),
+        pool: "default".into(),
+        pool_path: pool_path.to_path_buf(),
+        spec: Some(spec),
+    }
+}
+
+async fn wait_for_serial(run: &RunDir, marker: &str, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(run.serial_log()).unwrap_or_default();
+        if log.contains(marker) {
+            eprintln!("{marker} after {:?}", started.elapsed());
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{marker} not on the serial console within {within:?}; log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn phases(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<otherix_api::proto::AgentMessage>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(msg) = rx.try_recv() {
+        if let Some(Body::TaskUpdate(u)) = msg.body {
+            if out.last() != Some(&u.phase) {
+                out.push(u.phase);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_driver_real_guest_lifecycle() {
+    let image = test_image("busybox-amd64.qcow2");
+    let nopowerdown = test_image("busybox-amd64-nopowerdown.qcow2");
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let pool = dir.path().join("pool");
+    let registry = Arc::new(VmRegistry::new(&data_dir));
+    let driver = LocalDriver::new(registry.clone(), Accel::Tcg, true);
+    let guard = KillQemuOnDrop {
+        run_dirs: Mutex::default(),
+    };
+    let (outbox, mut rx) = Outbox::new();
+    let progress = Progress::new("test-task", outbox);
+
+    // Create: image cache + qcow2 overlay on the cached base.
+    let a = target(&pool, "guest-a", &image);
+    let run_a = registry.run_dir(a.vm_id);
+    guard.watch(run_a.clone());
+    driver.remember(&a).unwrap();
+    driver.prepare(&a, &progress).await.unwrap();
+    let disk = pool.join(format!("vms/{}/disk.qcow2", a.vm_id));
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "--output=json", "-U"])
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let backing = info["backing-filename"].as_str().unwrap();
+    assert!(
+        backing.starts_with(&format!("{}/images/sha256-", pool.display())),
+        "{backing}"
+    );
+    assert_eq!(phases(&mut rx)[..2], ["downloading image", "creating disk"]);
+
+    // Launch: QMP says running, the guest boots.
+    let started = driver.start(&a, &progress).await.unwrap();
+    assert_eq!(started.power, VmPower::Running as i32, "{started:?}");
+    assert!(started.pid > 0);
+    assert_eq!(started.serial_log, run_a.serial_log().display().to_string());
+    {
+        let qmp = Qmp::connect(&run_a.qmp_socket()).await.unwrap();
+        assert_eq!(qmp.query_status().await.unwrap(), RunStatus::Running);
+    }
+    // Starting a running VM is a no-op success with the same pid.
+    assert_eq!(driver.start(&a, &progress).await.unwrap().pid, started.pid);
+    wait_for_serial(&run_a, "OTHERIX-TEST-GUEST-READY", BOOT_TIMEOUT).await;
+
+    // A fresh driver on the same data dir (agent restart) re-adopts the running VM.
+    let readopted = LocalDriver::new(Arc::new(VmRegistry::new(&data_dir)), Accel::Tcg, true)
+        .report_all()
+        .await;
+    assert_eq!(readopted.len(), 1);
+    assert_eq!(readopted[0].power, VmPower::Running as i32);
+    assert_eq!(readopted[0].pid, started.pid);
+
+    // Graceful stop: system_powerdown, the guest powers off, QEMU exits.
+    phases(&mut rx);
+    let stopped = driver.stop(&a, STOP_TIMEOUT, &progress).await.unwrap();
+    assert_eq!(stopped.power, VmPower::Stopped as i32);
+    assert!(!pid_alive(started.pid, &run_a.path));
+    assert_eq!(phases(&mut rx), ["powerdown sent", "waiting for guest"]);
+    let serial = std::fs::read_to_string(run_a.serial_log()).unwrap();
+    assert!(serial.contains("OTHERIX-TEST-GUEST-POWERDOWN"), "{serial}");
+    // Stopping a stopped VM succeeds.
+    assert_eq!(
+        driver
+            .stop(&a, STOP_TIMEOUT, &progress)
+            .await
+            .unwrap()
+            .power,
+        VmPower::Stopped as i32
+    );
+
+    // Relaunch gets a new pid; poweroff ends it.
+    let relaunched = driver.start(&a, &progress).await.unwrap();
+    assert_eq!(relaunched.power, VmPower::Running as i32);
+    assert_ne!(relaunched.pid, started.pid);
+    let off = driver.poweroff(&a, &progress).await.unwrap();
+    assert_eq!(off.power, VmPower::Stopped as i32);
+    assert!(!pid_alive(relaunched.pid, &run_a.path));
+    assert_eq!(
+        driver.poweroff(&a, &progress).await.unwrap().power,
+        VmPower::Stopped as i32
+    );
+
+    // A guest that ignores the power button: stop times out, QEMU keeps running.
+    let b = target(&pool, "guest-b", &nopowerdown);
+    let run_b = registry.run_dir(b.vm_id);
+    guard.watch(run_b.clone());
+    driver.remember(&b).unwrap();
+    driver.prepare(&b, &progress).await.unwrap();
+    let b_started = driver.start(&b, &progress).await.unwrap();
+    wait_for_serial(&run_b, "OTHERIX-TEST-GUEST-READY", BOOT_TIMEOUT).await;
+    let err = driver
+        .stop(&b, Duration::from_secs(5), &progress)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::StopTimeout, "{err}");
+    assert!(err.message.contains("still running"), "{}", err.message);
+    assert!(pid_alive(b_started.pid, &run_b.path));
+    assert_eq!(driver.report(b.vm_id).await.power, VmPower::Running as i32);
+    let b_off = driver.poweroff(&b, &progress).await.unwrap();
+    assert_eq!(b_off.power, VmPower::Stopped as i32);
+    assert!(!pid_alive(b_started.pid, &run_b.path));
+
+    // Delete removes run dir and disk, keeps the image cache; repeating it is fine.
+    for vm in [&a, &b] {
+        let gone = driver.delete(vm, &progress).await.unwrap();
+        assert_eq!(gone.power, VmPower::Absent as i32);
+        assert!(!registry.run_dir(vm.vm_id).path.exists());
+        assert!(!pool.join(format!("vms/{}", vm.vm_id)).exists());
+        driver.delete(vm, &progress).await.unwrap();
+        assert_eq!(driver.report(vm.vm_id).await.power, VmPower::Absent as i32);
+    }
+    assert!(pool.join("images/index.json").is_file());
+}
