@@ -144,6 +144,7 @@ impl<D: VmDriver> Executor<D> {
                 error_code: e.code.as_str().into(),
                 error_message: e.message,
                 vm,
+                ..Default::default()
             },
         };
         let vm_id = match parse_uuid("vm_id", &request.vm_id) {

@@ -118,6 +118,7 @@ fn task(h: &Harness, kind: &str, spec: &VmSpec) -> TaskAssignment {
         pool_path: h.data_dir.path().join("pool").display().to_string(),
         spec_json: serde_json::to_string(spec).unwrap(),
         stop_timeout_ms: 0,
+        ..Default::default()
     }
 }
 
@@ -302,6 +303,7 @@ async fn sync_ops_reply_ok_or_error_code() {
         request_id: "r1".into(),
         op: op.into(),
         vm_id: h.vm_id.to_string(),
+        ..Default::default()
     };
     let ok = h.executor.sync(request("pause")).await;
     assert!(ok.ok);

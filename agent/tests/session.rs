@@ -167,6 +167,7 @@ async fn session_registers_routes_tasks_and_reconnects() {
         pool_path: pool_path.display().to_string(),
         spec_json: serde_json::to_string(&spec).unwrap(),
         stop_timeout_ms: 0,
+        ..Default::default()
     };
     send(&conn, server_message::Body::Task(task.clone()));
     let done = next_matching(&mut seen, |b| match b {
@@ -185,6 +186,7 @@ async fn session_registers_routes_tasks_and_reconnects() {
             request_id: "req-1".into(),
             op: "pause".into(),
             vm_id: vm_id.to_string(),
+            ..Default::default()
         }),
     );
     let reply = next_matching(&mut seen, |b| match b {
