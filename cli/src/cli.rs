@@ -52,6 +52,12 @@ pub enum Command {
     /// Inspect storage pools.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Apply manifests: create or update the objects they declare (kubectl apply).
+    Create(ApplyArgs),
+    /// Delete the objects manifests declare.
+    Delete(DeleteFilesArgs),
+    /// Diff manifests against the live objects (exit 0 same, 1 different, 2 error).
+    Diff(DiffArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -375,6 +381,40 @@ pub enum PoolCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: TextFormat,
     },
+}
+
+/// `create -f PATH`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Manifest file, directory (its *.yaml/*.yml files, sorted) or - for stdin.
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub filename: PathBuf,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Keep running and re-apply the directory on every change.
+    #[arg(long, conflicts_with = "wait")]
+    pub watch: bool,
+    /// With --watch: delete objects this directory applied whose documents are gone.
+    #[arg(long, requires = "watch")]
+    pub prune: bool,
+}
+
+/// `delete -f PATH`.
+#[derive(Debug, Clone, Args)]
+pub struct DeleteFilesArgs {
+    /// Manifest file, directory (its *.yaml/*.yml files, sorted) or - for stdin.
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub filename: PathBuf,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+}
+
+/// `diff -f PATH`.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// Manifest file, directory (its *.yaml/*.yml files, sorted) or - for stdin.
+    #[arg(short = 'f', long = "filename", value_name = "PATH")]
+    pub filename: PathBuf,
 }
 
 fn arch_parser() -> impl TypedValueParser<Value = Arch> {
@@ -716,5 +756,85 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod manifest_tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(args).map(|c| c.command)
+    }
+
+    #[test]
+    fn create_f_parses_flags() {
+        match parse(&["otherix", "create", "-f", "m/", "--watch", "--prune"]).unwrap() {
+            Command::Create(a) => {
+                assert_eq!(a.filename, PathBuf::from("m/"));
+                assert!(a.watch && a.prune && !a.wait.wait);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&[
+            "otherix",
+            "create",
+            "--filename",
+            "-",
+            "--wait",
+            "--wait-timeout",
+            "1m",
+        ])
+        .unwrap()
+        {
+            Command::Create(a) => {
+                assert_eq!(a.filename, PathBuf::from("-"));
+                assert_eq!(a.wait.wait_timeout, Duration::from_secs(60));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_f_flag_rules_table() {
+        let table: &[(&[&str], Option<&str>)] = &[
+            (&["otherix", "create"], Some("--filename")),
+            (
+                &["otherix", "create", "-f", "m", "--prune"],
+                Some("--watch"),
+            ),
+            (
+                &["otherix", "create", "-f", "m", "--watch", "--wait"],
+                Some("--wait"),
+            ),
+            (
+                &["otherix", "create", "-f", "m", "--wait-timeout", "1m"],
+                Some("--wait"),
+            ),
+            (&["otherix", "create", "-f", "m", "--watch"], None),
+        ];
+        for (args, want) in table {
+            match (parse(args), want) {
+                (Ok(_), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{args:?}: {e}"),
+                (r, _) => panic!("{args:?}: {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn delete_and_diff_f_parse() {
+        match parse(&["otherix", "delete", "-f", "web.yaml", "--wait"]).unwrap() {
+            Command::Delete(a) => {
+                assert_eq!(a.filename, PathBuf::from("web.yaml"));
+                assert!(a.wait.wait);
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["otherix", "diff", "-f", "web.yaml"]).unwrap() {
+            Command::Diff(a) => assert_eq!(a.filename, PathBuf::from("web.yaml")),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["otherix", "diff", "-f", "x", "--wait"]).is_err());
     }
 }

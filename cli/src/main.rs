@@ -2,11 +2,12 @@
 //! and owns every exit code.
 //!
 //! Exit codes: 0 success (including a closed stdout pipe), 1 error or failed task,
-//! 2 usage error, 124 `--wait-timeout` reached.
+//! 2 usage error, 124 `--wait-timeout` reached; `diff -f`: 0 same, 1 different, 2 error.
 
 mod cli;
 mod client;
 mod commands;
+mod http_target;
 mod output;
 mod wait;
 
@@ -22,6 +23,8 @@ use crate::wait::WaitError;
 const EXIT_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_TIMEOUT: u8 = 124;
+/// `diff -f` failed (1 is taken by "differences found").
+const EXIT_DIFF_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -47,7 +50,21 @@ fn report(e: &CommandError) -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
         CommandError::Wait(WaitError::TimedOut { .. }) => EXIT_TIMEOUT,
-        CommandError::NeedsForce { .. } => EXIT_USAGE,
+        CommandError::NeedsForce { .. } | CommandError::Usage(_) => EXIT_USAGE,
+        CommandError::Manifests(otherix_manifests::Error::Invalid(errors)) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(EXIT_ERROR);
+        }
+        // `diff -f`: 1 means "different" (already printed); its errors are 2.
+        CommandError::Differences => return ExitCode::from(EXIT_ERROR),
+        CommandError::Diff(inner) => {
+            return match report(inner) {
+                ok if ok == ExitCode::SUCCESS => ok,
+                _ => ExitCode::from(EXIT_DIFF_ERROR),
+            };
+        }
         _ => EXIT_ERROR,
     };
     eprintln!("error: {}", chain(e));

@@ -1,6 +1,9 @@
 //! Command dispatch, the error every command returns, and the async-op epilogue shared by
 //! create/start/stop/poweroff/reboot/delete (`<op> task=...`, then `--wait`).
 
+pub mod apply;
+pub mod delete_files;
+pub mod diff;
 pub mod node;
 pub mod pool;
 pub mod task;
@@ -47,6 +50,19 @@ pub enum CommandError {
     /// Writing to stdout failed (a closed pipe is not an error; `main` decides).
     #[error("cannot write output")]
     Output(#[from] io::Error),
+    /// Manifests that do not load, or a manifest operation that failed (server errors
+    /// arrive as `Client`/`Wait`, see `http_target`).
+    #[error(transparent)]
+    Manifests(otherix_manifests::Error),
+    /// `diff -f` found differences (already printed): exit 1.
+    #[error("manifests differ from the live objects")]
+    Differences,
+    /// Any error of `diff -f`: exit 2, as 1 means "different".
+    #[error(transparent)]
+    Diff(Box<CommandError>),
+    /// A flag combination clap cannot check (exit 2).
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// What every command gets: the client and where to print.
@@ -88,6 +104,9 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
         Command::Task(cmd) => task::run(&mut ctx, cmd),
         Command::Node(cmd) => node::run(&mut ctx, cmd),
         Command::Pool(cmd) => pool::run(&mut ctx, cmd),
+        Command::Create(a) => apply::run(&mut ctx, &cli.server, a.into(), &mut io::stdin()),
+        Command::Delete(a) => delete_files::run(&mut ctx, &cli.server, a.into(), &mut io::stdin()),
+        Command::Diff(a) => diff::run(&mut ctx, &cli.server, &a.filename, &mut io::stdin()),
     }
 }
 
