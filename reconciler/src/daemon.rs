@@ -1,0 +1,88 @@
+//! Wiring: opens the store and builds the sessions, gateway, reconciler and services that
+//! share it. `main` serves what this builds; tests build it on a temp data dir.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::api::{app, AppState};
+use crate::events::TaskEvents;
+use crate::gateway::{Gateway, Sessions};
+use crate::locks::VmLocks;
+use crate::reconcile::Reconciler;
+use crate::service::{ClusterService, TaskService, VmService};
+use crate::store::{Store, StoreError};
+
+/// How often every live VM is reconciled even without a trigger.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct Daemon {
+    pub store: Store,
+    pub gateway: Gateway,
+    pub reconciler: Arc<Reconciler>,
+    pub state: AppState,
+    triggers: Option<mpsc::UnboundedReceiver<Uuid>>,
+}
+
+impl Daemon {
+    /// Opens the database (running migrations) and builds every component. No agent is
+    /// attached yet, so every known node starts not ready.
+    pub async fn open(database_url: &str) -> Result<Daemon, StoreError> {
+        let store = Store::open(database_url).await?;
+        store.mark_all_nodes_not_ready().await?;
+        let sessions = Arc::new(Sessions::default());
+        let locks = Arc::new(VmLocks::default());
+        let events = TaskEvents::default();
+        let (trigger, triggers) = mpsc::unbounded_channel();
+        let gateway = Gateway::new(
+            store.clone(),
+            sessions.clone(),
+            locks.clone(),
+            events.clone(),
+            trigger,
+        );
+        let reconciler = Arc::new(Reconciler::new(
+            store.clone(),
+            sessions,
+            locks,
+            events.clone(),
+        ));
+        let state = AppState {
+            vms: Arc::new(VmService::new(
+                store.clone(),
+                reconciler.clone(),
+                gateway.clone(),
+            )),
+            tasks: Arc::new(TaskService::new(store.clone(), events)),
+            cluster: Arc::new(ClusterService::new(store.clone())),
+        };
+        Ok(Daemon {
+            store,
+            gateway,
+            reconciler,
+            state,
+            triggers: Some(triggers),
+        })
+    }
+
+    /// The HTTP API router.
+    pub fn app(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    /// Starts the reconcile loops (triggers + periodic resync) and the node liveness
+    /// monitor. Call once.
+    pub fn spawn_background(&mut self, resync_every: Duration) -> Vec<JoinHandle<()>> {
+        let triggers = self
+            .triggers
+            .take()
+            .expect("spawn_background is called once");
+        let mut handles = self.reconciler.clone().spawn_loops(triggers, resync_every);
+        handles.push(self.gateway.spawn_liveness_monitor());
+        handles
+    }
+}

@@ -1,0 +1,395 @@
+//! The agent gateway: the tonic `AgentGateway` server agents attach to. Registration
+//! (node, pools, re-adopted VMs, task redelivery), heartbeats and node liveness, task
+//! updates and unsolicited VM reports folded into the store, and sync-reply routing.
+
+mod observe;
+mod sessions;
+#[cfg(test)]
+mod tests;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use otherix_api::proto::agent_gateway_server::{AgentGateway, AgentGatewayServer};
+use otherix_api::proto::{
+    agent_message, server_message, AgentMessage, Register, Registered, ServerMessage, TaskState,
+    TaskUpdate, VmReport,
+};
+use otherix_api::{ErrorBody, ErrorCode, TaskProgress, TaskStatus};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::error_chain;
+use crate::events::TaskEvents;
+use crate::locks::VmLocks;
+use crate::reconcile::ReconcileTrigger;
+use crate::store::{NodeRegistration, Store, StoreError};
+pub use observe::{apply_task_outcome, apply_vm_report, TaskOutcome};
+pub use sessions::{task_assignment, Outbox, Sessions};
+
+/// How often agents heartbeat; a node is not ready after [`MISSED_HEARTBEATS`] misses.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("node {0} has no agent attached")]
+    NotAttached(String),
+    #[error("the agent of node {0} detached before replying")]
+    SessionClosed(String),
+    #[error("the agent of node {node} did not reply within {secs} s")]
+    SyncTimeout { node: String, secs: u64 },
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("store")]
+    Store(#[from] StoreError),
+}
+
+impl From<GatewayError> for Status {
+    fn from(e: GatewayError) -> Status {
+        match e {
+            GatewayError::Protocol(m) => Status::invalid_argument(m),
+            GatewayError::Store(ref inner) => {
+                tracing::error!(error = %error_chain(inner), "gateway store error");
+                Status::internal("internal error")
+            }
+            other => Status::unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The gateway state; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    store: Store,
+    sessions: Arc<Sessions>,
+    locks: Arc<VmLocks>,
+    events: TaskEvents,
+    trigger: ReconcileTrigger,
+}
+
+impl Gateway {
+    pub fn new(
+        store: Store,
+        sessions: Arc<Sessions>,
+        locks: Arc<VmLocks>,
+        events: TaskEvents,
+        trigger: ReconcileTrigger,
+    ) -> Self {
+        Gateway {
+            store,
+            sessions,
+            locks,
+            events,
+            trigger,
+        }
+    }
+
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// The tonic service to mount on the agent listener.
+    pub fn into_server(self) -> AgentGatewayServer<Gateway> {
+        AgentGatewayServer::new(self)
+    }
+
+    /// Records the node, its pools and the VMs it reports; returns the node id.
+    pub async fn register(&self, reg: &Register) -> Result<Uuid, GatewayError> {
+        if reg.node.is_empty() {
+            return Err(GatewayError::Protocol("Register.node is empty".into()));
+        }
+        let node_id = self
+            .store
+            .register_node(&NodeRegistration {
+                name: reg.node.clone(),
+                arch: reg.host_arch.clone(),
+                guest_arches: reg.guest_arches.clone(),
+                accel: reg.accel.clone(),
+                vcpus: reg.vcpus,
+                memory_mb: reg.memory_mb,
+                agent_version: reg.agent_version.clone(),
+                pools: reg
+                    .pools
+                    .iter()
+                    .map(|p| (p.name.clone(), p.path.clone()))
+                    .collect(),
+            })
+            .await?;
+        for report in &reg.vms {
+            self.apply_vm_report(&reg.node, report).await?;
+        }
+        tracing::info!(node = %reg.node, vms = reg.vms.len(), pools = reg.pools.len(), "node registered");
+        Ok(node_id)
+    }
+
+    /// Handles one message of an attached agent.
+    pub async fn handle_message(&self, node: &str, msg: AgentMessage) -> Result<(), GatewayError> {
+        match msg.body {
+            Some(agent_message::Body::Heartbeat(_)) => self.store.node_heartbeat(node).await?,
+            Some(agent_message::Body::TaskUpdate(u)) => self.apply_task_update(node, &u).await?,
+            Some(agent_message::Body::VmReport(r)) => self.apply_vm_report(node, &r).await?,
+            Some(agent_message::Body::SyncReply(r)) => {
+                if !self.sessions.complete_sync(r) {
+                    tracing::warn!(node, "sync reply nobody waits for (late or unknown)");
+                }
+            }
+            Some(agent_message::Body::Register(_)) => {
+                return Err(GatewayError::Protocol("Register sent twice".into()))
+            }
+            None => return Err(GatewayError::Protocol("empty AgentMessage".into())),
+        }
+        Ok(())
+    }
+
+    /// Folds a TaskUpdate into the task row and, when terminal, into the VM.
+    pub async fn apply_task_update(&self, node: &str, u: &TaskUpdate) -> Result<(), GatewayError> {
+        let Ok(task_id) = Uuid::parse_str(&u.task_id) else {
+            return Err(GatewayError::Protocol(format!(
+                "task id {:?} is not a uuid",
+                u.task_id
+            )));
+        };
+        let Some(peek) = self.store.task(task_id).await? else {
+            tracing::warn!(node, task = %task_id, "update for an unknown task");
+            return Ok(());
+        };
+        let _guard = match peek.vm_id {
+            Some(vm_id) => Some(self.locks.lock(vm_id).await),
+            None => None,
+        };
+        let Some(mut task) = self.store.task(task_id).await? else {
+            return Ok(());
+        };
+        if task.node.as_deref() != Some(node) {
+            tracing::warn!(node, task = %task_id, owner = ?task.node, "update from a node the task is not assigned to");
+            return Ok(());
+        }
+        if task.status.is_terminal() {
+            return Ok(()); // a re-sent final update
+        }
+        let now = self.store.now_ms();
+        task.started_at_ms.get_or_insert(now);
+        if !u.phase.is_empty() || u.bytes_total > 0 {
+            task.progress = Some(TaskProgress {
+                phase: u.phase.clone(),
+                bytes_done: (u.bytes_total > 0 || u.bytes_done > 0).then_some(u.bytes_done),
+                bytes_total: (u.bytes_total > 0).then_some(u.bytes_total),
+            });
+        }
+        let outcome = match u.state() {
+            TaskState::Running | TaskState::Unspecified => None,
+            TaskState::Succeeded => Some((TaskStatus::Success, TaskOutcome::Succeeded)),
+            TaskState::Failed => Some((
+                TaskStatus::Failed,
+                TaskOutcome::Failed(error_body(u, ErrorCode::Internal)),
+            )),
+            TaskState::Cancelled => Some((
+                TaskStatus::Cancelled,
+                TaskOutcome::Failed(error_body(u, ErrorCode::Cancelled)),
+            )),
+        };
+        match outcome {
+            None => {
+                task.status = TaskStatus::Running;
+                self.store.save_task(&task).await?;
+            }
+            Some((status, outcome)) => {
+                task.status = status;
+                task.finished_at_ms = Some(now);
+                if let TaskOutcome::Failed(e) = &outcome {
+                    task.error = Some(e.clone());
+                }
+                let vm = match task.vm_id {
+                    Some(id) => self.store.vm_by_id(id).await?,
+                    None => None,
+                };
+                match vm {
+                    Some(mut vm) => {
+                        apply_task_outcome(&mut vm, task.kind, &outcome, u.vm.as_ref(), now);
+                        self.store.save_vm_and_task(&vm, &task).await?;
+                        tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, status = %task.status, phase = %vm.phase, "task finished");
+                    }
+                    None => self.store.save_task(&task).await?,
+                }
+            }
+        }
+        self.events.task_changed(task.id);
+        if let Some(vm_id) = task.vm_id {
+            let _ = self.trigger.send(vm_id);
+        }
+        Ok(())
+    }
+
+    /// Folds a VmReport from `node` into its VM (ignored while a task is in flight: the
+    /// task's final update settles the VM).
+    pub async fn apply_vm_report(&self, node: &str, report: &VmReport) -> Result<(), GatewayError> {
+        let Ok(vm_id) = Uuid::parse_str(&report.vm_id) else {
+            return Err(GatewayError::Protocol(format!(
+                "vm id {:?} is not a uuid",
+                report.vm_id
+            )));
+        };
+        let _guard = self.locks.lock(vm_id).await;
+        let Some(mut vm) = self.store.vm_by_id(vm_id).await? else {
+            tracing::warn!(node, vm = %vm_id, "report for a vm this server does not know");
+            return Ok(());
+        };
+        if vm.deleted_at_ms.is_some()
+            || vm.node.as_deref() != Some(node)
+            || vm.current_task.is_some()
+        {
+            return Ok(());
+        }
+        if apply_vm_report(&mut vm, report) {
+            self.store.save_vm(&vm).await?;
+            tracing::info!(vm = %vm.name, node, phase = %vm.phase, "vm report applied");
+            let _ = self.trigger.send(vm_id);
+        }
+        Ok(())
+    }
+
+    /// Marks nodes that missed [`MISSED_HEARTBEATS`] heartbeats not ready, every interval.
+    pub fn spawn_liveness_monitor(&self) -> JoinHandle<()> {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            loop {
+                tick.tick().await;
+                let cutoff =
+                    store.now_ms() - (HEARTBEAT_INTERVAL * MISSED_HEARTBEATS).as_millis() as i64;
+                match store.mark_stale_nodes_not_ready(cutoff).await {
+                    Ok(nodes) => {
+                        for node in nodes {
+                            tracing::warn!(
+                                node,
+                                "node missed {MISSED_HEARTBEATS} heartbeats; not ready"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %error_chain(&e), "liveness check failed"),
+                }
+            }
+        })
+    }
+
+    /// After Register: answer Registered, attach the session, redeliver open tasks.
+    async fn open_session(
+        &self,
+        node: &str,
+        node_id: Uuid,
+        outbox: &Outbox,
+    ) -> Result<u64, GatewayError> {
+        let registered = server_message::Body::Registered(Registered {
+            node_id: node_id.to_string(),
+            heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u32,
+        });
+        let _ = outbox.send(Ok(ServerMessage {
+            body: Some(registered),
+        }));
+        // Attach before reading open tasks: a task emitted in between is then dispatched
+        // (and maybe redelivered too; agents are idempotent by task id).
+        let session = self.sessions.attach(node, outbox.clone());
+        for task in self.store.open_tasks_for_node(node).await? {
+            let Some(vm_id) = task.vm_id else { continue };
+            if let Some(vm) = self.store.vm_by_id(vm_id).await? {
+                let body = server_message::Body::Task(task_assignment(&task, &vm));
+                let _ = outbox.send(Ok(ServerMessage { body: Some(body) }));
+                tracing::info!(node, task = %task.id, kind = %task.kind, "task redelivered");
+            }
+        }
+        for vm_id in self.store.live_vm_ids_on_node(node).await? {
+            let _ = self.trigger.send(vm_id);
+        }
+        Ok(session)
+    }
+
+    async fn read_agent_stream(
+        self,
+        node: String,
+        session: u64,
+        mut inbound: Streaming<AgentMessage>,
+    ) {
+        loop {
+            match inbound.message().await {
+                Ok(Some(msg)) => {
+                    if let Err(e) = self.handle_message(&node, msg).await {
+                        tracing::warn!(node, error = %error_chain(&e), "agent message rejected");
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::warn!(node, error = %status.message(), "agent stream failed");
+                    break;
+                }
+            }
+        }
+        if self.sessions.detach(&node, session) {
+            if let Err(e) = self.store.mark_node_not_ready(&node).await {
+                tracing::warn!(node, error = %error_chain(&e), "marking node not ready failed");
+            }
+            tracing::warn!(node, "agent detached; node not ready");
+        }
+    }
+}
+
+fn error_body(u: &TaskUpdate, default: ErrorCode) -> ErrorBody {
+    if u.error_code.is_empty() {
+        ErrorBody {
+            code: default,
+            message: if u.error_message.is_empty() {
+                format!(
+                    "the agent reported the task {}",
+                    if default == ErrorCode::Cancelled {
+                        "cancelled"
+                    } else {
+                        "failed"
+                    }
+                )
+            } else {
+                u.error_message.clone()
+            },
+        }
+    } else {
+        ErrorBody {
+            code: ErrorCode::from_wire(&u.error_code),
+            message: u.error_message.clone(),
+        }
+    }
+}
+
+type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentGateway for Gateway {
+    type AttachStream = ServerStream;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("stream closed before Register"))?;
+        let Some(agent_message::Body::Register(reg)) = first.body else {
+            return Err(Status::invalid_argument(
+                "the first message must be Register",
+            ));
+        };
+        let node_id = self.register(&reg).await?;
+        let (outbox, rx) = mpsc::unbounded_channel();
+        let session = self.open_session(&reg.node, node_id, &outbox).await?;
+        tokio::spawn(
+            self.clone()
+                .read_agent_stream(reg.node.clone(), session, inbound),
+        );
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+    }
+}

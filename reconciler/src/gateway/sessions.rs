@@ -1,0 +1,244 @@
+//! Attached agents: one outbound channel per node, task dispatch, and the request/reply
+//! correlation of synchronous operations (pause, resume, reset).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use otherix_api::proto::{server_message, ServerMessage, SyncReply, SyncRequest, TaskAssignment};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+use uuid::Uuid;
+
+use super::GatewayError;
+use crate::model::{TaskRecord, VmRecord};
+
+/// The stream of messages to one agent.
+pub type Outbox = mpsc::UnboundedSender<Result<ServerMessage, Status>>;
+
+struct Session {
+    id: u64,
+    outbox: Outbox,
+}
+
+struct PendingSync {
+    node: String,
+    reply: oneshot::Sender<SyncReply>,
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    nodes: Mutex<HashMap<String, Session>>,
+    pending_sync: Mutex<HashMap<String, PendingSync>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    /// Registers the outbox of a freshly attached agent, replacing an older session of
+    /// the same node. Returns the session id for [`Sessions::detach`].
+    pub fn attach(&self, node: &str, outbox: Outbox) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        self.nodes
+            .lock()
+            .expect("sessions poisoned")
+            .insert(node.to_owned(), Session { id, outbox });
+        id
+    }
+
+    /// Removes the session if it is still the node's current one; returns whether it was.
+    /// Pending sync requests to the node fail (their senders drop).
+    pub fn detach(&self, node: &str, session_id: u64) -> bool {
+        let mut nodes = self.nodes.lock().expect("sessions poisoned");
+        if nodes.get(node).map(|s| s.id) != Some(session_id) {
+            return false;
+        }
+        nodes.remove(node);
+        drop(nodes);
+        self.pending_sync
+            .lock()
+            .expect("pending sync poisoned")
+            .retain(|_, p| p.node != node);
+        true
+    }
+
+    pub fn is_attached(&self, node: &str) -> bool {
+        self.nodes
+            .lock()
+            .expect("sessions poisoned")
+            .contains_key(node)
+    }
+
+    /// Sends one message to the node's agent; false when it is not attached.
+    pub fn send(&self, node: &str, body: server_message::Body) -> bool {
+        let nodes = self.nodes.lock().expect("sessions poisoned");
+        match nodes.get(node) {
+            Some(s) => s
+                .outbox
+                .send(Ok(ServerMessage { body: Some(body) }))
+                .is_ok(),
+            None => false,
+        }
+    }
+
+    /// Sends a task to its node; false when the node is not attached (the task stays
+    /// pending and is redelivered when the agent registers).
+    pub fn dispatch(&self, task: &TaskRecord, vm: &VmRecord) -> bool {
+        match &task.node {
+            Some(node) => self.send(node, server_message::Body::Task(task_assignment(task, vm))),
+            None => false,
+        }
+    }
+
+    /// Sends a SyncRequest and waits for its SyncReply.
+    pub async fn sync(
+        &self,
+        node: &str,
+        op: &str,
+        vm_id: Uuid,
+        timeout: Duration,
+    ) -> Result<SyncReply, GatewayError> {
+        let request_id = Uuid::new_v4().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.pending_sync
+            .lock()
+            .expect("pending sync poisoned")
+            .insert(
+                request_id.clone(),
+                PendingSync {
+                    node: node.to_owned(),
+                    reply: tx,
+                },
+            );
+        let sent = self.send(
+            node,
+            server_message::Body::SyncRequest(SyncRequest {
+                request_id: request_id.clone(),
+                op: op.to_owned(),
+                vm_id: vm_id.to_string(),
+                ..Default::default()
+            }),
+        );
+        if !sent {
+            self.forget_sync(&request_id);
+            return Err(GatewayError::NotAttached(node.to_owned()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(GatewayError::SessionClosed(node.to_owned())),
+            Err(_) => {
+                self.forget_sync(&request_id);
+                Err(GatewayError::SyncTimeout {
+                    node: node.to_owned(),
+                    secs: timeout.as_secs(),
+                })
+            }
+        }
+    }
+
+    /// Hands a SyncReply to its waiter; false when nobody waits for it (late or unknown).
+    pub fn complete_sync(&self, reply: SyncReply) -> bool {
+        let pending = self
+            .pending_sync
+            .lock()
+            .expect("pending sync poisoned")
+            .remove(&reply.request_id);
+        match pending {
+            Some(p) => p.reply.send(reply).is_ok(),
+            None => false,
+        }
+    }
+
+    fn forget_sync(&self, request_id: &str) {
+        self.pending_sync
+            .lock()
+            .expect("pending sync poisoned")
+            .remove(request_id);
+    }
+}
+
+/// The wire form of a task for its agent, with the VM's current spec.
+pub fn task_assignment(task: &TaskRecord, vm: &VmRecord) -> TaskAssignment {
+    let (pool, pool_path) = match &task.placement {
+        Some(p) => (p.pool.clone(), p.pool_path.clone()),
+        None => (
+            vm.pool.clone().unwrap_or_default(),
+            vm.pool_path.clone().unwrap_or_default(),
+        ),
+    };
+    TaskAssignment {
+        task_id: task.id.to_string(),
+        kind: task.kind.as_str().to_owned(),
+        vm_id: vm.id.to_string(),
+        vm_name: vm.name.clone(),
+        pool,
+        pool_path,
+        spec_json: serde_json::to_string(&vm.spec).expect("VmSpec serializes"),
+        stop_timeout_ms: task.stop_timeout_ms.unwrap_or(0),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sessions_sync_reply_reaches_waiter() {
+        let sessions = std::sync::Arc::new(Sessions::default());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        sessions.attach("n1", tx);
+        let s2 = sessions.clone();
+        let agent = tokio::spawn(async move {
+            let msg = rx.recv().await.unwrap().unwrap();
+            let Some(server_message::Body::SyncRequest(req)) = msg.body else {
+                panic!("expected sync request")
+            };
+            assert_eq!(req.op, "pause");
+            assert!(s2.complete_sync(SyncReply {
+                request_id: req.request_id,
+                ok: true,
+                ..Default::default()
+            }));
+        });
+        let reply = sessions
+            .sync("n1", "pause", Uuid::new_v4(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(reply.ok);
+        agent.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn sessions_sync_unattached_node_is_not_attached_error() {
+        let sessions = Sessions::default();
+        let err = sessions
+            .sync("n1", "pause", Uuid::new_v4(), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GatewayError::NotAttached(_)));
+    }
+
+    #[tokio::test]
+    async fn sessions_sync_no_reply_times_out() {
+        let sessions = Sessions::default();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        sessions.attach("n1", tx);
+        let err = sessions
+            .sync("n1", "reset", Uuid::new_v4(), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GatewayError::SyncTimeout { .. }));
+    }
+
+    #[tokio::test]
+    async fn sessions_detach_of_replaced_session_keeps_new_one() {
+        let sessions = Sessions::default();
+        let (tx1, _rx1) = mpsc::unbounded_channel();
+        let (tx2, _rx2) = mpsc::unbounded_channel();
+        let old = sessions.attach("n1", tx1);
+        let _new = sessions.attach("n1", tx2);
+        assert!(!sessions.detach("n1", old));
+        assert!(sessions.is_attached("n1"));
+    }
+}

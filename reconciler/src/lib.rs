@@ -1,0 +1,27 @@
+//! otherixd: the otherix control plane. An axum HTTP API over a VM service, a sqlx store
+//! (SQLite or PostgreSQL), a reconcile loop that turns desired state into tasks, a
+//! scheduler, and the tonic gateway node agents attach to. [`daemon`] wires them up.
+
+pub mod api;
+pub mod cursor;
+pub mod daemon;
+pub mod events;
+pub mod gateway;
+pub mod locks;
+pub mod model;
+pub mod reconcile;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+
+/// "outer: inner: innermost", for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

@@ -1,0 +1,281 @@
+//! Domain records the store persists and the service, reconciler and gateway read and
+//! mutate: a VM row (desired spec + observed status + intents), a task row, a node row.
+//! Pure data plus their conversions to the `otherix-api` wire types.
+
+use otherix_api::{
+    ErrorBody, Node, NodeStatus, Placement, Task, TaskKind, TaskProgress, TaskStatus, Vm, VmPhase,
+    VmSpec, VmStatus,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Renders epoch milliseconds as an RFC 3339 UTC timestamp.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A one-shot operation the user asked for that `desired_phase` alone cannot express.
+/// The reconciler turns it into a task and clears it in the same transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum RequestedOp {
+    Stop { timeout_ms: u64 },
+    Poweroff,
+    Reboot { timeout_ms: u64 },
+}
+
+impl RequestedOp {
+    pub fn task_kind(self) -> TaskKind {
+        match self {
+            RequestedOp::Stop { .. } => TaskKind::VmStop,
+            RequestedOp::Poweroff => TaskKind::VmPoweroff,
+            RequestedOp::Reboot { .. } => TaskKind::VmReboot,
+        }
+    }
+    pub fn timeout_ms(self) -> Option<u64> {
+        match self {
+            RequestedOp::Stop { timeout_ms } | RequestedOp::Reboot { timeout_ms } => {
+                Some(timeout_ms)
+            }
+            RequestedOp::Poweroff => None,
+        }
+    }
+}
+
+/// One row of `vms`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub spec: VmSpec,
+    pub generation: i64,
+    pub observed_generation: i64,
+    /// The phase as last written by the reconciler or an agent report.
+    pub phase: VmPhase,
+    pub node: Option<String>,
+    pub pool: Option<String>,
+    pub pool_path: Option<String>,
+    pub pid: Option<u32>,
+    pub serial_log: Option<String>,
+    pub requested_op: Option<RequestedOp>,
+    pub last_error: Option<ErrorBody>,
+    pub deletion_requested: bool,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub deleted_at_ms: Option<i64>,
+    /// Read-only (filled by queries): false when the VM's node is not ready.
+    pub node_ready: bool,
+    /// Read-only (filled by queries): the in-flight task, if any.
+    pub current_task: Option<Uuid>,
+}
+
+impl VmRecord {
+    /// A freshly accepted VM: pending, not placed.
+    pub fn new(name: String, spec: VmSpec, now_ms: i64) -> Self {
+        VmRecord {
+            id: Uuid::new_v4(),
+            name,
+            spec,
+            generation: 1,
+            observed_generation: 0,
+            phase: VmPhase::Pending,
+            node: None,
+            pool: None,
+            pool_path: None,
+            pid: None,
+            serial_log: None,
+            requested_op: None,
+            last_error: None,
+            deletion_requested: false,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            deleted_at_ms: None,
+            node_ready: true,
+            current_task: None,
+        }
+    }
+
+    /// The phase users see: `unknown` while the VM's node is not ready.
+    pub fn effective_phase(&self) -> VmPhase {
+        effective_phase(self.phase, self.node.is_some(), self.node_ready)
+    }
+
+    pub fn to_api(&self) -> Vm {
+        Vm {
+            id: self.id,
+            name: self.name.clone(),
+            generation: self.generation,
+            spec: self.spec.clone(),
+            status: VmStatus {
+                phase: self.effective_phase(),
+                node: self.node.clone(),
+                pool: self.pool.clone(),
+                pid: self.pid,
+                serial_log: self.serial_log.clone(),
+                current_task: self.current_task,
+                last_error: self.last_error.clone(),
+                observed_generation: self.observed_generation,
+            },
+            created_at: rfc3339(self.created_at_ms),
+            updated_at: rfc3339(self.updated_at_ms),
+        }
+    }
+}
+
+/// Phases that do not depend on a live QEMU and so stay as they are when the node is gone.
+pub const PHASES_WITHOUT_QEMU: [VmPhase; 3] = [VmPhase::Pending, VmPhase::Deleted, VmPhase::Failed];
+
+/// The phase users see for a stored phase on a node that may be not ready. The store's
+/// SQL filter mirrors this rule (`store::vms::EFFECTIVE_PHASE_SQL`).
+pub fn effective_phase(stored: VmPhase, placed: bool, node_ready: bool) -> VmPhase {
+    if placed && !node_ready && !PHASES_WITHOUT_QEMU.contains(&stored) {
+        VmPhase::Unknown
+    } else {
+        stored
+    }
+}
+
+/// One row of `tasks`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRecord {
+    pub id: Uuid,
+    pub kind: TaskKind,
+    pub vm_id: Option<Uuid>,
+    pub vm_name: Option<String>,
+    pub node: Option<String>,
+    pub status: TaskStatus,
+    pub progress: Option<TaskProgress>,
+    pub error: Option<ErrorBody>,
+    pub placement: Option<Placement>,
+    pub idempotency_key: Option<String>,
+    /// For vm.stop and vm.reboot: how long the agent waits for the guest.
+    pub stop_timeout_ms: Option<u64>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+impl TaskRecord {
+    /// A new pending task for `vm` on `node`.
+    pub fn pending(kind: TaskKind, vm: &VmRecord, node: Option<String>, now_ms: i64) -> Self {
+        TaskRecord {
+            id: Uuid::new_v4(),
+            kind,
+            vm_id: Some(vm.id),
+            vm_name: Some(vm.name.clone()),
+            node,
+            status: TaskStatus::Pending,
+            progress: None,
+            error: None,
+            placement: None,
+            idempotency_key: None,
+            stop_timeout_ms: None,
+            created_at_ms: now_ms,
+            started_at_ms: None,
+            finished_at_ms: None,
+        }
+    }
+
+    pub fn to_api(&self) -> Task {
+        Task {
+            id: self.id,
+            kind: self.kind,
+            status: self.status,
+            vm_id: self.vm_id,
+            vm_name: self.vm_name.clone(),
+            node: self.node.clone(),
+            progress: self.progress.clone(),
+            error: self.error.clone(),
+            placement: self.placement.clone(),
+            created_at: rfc3339(self.created_at_ms),
+            started_at: self.started_at_ms.map(rfc3339),
+            finished_at: self.finished_at_ms.map(rfc3339),
+        }
+    }
+}
+
+/// A pool served by a node, at the node's own path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePool {
+    pub pool_id: Uuid,
+    pub pool: String,
+    pub path: String,
+}
+
+/// One row of `nodes` with its pool instances and what is committed to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub status: NodeStatus,
+    pub arch: String,
+    pub guest_arches: Vec<String>,
+    pub accel: String,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub last_heartbeat_ms: Option<i64>,
+    pub pools: Vec<NodePool>,
+    /// Live VMs placed on this node and the vCPUs and memory they commit.
+    pub allocated_vms: u32,
+    pub allocated_vcpus: u32,
+    pub allocated_memory_mb: u64,
+}
+
+impl NodeRecord {
+    pub fn to_api(&self) -> Node {
+        Node {
+            id: self.id,
+            name: self.name.clone(),
+            status: self.status,
+            arch: self.arch.clone(),
+            guest_arches: self.guest_arches.clone(),
+            accel: self.accel.clone(),
+            vcpus: self.vcpus,
+            memory_mb: self.memory_mb,
+            allocated_vcpus: self.allocated_vcpus,
+            allocated_memory_mb: self.allocated_memory_mb,
+            pools: self.pools.iter().map(|p| p.pool.clone()).collect(),
+            last_heartbeat: self.last_heartbeat_ms.map(rfc3339),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn effective_phase_not_ready_node_running_is_unknown() {
+        assert_eq!(
+            effective_phase(VmPhase::Running, true, false),
+            VmPhase::Unknown
+        );
+        assert_eq!(
+            effective_phase(VmPhase::Running, true, true),
+            VmPhase::Running
+        );
+        assert_eq!(
+            effective_phase(VmPhase::Failed, true, false),
+            VmPhase::Failed
+        );
+        assert_eq!(
+            effective_phase(VmPhase::Pending, false, false),
+            VmPhase::Pending
+        );
+    }
+
+    #[test]
+    fn requested_op_json_round_trips() {
+        let op = RequestedOp::Stop { timeout_ms: 5000 };
+        let json = serde_json::to_string(&op).unwrap();
+        assert_eq!(json, r#"{"op":"stop","timeout_ms":5000}"#);
+        assert_eq!(serde_json::from_str::<RequestedOp>(&json).unwrap(), op);
+    }
+
+    #[test]
+    fn rfc3339_epoch_ms_renders_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,204 @@
+//! The reconcile loop: under a VM's lock, reads desired and observed state, asks the pure
+//! [`plan::plan`] what to do, persists the emitted task together with the VM's
+//! transitional phase in one transaction, and dispatches the task to the node's agent.
+//! Triggers: API writes (direct calls), agent reports (the trigger channel), and a
+//! periodic resync of every live VM.
+
+pub mod plan;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use otherix_api::{ApiError, TaskKind, TaskStatus, VmPhase};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::error_chain;
+use crate::events::TaskEvents;
+use crate::gateway::Sessions;
+use crate::locks::{VmGuard, VmLocks};
+use crate::model::{TaskRecord, VmRecord};
+use crate::scheduler::schedule;
+use crate::store::{Store, StoreError};
+use plan::{plan, transitional_phase, Action, PlanInput};
+
+/// Asks the loop to reconcile one VM soon.
+pub type ReconcileTrigger = mpsc::UnboundedSender<Uuid>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("store")]
+    Store(#[from] StoreError),
+    #[error("cannot place the vm")]
+    Unschedulable(#[source] ApiError),
+}
+
+pub struct Reconciler {
+    store: Store,
+    sessions: Arc<Sessions>,
+    locks: Arc<VmLocks>,
+    events: TaskEvents,
+}
+
+impl Reconciler {
+    pub fn new(
+        store: Store,
+        sessions: Arc<Sessions>,
+        locks: Arc<VmLocks>,
+        events: TaskEvents,
+    ) -> Self {
+        Reconciler {
+            store,
+            sessions,
+            locks,
+            events,
+        }
+    }
+
+    pub fn locks(&self) -> &VmLocks {
+        &self.locks
+    }
+
+    /// Accepts a new VM: schedules it, inserts the VM and its vm.create task in one
+    /// transaction, dispatches the task. A taken name is `StoreError::NameTaken`.
+    pub async fn create_vm(&self, vm: VmRecord) -> Result<TaskRecord, ReconcileError> {
+        let _guard = self.locks.lock(vm.id).await;
+        let kind = match plan(&PlanInput::from_vm(&vm, None)) {
+            Action::Emit(kind) => kind,
+            other => unreachable!("a new vm always plans a create, got {other:?}"),
+        };
+        let (vm, task) = self.prepare_task(vm, kind).await?;
+        self.store.insert_vm_with_task(&vm, &task).await?;
+        self.publish(&task, &vm);
+        Ok(task)
+    }
+
+    /// Reconciles one VM; returns the task it emitted, if any.
+    pub async fn reconcile_vm(&self, vm_id: Uuid) -> Result<Option<TaskRecord>, ReconcileError> {
+        let guard = self.locks.lock(vm_id).await;
+        self.reconcile_locked(vm_id, &guard).await
+    }
+
+    /// [`Reconciler::reconcile_vm`] for a caller that already holds the VM's lock.
+    pub async fn reconcile_locked(
+        &self,
+        vm_id: Uuid,
+        _guard: &VmGuard,
+    ) -> Result<Option<TaskRecord>, ReconcileError> {
+        let Some(mut vm) = self.store.vm_by_id(vm_id).await? else {
+            return Ok(None);
+        };
+        if vm.deleted_at_ms.is_some() {
+            return Ok(None);
+        }
+        let in_flight = self.store.in_flight_task(vm_id).await?;
+        match plan(&PlanInput::from_vm(&vm, in_flight.map(|t| t.kind))) {
+            Action::Nothing => Ok(None),
+            Action::MarkDeleted => {
+                // Nothing to clean up on any node: the delete is done here, recorded as
+                // an already-succeeded vm.delete task.
+                let now = self.store.now_ms();
+                let mut task = TaskRecord::pending(TaskKind::VmDelete, &vm, None, now);
+                task.status = TaskStatus::Success;
+                task.started_at_ms = Some(now);
+                task.finished_at_ms = Some(now);
+                vm.phase = VmPhase::Deleted;
+                vm.deleted_at_ms = Some(now);
+                self.store.save_vm_with_new_task(&vm, &task).await?;
+                self.events.task_changed(task.id);
+                tracing::info!(vm = %vm.name, "vm never reached a node; deleted");
+                Ok(Some(task))
+            }
+            Action::Emit(kind) => {
+                let (vm, task) = self.prepare_task(vm, kind).await?;
+                self.store.save_vm_with_new_task(&vm, &task).await?;
+                self.publish(&task, &vm);
+                Ok(Some(task))
+            }
+        }
+    }
+
+    /// Builds the task for `kind` and the VM as it looks with that task in flight.
+    async fn prepare_task(
+        &self,
+        mut vm: VmRecord,
+        kind: TaskKind,
+    ) -> Result<(VmRecord, TaskRecord), ReconcileError> {
+        let now = self.store.now_ms();
+        let mut placement = None;
+        if kind == TaskKind::VmCreate {
+            let nodes = self.store.list_nodes().await?;
+            let default_pool = self.store.default_pool().await?;
+            let p = schedule(&vm.spec, &nodes, default_pool.as_deref())
+                .map_err(ReconcileError::Unschedulable)?;
+            vm.node = Some(p.node.clone());
+            vm.pool = Some(p.pool.clone());
+            vm.pool_path = Some(p.pool_path.clone());
+            placement = Some(p);
+        }
+        let mut task = TaskRecord::pending(kind, &vm, vm.node.clone(), now);
+        task.placement = placement;
+        if matches!(kind, TaskKind::VmStop | TaskKind::VmReboot) {
+            let default_ms = u64::from(vm.spec.stop_timeout_secs()) * 1000;
+            task.stop_timeout_ms = Some(
+                vm.requested_op
+                    .and_then(|op| op.timeout_ms())
+                    .unwrap_or(default_ms),
+            );
+        }
+        vm.requested_op = None;
+        vm.phase = transitional_phase(kind);
+        vm.current_task = Some(task.id);
+        Ok((vm, task))
+    }
+
+    fn publish(&self, task: &TaskRecord, vm: &VmRecord) {
+        self.events.task_changed(task.id);
+        if self.sessions.dispatch(task, vm) {
+            tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, node = ?task.node, "task dispatched");
+        } else {
+            tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, node = ?task.node, "task queued; node not attached");
+        }
+    }
+
+    async fn reconcile_logged(&self, vm_id: Uuid) {
+        if let Err(e) = self.reconcile_vm(vm_id).await {
+            tracing::warn!(vm = %vm_id, error = %error_chain(&e), "reconcile failed");
+        }
+    }
+
+    /// Runs the trigger consumer and the periodic resync until the runtime stops.
+    pub fn spawn_loops(
+        self: Arc<Self>,
+        mut triggers: mpsc::UnboundedReceiver<Uuid>,
+        resync_every: Duration,
+    ) -> Vec<JoinHandle<()>> {
+        let me = self.clone();
+        let on_trigger = tokio::spawn(async move {
+            while let Some(id) = triggers.recv().await {
+                let me = me.clone();
+                tokio::spawn(async move { me.reconcile_logged(id).await });
+            }
+        });
+        let me = self;
+        let resync = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(resync_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match me.store.live_vm_ids().await {
+                    Ok(ids) => {
+                        for id in ids {
+                            me.reconcile_logged(id).await;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %error_chain(&e), "resync: listing vms failed")
+                    }
+                }
+            }
+        });
+        vec![on_trigger, resync]
+    }
+}

@@ -1,0 +1,257 @@
+//! The pure reconcile decision: from a VM's desired and observed state and its in-flight
+//! task, what to do next. No I/O; the loop in `reconcile/mod.rs` carries it out.
+
+use otherix_api::{DesiredPhase, TaskKind, VmPhase};
+
+use crate::model::{RequestedOp, VmRecord};
+
+/// What the reconciler should do for one VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Desired and observed agree, or something else must happen first.
+    Nothing,
+    /// Persist and dispatch a task of this kind.
+    Emit(TaskKind),
+    /// Deletion of a VM that never reached a node: soft-delete the row directly.
+    MarkDeleted,
+}
+
+/// The facts `plan` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanInput {
+    /// The stored phase (not the `unknown` users see while the node is down).
+    pub phase: VmPhase,
+    pub desired: DesiredPhase,
+    pub requested_op: Option<RequestedOp>,
+    pub deletion_requested: bool,
+    /// The VM has been placed on a node.
+    pub placed: bool,
+    /// The VM's node is ready (true when not placed).
+    pub node_ready: bool,
+    /// Kind of the pending or running task, if any.
+    pub in_flight: Option<TaskKind>,
+}
+
+impl PlanInput {
+    pub fn from_vm(vm: &VmRecord, in_flight: Option<TaskKind>) -> Self {
+        PlanInput {
+            phase: vm.phase,
+            desired: vm.spec.desired_phase,
+            requested_op: vm.requested_op,
+            deletion_requested: vm.deletion_requested,
+            placed: vm.node.is_some(),
+            node_ready: vm.node_ready,
+            in_flight,
+        }
+    }
+}
+
+/// Decides the next step for one VM.
+pub fn plan(vm: &PlanInput) -> Action {
+    if vm.in_flight.is_some() || vm.phase == VmPhase::Deleted {
+        return Action::Nothing;
+    }
+    if vm.deletion_requested {
+        // A delete of a placed VM is queued even while its node is down; the agent gets
+        // it when it re-registers.
+        return if vm.placed {
+            Action::Emit(TaskKind::VmDelete)
+        } else {
+            Action::MarkDeleted
+        };
+    }
+    if vm.phase == VmPhase::Pending {
+        return Action::Emit(TaskKind::VmCreate);
+    }
+    if vm.placed && !vm.node_ready {
+        return Action::Nothing;
+    }
+    if let Some(op) = vm.requested_op {
+        return Action::Emit(op.task_kind());
+    }
+    match (vm.phase, vm.desired) {
+        // No retry loop for a failed create: a later issue adds backoff.
+        (VmPhase::Failed, _) => Action::Nothing,
+        (VmPhase::Stopped, DesiredPhase::Running) => Action::Emit(TaskKind::VmStart),
+        (VmPhase::Running | VmPhase::Paused, DesiredPhase::Stopped) => {
+            Action::Emit(TaskKind::VmStop)
+        }
+        _ => Action::Nothing,
+    }
+}
+
+/// The phase a VM shows while a task of this kind is in flight.
+pub fn transitional_phase(kind: TaskKind) -> VmPhase {
+    match kind {
+        TaskKind::VmCreate => VmPhase::Creating,
+        TaskKind::VmStart => VmPhase::Starting,
+        TaskKind::VmStop | TaskKind::VmPoweroff => VmPhase::Stopping,
+        TaskKind::VmReboot => VmPhase::Rebooting,
+        TaskKind::VmDelete => VmPhase::Deleting,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> PlanInput {
+        PlanInput {
+            phase: VmPhase::Running,
+            desired: DesiredPhase::Running,
+            requested_op: None,
+            deletion_requested: false,
+            placed: true,
+            node_ready: true,
+            in_flight: None,
+        }
+    }
+
+    #[test]
+    fn plan_table() {
+        type Setup = fn(&mut PlanInput);
+        let table: &[(&str, Setup, Action)] = &[
+            ("running as desired", |_| {}, Action::Nothing),
+            (
+                "in-flight task waits",
+                |v| {
+                    v.in_flight = Some(TaskKind::VmStart);
+                    v.deletion_requested = true;
+                },
+                Action::Nothing,
+            ),
+            (
+                "deletion of placed vm",
+                |v| v.deletion_requested = true,
+                Action::Emit(TaskKind::VmDelete),
+            ),
+            (
+                "deletion while node down is queued",
+                |v| {
+                    v.deletion_requested = true;
+                    v.node_ready = false;
+                },
+                Action::Emit(TaskKind::VmDelete),
+            ),
+            (
+                "deletion of never-placed vm",
+                |v| {
+                    v.phase = VmPhase::Pending;
+                    v.placed = false;
+                    v.deletion_requested = true;
+                },
+                Action::MarkDeleted,
+            ),
+            (
+                "already deleted",
+                |v| {
+                    v.phase = VmPhase::Deleted;
+                    v.deletion_requested = true;
+                },
+                Action::Nothing,
+            ),
+            (
+                "requested stop",
+                |v| {
+                    v.requested_op = Some(RequestedOp::Stop { timeout_ms: 1000 });
+                    v.desired = DesiredPhase::Stopped;
+                },
+                Action::Emit(TaskKind::VmStop),
+            ),
+            (
+                "requested poweroff",
+                |v| {
+                    v.requested_op = Some(RequestedOp::Poweroff);
+                    v.desired = DesiredPhase::Stopped;
+                },
+                Action::Emit(TaskKind::VmPoweroff),
+            ),
+            (
+                "requested reboot",
+                |v| v.requested_op = Some(RequestedOp::Reboot { timeout_ms: 1000 }),
+                Action::Emit(TaskKind::VmReboot),
+            ),
+            (
+                "requested op waits for a ready node",
+                |v| {
+                    v.requested_op = Some(RequestedOp::Poweroff);
+                    v.node_ready = false;
+                },
+                Action::Nothing,
+            ),
+            (
+                "not yet created",
+                |v| {
+                    v.phase = VmPhase::Pending;
+                    v.placed = false;
+                },
+                Action::Emit(TaskKind::VmCreate),
+            ),
+            (
+                "not yet created, desired stopped, still created",
+                |v| {
+                    v.phase = VmPhase::Pending;
+                    v.placed = false;
+                    v.desired = DesiredPhase::Stopped;
+                },
+                Action::Emit(TaskKind::VmCreate),
+            ),
+            (
+                "stopped, desired running",
+                |v| v.phase = VmPhase::Stopped,
+                Action::Emit(TaskKind::VmStart),
+            ),
+            (
+                "stopped, desired running, node down",
+                |v| {
+                    v.phase = VmPhase::Stopped;
+                    v.node_ready = false;
+                },
+                Action::Nothing,
+            ),
+            (
+                "stopped as desired",
+                |v| {
+                    v.phase = VmPhase::Stopped;
+                    v.desired = DesiredPhase::Stopped;
+                },
+                Action::Nothing,
+            ),
+            (
+                "running, desired stopped",
+                |v| v.desired = DesiredPhase::Stopped,
+                Action::Emit(TaskKind::VmStop),
+            ),
+            (
+                "paused, desired stopped",
+                |v| {
+                    v.phase = VmPhase::Paused;
+                    v.desired = DesiredPhase::Stopped;
+                },
+                Action::Emit(TaskKind::VmStop),
+            ),
+            (
+                "paused, desired running",
+                |v| v.phase = VmPhase::Paused,
+                Action::Nothing,
+            ),
+            (
+                "failed create does not retry",
+                |v| v.phase = VmPhase::Failed,
+                Action::Nothing,
+            ),
+        ];
+        for (name, setup, want) in table {
+            let mut input = base();
+            setup(&mut input);
+            assert_eq!(plan(&input), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn transitional_phase_per_kind() {
+        assert_eq!(transitional_phase(TaskKind::VmCreate), VmPhase::Creating);
+        assert_eq!(transitional_phase(TaskKind::VmPoweroff), VmPhase::Stopping);
+        assert_eq!(transitional_phase(TaskKind::VmDelete), VmPhase::Deleting);
+    }
+}

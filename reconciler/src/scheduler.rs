@@ -1,0 +1,338 @@
+//! The scheduler: a pure function from a VM spec and the cluster's nodes (with their pool
+//! instances and committed resources) to a placement, or the error that says why none fits.
+
+use otherix_api::{ApiError, ErrorCode, NodeStatus, Placement, RejectedNode, VmSpec};
+
+use crate::model::NodeRecord;
+
+/// Why one node cannot take the VM, in the order the checks run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rejection {
+    NotReady,
+    PoolMissing,
+    Arch,
+    Capacity(String),
+}
+
+/// Picks the node and pool instance for a new VM.
+///
+/// The pool is `spec.pool` (name or uuid) or `default_pool`; `spec.node` (name or uuid)
+/// pins placement to exactly that node. A node qualifies when it is ready, serves the
+/// pool, runs the spec's guest arch, and has the vCPUs and memory free; among those the
+/// one with the fewest VMs, then the most free memory, then the first name wins.
+pub fn schedule(
+    spec: &VmSpec,
+    nodes: &[NodeRecord],
+    default_pool: Option<&str>,
+) -> Result<Placement, ApiError> {
+    let pool_ref = match spec.pool.as_deref().or(default_pool) {
+        Some(p) => p,
+        None => {
+            return Err(ApiError::new(
+                ErrorCode::DefaultPoolNotSet,
+                "spec.pool is not set and the cluster has no default pool",
+            ))
+        }
+    };
+    let pool_matches =
+        |p: &crate::model::NodePool| p.pool == pool_ref || p.pool_id.to_string() == pool_ref;
+    let candidates: Vec<&NodeRecord> = match spec.node.as_deref() {
+        Some(pin) => {
+            let pinned: Vec<&NodeRecord> = nodes
+                .iter()
+                .filter(|n| n.name == pin || n.id.to_string() == pin)
+                .collect();
+            if pinned.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "spec.node: node {pin} not found"
+                )));
+            }
+            pinned
+        }
+        None => {
+            if !nodes.iter().any(|n| n.pools.iter().any(pool_matches)) {
+                return Err(ApiError::not_found(format!(
+                    "spec.pool: pool {pool_ref} not found on any node"
+                )));
+            }
+            nodes.iter().collect()
+        }
+    };
+
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for node in candidates {
+        match check_node(spec, node, pool_matches) {
+            Ok(()) => accepted.push(node),
+            Err(r) => rejected.push((node, r)),
+        }
+    }
+    accepted.sort_by(|a, b| {
+        a.allocated_vms
+            .cmp(&b.allocated_vms)
+            .then(free_memory(b).cmp(&free_memory(a)))
+            .then(a.name.cmp(&b.name))
+    });
+    let rejected_nodes: Vec<RejectedNode> = rejected
+        .iter()
+        .map(|(n, r)| RejectedNode {
+            node: n.name.clone(),
+            reason: reason_text(r, spec, pool_ref),
+        })
+        .collect();
+    if let Some(node) = accepted.first() {
+        let instance = node
+            .pools
+            .iter()
+            .find(|p| pool_matches(p))
+            .expect("accepted nodes serve the pool");
+        return Ok(Placement {
+            node: node.name.clone(),
+            pool: instance.pool.clone(),
+            pool_path: instance.path.clone(),
+            rejected: rejected_nodes,
+        });
+    }
+    let code = if spec.node.is_some() && rejected.iter().any(|(_, r)| *r == Rejection::PoolMissing)
+    {
+        ErrorCode::PoolNotOnNode
+    } else if rejected
+        .iter()
+        .any(|(_, r)| matches!(r, Rejection::Capacity(_)))
+    {
+        ErrorCode::InsufficientCapacity
+    } else {
+        ErrorCode::NoNodeAvailable
+    };
+    let details: Vec<String> = rejected_nodes
+        .iter()
+        .map(|r| format!("{}: {}", r.node, r.reason))
+        .collect();
+    let message = if details.is_empty() {
+        "no nodes are registered".to_owned()
+    } else {
+        format!("no node can take the vm: {}", details.join("; "))
+    };
+    Err(ApiError::new(code, message))
+}
+
+fn free_memory(n: &NodeRecord) -> u64 {
+    n.memory_mb.saturating_sub(n.allocated_memory_mb)
+}
+
+fn check_node(
+    spec: &VmSpec,
+    node: &NodeRecord,
+    pool_matches: impl Fn(&crate::model::NodePool) -> bool,
+) -> Result<(), Rejection> {
+    if node.status != NodeStatus::Ready {
+        return Err(Rejection::NotReady);
+    }
+    if !node.pools.iter().any(pool_matches) {
+        return Err(Rejection::PoolMissing);
+    }
+    if !node.guest_arches.iter().any(|a| a == spec.arch.as_str()) {
+        return Err(Rejection::Arch);
+    }
+    let free_vcpus = node.vcpus.saturating_sub(node.allocated_vcpus);
+    let free_mem = free_memory(node);
+    let mut short = Vec::new();
+    if spec.vcpus > free_vcpus {
+        short.push(format!("needs {} vCPUs, {free_vcpus} free", spec.vcpus));
+    }
+    if u64::from(spec.memory_mb) > free_mem {
+        short.push(format!(
+            "needs {} MiB memory, {free_mem} MiB free",
+            spec.memory_mb
+        ));
+    }
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(Rejection::Capacity(short.join(", ")))
+    }
+}
+
+fn reason_text(r: &Rejection, spec: &VmSpec, pool: &str) -> String {
+    match r {
+        Rejection::NotReady => "not ready".to_owned(),
+        Rejection::PoolMissing => format!("pool {pool} is not on this node"),
+        Rejection::Arch => format!("cannot run {} guests", spec.arch),
+        Rejection::Capacity(s) => format!("insufficient capacity: {s}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NodePool;
+    use otherix_api::Arch;
+    use uuid::Uuid;
+
+    fn node(name: &str) -> NodeRecord {
+        NodeRecord {
+            id: Uuid::new_v4(),
+            name: name.to_owned(),
+            status: NodeStatus::Ready,
+            arch: "amd64".into(),
+            guest_arches: vec!["amd64".into(), "arm64".into()],
+            accel: "tcg".into(),
+            vcpus: 8,
+            memory_mb: 8192,
+            last_heartbeat_ms: None,
+            pools: vec![NodePool {
+                pool_id: Uuid::new_v4(),
+                pool: "default".into(),
+                path: format!("/srv/{name}/default"),
+            }],
+            allocated_vms: 0,
+            allocated_vcpus: 0,
+            allocated_memory_mb: 0,
+        }
+    }
+
+    fn spec() -> VmSpec {
+        VmSpec::new("http://x/i.img", Arch::Amd64)
+    }
+
+    #[test]
+    fn schedule_table() {
+        type Setup = fn(&mut VmSpec, &mut Vec<NodeRecord>, &mut Option<&'static str>);
+        // (name, setup, Ok(node) or Err(code, message fragment))
+        type Expect = Result<&'static str, (ErrorCode, &'static str)>;
+        let table: Vec<(&str, Setup, Expect)> = vec![
+            ("one ready node", |_, _, _| {}, Ok("n1")),
+            (
+                "no default pool",
+                |_, _, d| *d = None,
+                Err((ErrorCode::DefaultPoolNotSet, "no default pool")),
+            ),
+            (
+                "spec pool overrides default",
+                |s, ns, _| {
+                    s.pool = Some("fast".into());
+                    ns[1].pools[0].pool = "fast".into();
+                },
+                Ok("n2"),
+            ),
+            (
+                "unknown pool",
+                |s, _, _| s.pool = Some("nope".into()),
+                Err((ErrorCode::NotFound, "pool nope not found")),
+            ),
+            (
+                "pin to node without the pool",
+                |s, ns, _| {
+                    s.node = Some("n2".into());
+                    ns[1].pools.clear();
+                },
+                Err((
+                    ErrorCode::PoolNotOnNode,
+                    "n2: pool default is not on this node",
+                )),
+            ),
+            (
+                "pin to a node picks it even if busier",
+                |s, ns, _| {
+                    s.node = Some("n1".into());
+                    ns[0].allocated_vms = 5;
+                },
+                Ok("n1"),
+            ),
+            (
+                "pin to unknown node",
+                |s, _, _| s.node = Some("zz".into()),
+                Err((ErrorCode::NotFound, "node zz not found")),
+            ),
+            (
+                "not ready nodes skipped",
+                |_, ns, _| ns[0].status = NodeStatus::NotReady,
+                Ok("n2"),
+            ),
+            (
+                "all not ready",
+                |_, ns, _| {
+                    ns[0].status = NodeStatus::NotReady;
+                    ns[1].status = NodeStatus::NotReady;
+                },
+                Err((ErrorCode::NoNodeAvailable, "n1: not ready")),
+            ),
+            (
+                "arch filter",
+                |s, ns, _| {
+                    s.arch = Arch::Arm64;
+                    ns[0].guest_arches = vec!["amd64".into()];
+                },
+                Ok("n2"),
+            ),
+            (
+                "capacity: memory short everywhere",
+                |s, _, _| s.memory_mb = 16384,
+                Err((
+                    ErrorCode::InsufficientCapacity,
+                    "needs 16384 MiB memory, 8192 MiB free",
+                )),
+            ),
+            (
+                "capacity: vcpus committed",
+                |s, ns, _| {
+                    s.vcpus = 4;
+                    ns[0].allocated_vcpus = 6;
+                    ns[1].allocated_vcpus = 8;
+                },
+                Err((ErrorCode::InsufficientCapacity, "needs 4 vCPUs, 2 free")),
+            ),
+            (
+                "spread: fewest vms first",
+                |_, ns, _| ns[0].allocated_vms = 1,
+                Ok("n2"),
+            ),
+            (
+                "spread: most free memory breaks ties",
+                |_, ns, _| ns[0].allocated_memory_mb = 1024,
+                Ok("n2"),
+            ),
+            (
+                "pool by uuid",
+                |s, ns, _| {
+                    ns[0].pools.clear();
+                    s.pool = Some(ns[1].pools[0].pool_id.to_string());
+                },
+                Ok("n2"),
+            ),
+        ];
+        for (name, setup, want) in table {
+            let mut s = spec();
+            let mut nodes = vec![node("n1"), node("n2")];
+            let mut default = Some("default");
+            setup(&mut s, &mut nodes, &mut default);
+            let got = schedule(&s, &nodes, default);
+            match (got, want) {
+                (Ok(p), Ok(n)) => {
+                    assert_eq!(p.node, n, "{name}");
+                    assert_eq!(p.pool_path, format!("/srv/{n}/default"), "{name}");
+                }
+                (Err(e), Err((code, frag))) => {
+                    assert_eq!(e.code, code, "{name}: {}", e.message);
+                    assert!(e.message.contains(frag), "{name}: {}", e.message);
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn schedule_rejected_nodes_recorded_with_reason() {
+        let mut nodes = vec![node("n1"), node("n2")];
+        nodes[0].status = NodeStatus::NotReady;
+        let p = schedule(&spec(), &nodes, Some("default")).unwrap();
+        assert_eq!(p.node, "n2");
+        assert_eq!(
+            p.rejected,
+            vec![RejectedNode {
+                node: "n1".into(),
+                reason: "not ready".into()
+            }]
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! Services behind the HTTP API: VM lifecycle ([`VmService`]), task reads and long-polls
+//! ([`TaskService`]), and cluster reads ([`ClusterService`]). Handlers pass typed commands
+//! in; services return wire types or a [`ServiceError`].
+
+pub mod cluster;
+pub mod state_machine;
+pub mod tasks;
+pub mod vms;
+
+use otherix_api::{ApiError, ErrorCode};
+
+use crate::gateway::GatewayError;
+use crate::reconcile::ReconcileError;
+use crate::store::StoreError;
+
+pub use cluster::ClusterService;
+pub use tasks::TaskService;
+pub use vms::{ListVmsQuery, VmService};
+
+/// Default and maximum page sizes of list endpoints.
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A user-facing error with a stable code.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// An internal failure: logged, never shown.
+    #[error("store")]
+    Store(#[source] StoreError),
+    #[error("agent protocol")]
+    Agent(#[source] GatewayError),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken(name) => {
+                ApiError::conflict(format!("vm {name} already exists")).into()
+            }
+            StoreError::TaskInFlight(id) => {
+                ApiError::conflict(format!("vm {id} already has a task in flight")).into()
+            }
+            other => ServiceError::Store(other),
+        }
+    }
+}
+
+impl From<ReconcileError> for ServiceError {
+    fn from(e: ReconcileError) -> Self {
+        match e {
+            ReconcileError::Unschedulable(api) => api.into(),
+            ReconcileError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<GatewayError> for ServiceError {
+    fn from(e: GatewayError) -> Self {
+        match e {
+            GatewayError::NotAttached(_)
+            | GatewayError::SessionClosed(_)
+            | GatewayError::SyncTimeout { .. } => {
+                ApiError::new(ErrorCode::AgentUnavailable, e.to_string()).into()
+            }
+            GatewayError::Store(s) => s.into(),
+            other => ServiceError::Agent(other),
+        }
+    }
+}
+
+/// Checks a `limit` query parameter.
+pub fn check_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(l) if (1..=MAX_LIMIT).contains(&l) => Ok(l),
+        Some(l) => Err(ApiError::validation(format!(
+            "limit: must be 1..{MAX_LIMIT} (got {l})"
+        ))),
+    }
+}

@@ -1,0 +1,273 @@
+//! VM lifecycle: create, read, and the ops. Async ops write desired state (spec
+//! `desired_phase`, a requested op, or the deletion mark) under the VM's lock and run the
+//! reconciler, returning the task it emitted. Sync ops (pause, resume, reset) ask the
+//! node's agent directly and return the refreshed VM.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use otherix_api::validate::{validate_create_vm, validate_name, STOP_TIMEOUT_RANGE};
+use otherix_api::{
+    ApiError, CreateVmRequest, DesiredPhase, ErrorCode, ListResponse, TaskAccepted, TaskKind,
+    TaskStatus, Vm, VmPhase,
+};
+use uuid::Uuid;
+
+use super::state_machine::{valid_transition, VmOp};
+use super::{check_limit, ServiceError};
+use crate::cursor::{decode_cursor, encode_cursor};
+use crate::gateway::Gateway;
+use crate::model::{RequestedOp, TaskRecord, VmRecord};
+use crate::reconcile::Reconciler;
+use crate::store::{Store, VmFilter};
+
+/// How long a sync op waits for the agent's reply.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `GET /v1/vms` parameters.
+#[derive(Debug, Clone, Default)]
+pub struct ListVmsQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    pub pool: Option<String>,
+    pub node: Option<String>,
+    pub status: Option<String>,
+}
+
+pub struct VmService {
+    store: Store,
+    reconciler: Arc<Reconciler>,
+    gateway: Gateway,
+}
+
+impl VmService {
+    pub fn new(store: Store, reconciler: Arc<Reconciler>, gateway: Gateway) -> Self {
+        VmService {
+            store,
+            reconciler,
+            gateway,
+        }
+    }
+
+    pub async fn create(&self, req: CreateVmRequest) -> Result<TaskAccepted, ServiceError> {
+        validate_create_vm(&req)?;
+        if self.store.vm_by_name(&req.name).await?.is_some() {
+            return Err(ApiError::conflict(format!("vm {} already exists", req.name)).into());
+        }
+        let vm = VmRecord::new(req.name, req.spec, self.store.now_ms());
+        let id = vm.id;
+        let task = self.reconciler.create_vm(vm).await?;
+        self.accepted(task, id).await
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Vm, ServiceError> {
+        Ok(self.live_vm(name).await?.to_api())
+    }
+
+    pub async fn list(&self, q: ListVmsQuery) -> Result<ListResponse<Vm>, ServiceError> {
+        let limit = check_limit(q.limit)?;
+        let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+        let phase =
+            match q.status.as_deref() {
+                None => None,
+                Some(s) => Some(VmPhase::parse(s).ok_or_else(|| {
+                    ApiError::validation(format!("status: {s:?} is not a vm phase"))
+                })?),
+            };
+        let filter = VmFilter {
+            pool: q.pool,
+            node: q.node,
+            phase,
+        };
+        let page = self.store.list_vms(&filter, after, limit).await?;
+        Ok(ListResponse {
+            items: page.items.iter().map(VmRecord::to_api).collect(),
+            next_cursor: page.next.map(encode_cursor),
+        })
+    }
+
+    /// Boots a stopped VM; a running VM gets an already-succeeded task.
+    pub async fn start(&self, name: &str) -> Result<TaskAccepted, ServiceError> {
+        let id = self.live_vm(name).await?.id;
+        let guard = self.reconciler.locks().lock(id).await;
+        let mut vm = self.live_vm_by_id(id, name).await?;
+        valid_transition(&vm.name, vm.effective_phase(), VmOp::Start)?;
+        if vm.phase == VmPhase::Running {
+            let now = self.store.now_ms();
+            let mut task = TaskRecord::pending(TaskKind::VmStart, &vm, vm.node.clone(), now);
+            task.status = TaskStatus::Success;
+            task.started_at_ms = Some(now);
+            task.finished_at_ms = Some(now);
+            self.store.insert_task(&task).await?;
+            drop(guard);
+            return self.accepted(task, id).await;
+        }
+        set_desired(&mut vm, DesiredPhase::Running);
+        self.write_and_reconcile(vm, guard).await
+    }
+
+    /// Graceful stop; `timeout_secs` overrides `spec.stop_timeout_secs` for this call.
+    pub async fn stop(
+        &self,
+        name: &str,
+        timeout_secs: Option<u32>,
+    ) -> Result<TaskAccepted, ServiceError> {
+        if let Some(t) = timeout_secs {
+            let (lo, hi) = STOP_TIMEOUT_RANGE;
+            if !(lo..=hi).contains(&t) {
+                return Err(ApiError::validation(format!(
+                    "timeout_secs: must be {lo}..{hi} (got {t})"
+                ))
+                .into());
+            }
+        }
+        self.async_op(name, VmOp::Stop, |vm| {
+            let secs = timeout_secs.unwrap_or(vm.spec.stop_timeout_secs());
+            set_desired(vm, DesiredPhase::Stopped);
+            vm.requested_op = Some(RequestedOp::Stop {
+                timeout_ms: u64::from(secs) * 1000,
+            });
+        })
+        .await
+    }
+
+    pub async fn poweroff(&self, name: &str) -> Result<TaskAccepted, ServiceError> {
+        self.async_op(name, VmOp::Poweroff, |vm| {
+            set_desired(vm, DesiredPhase::Stopped);
+            vm.requested_op = Some(RequestedOp::Poweroff);
+        })
+        .await
+    }
+
+    pub async fn reboot(&self, name: &str) -> Result<TaskAccepted, ServiceError> {
+        self.async_op(name, VmOp::Reboot, |vm| {
+            vm.requested_op = Some(RequestedOp::Reboot {
+                timeout_ms: u64::from(vm.spec.stop_timeout_secs()) * 1000,
+            });
+        })
+        .await
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<TaskAccepted, ServiceError> {
+        self.async_op(name, VmOp::Delete, |vm| vm.deletion_requested = true)
+            .await
+    }
+
+    pub async fn pause(&self, name: &str) -> Result<Vm, ServiceError> {
+        self.sync_op(name, VmOp::Pause, Some(VmPhase::Paused)).await
+    }
+
+    pub async fn resume(&self, name: &str) -> Result<Vm, ServiceError> {
+        self.sync_op(name, VmOp::Resume, Some(VmPhase::Running))
+            .await
+    }
+
+    pub async fn reset(&self, name: &str) -> Result<Vm, ServiceError> {
+        self.sync_op(name, VmOp::Reset, None).await
+    }
+
+    async fn async_op(
+        &self,
+        name: &str,
+        op: VmOp,
+        change: impl FnOnce(&mut VmRecord),
+    ) -> Result<TaskAccepted, ServiceError> {
+        let id = self.live_vm(name).await?.id;
+        let guard = self.reconciler.locks().lock(id).await;
+        let mut vm = self.live_vm_by_id(id, name).await?;
+        valid_transition(&vm.name, vm.effective_phase(), op)?;
+        change(&mut vm);
+        self.write_and_reconcile(vm, guard).await
+    }
+
+    /// Saves the desired state and reconciles the VM under the held lock.
+    async fn write_and_reconcile(
+        &self,
+        vm: VmRecord,
+        guard: crate::locks::VmGuard,
+    ) -> Result<TaskAccepted, ServiceError> {
+        self.store.save_vm(&vm).await?;
+        let task = self.reconciler.reconcile_locked(vm.id, &guard).await?;
+        drop(guard);
+        match task {
+            Some(task) => self.accepted(task, vm.id).await,
+            None => Err(ApiError::conflict(format!(
+                "vm {} cannot act on this now (its node may be not ready or a task is in flight)",
+                vm.name
+            ))
+            .into()),
+        }
+    }
+
+    async fn sync_op(
+        &self,
+        name: &str,
+        op: VmOp,
+        phase_after: Option<VmPhase>,
+    ) -> Result<Vm, ServiceError> {
+        let vm = self.live_vm(name).await?;
+        valid_transition(&vm.name, vm.effective_phase(), op)?;
+        let node = vm
+            .node
+            .clone()
+            .ok_or_else(|| ApiError::conflict(format!("vm {} is not placed on a node", vm.name)))?;
+        let reply = self
+            .gateway
+            .sessions()
+            .sync(&node, op.as_str(), vm.id, SYNC_TIMEOUT)
+            .await?;
+        if !reply.ok {
+            let code = ErrorCode::from_wire(&reply.error_code);
+            let message = if reply.error_message.is_empty() {
+                format!("the agent refused to {} vm {}", op.as_str(), vm.name)
+            } else {
+                reply.error_message.clone()
+            };
+            return Err(ApiError::new(code, message).into());
+        }
+        match &reply.vm {
+            Some(report) => self.gateway.apply_vm_report(&node, report).await?,
+            None => {
+                if let Some(phase) = phase_after {
+                    let _guard = self.reconciler.locks().lock(vm.id).await;
+                    let mut fresh = self.live_vm_by_id(vm.id, name).await?;
+                    fresh.phase = phase;
+                    self.store.save_vm(&fresh).await?;
+                }
+            }
+        }
+        self.get(name).await
+    }
+
+    async fn accepted(&self, task: TaskRecord, vm_id: Uuid) -> Result<TaskAccepted, ServiceError> {
+        let vm = self.store.vm_by_id(vm_id).await?;
+        Ok(TaskAccepted {
+            task: task.to_api(),
+            vm: vm.map(|v| v.to_api()),
+        })
+    }
+
+    /// The live VM named by a path segment (a UUID literal is 400).
+    async fn live_vm(&self, name: &str) -> Result<VmRecord, ServiceError> {
+        validate_name("name", name)?;
+        self.store
+            .vm_by_name(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("vm {name} not found")).into())
+    }
+
+    async fn live_vm_by_id(&self, id: Uuid, name: &str) -> Result<VmRecord, ServiceError> {
+        match self.store.vm_by_id(id).await? {
+            Some(vm) if vm.deleted_at_ms.is_none() => Ok(vm),
+            _ => Err(ApiError::not_found(format!("vm {name} not found")).into()),
+        }
+    }
+}
+
+/// Sets the desired phase, bumping the generation when the spec changes.
+fn set_desired(vm: &mut VmRecord, desired: DesiredPhase) {
+    if vm.spec.desired_phase != desired {
+        vm.spec.desired_phase = desired;
+        vm.generation += 1;
+    }
+}

@@ -1,0 +1,209 @@
+//! The store: the only place with SQL. One `AnyPool` over SQLite (default, a file in the
+//! data dir, WAL + synchronous=FULL) or PostgreSQL, migrations run at open, and typed
+//! queries for VMs, tasks, nodes, pools and settings. Every multi-row change is one
+//! transaction.
+
+mod nodes;
+mod rows;
+mod tasks;
+mod vms;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use nodes::NodeRegistration;
+pub use tasks::TaskPage;
+pub use vms::{VmFilter, VmPage};
+
+/// The key of the default-pool setting.
+pub const SETTING_DEFAULT_POOL: &str = "default_pool";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create database file {path}")]
+    CreateFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("row {table}/{id} is corrupt: {detail}")]
+    Corrupt {
+        table: &'static str,
+        id: String,
+        detail: String,
+    },
+    #[error("a live vm named {0} already exists")]
+    NameTaken(String),
+    #[error("vm {0} already has a task in flight")]
+    TaskInFlight(uuid::Uuid),
+}
+
+impl StoreError {
+    /// Maps unique-index violations to domain errors; everything else stays a db error.
+    fn from_insert(e: sqlx::Error, name_taken: impl FnOnce() -> StoreError) -> StoreError {
+        match &e {
+            sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation => {
+                name_taken()
+            }
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    clock: Arc<AtomicI64>,
+}
+
+/// The database URL for a data dir when none is given: a SQLite file created if missing.
+pub fn default_database_url(data_dir: &Path) -> String {
+    format!(
+        "sqlite://{}?mode=rwc",
+        data_dir.join("otherix.db").display()
+    )
+}
+
+impl Store {
+    /// Connects, applies SQLite durability PRAGMAs on every connection, runs migrations.
+    pub async fn open(database_url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        if let Some(path) = sqlite_file_path(database_url) {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|source| StoreError::CreateFile {
+                    path: path.clone(),
+                    source,
+                })?;
+        }
+        let options: AnyConnectOptions = database_url.parse()?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store {
+            pool,
+            clock: Arc::new(AtomicI64::new(0)),
+        })
+    }
+
+    /// The pool, for tests that inspect the connection (PRAGMAs).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Wall-clock epoch milliseconds, strictly increasing within this process so rows
+    /// created in one millisecond still order by creation.
+    pub fn now_ms(&self) -> i64 {
+        let wall = chrono::Utc::now().timestamp_millis();
+        let mut last = self.clock.load(Ordering::Relaxed);
+        loop {
+            let next = wall.max(last + 1);
+            match self
+                .clock
+                .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.0))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// The file path of a `sqlite://PATH?...` URL (not for in-memory databases).
+fn sqlite_file_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    if path.is_empty() || path == ":memory:" {
+        None
+    } else {
+        Some(path.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_file_path_url_forms_give_path() {
+        assert_eq!(
+            sqlite_file_path("sqlite:///tmp/x/otherix.db?mode=rwc").as_deref(),
+            Some("/tmp/x/otherix.db")
+        );
+        assert_eq!(sqlite_file_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_file_path("postgres://u@h/db"), None);
+    }
+
+    #[tokio::test]
+    async fn store_open_sqlite_sets_wal_and_synchronous_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&default_database_url(dir.path()))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            // Several connections: the PRAGMAs are per connection.
+            let mode: (String,) = sqlx::query_as("PRAGMA journal_mode")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(mode.0.to_lowercase(), "wal");
+            let sync: (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(sync.0, 2, "synchronous=FULL is 2");
+        }
+        assert!(dir.path().join("otherix.db").exists());
+    }
+
+    #[tokio::test]
+    async fn store_now_ms_same_millisecond_still_increases() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&default_database_url(dir.path()))
+            .await
+            .unwrap();
+        let a = store.now_ms();
+        let b = store.now_ms();
+        assert!(b > a);
+    }
+}

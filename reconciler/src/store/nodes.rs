@@ -1,0 +1,282 @@
+//! Nodes, pools, pool instances and settings: agent registration, liveness, and the
+//! cluster snapshot the scheduler and the read endpoints use.
+
+use std::collections::HashMap;
+
+use otherix_api::{NodeStatus, Pool, PoolInstance, VmSpec};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::rows::parse_uuid;
+use super::{Store, StoreError, SETTING_DEFAULT_POOL};
+use crate::model::{NodePool, NodeRecord};
+
+/// The pool that becomes the default when an agent registers it and none is set.
+pub const AUTO_DEFAULT_POOL: &str = "default";
+
+/// What an agent's `Register` says about its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRegistration {
+    pub name: String,
+    pub arch: String,
+    pub guest_arches: Vec<String>,
+    pub accel: String,
+    pub vcpus: u32,
+    pub memory_mb: u64,
+    pub agent_version: String,
+    /// (pool name, path on this node)
+    pub pools: Vec<(String, String)>,
+}
+
+impl Store {
+    /// Upserts the node (ready, heartbeat now), creates missing pools, replaces the node's
+    /// pool instances, and sets the default pool to `default` when that pool is registered
+    /// and no default is set. One transaction; returns the node id.
+    pub async fn register_node(&self, reg: &NodeRegistration) -> Result<Uuid, StoreError> {
+        let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, name, arch, guest_arches, accel, vcpus, memory_mb, \
+             agent_version, status, last_heartbeat_ms, registered_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9, $9) \
+             ON CONFLICT (name) DO UPDATE SET arch = $3, guest_arches = $4, accel = $5, \
+             vcpus = $6, memory_mb = $7, agent_version = $8, status = 'ready', \
+             last_heartbeat_ms = $9, registered_at_ms = $9",
+        )
+        .bind(Uuid::new_v4().to_string())
+        .bind(reg.name.clone())
+        .bind(reg.arch.clone())
+        .bind(serde_json::to_string(&reg.guest_arches).expect("strings serialize"))
+        .bind(reg.accel.clone())
+        .bind(i64::from(reg.vcpus))
+        .bind(reg.memory_mb as i64)
+        .bind(reg.agent_version.clone())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (node_id,): (String,) = sqlx::query_as("SELECT id FROM nodes WHERE name = $1")
+            .bind(reg.name.clone())
+            .fetch_one(&mut *tx)
+            .await?;
+
+        let mut kept_pool_ids = Vec::new();
+        for (pool, path) in &reg.pools {
+            sqlx::query(
+                "INSERT INTO pools (id, name, created_at_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(Uuid::new_v4().to_string())
+            .bind(pool.clone())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            let (pool_id,): (String,) = sqlx::query_as("SELECT id FROM pools WHERE name = $1")
+                .bind(pool.clone())
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO pool_instances (id, pool_id, node_id, path) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (pool_id, node_id) DO UPDATE SET path = $4",
+            )
+            .bind(Uuid::new_v4().to_string())
+            .bind(pool_id.clone())
+            .bind(node_id.clone())
+            .bind(path.clone())
+            .execute(&mut *tx)
+            .await?;
+            kept_pool_ids.push(pool_id);
+        }
+        let existing: Vec<(String,)> =
+            sqlx::query_as("SELECT pool_id FROM pool_instances WHERE node_id = $1")
+                .bind(node_id.clone())
+                .fetch_all(&mut *tx)
+                .await?;
+        for (pool_id,) in existing {
+            if !kept_pool_ids.contains(&pool_id) {
+                sqlx::query("DELETE FROM pool_instances WHERE node_id = $1 AND pool_id = $2")
+                    .bind(node_id.clone())
+                    .bind(pool_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        if reg.pools.iter().any(|(p, _)| p == AUTO_DEFAULT_POOL) {
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(SETTING_DEFAULT_POOL)
+            .bind(AUTO_DEFAULT_POOL)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        parse_uuid("nodes", &node_id)
+    }
+
+    /// Records a heartbeat; a not-ready node that heartbeats is ready again.
+    pub async fn node_heartbeat(&self, node: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET last_heartbeat_ms = $2, status = 'ready' WHERE name = $1")
+            .bind(node)
+            .bind(self.now_ms())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn mark_node_not_ready(&self, node: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET status = 'not_ready' WHERE name = $1")
+            .bind(node)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks every node not ready (at startup: no agent is attached yet).
+    pub async fn mark_all_nodes_not_ready(&self) -> Result<(), StoreError> {
+        sqlx::query("UPDATE nodes SET status = 'not_ready'")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks ready nodes whose last heartbeat is older than `cutoff_ms` not ready and
+    /// returns their names.
+    pub async fn mark_stale_nodes_not_ready(
+        &self,
+        cutoff_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "UPDATE nodes SET status = 'not_ready' WHERE status = 'ready' \
+             AND (last_heartbeat_ms IS NULL OR last_heartbeat_ms < $1) RETURNING name",
+        )
+        .bind(cutoff_ms)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Every node with its pools and allocations, ordered by name.
+    pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, status, arch, guest_arches, accel, vcpus, memory_mb, \
+             last_heartbeat_ms FROM nodes ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut pools_by_node: HashMap<String, Vec<NodePool>> = HashMap::new();
+        let instance_rows = sqlx::query(
+            "SELECT i.node_id, p.id AS pool_id, p.name, i.path FROM pool_instances i \
+             JOIN pools p ON p.id = i.pool_id ORDER BY p.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &instance_rows {
+            let pool_id: String = r.try_get("pool_id")?;
+            pools_by_node
+                .entry(r.try_get("node_id")?)
+                .or_default()
+                .push(NodePool {
+                    pool_id: parse_uuid("pools", &pool_id)?,
+                    pool: r.try_get("name")?,
+                    path: r.try_get("path")?,
+                });
+        }
+        let allocations = self.allocations().await?;
+        let mut nodes = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get("id")?;
+            let name: String = r.try_get("name")?;
+            let status: String = r.try_get("status")?;
+            let arches: String = r.try_get("guest_arches")?;
+            let (vms, vcpus, mem) = allocations.get(&name).copied().unwrap_or_default();
+            nodes.push(NodeRecord {
+                id: parse_uuid("nodes", &id)?,
+                status: if status == "ready" {
+                    NodeStatus::Ready
+                } else {
+                    NodeStatus::NotReady
+                },
+                arch: r.try_get("arch")?,
+                guest_arches: serde_json::from_str(&arches).map_err(|e| StoreError::Corrupt {
+                    table: "nodes",
+                    id: id.clone(),
+                    detail: e.to_string(),
+                })?,
+                accel: r.try_get("accel")?,
+                vcpus: r.try_get::<i64, _>("vcpus")? as u32,
+                memory_mb: r.try_get::<i64, _>("memory_mb")? as u64,
+                last_heartbeat_ms: r.try_get("last_heartbeat_ms")?,
+                pools: pools_by_node.remove(&id).unwrap_or_default(),
+                allocated_vms: vms,
+                allocated_vcpus: vcpus,
+                allocated_memory_mb: mem,
+                name,
+            });
+        }
+        Ok(nodes)
+    }
+
+    /// (VM count, vCPUs, memory MiB) committed per node name: every live placed VM.
+    async fn allocations(&self) -> Result<HashMap<String, (u32, u32, u64)>, StoreError> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT node, spec FROM vms WHERE deleted_at IS NULL AND node IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<String, (u32, u32, u64)> = HashMap::new();
+        for (node, spec) in rows {
+            let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
+                table: "vms",
+                id: node.clone(),
+                detail: e.to_string(),
+            })?;
+            let e = out.entry(node).or_default();
+            e.0 += 1;
+            e.1 += spec.vcpus;
+            e.2 += u64::from(spec.memory_mb);
+        }
+        Ok(out)
+    }
+
+    /// Every pool with its instances, ordered by name.
+    pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
+        let pools: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, name FROM pools ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        let instances = sqlx::query(
+            "SELECT i.id, i.pool_id, n.name AS node, i.path FROM pool_instances i \
+             JOIN nodes n ON n.id = i.node_id ORDER BY n.name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_pool: HashMap<String, Vec<PoolInstance>> = HashMap::new();
+        for r in &instances {
+            let id: String = r.try_get("id")?;
+            by_pool
+                .entry(r.try_get("pool_id")?)
+                .or_default()
+                .push(PoolInstance {
+                    id: parse_uuid("pool_instances", &id)?,
+                    node: r.try_get("node")?,
+                    path: r.try_get("path")?,
+                });
+        }
+        pools
+            .into_iter()
+            .map(|(id, name)| {
+                Ok(Pool {
+                    id: parse_uuid("pools", &id)?,
+                    instances: by_pool.remove(&id).unwrap_or_default(),
+                    name,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn default_pool(&self) -> Result<Option<String>, StoreError> {
+        self.setting(SETTING_DEFAULT_POOL).await
+    }
+}

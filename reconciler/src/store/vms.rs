@@ -1,0 +1,273 @@
+//! VM rows: lookups, keyset-paginated listing, and the transactional writes that pair a
+//! VM change with a task change.
+
+use otherix_api::VmPhase;
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection};
+use uuid::Uuid;
+
+use super::rows::{vm_from_row, VM_SELECT};
+use super::tasks::{insert_task, update_task};
+use super::{Store, StoreError};
+use crate::model::{TaskRecord, VmRecord};
+
+/// The effective-phase rule of `model::effective_phase`, in SQL.
+const EFFECTIVE_PHASE_SQL: &str = "(CASE WHEN v.node IS NOT NULL AND n.status = 'not_ready' \
+    AND v.phase NOT IN ('pending', 'deleted', 'failed') THEN 'unknown' ELSE v.phase END)";
+
+/// Server-side filters of `GET /v1/vms`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmFilter {
+    pub pool: Option<String>,
+    pub node: Option<String>,
+    pub phase: Option<VmPhase>,
+}
+
+/// One page of VMs; `next` is the (created_at, id) key of the last item when more follow.
+#[derive(Debug, Clone)]
+pub struct VmPage {
+    pub items: Vec<VmRecord>,
+    pub next: Option<(i64, Uuid)>,
+}
+
+/// A bind value for dynamically built queries.
+pub(super) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+pub(super) fn bind_all<'q>(
+    mut q: Query<'q, Any, AnyArguments<'q>>,
+    binds: Vec<Bind>,
+) -> Query<'q, Any, AnyArguments<'q>> {
+    for b in binds {
+        q = match b {
+            Bind::Text(s) => q.bind(s),
+            Bind::Int(i) => q.bind(i),
+        };
+    }
+    q
+}
+
+impl Store {
+    /// The live VM with this name.
+    pub async fn vm_by_name(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        let sql = format!("{VM_SELECT} WHERE v.name = $1 AND v.deleted_at IS NULL");
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(vm_from_row).transpose()
+    }
+
+    /// The VM with this id, live or soft-deleted.
+    pub async fn vm_by_id(&self, id: Uuid) -> Result<Option<VmRecord>, StoreError> {
+        let sql = format!("{VM_SELECT} WHERE v.id = $1");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(vm_from_row).transpose()
+    }
+
+    /// Live VMs ordered by (created_at, id), starting after `after`.
+    pub async fn list_vms(
+        &self,
+        filter: &VmFilter,
+        after: Option<(i64, Uuid)>,
+        limit: u32,
+    ) -> Result<VmPage, StoreError> {
+        let mut conds = vec!["v.deleted_at IS NULL".to_owned()];
+        let mut binds = Vec::new();
+        let param = |binds: &mut Vec<Bind>, b: Bind| {
+            binds.push(b);
+            format!("${}", binds.len())
+        };
+        if let Some(pool) = &filter.pool {
+            let p = param(&mut binds, Bind::Text(pool.clone()));
+            conds.push(format!("v.pool = {p}"));
+        }
+        if let Some(node) = &filter.node {
+            let p = param(&mut binds, Bind::Text(node.clone()));
+            conds.push(format!("v.node = {p}"));
+        }
+        if let Some(phase) = filter.phase {
+            let p = param(&mut binds, Bind::Text(phase.as_str().to_owned()));
+            conds.push(format!("{EFFECTIVE_PHASE_SQL} = {p}"));
+        }
+        if let Some((t, id)) = after {
+            let pt = param(&mut binds, Bind::Int(t));
+            let pi = param(&mut binds, Bind::Text(id.to_string()));
+            conds.push(format!(
+                "(v.created_at > {pt} OR (v.created_at = {pt} AND v.id > {pi}))"
+            ));
+        }
+        let pl = param(&mut binds, Bind::Int(i64::from(limit) + 1));
+        let sql = format!(
+            "{VM_SELECT} WHERE {} ORDER BY v.created_at, v.id LIMIT {pl}",
+            conds.join(" AND ")
+        );
+        let rows = bind_all(sqlx::query(&sql), binds)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut items = rows
+            .iter()
+            .map(vm_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|v| (v.created_at_ms, v.id))
+        } else {
+            None
+        };
+        Ok(VmPage { items, next })
+    }
+
+    /// Ids of every live VM, for the periodic resync.
+    pub async fn live_vm_ids(&self) -> Result<Vec<Uuid>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM vms WHERE deleted_at IS NULL ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| super::rows::parse_uuid("vms", &r.0))
+            .collect()
+    }
+
+    /// Ids of the live VMs placed on `node`.
+    pub async fn live_vm_ids_on_node(&self, node: &str) -> Result<Vec<Uuid>, StoreError> {
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM vms WHERE deleted_at IS NULL AND node = $1")
+                .bind(node)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| super::rows::parse_uuid("vms", &r.0))
+            .collect()
+    }
+
+    /// Inserts a new VM and its first task in one transaction. A live VM with the same
+    /// name is [`StoreError::NameTaken`].
+    pub async fn insert_vm_with_task(
+        &self,
+        vm: &VmRecord,
+        task: &TaskRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_vm(&mut tx, vm)
+            .await
+            .map_err(|e| StoreError::from_insert(e, || StoreError::NameTaken(vm.name.clone())))?;
+        insert_task(&mut tx, task)
+            .await
+            .map_err(|e| StoreError::from_insert(e, || StoreError::TaskInFlight(vm.id)))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes every mutable column of `vm`.
+    pub async fn save_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let mut conn = self.pool.acquire().await?;
+        update_vm(&mut conn, vm, now).await?;
+        Ok(())
+    }
+
+    /// Writes `vm` and inserts `task` in one transaction; a second in-flight task for the
+    /// VM is [`StoreError::TaskInFlight`].
+    pub async fn save_vm_with_new_task(
+        &self,
+        vm: &VmRecord,
+        task: &TaskRecord,
+    ) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
+        update_vm(&mut tx, vm, now).await?;
+        insert_task(&mut tx, task)
+            .await
+            .map_err(|e| StoreError::from_insert(e, || StoreError::TaskInFlight(vm.id)))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes `vm` and `task` (both existing) in one transaction.
+    pub async fn save_vm_and_task(
+        &self,
+        vm: &VmRecord,
+        task: &TaskRecord,
+    ) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
+        update_vm(&mut tx, vm, now).await?;
+        update_task(&mut tx, task).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO vms (id, name, spec, generation, observed_generation, phase, node, pool, \
+         pool_path, pid, serial_log, requested_op, last_error_code, last_error_message, \
+         deletion_requested, created_at, updated_at, deleted_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+    )
+    .bind(vm.id.to_string())
+    .bind(vm.name.clone())
+    .bind(spec_json(vm))
+    .bind(vm.generation)
+    .bind(vm.observed_generation)
+    .bind(vm.phase.as_str())
+    .bind(vm.node.clone())
+    .bind(vm.pool.clone())
+    .bind(vm.pool_path.clone())
+    .bind(vm.pid.map(i64::from))
+    .bind(vm.serial_log.clone())
+    .bind(requested_op_json(vm))
+    .bind(vm.last_error.as_ref().map(|e| e.code.as_str().to_owned()))
+    .bind(vm.last_error.as_ref().map(|e| e.message.clone()))
+    .bind(i64::from(vm.deletion_requested))
+    .bind(vm.created_at_ms)
+    .bind(vm.updated_at_ms)
+    .bind(vm.deleted_at_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn update_vm(conn: &mut AnyConnection, vm: &VmRecord, now_ms: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE vms SET spec = $2, generation = $3, observed_generation = $4, phase = $5, \
+         node = $6, pool = $7, pool_path = $8, pid = $9, serial_log = $10, requested_op = $11, \
+         last_error_code = $12, last_error_message = $13, deletion_requested = $14, \
+         updated_at = $15, deleted_at = $16 WHERE id = $1",
+    )
+    .bind(vm.id.to_string())
+    .bind(spec_json(vm))
+    .bind(vm.generation)
+    .bind(vm.observed_generation)
+    .bind(vm.phase.as_str())
+    .bind(vm.node.clone())
+    .bind(vm.pool.clone())
+    .bind(vm.pool_path.clone())
+    .bind(vm.pid.map(i64::from))
+    .bind(vm.serial_log.clone())
+    .bind(requested_op_json(vm))
+    .bind(vm.last_error.as_ref().map(|e| e.code.as_str().to_owned()))
+    .bind(vm.last_error.as_ref().map(|e| e.message.clone()))
+    .bind(i64::from(vm.deletion_requested))
+    .bind(now_ms)
+    .bind(vm.deleted_at_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn spec_json(vm: &VmRecord) -> String {
+    serde_json::to_string(&vm.spec).expect("VmSpec serializes")
+}
+
+fn requested_op_json(vm: &VmRecord) -> Option<String> {
+    vm.requested_op
+        .map(|op| serde_json::to_string(&op).expect("RequestedOp serializes"))
+}
