@@ -8,9 +8,10 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use otherix_api::duration::parse_duration;
+use otherix_api::manifest::{FirmwareType, NetworkType};
 use otherix_api::validate::{DISK_GIB_RANGE, MEMORY_MB_RANGE, STOP_TIMEOUT_RANGE, VCPUS_RANGE};
 use otherix_api::vm::{DEFAULT_MEMORY_MB, DEFAULT_VCPUS};
-use otherix_api::{Arch, DiskFormat, VmPhase};
+use otherix_api::{Arch, DiskFormat, PortForward, PortProtocol, RestartPolicy, VmPhase};
 use uuid::Uuid;
 
 /// Where the CLI talks to when neither --server nor OTHERIX_SERVER is set.
@@ -43,21 +44,30 @@ pub enum Command {
     /// Create and manage VMs.
     #[command(subcommand)]
     Vm(VmCommand),
-    /// Inspect and wait for async tasks.
+    /// Inspect, wait for and cancel async tasks.
     #[command(subcommand)]
     Task(TaskCommand),
     /// Inspect nodes.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Inspect storage pools.
+    /// Manage storage pools and their image caches.
     #[command(subcommand)]
     Pool(PoolCommand),
+    /// Manage networks VMs attach to.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Manage firmware VMs boot with.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
+    /// Show and change cluster-wide settings.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Apply manifests: create or update the objects they declare (kubectl apply).
     Create(ApplyArgs),
-    /// Delete the objects manifests declare.
-    Delete(DeleteFilesArgs),
     /// Diff manifests against the live objects (exit 0 same, 1 different, 2 error).
     Diff(DiffArgs),
+    /// Delete the objects manifests declare.
+    Delete(DeleteFilesArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +78,8 @@ pub enum VmCommand {
     List(VmListArgs),
     /// Show one VM.
     Get(VmGetArgs),
+    /// Print a VM's serial console log.
+    Logs(VmLogsArgs),
     /// Boot a stopped VM (async).
     Start(AsyncOpArgs),
     /// Gracefully shut a VM down via ACPI (async); --force powers it off.
@@ -156,6 +168,24 @@ pub struct CreateArgsRaw {
     /// How long a graceful stop waits for the guest (1s..1h) [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_stop_timeout)]
     pub stop_timeout: Option<u32>,
+    /// Forward a node port to the guest, e.g. 8080:80 or 5353:53/udp (repeatable; not with
+    /// --network).
+    #[arg(
+        long = "port",
+        value_name = "HOST:GUEST[/tcp|udp]",
+        value_parser = parse_port,
+        conflicts_with = "network"
+    )]
+    pub ports: Vec<PortForward>,
+    /// When to start the VM again after it stops on its own (on-failure: QEMU crashed or
+    /// was killed, not a clean guest poweroff).
+    #[arg(
+        long,
+        value_name = "POLICY",
+        value_parser = restart_policy_parser(),
+        default_value = "on-failure"
+    )]
+    pub restart_policy: RestartPolicy,
     #[command(flatten)]
     pub wait: WaitArgs,
 }
@@ -283,6 +313,15 @@ pub struct VmGetArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct VmLogsArgs {
+    /// VM name.
+    pub name: String,
+    /// Keep printing new output until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct AsyncOpArgs {
     /// VM name.
     pub name: String,
@@ -330,6 +369,7 @@ pub enum TaskCommand {
     Get {
         /// Task id.
         id: Uuid,
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: TextFormat,
     },
@@ -338,8 +378,14 @@ pub enum TaskCommand {
         /// Only tasks of this VM.
         #[arg(long, value_name = "NAME")]
         vm: Option<String>,
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: TableFormat,
+    },
+    /// Cancel a pending or running task.
+    Cancel {
+        /// Task id.
+        id: Uuid,
     },
     /// Wait for a task to reach a terminal status.
     Wait {
@@ -355,6 +401,7 @@ pub enum TaskCommand {
 pub enum NodeCommand {
     /// List nodes.
     List {
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: TableFormat,
     },
@@ -362,6 +409,7 @@ pub enum NodeCommand {
     Get {
         /// Node name.
         name: String,
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: TextFormat,
     },
@@ -369,17 +417,177 @@ pub enum NodeCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
+    /// Create a storage pool; agents serve it at their own paths (--pool NAME=PATH).
+    Create {
+        /// Pool name.
+        name: String,
+        /// Free-form description.
+        #[arg(long, value_name = "TEXT")]
+        description: Option<String>,
+    },
     /// List storage pools.
     List {
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: TableFormat,
     },
-    /// Show one storage pool.
+    /// Show one storage pool and the nodes serving it.
     Get {
         /// Pool name.
         name: String,
+        /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: TextFormat,
+    },
+    /// Delete a storage pool no VM uses.
+    Delete {
+        /// Pool name.
+        name: String,
+    },
+    /// List the base images cached in a pool, per node.
+    Images {
+        /// Pool name.
+        pool: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TableFormat,
+    },
+    /// Remove the cached images no VM uses, on every node of a pool.
+    PruneImages {
+        /// Pool name.
+        pool: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TextFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network; only bridge networks can be attached to VMs.
+    Create(NetworkCreateArgs),
+    /// List networks.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TableFormat,
+    },
+    /// Show one network.
+    Get {
+        /// Network name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TextFormat,
+    },
+    /// Delete a network no VM uses.
+    Delete {
+        /// Network name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NetworkCreateArgs {
+    /// Network name.
+    pub name: String,
+    /// Network type.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub network_type: NetworkTypeArg,
+    /// Host bridge interface (required for --type bridge, only valid with it).
+    #[arg(long, value_name = "IFNAME", required_if_eq("network_type", "bridge"))]
+    pub bridge: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkTypeArg {
+    Bridge,
+    Nat,
+    Isolated,
+}
+
+impl From<NetworkTypeArg> for NetworkType {
+    fn from(t: NetworkTypeArg) -> Self {
+        match t {
+            NetworkTypeArg::Bridge => NetworkType::Bridge,
+            NetworkTypeArg::Nat => NetworkType::Nat,
+            NetworkTypeArg::Isolated => NetworkType::Isolated,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirmwareCommand {
+    /// List firmware, built-ins included.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TableFormat,
+    },
+    /// Show one firmware.
+    Get {
+        /// Firmware name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TextFormat,
+    },
+    /// Register a firmware whose files exist on the nodes.
+    Create(FirmwareCreateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FirmwareCreateArgs {
+    /// Firmware name.
+    pub name: String,
+    /// Guest architecture it boots.
+    #[arg(long, value_name = "ARCH", value_parser = arch_parser())]
+    pub arch: Arch,
+    /// Firmware type.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub firmware_type: FirmwareTypeArg,
+    /// Path of the code image on the nodes (required for --type uefi).
+    #[arg(long, value_name = "PATH", required_if_eq("firmware_type", "uefi"))]
+    pub code: Option<String>,
+    /// Path on the nodes of the UEFI variable store template copied per VM.
+    #[arg(long, value_name = "PATH")]
+    pub vars_template: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FirmwareTypeArg {
+    Bios,
+    Uefi,
+}
+
+impl From<FirmwareTypeArg> for FirmwareType {
+    fn from(t: FirmwareTypeArg) -> Self {
+        match t {
+            FirmwareTypeArg::Bios => FirmwareType::Bios,
+            FirmwareTypeArg::Uefi => FirmwareType::Uefi,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Show the cluster settings.
+    Get {
+        /// Output format: key/value text, the server's JSON, or a re-appliable manifest.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: GetFormat,
+    },
+    /// Change one cluster setting.
+    #[command(subcommand)]
+    Set(ClusterSetCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterSetCommand {
+    /// The pool VMs are created in when they name none.
+    DefaultPool {
+        /// Pool name.
+        name: String,
     },
 }
 
@@ -415,6 +623,49 @@ pub struct DiffArgs {
     /// Manifest file, directory (its *.yaml/*.yml files, sorted) or - for stdin.
     #[arg(short = 'f', long = "filename", value_name = "PATH")]
     pub filename: PathBuf,
+}
+
+fn restart_policy_parser() -> impl TypedValueParser<Value = RestartPolicy> {
+    const ALL: [RestartPolicy; 3] = [
+        RestartPolicy::Always,
+        RestartPolicy::OnFailure,
+        RestartPolicy::Never,
+    ];
+    PossibleValuesParser::new(ALL.map(RestartPolicy::as_str)).map(|s| {
+        ALL.into_iter()
+            .find(|p| p.as_str() == s)
+            .expect("possible values are policies")
+    })
+}
+
+/// A `--port HOST:GUEST[/tcp|udp]` port forward; both ports 1..65535, tcp by default.
+pub fn parse_port(s: &str) -> Result<PortForward, String> {
+    const SHAPE: &str = "expected HOST:GUEST[/tcp|udp], e.g. 8080:80";
+    let (ports, protocol) = match s.split_once('/') {
+        None => (s, PortProtocol::Tcp),
+        Some((ports, proto)) => match proto.to_ascii_lowercase().as_str() {
+            "tcp" => (ports, PortProtocol::Tcp),
+            "udp" => (ports, PortProtocol::Udp),
+            _ => return Err(format!("unknown protocol {proto:?}; {SHAPE}")),
+        },
+    };
+    let (host, guest) = ports.split_once(':').ok_or_else(|| SHAPE.to_owned())?;
+    let port = |which: &str, v: &str| -> Result<u16, String> {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{which} port {v:?} is not a number; {SHAPE}"));
+        }
+        match v.parse::<u16>() {
+            Ok(p) if p >= 1 => Ok(p),
+            _ => Err(format!(
+                "{which} port {v} is out of range; ports must be 1..65535"
+            )),
+        }
+    };
+    Ok(PortForward {
+        host: port("host", host)?,
+        guest: port("guest", guest)?,
+        protocol,
+    })
 }
 
 fn arch_parser() -> impl TypedValueParser<Value = Arch> {
@@ -756,6 +1007,259 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod entity_tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        let mut argv = vec!["otherix"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|c| c.command)
+    }
+
+    fn create_with(extra: &[&str]) -> Result<CreateArgsRaw, clap::Error> {
+        let mut argv = vec![
+            "vm",
+            "create",
+            "web-1",
+            "--image-url",
+            "http://x/i.img",
+            "--arch",
+            "amd64",
+        ];
+        argv.extend_from_slice(extra);
+        match parse(&argv)? {
+            Command::Vm(VmCommand::Create(a)) => Ok(a.0),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn help_lists_every_command_group_in_order() {
+        use clap::CommandFactory;
+        let names: Vec<String> = Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "vm", "task", "node", "pool", "network", "firmware", "cluster", "create", "diff",
+                "delete"
+            ]
+        );
+    }
+
+    #[test]
+    fn parse_port_table() {
+        let ok = |host, guest, protocol| {
+            Ok(PortForward {
+                host,
+                guest,
+                protocol,
+            })
+        };
+        let table: &[(&str, Result<PortForward, &str>)] = &[
+            ("8080:80", ok(8080, 80, PortProtocol::Tcp)),
+            ("8080:80/tcp", ok(8080, 80, PortProtocol::Tcp)),
+            ("5353:53/udp", ok(5353, 53, PortProtocol::Udp)),
+            ("5353:53/UDP", ok(5353, 53, PortProtocol::Udp)),
+            ("1:65535", ok(1, 65535, PortProtocol::Tcp)),
+            (
+                "0:80",
+                Err("host port 0 is out of range; ports must be 1..65535"),
+            ),
+            (
+                "80:0",
+                Err("guest port 0 is out of range; ports must be 1..65535"),
+            ),
+            (
+                "65536:80",
+                Err("host port 65536 is out of range; ports must be 1..65535"),
+            ),
+            ("99999999999999999999:80", Err("out of range")),
+            ("8080", Err("expected HOST:GUEST[/tcp|udp], e.g. 8080:80")),
+            ("8080:80/sctp", Err("unknown protocol \"sctp\"")),
+            (":80", Err("host port \"\" is not a number")),
+            ("http:80", Err("host port \"http\" is not a number")),
+            ("-1:80", Err("is not a number")),
+            ("80:+22", Err("guest port \"+22\" is not a number")),
+            ("8080:80:90", Err("guest port \"80:90\" is not a number")),
+            ("", Err("expected HOST:GUEST")),
+        ];
+        for (input, want) in table {
+            match (parse_port(input), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, *w, "{input}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{input}: {e}"),
+                (got, _) => panic!("{input}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn vm_create_port_is_repeatable_and_errors_name_the_flag() {
+        let a = create_with(&["--port", "2222:22", "--port", "5353:53/udp"]).unwrap();
+        assert_eq!(a.ports.len(), 2);
+        assert_eq!(a.ports[1].protocol, PortProtocol::Udp);
+        assert!(create_with(&[]).unwrap().ports.is_empty());
+        for bad in ["0:22", "22", "22:22/icmp"] {
+            let err = create_with(&["--port", bad]).unwrap_err().to_string();
+            assert!(err.contains("--port"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn vm_create_port_conflicts_with_network() {
+        let err = create_with(&["--port", "2222:22", "--network", "lan"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--port") && err.contains("--network"), "{err}");
+    }
+
+    #[test]
+    fn vm_create_restart_policy_values_and_default() {
+        assert_eq!(
+            create_with(&[]).unwrap().restart_policy,
+            RestartPolicy::OnFailure
+        );
+        for (v, want) in [
+            ("always", RestartPolicy::Always),
+            ("on-failure", RestartPolicy::OnFailure),
+            ("never", RestartPolicy::Never),
+        ] {
+            assert_eq!(
+                create_with(&["--restart-policy", v])
+                    .unwrap()
+                    .restart_policy,
+                want
+            );
+        }
+        let err = create_with(&["--restart-policy", "unless-stopped"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--restart-policy"), "{err}");
+    }
+
+    #[test]
+    fn vm_list_status_accepts_every_phase_but_deleted() {
+        for phase in [
+            "pending",
+            "creating",
+            "starting",
+            "running",
+            "paused",
+            "stopping",
+            "stopped",
+            "rebooting",
+            "deleting",
+            "failed",
+            "unknown",
+        ] {
+            match parse(&["vm", "list", "--status", phase]).unwrap() {
+                Command::Vm(VmCommand::List(a)) => {
+                    assert_eq!(a.status.map(VmPhase::as_str), Some(phase))
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parse(&["vm", "list", "--status", "deleted"]).is_err());
+    }
+
+    #[test]
+    fn vm_logs_parses_follow() {
+        match parse(&["vm", "logs", "web-1"]).unwrap() {
+            Command::Vm(VmCommand::Logs(a)) => assert!(a.name == "web-1" && !a.follow),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["vm", "logs", "web-1", "-f"]).unwrap() {
+            Command::Vm(VmCommand::Logs(a)) => assert!(a.follow),
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["vm", "logs"]).is_err());
+    }
+
+    #[test]
+    fn task_cancel_requires_uuid() {
+        assert!(parse(&["task", "cancel", "nope"]).is_err());
+        assert!(parse(&["task", "cancel"]).is_err());
+        match parse(&["task", "cancel", "6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11"]).unwrap() {
+            Command::Task(TaskCommand::Cancel { id }) => {
+                assert_eq!(id.to_string(), "6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pool_commands_parse() {
+        match parse(&["pool", "create", "fast", "--description", "NVMe"]).unwrap() {
+            Command::Pool(PoolCommand::Create { name, description }) => {
+                assert_eq!(
+                    (name.as_str(), description.as_deref()),
+                    ("fast", Some("NVMe"))
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["pool", "images", "default", "-o", "json"]).unwrap() {
+            Command::Pool(PoolCommand::Images { pool, output }) => {
+                assert_eq!((pool.as_str(), output), ("default", TableFormat::Json))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["pool", "prune-images", "default"]).unwrap(),
+            Command::Pool(PoolCommand::PruneImages { .. })
+        ));
+        assert!(matches!(
+            parse(&["pool", "delete", "fast"]).unwrap(),
+            Command::Pool(PoolCommand::Delete { .. })
+        ));
+        assert!(parse(&["pool", "create"]).is_err());
+        assert!(parse(&["pool", "images"]).is_err());
+        assert!(parse(&["pool", "images", "default", "-o", "yaml"]).is_err());
+    }
+
+    #[test]
+    fn network_create_bridge_requires_bridge_flag() {
+        let err = parse(&["network", "create", "lan", "--type", "bridge"]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(err.to_string().contains("--bridge"), "{err}");
+        assert!(parse(&["network", "create", "lan", "--type", "nat"]).is_ok());
+        assert!(parse(&["network", "create", "lan"]).is_err());
+        assert!(parse(&["network", "delete", "lan"]).is_ok());
+        assert!(parse(&["network", "get", "lan", "-o", "json"]).is_ok());
+    }
+
+    #[test]
+    fn firmware_create_uefi_requires_code() {
+        let err = parse(&[
+            "firmware", "create", "fw", "--arch", "amd64", "--type", "uefi",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(err.to_string().contains("--code"), "{err}");
+        assert!(parse(&["firmware", "create", "fw", "--arch", "amd64", "--type", "bios"]).is_ok());
+        assert!(parse(&["firmware", "delete", "fw"]).is_err());
+    }
+
+    #[test]
+    fn cluster_get_and_set_default_pool_parse() {
+        match parse(&["cluster", "get", "-o", "yaml"]).unwrap() {
+            Command::Cluster(ClusterCommand::Get { output }) => assert_eq!(output, GetFormat::Yaml),
+            other => panic!("{other:?}"),
+        }
+        match parse(&["cluster", "set", "default-pool", "fast"]).unwrap() {
+            Command::Cluster(ClusterCommand::Set(ClusterSetCommand::DefaultPool { name })) => {
+                assert_eq!(name, "fast")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["cluster", "set", "default-pool"]).is_err());
+        assert!(parse(&["cluster", "set", "nonsense", "x"]).is_err());
     }
 }
 

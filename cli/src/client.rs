@@ -1,16 +1,21 @@
 //! The typed HTTP client of the otherixd `/v1` API: one function per route, blocking,
-//! every failure a [`ClientError`].
+//! every failure a [`ClientError`]. [`Client::execute`] is the one place that sends a
+//! request and reads the error envelope; `http_target` uses it too.
 
 use std::time::Duration;
 
+use otherix_api::manifest::{ClusterSettingsSpec, FirmwareSpec, NetworkSpec, PoolSpec};
 use otherix_api::{
-    CreateVmRequest, ListResponse, Node, Pool, Task, TaskAccepted, TaskStatus, Vm, VmPhase,
+    ApplyRequest, ApplyResponse, ClusterSettings, CreateObjectRequest, CreateVmRequest, Firmware,
+    ListResponse, LogChunk, Network, Node, Task, TaskAccepted, TaskStatus, Vm, VmPhase,
 };
 use reqwest::blocking::{Client as Http, RequestBuilder};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use uuid::Uuid;
+
+use crate::wire::{Images, PoolObject};
 
 /// Longest a single request may take; long-polls ask for far less.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
@@ -68,6 +73,13 @@ pub struct Fetched<T> {
     pub raw: String,
 }
 
+/// A success answer, not yet decoded: the route it answered (`GET /v1/vms`) and its body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub route: String,
+    pub body: String,
+}
+
 /// Filters of `GET /v1/vms`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VmListQuery {
@@ -119,8 +131,9 @@ impl Client {
 
     /// `POST /v1/vms`
     pub fn create_vm(&self, req: &CreateVmRequest) -> Result<TaskAccepted, ClientError> {
-        let url = self.url(&["v1", "vms"], &[]);
-        Ok(self.send(self.http.post(url).json(req))?.value)
+        Ok(self
+            .send(self.request(Method::POST, &["v1", "vms"], &[]).json(req))?
+            .value)
     }
 
     /// `GET /v1/vms?limit=&cursor=&pool=&node=&status=`
@@ -192,8 +205,9 @@ impl Client {
 
     /// `DELETE /v1/vms/{name}`
     pub fn delete_vm(&self, name: &str) -> Result<TaskAccepted, ClientError> {
-        let url = self.url(&["v1", "vms", name], &[]);
-        Ok(self.send(self.http.request(Method::DELETE, url))?.value)
+        Ok(self
+            .send(self.request(Method::DELETE, &["v1", "vms", name], &[]))?
+            .value)
     }
 
     /// `GET /v1/tasks/{id}`, long-polling with `wait_secs` (and `status`, the status
@@ -229,14 +243,121 @@ impl Client {
         self.get(&["v1", "nodes", name], &[])
     }
 
+    /// `POST /v1/pools`
+    pub fn create_pool(
+        &self,
+        req: &CreateObjectRequest<PoolSpec>,
+    ) -> Result<Fetched<PoolObject>, ClientError> {
+        self.send(self.request(Method::POST, &["v1", "pools"], &[]).json(req))
+    }
+
     /// `GET /v1/pools`
-    pub fn list_pools(&self) -> Result<Fetched<ListResponse<Pool>>, ClientError> {
+    pub fn list_pools(&self) -> Result<Fetched<ListResponse<PoolObject>>, ClientError> {
         self.get(&["v1", "pools"], &[])
     }
 
     /// `GET /v1/pools/{name}`
-    pub fn get_pool(&self, name: &str) -> Result<Fetched<Pool>, ClientError> {
+    pub fn get_pool(&self, name: &str) -> Result<Fetched<PoolObject>, ClientError> {
         self.get(&["v1", "pools", name], &[])
+    }
+
+    /// `DELETE /v1/pools/{name}` (the answer's body, if any, is not needed).
+    pub fn delete_pool(&self, name: &str) -> Result<(), ClientError> {
+        self.execute(self.request(Method::DELETE, &["v1", "pools", name], &[]))
+            .map(drop)
+    }
+
+    /// `GET /v1/pools/{name}/images`
+    pub fn pool_images(&self, name: &str) -> Result<Fetched<Images>, ClientError> {
+        self.get(&["v1", "pools", name, "images"], &[])
+    }
+
+    /// `POST /v1/pools/{name}/prune-images`: the images removed.
+    pub fn prune_pool_images(&self, name: &str) -> Result<Fetched<Images>, ClientError> {
+        self.send(self.request(Method::POST, &["v1", "pools", name, "prune-images"], &[]))
+    }
+
+    /// `POST /v1/networks`
+    pub fn create_network(
+        &self,
+        req: &CreateObjectRequest<NetworkSpec>,
+    ) -> Result<Fetched<Network>, ClientError> {
+        self.send(
+            self.request(Method::POST, &["v1", "networks"], &[])
+                .json(req),
+        )
+    }
+
+    /// `GET /v1/networks`
+    pub fn list_networks(&self) -> Result<Fetched<ListResponse<Network>>, ClientError> {
+        self.get(&["v1", "networks"], &[])
+    }
+
+    /// `GET /v1/networks/{name}`
+    pub fn get_network(&self, name: &str) -> Result<Fetched<Network>, ClientError> {
+        self.get(&["v1", "networks", name], &[])
+    }
+
+    /// `DELETE /v1/networks/{name}` (the answer's body, if any, is not needed).
+    pub fn delete_network(&self, name: &str) -> Result<(), ClientError> {
+        self.execute(self.request(Method::DELETE, &["v1", "networks", name], &[]))
+            .map(drop)
+    }
+
+    /// `POST /v1/firmware`
+    pub fn create_firmware(
+        &self,
+        req: &CreateObjectRequest<FirmwareSpec>,
+    ) -> Result<Fetched<Firmware>, ClientError> {
+        self.send(
+            self.request(Method::POST, &["v1", "firmware"], &[])
+                .json(req),
+        )
+    }
+
+    /// `GET /v1/firmware`
+    pub fn list_firmware(&self) -> Result<Fetched<ListResponse<Firmware>>, ClientError> {
+        self.get(&["v1", "firmware"], &[])
+    }
+
+    /// `GET /v1/firmware/{name}`
+    pub fn get_firmware(&self, name: &str) -> Result<Fetched<Firmware>, ClientError> {
+        self.get(&["v1", "firmware", name], &[])
+    }
+
+    /// `GET /v1/cluster`
+    pub fn get_cluster(&self) -> Result<Fetched<ClusterSettings>, ClientError> {
+        self.get(&["v1", "cluster"], &[])
+    }
+
+    /// `PUT /v1/cluster`
+    pub fn put_cluster(
+        &self,
+        req: &ApplyRequest<ClusterSettingsSpec>,
+    ) -> Result<ApplyResponse<ClusterSettings>, ClientError> {
+        Ok(self
+            .send(self.request(Method::PUT, &["v1", "cluster"], &[]).json(req))?
+            .value)
+    }
+
+    /// `POST /v1/tasks/{id}/cancel`
+    pub fn cancel_task(&self, id: Uuid) -> Result<Fetched<Task>, ClientError> {
+        let id = id.to_string();
+        self.send(self.request(Method::POST, &["v1", "tasks", &id, "cancel"], &[]))
+    }
+
+    /// `GET /v1/vms/{name}/logs?offset=N&max_bytes=M`
+    pub fn vm_logs(
+        &self,
+        name: &str,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<LogChunk, ClientError> {
+        let query = [
+            ("offset", offset.to_string()),
+            ("max_bytes", max_bytes.to_string()),
+        ];
+        Ok(self.get(&["v1", "vms", name, "logs"], &query)?.value)
     }
 
     fn get<T: DeserializeOwned>(
@@ -244,7 +365,7 @@ impl Client {
         segments: &[&str],
         query: &[(&str, String)],
     ) -> Result<Fetched<T>, ClientError> {
-        self.send(self.http.get(self.url(segments, query)))
+        self.send(self.request(Method::GET, segments, query))
     }
 
     fn post_vm<T: DeserializeOwned>(
@@ -253,12 +374,21 @@ impl Client {
         op: &str,
         query: &[(&str, String)],
     ) -> Result<Fetched<T>, ClientError> {
-        let url = self.url(&["v1", "vms", name, op], query);
-        self.send(self.http.post(url))
+        self.send(self.request(Method::POST, &["v1", "vms", name, op], query))
+    }
+
+    /// A request to the base URL plus `segments` and `query`.
+    pub fn request(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> RequestBuilder {
+        self.http.request(method, self.url(segments, query))
     }
 
     /// The base URL plus percent-encoded path segments and query pairs.
-    fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
+    pub fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
@@ -270,7 +400,9 @@ impl Client {
         url
     }
 
-    fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<Fetched<T>, ClientError> {
+    /// Sends a request: a success status gives its body, an error envelope `Api`, and
+    /// anything else (no connection, an error without an envelope) `Unreachable`.
+    pub fn execute(&self, req: RequestBuilder) -> Result<Answer, ClientError> {
         let unreachable =
             |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Unreachable {
                 server: self.server.clone(),
@@ -283,28 +415,40 @@ impl Client {
             .execute(req)
             .map_err(|e| unreachable(Box::new(e)))?;
         let status = resp.status();
-        let raw = resp.text().map_err(|e| unreachable(Box::new(e)))?;
-        if !status.is_success() {
-            return Err(match serde_json::from_str::<WireEnvelope>(&raw) {
-                Ok(env) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: env.error.code,
-                    message: env.error.message,
-                },
-                Err(_) => unreachable(Box::new(BadStatus {
-                    status,
-                    body: quote_body(&raw),
-                })),
-            });
+        let body = resp.text().map_err(|e| unreachable(Box::new(e)))?;
+        if status.is_success() {
+            return Ok(Answer { route, body });
         }
-        match serde_json::from_str(&raw) {
-            Ok(value) => Ok(Fetched { value, raw }),
+        Err(match serde_json::from_str::<WireEnvelope>(&body) {
+            Ok(env) => ClientError::Api {
+                status: status.as_u16(),
+                code: env.error.code,
+                message: env.error.message,
+            },
+            Err(_) => unreachable(Box::new(BadStatus {
+                status,
+                body: quote_body(&body),
+            })),
+        })
+    }
+
+    /// Decodes a success answer as what its route returns.
+    pub fn decode<T: DeserializeOwned>(&self, answer: Answer) -> Result<Fetched<T>, ClientError> {
+        match serde_json::from_str(&answer.body) {
+            Ok(value) => Ok(Fetched {
+                value,
+                raw: answer.body,
+            }),
             Err(source) => Err(ClientError::Decode {
                 server: self.server.clone(),
-                route,
+                route: answer.route,
                 source,
             }),
         }
+    }
+
+    fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<Fetched<T>, ClientError> {
+        self.decode(self.execute(req)?)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The CLI's [`ApplyTarget`]: the manifest routes of the otherixd HTTP API (`GET`/`PUT`/
 //! `DELETE /v1/{vms,pools,networks,firmware}/{name}`, `/v1/cluster`, and the list routes
-//! for `--prune`), with the same error envelope handling as [`crate::client`]. Task
-//! waits go through [`crate::wait`].
+//! for `--prune`), sent through [`Client::execute`] so requests and the error envelope
+//! are handled in one place. Task waits go through [`crate::wait`].
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -12,40 +12,19 @@ use otherix_api::{ApplyRequest, ApplyResponse, Object, Task};
 use otherix_manifests::{
     filter_owned, ApplyResult, ApplyTarget, DeleteResult, Error as ManifestsError, ObjectRef,
 };
-use reqwest::blocking::{Client as Http, RequestBuilder};
-use reqwest::{Method, StatusCode, Url};
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Answer, Client, ClientError};
 use crate::commands::CommandError;
 use crate::wait::{self, WaitError};
 
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Page size of the list calls behind `--prune`.
 const LIST_LIMIT: &str = "1000";
 /// The kinds `--prune` lists, each with its collection path segment.
 const LISTED: [Kind; 4] = [Kind::Vm, Kind::Pool, Kind::Network, Kind::Firmware];
-
-/// An HTTP answer that was not an error envelope.
-#[derive(Debug, thiserror::Error)]
-#[error("HTTP {status}: {body}")]
-struct BadStatus {
-    status: StatusCode,
-    body: String,
-}
-
-#[derive(Deserialize)]
-struct WireEnvelope {
-    error: WireError,
-}
-#[derive(Deserialize)]
-struct WireError {
-    code: String,
-    message: String,
-}
 
 /// The list envelope, with items kept as JSON (ownership is read from `annotations`).
 #[derive(Deserialize)]
@@ -57,9 +36,6 @@ struct Page {
 
 pub struct HttpTarget<'a> {
     client: &'a Client,
-    http: Http,
-    base: Url,
-    server: String,
     wait_timeout: Duration,
     /// Where task waits print their progress dots.
     progress: &'a mut dyn Write,
@@ -111,36 +87,15 @@ fn is_not_found(e: &ClientError) -> bool {
 }
 
 impl<'a> HttpTarget<'a> {
-    /// A target on `server` (the URL `client` was made from); task waits use `client`,
-    /// give up after `wait_timeout` and print dots to `progress`.
-    pub fn new(
-        client: &'a Client,
-        server: &str,
-        wait_timeout: Duration,
-        progress: &'a mut dyn Write,
-    ) -> Result<Self, ClientError> {
-        let base = Url::parse(server).map_err(|source| ClientError::BadServerUrl {
-            url: server.to_owned(),
-            source,
-        })?;
-        let http = Http::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("otherix/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Unreachable {
-                server: server.to_owned(),
-                source: Box::new(e),
-            })?;
-        Ok(HttpTarget {
+    /// A target on `client`'s server; task waits give up after `wait_timeout` and print
+    /// dots to `progress`.
+    pub fn new(client: &'a Client, wait_timeout: Duration, progress: &'a mut dyn Write) -> Self {
+        HttpTarget {
             client,
-            http,
-            base,
-            server: server.trim_end_matches('/').to_owned(),
             wait_timeout,
             progress,
             tasks: HashMap::new(),
-        })
+        }
     }
 
     /// Waits for a task this target saw (or any task by id) with the CLI's waiter.
@@ -152,58 +107,29 @@ impl<'a> HttpTarget<'a> {
         wait::wait_for_task(self.client, task, self.wait_timeout, self.progress)
     }
 
-    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
-        let mut url = self.base.clone();
-        if let Ok(mut path) = url.path_segments_mut() {
-            path.pop_if_empty().extend(segments);
-        }
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
-        }
-        url
+    #[cfg(test)]
+    fn url(&self, segments: &[&str]) -> reqwest::Url {
+        self.client.url(segments, &[])
     }
 
-    /// Sends a request; the body of a success, or the error envelope as `Api`.
-    fn send(&self, req: RequestBuilder) -> Result<(String, String), ClientError> {
-        let unreachable =
-            |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Unreachable {
-                server: self.server.clone(),
-                source,
-            };
-        let req = req.build().map_err(|e| unreachable(Box::new(e)))?;
-        let route = format!("{} {}", req.method(), req.url().path());
-        let resp = self
-            .http
-            .execute(req)
-            .map_err(|e| unreachable(Box::new(e)))?;
-        let status = resp.status();
-        let raw = resp.text().map_err(|e| unreachable(Box::new(e)))?;
-        if status.is_success() {
-            return Ok((route, raw));
-        }
-        Err(match serde_json::from_str::<WireEnvelope>(&raw) {
-            Ok(env) => ClientError::Api {
-                status: status.as_u16(),
-                code: env.error.code,
-                message: env.error.message,
-            },
-            Err(_) => unreachable(Box::new(BadStatus {
-                status,
-                body: raw.lines().next().unwrap_or("").chars().take(200).collect(),
-            })),
-        })
-    }
-
-    fn decode<T: serde::de::DeserializeOwned>(
+    /// Sends `method` to `segments` (and `query`) with an optional JSON body.
+    fn send(
         &self,
-        route: String,
-        raw: &str,
-    ) -> Result<T, ClientError> {
-        serde_json::from_str(raw).map_err(|source| ClientError::Decode {
-            server: self.server.clone(),
-            route,
-            source,
-        })
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Answer, ClientError> {
+        let query: Vec<(&str, String)> = query.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+        let mut req = self.client.request(method, segments, &query);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        self.client.execute(req)
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, answer: Answer) -> Result<T, ClientError> {
+        self.client.decode(answer).map(|f| f.value)
     }
 
     fn remember(&mut self, task: Option<Task>) -> Option<Uuid> {
@@ -216,24 +142,20 @@ impl<'a> HttpTarget<'a> {
 
 impl ApplyTarget for HttpTarget<'_> {
     fn get(&mut self, kind: Kind, name: &str) -> Result<Option<Value>, ManifestsError> {
-        let url = self.url(&object_path(kind, name), &[]);
-        match self.send(self.http.get(url)) {
-            Ok((route, raw)) => Ok(Some(
-                self.decode(route, &raw).map_err(ManifestsError::target)?,
-            )),
+        match self.send(Method::GET, &object_path(kind, name), &[], None) {
+            Ok(answer) => Ok(Some(self.decode(answer).map_err(ManifestsError::target)?)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(ManifestsError::target(e)),
         }
     }
 
     fn apply(&mut self, object: &Object) -> Result<ApplyResult, ManifestsError> {
-        let url = self.url(&object_path(object.kind(), object.name()), &[]);
+        let path = object_path(object.kind(), object.name());
         let body = apply_body(object).map_err(ManifestsError::target)?;
-        let (route, raw) = self
-            .send(self.http.put(url).json(&body))
+        let answer = self
+            .send(Method::PUT, &path, &[], Some(&body))
             .map_err(ManifestsError::target)?;
-        let resp: ApplyResponse<Value> =
-            self.decode(route, &raw).map_err(ManifestsError::target)?;
+        let resp: ApplyResponse<Value> = self.decode(answer).map_err(ManifestsError::target)?;
         Ok(ApplyResult {
             outcome: resp.outcome,
             task_id: self.remember(resp.task),
@@ -241,11 +163,10 @@ impl ApplyTarget for HttpTarget<'_> {
     }
 
     fn delete(&mut self, kind: Kind, name: &str) -> Result<DeleteResult, ManifestsError> {
-        let url = self.url(&object_path(kind, name), &[]);
-        match self.send(self.http.request(Method::DELETE, url)) {
-            Ok((_, raw)) => {
+        match self.send(Method::DELETE, &object_path(kind, name), &[], None) {
+            Ok(answer) => {
                 // A VM answers `TaskAccepted {task, ...}`; other kinds may answer anything.
-                let task = serde_json::from_str::<Value>(&raw)
+                let task = serde_json::from_str::<Value>(&answer.body)
                     .ok()
                     .and_then(|v| v.get("task").cloned())
                     .and_then(|t| serde_json::from_value::<Task>(t).ok());
@@ -267,11 +188,10 @@ impl ApplyTarget for HttpTarget<'_> {
                 if let Some(c) = &cursor {
                     query.push(("cursor", c));
                 }
-                let url = self.url(&["v1", collection(kind)], &query);
-                let (route, raw) = self
-                    .send(self.http.get(url))
+                let answer = self
+                    .send(Method::GET, &["v1", collection(kind)], &query, None)
                     .map_err(ManifestsError::target)?;
-                let page: Page = self.decode(route, &raw).map_err(ManifestsError::target)?;
+                let page: Page = self.decode(answer).map_err(ManifestsError::target)?;
                 owned.extend(filter_owned(kind, &page.items, source));
                 match page.next_cursor {
                     Some(next) => cursor = Some(next),
@@ -322,9 +242,9 @@ mod tests {
         ];
         let client = Client::new("http://h:1/").unwrap();
         let mut sink = std::io::sink();
-        let t = HttpTarget::new(&client, "http://h:1/", Duration::ZERO, &mut sink).unwrap();
+        let t = HttpTarget::new(&client, Duration::ZERO, &mut sink);
         for (kind, name, want) in table {
-            assert_eq!(t.url(&object_path(kind, name), &[]).path(), want);
+            assert_eq!(t.url(&object_path(kind, name)).path(), want);
         }
     }
 
@@ -340,7 +260,7 @@ mod tests {
         ]);
         let client = Client::new(&server.url).unwrap();
         let mut sink = std::io::sink();
-        let mut t = HttpTarget::new(&client, &server.url, Duration::ZERO, &mut sink).unwrap();
+        let mut t = HttpTarget::new(&client, Duration::ZERO, &mut sink);
         let owned = t.list_owned("/m").unwrap();
         assert_eq!(
             owned,
@@ -376,7 +296,7 @@ mod tests {
         ]);
         let client = Client::new(&server.url).unwrap();
         let mut sink = std::io::sink();
-        let mut t = HttpTarget::new(&client, &server.url, Duration::ZERO, &mut sink).unwrap();
+        let mut t = HttpTarget::new(&client, Duration::ZERO, &mut sink);
         assert_eq!(t.get(Kind::Vm, "web-1").unwrap(), None);
         assert_eq!(t.delete(Kind::Vm, "web-1").unwrap(), DeleteResult::NotFound);
         let err = CommandError::from(t.delete(Kind::Pool, "fast").unwrap_err());

@@ -10,6 +10,7 @@ mod commands;
 mod http_target;
 mod output;
 mod wait;
+mod wire;
 
 use std::error::Error;
 use std::io::{self, Write};

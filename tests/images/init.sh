@@ -4,6 +4,8 @@
 # Built into the initramfs by tests/images/build.sh; see tests/images/README.md
 # for the marker lines it prints on the serial console. PID 1 must never exit
 # (the kernel panics if it does), so every path ends in an endless sleep loop.
+# The same script runs on amd64 (console=ttyS0) and arm64 (console=ttyAMA0):
+# it only ever talks to /dev/console, which is whatever console= names.
 #
 # Files provided by build.sh inside the initramfs:
 #   /etc/otherix/kver     kernel release the modules belong to
@@ -22,7 +24,7 @@ mkdir -p /proc /sys /dev /tmp /mnt/seed
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-# Make sure our stdio is the console (ttyS0 via console=ttyS0).
+# Make sure our stdio is the console (ttyS0 or ttyAMA0, from console=).
 exec </dev/console >/dev/console 2>&1
 # Start on a fresh line: firmware/bootloader output (terminal escape
 # sequences) may still be pending on the current one.
@@ -35,13 +37,33 @@ while read -r mod; do
 	# Report failures but carry on: a missing module only disables a feature.
 	insmod "/lib/modules/$KVER/$mod" 2>/dev/null && continue
 	case "$mod" in
-	*/arch/x86/crypto/*) ;; # CPU-specific accelerator, e.g. no PCLMUL under TCG
+	*/arch/*/crypto/*) ;; # CPU-specific accelerator, e.g. no PCLMUL under TCG
 	*) echo "otherix-init: warning: insmod $mod failed" ;;
 	esac
 done </etc/otherix/modules
 
 # --- 3. boot marker ---------------------------------------------------------
 echo "OTHERIX-TEST-GUEST-BOOTED"
+
+# Options on the kernel command line.
+IGNORE_POWERDOWN=0
+PING_TARGET=""
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	otherix.ignore_powerdown=1) IGNORE_POWERDOWN=1 ;;
+	otherix.ping=*) PING_TARGET=${arg#otherix.ping=} ;;
+	esac
+done
+
+# --- 3b. network interfaces --------------------------------------------------
+# virtio_net probes its devices while insmod runs, so they are all here now.
+# Without udev the kernel names them eth0, eth1, ... in PCI order.
+for dev in /sys/class/net/*; do
+	ifname=${dev##*/}
+	[ "$ifname" = lo ] && continue
+	[ -r "$dev/address" ] || continue
+	echo "OTHERIX-NIC $ifname $(cat "$dev/address")"
+done
 
 # --- 4. cloud-init NoCloud seed ----------------------------------------------
 # A seed is a block device whose filesystem label is cidata/CIDATA (vfat or
@@ -84,6 +106,9 @@ for attempt in 1 2 3; do
 	[ "$attempt" = 3 ] || sleep 0.3
 done
 
+IPV4_CIDR='([0-9]{1,3}[.]){3}[0-9]{1,3}/[0-9]{1,2}'
+IPV4='([0-9]{1,3}[.]){3}[0-9]{1,3}'
+NET_ADDR=""
 if [ "$seed_found" = 1 ]; then
 	for f in meta-data user-data network-config; do
 		[ -f "/mnt/seed/$f" ] || continue
@@ -93,26 +118,61 @@ if [ "$seed_found" = 1 ]; then
 		[ -n "$(tail -c 1 "/mnt/seed/$f")" ] && echo
 		echo "OTHERIX-SEED-END $f"
 	done
+	# Static address: the first A.B.C.D/NN at or after the first
+	# "addresses:" key of network-config (v2 flow or block list; simple on
+	# purpose, not a YAML parser).
+	if [ -f /mnt/seed/network-config ]; then
+		NET_ADDR=$(sed -n '/addresses:/,$p' /mnt/seed/network-config |
+			grep -oE "$IPV4_CIDR" | head -n 1)
+	fi
+	# A ping target may also come from the seed's user-data (a line such
+	# as "# otherix.ping=A.B.C.D"); the kernel command line wins.
+	if [ -z "$PING_TARGET" ] && [ -f /mnt/seed/user-data ]; then
+		PING_TARGET=$(grep -oE "otherix[.]ping=$IPV4" /mnt/seed/user-data |
+			head -n 1 | sed 's/^otherix[.]ping=//')
+	fi
 	umount /mnt/seed
 else
 	echo "OTHERIX-SEED-NONE"
 fi
 
-# --- 6 (set up before 5). ACPI power button --------------------------------
-# The button module registers an input device named "Power Button"; evdev
-# exposes it as /dev/input/eventN. One background watcher per such device
-# opens it *before* READY is printed (so a powerdown sent right after READY is
-# not lost), then reads struct input_event records (24 bytes on x86_64:
-# timeval 16, type u16, code u16, value s32) and reacts to key presses.
-IGNORE_POWERDOWN=0
-case " $(cat /proc/cmdline) " in
-*" otherix.ignore_powerdown=1 "*) IGNORE_POWERDOWN=1 ;;
-esac
+# --- 4b. static address and ping ----------------------------------------------
+# Only when asked for (seed network-config / otherix.ping=): costs nothing
+# otherwise.
+if [ -n "$NET_ADDR" ]; then
+	if [ -e /sys/class/net/eth0 ] && ip addr add "$NET_ADDR" dev eth0 &&
+		ip link set eth0 up; then
+		ip link set lo up
+		echo "OTHERIX-NIC-ADDR eth0 $NET_ADDR"
+	else
+		echo "otherix-init: warning: could not configure $NET_ADDR on eth0"
+	fi
+fi
+if [ -n "$PING_TARGET" ]; then
+	# 3 echo requests, 1 s apart; success if any reply comes back within 5 s.
+	if ping -c 3 -w 5 "$PING_TARGET" >/dev/null 2>&1; then
+		echo "OTHERIX-PING-OK"
+	else
+		echo "OTHERIX-PING-FAIL"
+	fi
+fi
 
+# --- 6 (set up before 5). ACPI power button --------------------------------
+# The button driver registers an input device named "Power Button" (amd64:
+# ACPI; arm64 -M virt with UEFI: ACPI too, QEMU raises the press through its
+# Generic Event Device); evdev exposes it as /dev/input/eventN. An arm64 guest
+# booted with a device tree instead gets "gpio-keys" (KEY_POWER), watched the
+# same way. One background watcher per such device opens it *before* READY is
+# printed (so a powerdown sent right after READY is not lost), then reads
+# struct input_event records (24 bytes on both 64-bit arches: timeval 16,
+# type u16, code u16, value s32) and reacts to key presses.
 power_button_devices() {
 	for ev in /sys/class/input/event*; do
 		[ -r "$ev/device/name" ] || continue
-		[ "$(cat "$ev/device/name")" = "Power Button" ] || continue
+		case "$(cat "$ev/device/name")" in
+		"Power Button" | gpio-keys) ;;
+		*) continue ;;
+		esac
 		[ -c "/dev/input/${ev##*/}" ] && echo "/dev/input/${ev##*/}"
 	done
 }
@@ -150,7 +210,7 @@ while [ $i -lt 50 ]; do
 done
 
 if [ -z "$buttons" ]; then
-	echo "otherix-init: warning: no ACPI Power Button input device found"
+	echo "otherix-init: warning: no power button input device found"
 else
 	for dev in $buttons; do
 		watch_power_button "$dev" &

@@ -80,18 +80,13 @@ fn default_wait() -> Duration {
     crate::cli::parse_wait_timeout(DEFAULT_WAIT_TIMEOUT).expect("valid default")
 }
 
-pub fn run(
-    ctx: &mut Ctx<'_>,
-    server: &str,
-    opts: Options,
-    stdin: &mut dyn Read,
-) -> Result<(), CommandError> {
+pub fn run(ctx: &mut Ctx<'_>, opts: Options, stdin: &mut dyn Read) -> Result<(), CommandError> {
     if opts.watch {
-        return watch(ctx, server, &opts);
+        return watch(ctx, &opts);
     }
     let loaded = load(&opts.path, stdin)?;
     let timeout = opts.wait.unwrap_or_else(default_wait);
-    let mut target = HttpTarget::new(ctx.client, server, timeout, &mut *ctx.err)?;
+    let mut target = HttpTarget::new(ctx.client, timeout, &mut *ctx.err);
     let report = apply_all(&loaded.objects, &mut target, loaded.source.as_deref());
     for line in &report.lines {
         writeln!(ctx.out, "{line}")?;
@@ -121,7 +116,7 @@ pub fn run(
 }
 
 /// `--watch`: applies the directory now and on every change until killed.
-fn watch(ctx: &mut Ctx<'_>, server: &str, opts: &Options) -> Result<(), CommandError> {
+fn watch(ctx: &mut Ctx<'_>, opts: &Options) -> Result<(), CommandError> {
     let dir = &opts.path;
     if dir.as_os_str() == "-" || !dir.is_dir() {
         return Err(CommandError::Usage(format!(
@@ -132,7 +127,7 @@ fn watch(ctx: &mut Ctx<'_>, server: &str, opts: &Options) -> Result<(), CommandE
     writeln!(ctx.err, "watching {} (Ctrl-C to stop)", dir.display())?;
     // Prune waits (a VM's delete before its pool's) print no dots in watch mode.
     let mut quiet = std::io::sink();
-    let mut target = HttpTarget::new(ctx.client, server, default_wait(), &mut quiet)?;
+    let mut target = HttpTarget::new(ctx.client, default_wait(), &mut quiet);
     let watch_opts = WatchOptions {
         prune: opts.prune,
         ..WatchOptions::default()

@@ -30,12 +30,7 @@ impl From<DeleteFilesArgs> for Options {
     }
 }
 
-pub fn run(
-    ctx: &mut Ctx<'_>,
-    server: &str,
-    opts: Options,
-    stdin: &mut dyn Read,
-) -> Result<(), CommandError> {
+pub fn run(ctx: &mut Ctx<'_>, opts: Options, stdin: &mut dyn Read) -> Result<(), CommandError> {
     let loaded = load(&opts.path, stdin)?;
     let refs: Vec<ObjectRef> = loaded
         .objects
@@ -49,7 +44,7 @@ pub fn run(
         crate::cli::parse_wait_timeout(DEFAULT_WAIT_TIMEOUT).expect("valid default")
     });
     let out = &mut *ctx.out;
-    let mut target = HttpTarget::new(ctx.client, server, timeout, &mut *ctx.err)?;
+    let mut target = HttpTarget::new(ctx.client, timeout, &mut *ctx.err);
     let mut write_err = None;
     let report = delete_all(&refs, &mut target, DeleteVerb::Deleted, &mut |line| {
         if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {

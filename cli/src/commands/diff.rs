@@ -11,13 +11,8 @@ use super::apply::load;
 use super::{CommandError, Ctx};
 use crate::http_target::HttpTarget;
 
-pub fn run(
-    ctx: &mut Ctx<'_>,
-    server: &str,
-    path: &Path,
-    stdin: &mut dyn Read,
-) -> Result<(), CommandError> {
-    match diff(ctx, server, path, stdin) {
+pub fn run(ctx: &mut Ctx<'_>, path: &Path, stdin: &mut dyn Read) -> Result<(), CommandError> {
+    match diff(ctx, path, stdin) {
         Ok(false) => Ok(()),
         Ok(true) => Err(CommandError::Differences),
         Err(e) => Err(CommandError::Diff(Box::new(e))),
@@ -25,15 +20,10 @@ pub fn run(
 }
 
 /// Prints the diffs; `true` when any object differs.
-fn diff(
-    ctx: &mut Ctx<'_>,
-    server: &str,
-    path: &Path,
-    stdin: &mut dyn Read,
-) -> Result<bool, CommandError> {
+fn diff(ctx: &mut Ctx<'_>, path: &Path, stdin: &mut dyn Read) -> Result<bool, CommandError> {
     let loaded = load(path, stdin)?;
     let mut sink = std::io::sink();
-    let mut target = HttpTarget::new(ctx.client, server, Default::default(), &mut sink)?;
+    let mut target = HttpTarget::new(ctx.client, Default::default(), &mut sink);
     let diffs = diff_objects(&loaded.objects, &mut target, loaded.source.as_deref())?;
     let mut differ = false;
     for d in diffs.iter().filter(|d| !d.is_same()) {

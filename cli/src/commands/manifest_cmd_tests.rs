@@ -70,12 +70,11 @@ fn run_verb(server: &FakeServer, verb: Verb<'_>, path: &Path) -> Run {
         prune: false,
     };
     let result = match verb {
-        Verb::Create(wait) => run(&mut ctx, &server.url, opts(wait), &mut "".as_bytes()),
-        Verb::Stdin(text) => run(&mut ctx, &server.url, opts(None), &mut text.as_bytes()),
-        Verb::Diff => diff::run(&mut ctx, &server.url, path, &mut "".as_bytes()),
+        Verb::Create(wait) => run(&mut ctx, opts(wait), &mut "".as_bytes()),
+        Verb::Stdin(text) => run(&mut ctx, opts(None), &mut text.as_bytes()),
+        Verb::Diff => diff::run(&mut ctx, path, &mut "".as_bytes()),
         Verb::Delete(wait) => delete_files::run(
             &mut ctx,
-            &server.url,
             delete_files::Options {
                 path: path.to_path_buf(),
                 wait,

@@ -2,14 +2,18 @@
 //! create/start/stop/poweroff/reboot/delete (`<op> task=...`, then `--wait`).
 
 pub mod apply;
+pub mod cluster;
 pub mod delete_files;
 pub mod diff;
+pub mod firmware;
+pub mod network;
 pub mod node;
 pub mod pool;
 pub mod task;
 pub mod vm_create;
 pub mod vm_get;
 pub mod vm_list;
+pub mod vm_logs;
 pub mod vm_ops;
 
 use std::io::{self, Write};
@@ -90,6 +94,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
             }
             VmCommand::List(args) => vm_list::run(&mut ctx, args.into()),
             VmCommand::Get(args) => vm_get::run(&mut ctx, args.into()),
+            VmCommand::Logs(args) => vm_logs::run(&mut ctx, args.into()),
             VmCommand::Start(a) => vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::start(a)),
             VmCommand::Stop(a) => vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::stop(a)),
             VmCommand::Poweroff(a) => {
@@ -104,9 +109,12 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
         Command::Task(cmd) => task::run(&mut ctx, cmd),
         Command::Node(cmd) => node::run(&mut ctx, cmd),
         Command::Pool(cmd) => pool::run(&mut ctx, cmd),
-        Command::Create(a) => apply::run(&mut ctx, &cli.server, a.into(), &mut io::stdin()),
-        Command::Delete(a) => delete_files::run(&mut ctx, &cli.server, a.into(), &mut io::stdin()),
-        Command::Diff(a) => diff::run(&mut ctx, &cli.server, &a.filename, &mut io::stdin()),
+        Command::Network(cmd) => network::run(&mut ctx, cmd),
+        Command::Firmware(cmd) => firmware::run(&mut ctx, cmd),
+        Command::Cluster(cmd) => cluster::run(&mut ctx, cmd),
+        Command::Create(a) => apply::run(&mut ctx, a.into(), &mut io::stdin()),
+        Command::Diff(a) => diff::run(&mut ctx, &a.filename, &mut io::stdin()),
+        Command::Delete(a) => delete_files::run(&mut ctx, a.into(), &mut io::stdin()),
     }
 }
 

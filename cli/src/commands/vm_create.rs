@@ -34,6 +34,8 @@ impl Options {
         spec.memory_mb = args.memory_mb;
         spec.no_cloud_init = args.no_cloud_init;
         spec.stop_timeout_secs = args.stop_timeout;
+        spec.restart_policy = args.restart_policy;
+        spec.ports = args.ports;
         spec.user_data = read_input("--user-data", args.user_data.as_deref(), stdin)?;
         spec.network_config =
             read_input("--network-config", args.network_config.as_deref(), stdin)?;
@@ -86,7 +88,7 @@ mod tests {
     use super::*;
     use crate::cli::{Cli, Command, VmCommand};
     use clap::Parser;
-    use otherix_api::{Arch, DiskFormat};
+    use otherix_api::{Arch, DiskFormat, PortForward, PortProtocol, RestartPolicy};
     use std::io::Write;
 
     fn args(extra: &[&str]) -> CreateArgsRaw {
@@ -137,6 +139,8 @@ mod tests {
                 "-",
                 "--stop-timeout",
                 "90s",
+                "--restart-policy",
+                "never",
                 "--wait",
                 "--wait-timeout",
                 "1h",
@@ -157,6 +161,7 @@ mod tests {
         want.user_data = Some("#cloud-config\n".into());
         want.network_config = Some("version: 2\n".into());
         want.stop_timeout_secs = Some(90);
+        want.restart_policy = RestartPolicy::Never;
         assert_eq!(
             opts,
             Options {
@@ -211,6 +216,66 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "cannot read --user-data from /nonexistent/ud.yaml"
+        );
+    }
+
+    #[test]
+    fn options_ports_and_policy_map_into_spec_and_body() {
+        let opts = Options::from_args(
+            args(&[
+                "--port",
+                "2222:22",
+                "--port",
+                "5353:53/udp",
+                "--restart-policy",
+                "always",
+            ]),
+            &mut std::io::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            opts.request.spec.ports,
+            [
+                PortForward {
+                    host: 2222,
+                    guest: 22,
+                    protocol: PortProtocol::Tcp
+                },
+                PortForward {
+                    host: 5353,
+                    guest: 53,
+                    protocol: PortProtocol::Udp
+                },
+            ]
+        );
+        let body = serde_json::to_value(&opts.request).unwrap();
+        assert_eq!(body["spec"]["restart_policy"], "always");
+        assert_eq!(
+            body["spec"]["ports"],
+            serde_json::json!([{"host": 2222, "guest": 22}, {"host": 5353, "guest": 53, "protocol": "udp"}])
+        );
+    }
+
+    #[test]
+    fn options_default_restart_policy_is_omitted_from_body() {
+        let opts = Options::from_args(args(&[]), &mut std::io::empty()).unwrap();
+        assert_eq!(opts.request.spec.restart_policy, RestartPolicy::OnFailure);
+        let body = serde_json::to_value(&opts.request).unwrap();
+        assert!(body["spec"].get("restart_policy").is_none(), "{body}");
+        assert!(body["spec"].get("ports").is_none(), "{body}");
+    }
+
+    #[test]
+    fn options_duplicate_host_port_fails_local_validation() {
+        let err = Options::from_args(
+            args(&["--port", "8080:80", "--port", "8080:81"]),
+            &mut std::io::empty(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("validation_failed: spec.ports[1].host:"),
+            "{err}"
         );
     }
 }

@@ -2,7 +2,7 @@
 
 use super::{CommandError, Ctx};
 use crate::cli::{GetFormat, VmGetArgs};
-use crate::output;
+use crate::{output, wire};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -22,7 +22,7 @@ impl From<VmGetArgs> for Options {
 pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
     let vm = ctx.client.get_vm(&opts.name)?;
     let text = match opts.format {
-        GetFormat::Text => output::view::vm(&vm.value),
+        GetFormat::Text => output::view::vm(&vm.value, wire::restart_pending(&vm.raw)),
         GetFormat::Json => output::json::pretty(&vm.raw),
         GetFormat::Yaml => output::yaml::vm_manifest(&vm.value)?,
     };

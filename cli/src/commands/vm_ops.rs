@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::{finish_async, wait_timeout, Announce, CommandError, Ctx};
 use crate::cli::{AsyncOpArgs, DeleteArgs, StopArgs, SyncOpArgs, TextFormat};
-use crate::output;
+use crate::{output, wire};
 
 /// An async lifecycle operation and its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +176,7 @@ pub fn run_sync(ctx: &mut Ctx<'_>, op: SyncOp, opts: SyncOptions) -> Result<(), 
         SyncOp::Reset => c.reset_vm(&opts.name)?,
     };
     let text = match opts.format {
-        TextFormat::Text => output::view::vm(&vm.value),
+        TextFormat::Text => output::view::vm(&vm.value, wire::restart_pending(&vm.raw)),
         TextFormat::Json => output::json::pretty(&vm.raw),
     };
     ctx.out.write_all(text.as_bytes())?;

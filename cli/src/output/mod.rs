@@ -10,7 +10,8 @@ pub mod yaml;
 use std::time::Duration;
 
 use otherix_api::duration::format_duration;
-use otherix_api::{ErrorBody, Task, TaskStatus};
+use otherix_api::manifest::{FirmwareType, NetworkType};
+use otherix_api::{CachedImage, ErrorBody, PortForward, PortProtocol, Task, TaskStatus};
 use uuid::Uuid;
 
 /// Shown for an absent value in tables and views.
@@ -56,6 +57,90 @@ pub fn timed_out_message(after: Duration, task_id: Uuid, status: TaskStatus) -> 
 /// The stderr hint when a list has more pages.
 pub fn more_results_line(cursor: &str) -> String {
     format!("more results: --cursor {cursor}")
+}
+
+/// `<kind>/<name> <verb>`, as `create -f` reports objects: `pool/fast created`.
+pub fn object_line(kind: &str, name: &str, verb: &str) -> String {
+    format!("{kind}/{name} {verb}")
+}
+
+/// `prune-images`: one `removed <node> <sha12> <size> <url>` line per image, then
+/// `pruned <n> image(s) (<size>) from pool <pool>`.
+pub fn pruned_text(pool: &str, removed: &[CachedImage]) -> String {
+    let mut out = String::new();
+    for i in removed {
+        out.push_str(&format!(
+            "removed {} {} {} {}\n",
+            i.node,
+            short_sha(&i.sha256),
+            human_size(i.size),
+            i.url
+        ));
+    }
+    let total: u64 = removed.iter().map(|i| i.size).sum();
+    let noun = if removed.len() == 1 {
+        "image"
+    } else {
+        "images"
+    };
+    out.push_str(&format!(
+        "pruned {} {noun} ({}) from pool {pool}\n",
+        removed.len(),
+        human_size(total)
+    ));
+    out
+}
+
+/// The first 12 hex digits of a sha256, as image tools print it.
+pub fn short_sha(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
+}
+
+/// A byte count in binary units with one decimal: `512B`, `1.5KiB`, `333.2MiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes}B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1}{}", UNITS[unit])
+}
+
+/// `8080:80/tcp`.
+pub fn port_text(p: &PortForward) -> String {
+    let proto = match p.protocol {
+        PortProtocol::Tcp => "tcp",
+        PortProtocol::Udp => "udp",
+    };
+    format!("{}:{}/{proto}", p.host, p.guest)
+}
+
+pub fn network_type(t: NetworkType) -> &'static str {
+    match t {
+        NetworkType::Bridge => "bridge",
+        NetworkType::Nat => "nat",
+        NetworkType::Isolated => "isolated",
+    }
+}
+
+pub fn firmware_type(t: FirmwareType) -> &'static str {
+    match t {
+        FirmwareType::Bios => "bios",
+        FirmwareType::Uefi => "uefi",
+    }
+}
+
+pub fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +282,58 @@ mod tests {
         assert_eq!(
             timed_out_message(Duration::from_secs(300), id, TaskStatus::Running),
             format!("timed out after 5m waiting for task {TASK_ID} (status running); the task keeps running")
+        );
+    }
+
+    #[test]
+    fn human_size_table() {
+        for (bytes, want) in [
+            (0, "0B"),
+            (1023, "1023B"),
+            (1024, "1.0KiB"),
+            (1536, "1.5KiB"),
+            (349_372_416, "333.2MiB"),
+            (2 * 1024 * 1024 * 1024, "2.0GiB"),
+        ] {
+            assert_eq!(human_size(bytes), want, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn short_sha_keeps_twelve_digits_or_whole_short_value() {
+        assert_eq!(short_sha(&"ab".repeat(32)), "abababababab");
+        assert_eq!(short_sha("abc"), "abc");
+    }
+
+    #[test]
+    fn port_text_always_names_protocol() {
+        let p = PortForward {
+            host: 5353,
+            guest: 53,
+            protocol: PortProtocol::Udp,
+        };
+        assert_eq!(port_text(&p), "5353:53/udp");
+    }
+
+    #[test]
+    fn pruned_text_lists_removed_and_total() {
+        let img = |node: &str, size| CachedImage {
+            node: node.into(),
+            sha256: "c".repeat(64),
+            url: "http://x/a.img".into(),
+            size,
+            last_used: None,
+            used_by: 0,
+        };
+        assert_eq!(
+            pruned_text("default", &[img("node-1", 1024), img("node-2", 2048)]),
+            "removed node-1 cccccccccccc 1.0KiB http://x/a.img\n\
+             removed node-2 cccccccccccc 2.0KiB http://x/a.img\n\
+             pruned 2 images (3.0KiB) from pool default\n"
+        );
+        assert_eq!(
+            pruned_text("fast", &[]),
+            "pruned 0 images (0B) from pool fast\n"
         );
     }
 

@@ -1,9 +1,10 @@
 //! Column-aligned tables: left-aligned cells, two spaces between columns, `-` for none,
 //! no trailing whitespace.
 
-use otherix_api::{Node, Pool, Task, Vm};
+use otherix_api::{CachedImage, Firmware, Network, Node, Task, Vm};
 
-use super::{or_none, NONE};
+use super::{human_size, or_none, short_sha, NONE};
+use crate::wire::PoolObject;
 
 /// Spaces between columns.
 const GAP: usize = 2;
@@ -138,14 +139,85 @@ pub fn nodes(nodes: &[Node]) -> String {
     render(&columns, &rows)
 }
 
-/// `pool list`: `NAME NODES`.
-pub fn pools(pools: &[Pool]) -> String {
-    let columns = [col("NAME", 0), col("NODES", 0)];
+/// `pool list`: `NAME NODES DESCRIPTION`; NODES are the nodes serving the pool.
+pub fn pools(pools: &[PoolObject]) -> String {
+    let columns = [col("NAME", 0), col("NODES", 0), col("DESCRIPTION", 0)];
     let rows: Vec<Vec<String>> = pools
         .iter()
         .map(|p| {
             let nodes: Vec<String> = p.instances.iter().map(|i| i.node.clone()).collect();
-            vec![p.name.clone(), join_or_none(&nodes)]
+            vec![
+                p.name.clone(),
+                join_or_none(&nodes),
+                or_none(p.spec.description.as_deref()),
+            ]
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
+/// `pool images`: `NODE SHA256 SIZE LAST-USED USED-BY URL`; SHA256 shortened to 12 hex
+/// digits, SIZE in binary units.
+pub fn images(images: &[CachedImage]) -> String {
+    let columns = [
+        col("NODE", 0),
+        col("SHA256", 0),
+        col("SIZE", 0),
+        col("LAST-USED", 0),
+        col("USED-BY", 0),
+        col("URL", 0),
+    ];
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            vec![
+                i.node.clone(),
+                short_sha(&i.sha256).to_owned(),
+                human_size(i.size),
+                or_none(i.last_used.as_deref()),
+                i.used_by.to_string(),
+                i.url.clone(),
+            ]
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
+/// `network list`: `NAME TYPE BRIDGE`.
+pub fn networks(networks: &[Network]) -> String {
+    let columns = [col("NAME", 0), col("TYPE", 0), col("BRIDGE", 0)];
+    let rows: Vec<Vec<String>> = networks
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                super::network_type(n.spec.network_type).to_owned(),
+                or_none(n.spec.bridge.as_deref()),
+            ]
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
+/// `firmware list`: `NAME ARCH TYPE BUILTIN CODE`.
+pub fn firmware(firmware: &[Firmware]) -> String {
+    let columns = [
+        col("NAME", 0),
+        col("ARCH", 0),
+        col("TYPE", 0),
+        col("BUILTIN", 0),
+        col("CODE", 0),
+    ];
+    let rows: Vec<Vec<String>> = firmware
+        .iter()
+        .map(|f| {
+            vec![
+                f.name.clone(),
+                f.spec.arch.to_string(),
+                super::firmware_type(f.spec.firmware_type).to_owned(),
+                super::yes_no(f.builtin).to_owned(),
+                or_none(f.spec.code.as_deref()),
+            ]
         })
         .collect();
     render(&columns, &rows)
@@ -164,7 +236,8 @@ pub fn join_or_none(items: &[String]) -> String {
 mod tests {
     use super::super::fixtures::*;
     use super::*;
-    use otherix_api::{NodeStatus, PoolInstance, TaskKind, TaskStatus};
+    use otherix_api::manifest::{FirmwareSpec, FirmwareType, NetworkSpec, NetworkType, PoolSpec};
+    use otherix_api::{Arch, NodeStatus, PoolInstance, TaskKind, TaskStatus};
     use uuid::Uuid;
 
     #[test]
@@ -245,9 +318,13 @@ mod tests {
 
     #[test]
     fn pools_without_instances_prints_none() {
-        let p = |name: &str, nodes: &[&str]| Pool {
+        let p = |name: &str, nodes: &[&str]| PoolObject {
             id: Uuid::nil(),
             name: name.into(),
+            annotations: Default::default(),
+            spec: PoolSpec {
+                description: (name == "default").then(|| "local disks".into()),
+            },
             instances: nodes
                 .iter()
                 .map(|n| PoolInstance {
@@ -259,9 +336,94 @@ mod tests {
         };
         assert_eq!(
             pools(&[p("default", &["node-1", "node-2"]), p("empty", &[])]),
-            "NAME     NODES\n\
-             default  node-1,node-2\n\
-             empty    -\n"
+            "NAME     NODES          DESCRIPTION\n\
+             default  node-1,node-2  local disks\n\
+             empty    -              -\n"
+        );
+    }
+
+    #[test]
+    fn images_two_nodes_prints_short_sha_and_sizes() {
+        let img = |node: &str, sha: char, size, last: Option<&str>, used| CachedImage {
+            node: node.into(),
+            sha256: sha.to_string().repeat(64),
+            url: "http://images.local/debian-12.qcow2".into(),
+            size,
+            last_used: last.map(Into::into),
+            used_by: used,
+        };
+        assert_eq!(
+            images(&[
+                img("node-1", 'a', 349_372_416, Some("2026-05-01T10:00:00Z"), 2),
+                img("node-2", 'b', 512, None, 0),
+            ]),
+            "NODE    SHA256        SIZE      LAST-USED             USED-BY  URL\n\
+             node-1  aaaaaaaaaaaa  333.2MiB  2026-05-01T10:00:00Z  2        http://images.local/debian-12.qcow2\n\
+             node-2  bbbbbbbbbbbb  512B      -                     0        http://images.local/debian-12.qcow2\n"
+        );
+        assert_eq!(images(&[]), "NODE  SHA256  SIZE  LAST-USED  USED-BY  URL\n");
+    }
+
+    #[test]
+    fn networks_bridge_and_nat_prints_exact_table() {
+        let n = |name: &str, t, bridge: Option<&str>| Network {
+            id: Uuid::nil(),
+            name: name.into(),
+            annotations: Default::default(),
+            spec: NetworkSpec {
+                network_type: t,
+                bridge: bridge.map(Into::into),
+            },
+        };
+        assert_eq!(
+            networks(&[
+                n("lan", NetworkType::Bridge, Some("br0")),
+                n("outbound", NetworkType::Nat, None),
+                n("lab", NetworkType::Isolated, None),
+            ]),
+            "NAME      TYPE      BRIDGE\n\
+             lan       bridge    br0\n\
+             outbound  nat       -\n\
+             lab       isolated  -\n"
+        );
+    }
+
+    #[test]
+    fn firmware_builtins_and_custom_prints_exact_table() {
+        let f = |name: &str, arch, t, code: Option<&str>, builtin| Firmware {
+            id: Uuid::nil(),
+            name: name.into(),
+            annotations: Default::default(),
+            spec: FirmwareSpec {
+                arch,
+                firmware_type: t,
+                code: code.map(Into::into),
+                vars_template: None,
+            },
+            builtin,
+        };
+        assert_eq!(
+            firmware(&[
+                f("seabios", Arch::Amd64, FirmwareType::Bios, None, true),
+                f(
+                    "ovmf",
+                    Arch::Amd64,
+                    FirmwareType::Uefi,
+                    Some("/usr/share/OVMF/OVMF_CODE_4M.fd"),
+                    true
+                ),
+                f(
+                    "edk2-secure",
+                    Arch::Arm64,
+                    FirmwareType::Uefi,
+                    Some("/opt/fw/code.fd"),
+                    false
+                ),
+            ]),
+            "NAME         ARCH   TYPE  BUILTIN  CODE\n\
+             seabios      amd64  bios  yes      -\n\
+             ovmf         amd64  uefi  yes      /usr/share/OVMF/OVMF_CODE_4M.fd\n\
+             edk2-secure  arm64  uefi  no       /opt/fw/code.fd\n"
         );
     }
 }

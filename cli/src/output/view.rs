@@ -1,10 +1,16 @@
 //! Multi-line `key: value` views of single objects (`vm get`, sync ops, `task get`,
-//! `node get`, `pool get`), values aligned, `-` for none.
+//! `node get`, `pool get`, `network get`, `firmware get`, `cluster get`), values aligned,
+//! `-` for none.
 
-use otherix_api::{ErrorBody, Node, Pool, Task, Vm, VmSpec};
+use std::collections::BTreeMap;
+
+use otherix_api::{
+    ClusterSettings, ErrorBody, Firmware, Network, Node, Task, TaskProgress, Vm, VmSpec,
+};
 
 use super::table::join_or_none;
-use super::{or_none, NONE};
+use super::{firmware_type, network_type, or_none, port_text, yes_no, NONE};
+use crate::wire::PoolObject;
 
 /// Renders `key:` rows with the values aligned one column past the longest key.
 fn render(rows: &[(&str, String)]) -> String {
@@ -40,12 +46,22 @@ fn cloud_init_text(spec: &VmSpec) -> String {
     }
 }
 
-/// The `vm get` / `vm pause|resume|reset` text view.
-pub fn vm(vm: &Vm) -> String {
+/// One `annotation: key=value` row per annotation (none when there are none).
+fn annotation_rows(annotations: &BTreeMap<String, String>) -> Vec<(&'static str, String)> {
+    annotations
+        .iter()
+        .map(|(k, v)| ("annotation", format!("{k}={v}")))
+        .collect()
+}
+
+/// The `vm get` / `vm pause|resume|reset` text view; `restart_pending` is the server's
+/// `status.restart_pending`, shown only when it sent one.
+pub fn vm(vm: &Vm, restart_pending: Option<bool>) -> String {
     let s = &vm.spec;
     let st = &vm.status;
     let firmware = s.firmware.as_deref().or(s.firmware_id.as_deref());
-    render(&[
+    let ports: Vec<String> = s.ports.iter().map(port_text).collect();
+    let mut rows = vec![
         ("name", vm.name.clone()),
         ("id", vm.id.to_string()),
         ("status", st.phase.to_string()),
@@ -62,28 +78,43 @@ pub fn vm(vm: &Vm) -> String {
         ("firmware", or_none(firmware)),
         ("cloud_init", cloud_init_text(s)),
         ("stop_timeout", format!("{}s", s.stop_timeout_secs())),
+        ("restart_policy", s.restart_policy.as_str().to_owned()),
+        ("ports", join_or_none(&ports)),
         ("pid", or_none(st.pid)),
         ("serial_log", or_none(st.serial_log.as_deref())),
         ("desired_phase", s.desired_phase.as_str().to_owned()),
+    ];
+    if let Some(pending) = restart_pending {
+        rows.push(("restart_pending", pending.to_string()));
+    }
+    rows.extend([
         ("current_task", or_none(st.current_task)),
         ("last_error", error_text(st.last_error.as_ref())),
         ("generation", vm.generation.to_string()),
         ("observed_generation", st.observed_generation.to_string()),
         ("created_at", vm.created_at.clone()),
         ("updated_at", vm.updated_at.clone()),
-    ])
+    ]);
+    render(&rows)
 }
 
-/// The `task get` text view.
+/// `<phase>`, `<phase> <done> bytes`, or `<phase> <done>/<total> bytes (<pct>%)`.
+fn progress_text(p: &TaskProgress) -> String {
+    match (p.bytes_done, p.bytes_total) {
+        (Some(done), Some(total)) if total > 0 => {
+            let pct = (u128::from(done) * 100 / u128::from(total)).min(100);
+            format!("{} {done}/{total} bytes ({pct}%)", p.phase)
+        }
+        (Some(done), Some(total)) => format!("{} {done}/{total} bytes", p.phase),
+        (Some(done), None) => format!("{} {done} bytes", p.phase),
+        _ => p.phase.clone(),
+    }
+}
+
+/// The `task get` text view: progress while it runs, and for a vm.create the placement
+/// (chosen node, pool, path) with one `rejected` row per node the scheduler passed over.
 pub fn task(t: &Task) -> String {
-    let progress = t
-        .progress
-        .as_ref()
-        .map(|p| match (p.bytes_done, p.bytes_total) {
-            (Some(done), Some(total)) => format!("{} ({done}/{total} bytes)", p.phase),
-            (Some(done), None) => format!("{} ({done} bytes)", p.phase),
-            _ => p.phase.clone(),
-        });
+    let progress = t.progress.as_ref().map(progress_text);
     let placement = t
         .placement
         .as_ref()
@@ -134,9 +165,14 @@ pub fn node(n: &Node) -> String {
     ])
 }
 
-/// The `pool get` text view: one `instance` row per node serving the pool.
-pub fn pool(p: &Pool) -> String {
-    let mut rows = vec![("name", p.name.clone()), ("id", p.id.to_string())];
+/// The `pool get` text view: one `instance: <node> <path>` row per node serving the pool.
+pub fn pool(p: &PoolObject) -> String {
+    let mut rows = vec![
+        ("name", p.name.clone()),
+        ("id", p.id.to_string()),
+        ("description", or_none(p.spec.description.as_deref())),
+    ];
+    rows.extend(annotation_rows(&p.annotations));
     if p.instances.is_empty() {
         rows.push(("instance", NONE.to_owned()));
     }
@@ -146,11 +182,54 @@ pub fn pool(p: &Pool) -> String {
     render(&rows)
 }
 
+/// The `network get` text view.
+pub fn network(n: &Network) -> String {
+    let mut rows = vec![
+        ("name", n.name.clone()),
+        ("id", n.id.to_string()),
+        ("type", network_type(n.spec.network_type).to_owned()),
+        ("bridge", or_none(n.spec.bridge.as_deref())),
+    ];
+    rows.extend(annotation_rows(&n.annotations));
+    render(&rows)
+}
+
+/// The `firmware get` text view.
+pub fn firmware(f: &Firmware) -> String {
+    let mut rows = vec![
+        ("name", f.name.clone()),
+        ("id", f.id.to_string()),
+        ("arch", f.spec.arch.to_string()),
+        ("type", firmware_type(f.spec.firmware_type).to_owned()),
+        ("builtin", yes_no(f.builtin).to_owned()),
+        ("code", or_none(f.spec.code.as_deref())),
+        ("vars_template", or_none(f.spec.vars_template.as_deref())),
+    ];
+    rows.extend(annotation_rows(&f.annotations));
+    render(&rows)
+}
+
+/// The `cluster get` text view.
+pub fn cluster(c: &ClusterSettings) -> String {
+    let mut rows = vec![
+        ("name", c.name.clone()),
+        ("default_pool", or_none(c.spec.default_pool.as_deref())),
+    ];
+    rows.extend(annotation_rows(&c.annotations));
+    render(&rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{self as fx, TASK_ID, VM_ID};
     use super::*;
-    use otherix_api::{Placement, TaskProgress, TaskStatus};
+    use otherix_api::manifest::{
+        ClusterSettingsSpec, FirmwareSpec, FirmwareType, NetworkSpec, NetworkType, PoolSpec,
+    };
+    use otherix_api::{
+        Arch, Placement, PoolInstance, PortForward, PortProtocol, RestartPolicy, TaskStatus,
+    };
+    use uuid::Uuid;
 
     #[test]
     fn vm_running_prints_exact_key_value_view() {
@@ -172,6 +251,8 @@ image_sha256:        -
 firmware:            -
 cloud_init:          user_data (26 bytes)
 stop_timeout:        60s
+restart_policy:      on-failure
+ports:               -
 pid:                 4242
 serial_log:          /var/lib/otherix/vms/x/serial.log
 desired_phase:       running
@@ -183,12 +264,49 @@ created_at:          2026-05-01T10:00:00Z
 updated_at:          2026-05-01T10:01:00Z
 "
         );
-        assert_eq!(vm(&fx::vm()), want);
+        assert_eq!(vm(&fx::vm(), None), want);
+    }
+
+    #[test]
+    fn vm_with_ports_policy_and_restart_pending_prints_them() {
+        let mut v = fx::vm();
+        v.spec.restart_policy = RestartPolicy::Always;
+        v.spec.ports = vec![
+            PortForward {
+                host: 2222,
+                guest: 22,
+                protocol: PortProtocol::Tcp,
+            },
+            PortForward {
+                host: 5353,
+                guest: 53,
+                protocol: PortProtocol::Udp,
+            },
+        ];
+        let text = vm(&v, Some(true));
+        assert!(
+            text.contains(
+                "\nstop_timeout:        60s\n\
+                 restart_policy:      always\n\
+                 ports:               2222:22/tcp,5353:53/udp\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "\ndesired_phase:       running\n\
+                 restart_pending:     true\n\
+                 current_task:        -\n"
+            ),
+            "{text}"
+        );
+        assert!(vm(&v, Some(false)).contains("\nrestart_pending:     false\n"));
+        assert!(!vm(&v, None).contains("restart_pending"));
     }
 
     #[test]
     fn vm_failed_last_error_prints_code_and_message() {
-        let text = vm(&fx::vm2());
+        let text = vm(&fx::vm2(), None);
         assert!(
             text.contains(
                 "\nlast_error:          no_node_available: no ready node runs amd64 guests\n"
@@ -212,10 +330,16 @@ updated_at:          2026-05-01T10:01:00Z
             node: "node-1".into(),
             pool: "default".into(),
             pool_path: "/srv/pool".into(),
-            rejected: vec![otherix_api::RejectedNode {
-                node: "node-2".into(),
-                reason: "not_ready".into(),
-            }],
+            rejected: vec![
+                otherix_api::RejectedNode {
+                    node: "node-2".into(),
+                    reason: "not_ready".into(),
+                },
+                otherix_api::RejectedNode {
+                    node: "node-3".into(),
+                    reason: "insufficient memory (needs 2048 MiB, 512 free)".into(),
+                },
+            ],
         });
         t.started_at = Some("2026-05-01T10:00:01Z".into());
         assert_eq!(
@@ -228,15 +352,175 @@ status:      running
 vm:          web-1
 vm_id:       {VM_ID}
 node:        node-1
-progress:    downloading image (10/100 bytes)
+progress:    downloading image 10/100 bytes (10%)
 error:       -
 placement:   node=node-1 pool=default path=/srv/pool
 rejected:    node-2: not_ready
+rejected:    node-3: insufficient memory (needs 2048 MiB, 512 free)
 created_at:  2026-05-01T10:00:00Z
 started_at:  2026-05-01T10:00:01Z
 finished_at: -
 "
             )
+        );
+    }
+
+    #[test]
+    fn task_progress_formats_table() {
+        let p = |done, total| TaskProgress {
+            phase: "downloading image".into(),
+            bytes_done: done,
+            bytes_total: total,
+        };
+        for (progress, want) in [
+            (p(None, None), "downloading image"),
+            (p(Some(5), None), "downloading image 5 bytes"),
+            (p(Some(0), Some(0)), "downloading image 0/0 bytes"),
+            (p(Some(1), Some(3)), "downloading image 1/3 bytes (33%)"),
+            (
+                p(Some(209_715_200), Some(209_715_200)),
+                "downloading image 209715200/209715200 bytes (100%)",
+            ),
+            (
+                p(Some(u64::MAX), Some(u64::MAX)),
+                "downloading image 18446744073709551615/18446744073709551615 bytes (100%)",
+            ),
+        ] {
+            assert_eq!(progress_text(&progress), want);
+        }
+    }
+
+    #[test]
+    fn task_pending_without_progress_or_placement_prints_dashes() {
+        let text = task(&fx::task(TaskStatus::Pending));
+        assert!(text.contains("\nprogress:    -\n"), "{text}");
+        assert!(text.contains("\nplacement:   -\n"), "{text}");
+        assert!(!text.contains("rejected"), "{text}");
+    }
+
+    #[test]
+    fn pool_with_description_annotation_and_instances_prints_exact_view() {
+        let p = PoolObject {
+            id: Uuid::nil(),
+            name: "fast".into(),
+            annotations: [("otherix.dev/source".to_owned(), "/m".to_owned())].into(),
+            spec: PoolSpec {
+                description: Some("NVMe".into()),
+            },
+            instances: vec![
+                PoolInstance {
+                    id: Uuid::nil(),
+                    node: "node-1".into(),
+                    path: "/srv/fast".into(),
+                },
+                PoolInstance {
+                    id: Uuid::nil(),
+                    node: "node-2".into(),
+                    path: "/mnt/nvme/otherix".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            pool(&p),
+            "\
+name:        fast
+id:          00000000-0000-0000-0000-000000000000
+description: NVMe
+annotation:  otherix.dev/source=/m
+instance:    node-1 /srv/fast
+instance:    node-2 /mnt/nvme/otherix
+"
+        );
+    }
+
+    #[test]
+    fn pool_without_instances_prints_dash() {
+        let p = PoolObject {
+            id: Uuid::nil(),
+            name: "empty".into(),
+            annotations: Default::default(),
+            spec: PoolSpec::default(),
+            instances: vec![],
+        };
+        assert_eq!(
+            pool(&p),
+            "\
+name:        empty
+id:          00000000-0000-0000-0000-000000000000
+description: -
+instance:    -
+"
+        );
+    }
+
+    #[test]
+    fn network_bridge_prints_exact_view() {
+        let n = Network {
+            id: Uuid::nil(),
+            name: "lan".into(),
+            annotations: Default::default(),
+            spec: NetworkSpec {
+                network_type: NetworkType::Bridge,
+                bridge: Some("br0".into()),
+            },
+        };
+        assert_eq!(
+            network(&n),
+            "\
+name:   lan
+id:     00000000-0000-0000-0000-000000000000
+type:   bridge
+bridge: br0
+"
+        );
+    }
+
+    #[test]
+    fn firmware_uefi_prints_exact_view() {
+        let f = Firmware {
+            id: Uuid::nil(),
+            name: "ovmf".into(),
+            annotations: Default::default(),
+            spec: FirmwareSpec {
+                arch: Arch::Amd64,
+                firmware_type: FirmwareType::Uefi,
+                code: Some("/usr/share/OVMF/OVMF_CODE_4M.fd".into()),
+                vars_template: Some("/usr/share/OVMF/OVMF_VARS_4M.fd".into()),
+            },
+            builtin: true,
+        };
+        assert_eq!(
+            firmware(&f),
+            "\
+name:          ovmf
+id:            00000000-0000-0000-0000-000000000000
+arch:          amd64
+type:          uefi
+builtin:       yes
+code:          /usr/share/OVMF/OVMF_CODE_4M.fd
+vars_template: /usr/share/OVMF/OVMF_VARS_4M.fd
+"
+        );
+    }
+
+    #[test]
+    fn cluster_with_and_without_default_pool_prints_exact_view() {
+        let mut c = ClusterSettings {
+            name: "cluster".into(),
+            annotations: Default::default(),
+            spec: ClusterSettingsSpec {
+                default_pool: Some("default".into()),
+            },
+        };
+        assert_eq!(
+            cluster(&c),
+            "name:         cluster\ndefault_pool: default\n"
+        );
+        c.spec.default_pool = None;
+        c.annotations.insert("team".into(), "infra".into());
+        assert_eq!(
+            cluster(&c),
+            "name:         cluster\ndefault_pool: -\nannotation:   team=infra\n"
         );
     }
 }

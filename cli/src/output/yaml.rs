@@ -1,7 +1,8 @@
 //! YAML output, the only place that knows about serde_yaml: manifests (`vm get -o
-//! yaml`) and list envelopes (`vm list -o yaml`).
+//! yaml`, `cluster get -o yaml`) and list envelopes (`vm list -o yaml`).
 
-use otherix_api::{Vm, VmManifest};
+use otherix_api::manifest::{ClusterSettingsManifest, Kind};
+use otherix_api::{ClusterSettings, ObjectMeta, Vm, VmManifest, API_VERSION};
 use serde::Serialize;
 
 /// Renders any serializable value as a YAML document.
@@ -12,6 +13,19 @@ pub fn to_string<T: Serialize>(value: &T) -> Result<String, serde_yaml::Error> {
 /// The re-appliable `kind: VM` manifest of a live VM.
 pub fn vm_manifest(vm: &Vm) -> Result<String, serde_yaml::Error> {
     to_string(&VmManifest::from_vm(vm))
+}
+
+/// The re-appliable `kind: ClusterSettings` manifest of the live settings.
+pub fn cluster_manifest(c: &ClusterSettings) -> Result<String, serde_yaml::Error> {
+    to_string(&ClusterSettingsManifest {
+        api_version: API_VERSION.to_owned(),
+        kind: Kind::ClusterSettings.as_str().to_owned(),
+        metadata: ObjectMeta {
+            name: c.name.clone(),
+            annotations: c.annotations.clone(),
+        },
+        spec: c.spec.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -50,6 +64,31 @@ spec:
             assert_eq!(back.metadata.name, vm.name);
             assert_eq!(back, VmManifest::from_vm(&vm));
         }
+    }
+
+    #[test]
+    fn cluster_manifest_prints_exact_manifest_that_parses_back() {
+        let c = ClusterSettings {
+            name: "cluster".into(),
+            annotations: Default::default(),
+            spec: otherix_api::manifest::ClusterSettingsSpec {
+                default_pool: Some("fast".into()),
+            },
+        };
+        let text = cluster_manifest(&c).unwrap();
+        assert_eq!(
+            text,
+            "\
+apiVersion: otherix.dev/v1
+kind: ClusterSettings
+metadata:
+  name: cluster
+spec:
+  default_pool: fast
+"
+        );
+        let parsed = otherix_api::manifest::parse_manifests("c.yaml", &text).unwrap();
+        assert_eq!(parsed[0].object.name(), "cluster");
     }
 
     #[test]

@@ -1,0 +1,149 @@
+//! `otherix cluster get|set`: the cluster-wide settings object (`/v1/cluster`).
+
+use otherix_api::manifest::ClusterSettingsSpec;
+use otherix_api::validate::validate_name;
+use otherix_api::ApplyRequest;
+
+use super::{CommandError, Ctx};
+use crate::cli::{ClusterCommand, ClusterSetCommand, GetFormat};
+use crate::client::ClientError;
+use crate::output;
+
+pub fn run(ctx: &mut Ctx<'_>, cmd: ClusterCommand) -> Result<(), CommandError> {
+    let text = match cmd {
+        ClusterCommand::Get { output } => {
+            let settings = ctx.client.get_cluster()?;
+            match output {
+                GetFormat::Text => output::view::cluster(&settings.value),
+                GetFormat::Json => output::json::pretty(&settings.raw),
+                GetFormat::Yaml => output::yaml::cluster_manifest(&settings.value)?,
+            }
+        }
+        ClusterCommand::Set(ClusterSetCommand::DefaultPool { name }) => {
+            validate_name("default-pool", &name)?;
+            set(ctx, |spec| spec.default_pool = Some(name))?
+        }
+    };
+    ctx.out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Reads the settings, changes one field, and writes the whole spec (and annotations)
+/// back; prints `cluster/cluster configured|unchanged`.
+fn set(
+    ctx: &mut Ctx<'_>,
+    change: impl FnOnce(&mut ClusterSettingsSpec),
+) -> Result<String, CommandError> {
+    let (mut spec, annotations) = match ctx.client.get_cluster() {
+        Ok(current) => (current.value.spec, current.value.annotations),
+        // Settings never written yet: start from the defaults.
+        Err(ClientError::Api { status: 404, .. }) => Default::default(),
+        Err(e) => return Err(e.into()),
+    };
+    change(&mut spec);
+    let resp = ctx
+        .client
+        .put_cluster(&ApplyRequest { spec, annotations })?;
+    Ok(output::object_line("cluster", &resp.object.name, resp.outcome.as_str()) + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Client;
+    use crate::wait::fake::FakeServer;
+    use serde_json::json;
+
+    fn run_cmd(server: &FakeServer, cmd: ClusterCommand) -> (Result<(), CommandError>, String) {
+        let client = Client::new(&server.url).unwrap();
+        let (mut out, mut err) = (vec![], vec![]);
+        let mut ctx = Ctx {
+            client: &client,
+            out: &mut out,
+            err: &mut err,
+        };
+        let r = run(&mut ctx, cmd);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    fn set_default(name: &str) -> ClusterCommand {
+        ClusterCommand::Set(ClusterSetCommand::DefaultPool { name: name.into() })
+    }
+
+    #[test]
+    fn set_default_pool_gets_then_puts_whole_spec_with_annotations() {
+        let current = json!({"name": "cluster", "annotations": {"team": "infra"}, "spec": {"default_pool": "default"}});
+        let applied = json!({"outcome": "configured", "object": {"name": "cluster", "annotations": {"team": "infra"}, "spec": {"default_pool": "fast"}}});
+        let server =
+            FakeServer::start(vec![(200, current.to_string()), (200, applied.to_string())]);
+        let (r, out) = run_cmd(&server, set_default("fast"));
+        r.unwrap();
+        assert_eq!(out, "cluster/cluster configured\n");
+        assert_eq!(
+            server.requests(),
+            [
+                "GET /v1/cluster",
+                r#"PUT /v1/cluster {"spec":{"default_pool":"fast"},"annotations":{"team":"infra"}}"#
+            ]
+        );
+    }
+
+    #[test]
+    fn set_default_pool_without_settings_yet_puts_new_spec() {
+        let nf = r#"{"error":{"code":"not_found","message":"no cluster settings"}}"#;
+        let applied = json!({"outcome": "created", "object": {"name": "cluster", "spec": {"default_pool": "fast"}}});
+        let server = FakeServer::start(vec![(404, nf.into()), (200, applied.to_string())]);
+        let (r, out) = run_cmd(&server, set_default("fast"));
+        r.unwrap();
+        assert_eq!(out, "cluster/cluster created\n");
+        assert_eq!(
+            server.requests()[1],
+            r#"PUT /v1/cluster {"spec":{"default_pool":"fast"}}"#
+        );
+    }
+
+    #[test]
+    fn set_default_pool_invalid_name_sends_nothing() {
+        let server = FakeServer::start(vec![]);
+        let (r, _) = run_cmd(&server, set_default("Not A Pool"));
+        let e = r.unwrap_err().to_string();
+        assert!(e.starts_with("validation_failed: default-pool: "), "{e}");
+        assert!(server.requests().is_empty());
+    }
+
+    #[test]
+    fn set_default_pool_server_error_on_put_surfaces() {
+        let current = json!({"name": "cluster", "spec": {}});
+        let server = FakeServer::start(vec![
+            (200, current.to_string()),
+            (
+                400,
+                r#"{"error":{"code":"validation_failed","message":"spec.default_pool: pool nope not found"}}"#.into(),
+            ),
+        ]);
+        let (r, out) = run_cmd(&server, set_default("nope"));
+        assert_eq!(
+            r.unwrap_err().to_string(),
+            "validation_failed: spec.default_pool: pool nope not found"
+        );
+        assert_eq!(out, "");
+    }
+
+    #[test]
+    fn get_yaml_prints_manifest() {
+        let current = json!({"name": "cluster", "spec": {"default_pool": "default"}});
+        let server = FakeServer::start(vec![(200, current.to_string())]);
+        let (r, out) = run_cmd(
+            &server,
+            ClusterCommand::Get {
+                output: GetFormat::Yaml,
+            },
+        );
+        r.unwrap();
+        assert!(
+            out.starts_with("apiVersion: otherix.dev/v1\nkind: ClusterSettings\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("spec:\n  default_pool: default\n"), "{out}");
+    }
+}
