@@ -218,10 +218,12 @@ impl Store {
         Ok(nodes)
     }
 
-    /// (VM count, vCPUs, memory MiB) committed per node name: every live placed VM.
+    /// (VM count, vCPUs, memory MiB) committed per node name: every live placed VM except
+    /// those whose create failed (they hold no resources until they are created again).
     async fn allocations(&self) -> Result<HashMap<String, (u32, u32, u64)>, StoreError> {
         let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT node, spec FROM vms WHERE deleted_at IS NULL AND node IS NOT NULL",
+            "SELECT node, spec FROM vms \
+             WHERE deleted_at IS NULL AND node IS NOT NULL AND phase <> 'failed'",
         )
         .fetch_all(&self.pool)
         .await?;
