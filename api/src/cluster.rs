@@ -57,6 +57,10 @@ pub struct PoolInstance {
 pub struct Pool {
     pub id: Uuid,
     pub name: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub spec: crate::manifest::PoolSpec,
     pub instances: Vec<PoolInstance>,
 }
 

@@ -112,6 +112,15 @@ impl RestartPolicy {
             RestartPolicy::Never => "never",
         }
     }
+
+    pub fn parse(s: &str) -> Option<RestartPolicy> {
+        match s {
+            "always" => Some(RestartPolicy::Always),
+            "on-failure" => Some(RestartPolicy::OnFailure),
+            "never" => Some(RestartPolicy::Never),
+            _ => None,
+        }
+    }
 }
 
 fn is_default_restart(p: &RestartPolicy) -> bool {
@@ -278,6 +287,22 @@ impl VmPhase {
             VmPhase::Unknown => "unknown",
         }
     }
+    /// Every phase, in lifecycle order.
+    pub const ALL: [VmPhase; 12] = [
+        VmPhase::Pending,
+        VmPhase::Creating,
+        VmPhase::Starting,
+        VmPhase::Running,
+        VmPhase::Paused,
+        VmPhase::Stopping,
+        VmPhase::Stopped,
+        VmPhase::Rebooting,
+        VmPhase::Deleting,
+        VmPhase::Deleted,
+        VmPhase::Failed,
+        VmPhase::Unknown,
+    ];
+
     pub fn parse(s: &str) -> Option<VmPhase> {
         serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
     }
@@ -313,6 +338,9 @@ pub struct VmStatus {
     pub last_error: Option<ErrorBody>,
     /// The spec generation the running VM was started from.
     pub observed_generation: i64,
+    /// A boot-time field changed while the VM ran; it takes effect at the next boot.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restart_pending: bool,
 }
 
 /// A VM as `GET /v1/vms/{name}` returns it.
@@ -320,6 +348,8 @@ pub struct VmStatus {
 pub struct Vm {
     pub id: Uuid,
     pub name: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub annotations: std::collections::BTreeMap<String, String>,
     /// Moves on every spec change, never on status changes.
     pub generation: i64,
     pub spec: VmSpec,

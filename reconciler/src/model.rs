@@ -106,6 +106,7 @@ impl VmRecord {
         Vm {
             id: self.id,
             name: self.name.clone(),
+            annotations: Default::default(),
             generation: self.generation,
             spec: self.spec.clone(),
             status: VmStatus {
@@ -117,6 +118,7 @@ impl VmRecord {
                 current_task: self.current_task,
                 last_error: self.last_error.clone(),
                 observed_generation: self.observed_generation,
+                restart_pending: false,
             },
             created_at: rfc3339(self.created_at_ms),
             updated_at: rfc3339(self.updated_at_ms),

@@ -39,7 +39,7 @@ impl VmManifest {
             kind: "VM".to_owned(),
             metadata: ObjectMeta {
                 name: vm.name.clone(),
-                annotations: BTreeMap::new(),
+                annotations: vm.annotations.clone(),
             },
             spec: vm.spec.clone(),
         }

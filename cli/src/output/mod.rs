@@ -164,6 +164,7 @@ pub(crate) mod fixtures {
         Vm {
             id: Uuid::parse_str(VM_ID).unwrap(),
             name: "web-1".into(),
+            annotations: Default::default(),
             generation: 1,
             spec,
             status: VmStatus {
@@ -175,6 +176,7 @@ pub(crate) mod fixtures {
                 current_task: None,
                 last_error: None,
                 observed_generation: 1,
+                restart_pending: false,
             },
             created_at: "2026-05-01T10:00:00Z".into(),
             updated_at: "2026-05-01T10:01:00Z".into(),
@@ -189,6 +191,7 @@ pub(crate) mod fixtures {
         Vm {
             id: Uuid::parse_str(VM2_ID).unwrap(),
             name: "database-primary".into(),
+            annotations: Default::default(),
             generation: 2,
             spec,
             status: VmStatus {
@@ -203,6 +206,7 @@ pub(crate) mod fixtures {
                     message: "no ready node runs amd64 guests".into(),
                 }),
                 observed_generation: 0,
+                restart_pending: false,
             },
             created_at: "2026-05-01T11:00:00Z".into(),
             updated_at: "2026-05-01T11:00:00Z".into(),

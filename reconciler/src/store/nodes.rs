@@ -273,6 +273,8 @@ impl Store {
                     id: parse_uuid("pools", &id)?,
                     instances: by_pool.remove(&id).unwrap_or_default(),
                     name,
+                    annotations: Default::default(),
+                    spec: Default::default(),
                 })
             })
             .collect()
