@@ -29,6 +29,8 @@ struct StoredVmReport {
     exit_status: Option<i32>,
     detail: String,
     serial_log: String,
+    #[serde(default)]
+    guest_shutdown: bool,
 }
 
 /// JSON mirror of a terminal `TaskUpdate`.
@@ -52,6 +54,7 @@ impl From<&VmReport> for StoredVmReport {
             exit_status: r.exit_status,
             detail: r.detail.clone(),
             serial_log: r.serial_log.clone(),
+            guest_shutdown: r.guest_shutdown,
         }
     }
 }
@@ -66,6 +69,7 @@ impl From<StoredVmReport> for VmReport {
             exit_status: r.exit_status,
             detail: r.detail,
             serial_log: r.serial_log,
+            guest_shutdown: r.guest_shutdown,
         }
     }
 }
