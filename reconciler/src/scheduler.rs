@@ -5,6 +5,11 @@ use otherix_api::{ApiError, ErrorCode, NodeStatus, Placement, RejectedNode, VmSp
 
 use crate::model::NodeRecord;
 
+/// vCPUs the scheduler commits per host core. vCPUs are time-shared, so like KubeVirt
+/// (cpuAllocationRatio 10) and OpenStack (cpu_allocation_ratio 16) otherix overcommits
+/// them, more cautiously; memory is never overcommitted.
+pub const CPU_ALLOCATION_RATIO: u32 = 4;
+
 /// Why one node cannot take the VM, in the order the checks run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rejection {
@@ -134,11 +139,15 @@ fn check_node(
     if !node.guest_arches.iter().any(|a| a == spec.arch.as_str()) {
         return Err(Rejection::Arch);
     }
-    let free_vcpus = node.vcpus.saturating_sub(node.allocated_vcpus);
+    let schedulable_vcpus = node.vcpus.saturating_mul(CPU_ALLOCATION_RATIO);
+    let free_vcpus = schedulable_vcpus.saturating_sub(node.allocated_vcpus);
     let free_mem = free_memory(node);
     let mut short = Vec::new();
     if spec.vcpus > free_vcpus {
-        short.push(format!("needs {} vCPUs, {free_vcpus} free", spec.vcpus));
+        short.push(format!(
+            "needs {} vCPUs, {free_vcpus} free ({} cores x allocation ratio {CPU_ALLOCATION_RATIO})",
+            spec.vcpus, node.vcpus
+        ));
     }
     if u64::from(spec.memory_mb) > free_mem {
         short.push(format!(
@@ -277,10 +286,22 @@ mod tests {
                 "capacity: vcpus committed",
                 |s, ns, _| {
                     s.vcpus = 4;
-                    ns[0].allocated_vcpus = 6;
-                    ns[1].allocated_vcpus = 8;
+                    ns[0].allocated_vcpus = 30;
+                    ns[1].allocated_vcpus = 32;
                 },
-                Err((ErrorCode::InsufficientCapacity, "needs 4 vCPUs, 2 free")),
+                Err((
+                    ErrorCode::InsufficientCapacity,
+                    "needs 4 vCPUs, 2 free (8 cores x allocation ratio 4)",
+                )),
+            ),
+            (
+                "capacity: vcpus overcommitted within the allocation ratio",
+                |s, ns, _| {
+                    s.vcpus = 4;
+                    ns[0].allocated_vcpus = 20;
+                    ns[1].allocated_vcpus = 32;
+                },
+                Ok("n1"),
             ),
             (
                 "spread: fewest vms first",
