@@ -6,11 +6,12 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use otherix_api::proto::VmReport;
+use otherix_api::proto::{CachedImageInfo, FirmwareRef, VmReport};
 use otherix_api::{ApiError, VmSpec};
 use uuid::Uuid;
 
 use crate::outbox::Progress;
+use crate::serial_log::LogChunk;
 
 /// The VM a task or sync request is about, as the server described it.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +24,11 @@ pub struct VmTarget {
     pub pool_path: PathBuf,
     /// The desired spec; `None` when the task carried none and the agent has no record.
     pub spec: Option<VmSpec>,
+    /// Host bridge the VM's tap NIC joins; empty: SLIRP user networking.
+    pub bridge: String,
+    /// The firmware the server resolved; `None`: `spec.firmware` as a built-in name, or
+    /// the arch default.
+    pub firmware: Option<FirmwareRef>,
 }
 
 /// Synchronous operations the server waits for.
@@ -99,6 +105,21 @@ pub trait VmDriver: Send + Sync + 'static {
 
     /// Reports for every VM the agent has a record of (re-adoption).
     fn report_all(&self) -> impl Future<Output = Vec<VmReport>> + Send;
+
+    /// Serial console bytes from logical `offset` (see [`crate::serial_log`]).
+    fn read_serial_log(
+        &self,
+        vm_id: Uuid,
+        offset: u64,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<LogChunk, ApiError>> + Send;
+
+    /// The pool's cached images; with `prune`, removes those no VM uses and returns them.
+    fn pool_images(
+        &self,
+        pool: &str,
+        prune: bool,
+    ) -> impl Future<Output = Result<Vec<CachedImageInfo>, ApiError>> + Send;
 
     /// pause / resume / reset; `conflict` when the VM is not in a state for it.
     fn sync_op(

@@ -128,39 +128,68 @@ impl<D: VmDriver> Executor<D> {
         }
     }
 
-    /// Answers a pause/resume/reset request.
+    /// Answers a sync request: pause/resume/reset (vm_id), logs (vm_id, offset,
+    /// max_bytes), images and prune-images (pool).
     pub async fn sync(&self, request: SyncRequest) -> SyncReply {
+        let failed = |e: ApiError| SyncReply {
+            request_id: request.request_id.clone(),
+            ok: false,
+            error_code: e.code.as_str().into(),
+            error_message: e.message,
+            ..Default::default()
+        };
+        let ok = SyncReply {
+            request_id: request.request_id.clone(),
+            ok: true,
+            ..Default::default()
+        };
         let driver = &self.inner.driver;
-        let reply = |result: Result<VmReport, ApiError>, vm: Option<VmReport>| match result {
-            Ok(report) => SyncReply {
-                request_id: request.request_id.clone(),
-                ok: true,
-                vm: Some(report),
-                ..Default::default()
-            },
-            Err(e) => SyncReply {
-                request_id: request.request_id.clone(),
-                ok: false,
-                error_code: e.code.as_str().into(),
-                error_message: e.message,
-                vm,
-                ..Default::default()
-            },
-        };
-        let vm_id = match parse_uuid("vm_id", &request.vm_id) {
-            Ok(id) => id,
-            Err(e) => return reply(Err(e), None),
-        };
-        let Some(op) = SyncOp::parse(&request.op) else {
-            let e = ApiError::validation(format!("op: unknown sync op {:?}", request.op));
-            return reply(Err(e), None);
-        };
-        tracing::info!(%vm_id, op = op.as_str(), "sync op");
-        match driver.sync_op(vm_id, op).await {
-            Ok(report) => reply(Ok(report), None),
-            Err(e) => {
-                let report = driver.report(vm_id).await;
-                reply(Err(e), Some(report))
+        match request.op.as_str() {
+            "images" | "prune-images" => {
+                let prune = request.op == "prune-images";
+                tracing::info!(pool = request.pool, op = request.op, "sync op");
+                match driver.pool_images(&request.pool, prune).await {
+                    Ok(images) => SyncReply { images, ..ok },
+                    Err(e) => failed(e),
+                }
+            }
+            "logs" => {
+                let vm_id = match parse_uuid("vm_id", &request.vm_id) {
+                    Ok(id) => id,
+                    Err(e) => return failed(e),
+                };
+                match driver
+                    .read_serial_log(vm_id, request.offset, request.max_bytes)
+                    .await
+                {
+                    Ok(chunk) => SyncReply {
+                        data: chunk.data,
+                        next_offset: chunk.next_offset,
+                        eof: chunk.eof,
+                        ..ok
+                    },
+                    Err(e) => failed(e),
+                }
+            }
+            op => {
+                let vm_id = match parse_uuid("vm_id", &request.vm_id) {
+                    Ok(id) => id,
+                    Err(e) => return failed(e),
+                };
+                let Some(op) = SyncOp::parse(op) else {
+                    return failed(ApiError::validation(format!("op: unknown sync op {op:?}")));
+                };
+                tracing::info!(%vm_id, op = op.as_str(), "sync op");
+                match driver.sync_op(vm_id, op).await {
+                    Ok(report) => SyncReply {
+                        vm: Some(report),
+                        ..ok
+                    },
+                    Err(e) => SyncReply {
+                        vm: Some(driver.report(vm_id).await),
+                        ..failed(e)
+                    },
+                }
             }
         }
     }
@@ -239,6 +268,8 @@ impl<D: VmDriver> Inner<D> {
             pool: pick(&task.pool, record.as_ref().map(|r| &r.pool)),
             pool_path,
             spec,
+            bridge: task.bridge.clone(),
+            firmware: task.firmware.clone(),
         })
     }
 

@@ -74,6 +74,41 @@ impl VmDriver for FakeDriver {
     async fn report_all(&self) -> Vec<VmReport> {
         Vec::new()
     }
+    async fn read_serial_log(
+        &self,
+        vm_id: Uuid,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<crate::serial_log::LogChunk, ApiError> {
+        self.call(&format!("logs {offset} {max_bytes}"), vm_id)
+            .await;
+        Ok(crate::serial_log::LogChunk {
+            data: b"BOOTED".to_vec(),
+            next_offset: offset + 6,
+            eof: true,
+        })
+    }
+    async fn pool_images(
+        &self,
+        pool: &str,
+        prune: bool,
+    ) -> Result<Vec<otherix_api::proto::CachedImageInfo>, ApiError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("images {pool} prune={prune}"));
+        if pool != "default" {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("pool {pool} is not on this node"),
+            ));
+        }
+        Ok(vec![otherix_api::proto::CachedImageInfo {
+            sha256: "ab".repeat(32),
+            used_by: 1,
+            ..Default::default()
+        }])
+    }
     async fn sync_op(&self, vm_id: Uuid, op: SyncOp) -> Result<VmReport, ApiError> {
         self.call(op.as_str(), vm_id).await;
         match op {
@@ -317,4 +352,59 @@ async fn sync_ops_reply_ok_or_error_code() {
 
     let bad = h.executor.sync(request("explode")).await;
     assert_eq!(bad.error_code, "validation_failed");
+}
+
+#[tokio::test]
+async fn sync_logs_and_images_route_to_driver() {
+    let h = harness();
+    let logs = h
+        .executor
+        .sync(SyncRequest {
+            request_id: "r2".into(),
+            op: "logs".into(),
+            vm_id: h.vm_id.to_string(),
+            offset: 10,
+            max_bytes: 100,
+            ..Default::default()
+        })
+        .await;
+    assert!(logs.ok, "{logs:?}");
+    assert_eq!(logs.request_id, "r2");
+    assert_eq!(
+        (logs.data.as_slice(), logs.next_offset, logs.eof),
+        (&b"BOOTED"[..], 16, true)
+    );
+
+    let images = |op: &str, pool: &str| SyncRequest {
+        request_id: "r3".into(),
+        op: op.into(),
+        pool: pool.into(),
+        ..Default::default()
+    };
+    let listed = h.executor.sync(images("images", "default")).await;
+    assert!(listed.ok);
+    assert_eq!(listed.images.len(), 1);
+    let pruned = h.executor.sync(images("prune-images", "default")).await;
+    assert!(pruned.ok);
+    let missing = h.executor.sync(images("images", "nope")).await;
+    assert!(!missing.ok);
+    assert_eq!(missing.error_code, "not_found");
+    let bad_vm = h
+        .executor
+        .sync(SyncRequest {
+            op: "logs".into(),
+            vm_id: "x".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(bad_vm.error_code, "validation_failed");
+    assert_eq!(
+        h.driver.calls(),
+        vec![
+            "logs 10 100",
+            "images default prune=false",
+            "images default prune=true",
+            "images nope prune=false"
+        ]
+    );
 }

@@ -68,11 +68,13 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Guest arches whose QEMU system emulator is installed.
+/// Guest arches this node can really launch: the QEMU system emulator is installed and
+/// so is the arch's default firmware (amd64: SeaBIOS, arm64: AAVMF).
 pub fn guest_arches() -> Vec<Arch> {
     [Arch::Amd64, Arch::Arm64]
         .into_iter()
         .filter(|a| find_on_path(qemu_binary(*a)).is_some())
+        .filter(|a| crate::firmware::default_present(*a))
         .collect()
 }
 

@@ -1,9 +1,11 @@
 //! The per-pool image cache in `POOL_PATH/images/`: content-addressed files
 //! `sha256-<hex>` (read-only, never modified after verification), an `index.json` mapping
 //! URL -> sha256 so a known URL is a cache hit with no HTTP request, and per-URL locks so
-//! concurrent requests for one URL share one download.
+//! concurrent requests for one URL share one download. Each materialize stamps the
+//! entry's `last_used_ms`; [`ImageCache::list`] and [`ImageCache::prune`] serve the pool's
+//! image listing and pruning.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -66,6 +68,26 @@ struct IndexEntry {
     sha256: String,
     format: String,
     virtual_size: u64,
+    /// When a VM last materialized this URL (ms since the Unix epoch; 0 = never recorded).
+    #[serde(default)]
+    last_used_ms: u64,
+}
+
+/// One URL's image in the cache, as the pool listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedImage {
+    pub url: String,
+    pub sha256: String,
+    /// Bytes of the cached file.
+    pub size: u64,
+    pub last_used_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -127,6 +149,7 @@ impl ImageCache {
 
         if let Some(hit) = self.lookup(url, expected.as_deref()).await? {
             tracing::info!(url, sha256 = %hit.sha256, "image cache hit");
+            self.touch(url).await?;
             return Ok(hit);
         }
 
@@ -161,6 +184,7 @@ impl ImageCache {
             sha256: fetched.sha256,
             format,
             virtual_size,
+            last_used_ms: now_ms(),
         };
         self.record(url, &entry).await?;
         tracing::info!(url, sha256 = %entry.sha256, bytes = fetched.bytes, "image cached");
@@ -202,6 +226,68 @@ impl ImageCache {
         Ok(None)
     }
 
+    /// Stamps the URL's entry as used now.
+    async fn touch(&self, url: &str) -> Result<(), ImageError> {
+        let _writing = self.index_lock.lock().await;
+        let mut index = self.read_index().await?;
+        if let Some(entry) = index.urls.get_mut(url) {
+            entry.last_used_ms = now_ms();
+            self.write_index(&index)?;
+        }
+        Ok(())
+    }
+
+    /// Every URL whose image is in the cache.
+    pub async fn list(&self) -> Result<Vec<IndexedImage>, ImageError> {
+        let index = self.read_index().await?;
+        let mut images = Vec::new();
+        for (url, entry) in &index.urls {
+            let Ok(meta) = std::fs::metadata(self.blob_path(&entry.sha256)) else {
+                continue;
+            };
+            images.push(IndexedImage {
+                url: url.clone(),
+                sha256: entry.sha256.clone(),
+                size: meta.len(),
+                last_used_ms: entry.last_used_ms,
+            });
+        }
+        Ok(images)
+    }
+
+    /// Removes every cached image whose sha256 is not in `in_use`, with its index entries
+    /// (and entries whose file is already gone); returns what it removed. Callers must
+    /// keep materializations out while pruning.
+    pub async fn prune(&self, in_use: &HashSet<String>) -> Result<Vec<IndexedImage>, ImageError> {
+        let _writing = self.index_lock.lock().await;
+        let listed = self.list().await?;
+        let mut index = self.read_index().await?;
+        let removed: Vec<IndexedImage> = listed
+            .into_iter()
+            .filter(|image| !in_use.contains(&image.sha256))
+            .collect();
+        let doomed: HashSet<&str> = removed.iter().map(|i| i.sha256.as_str()).collect();
+        for sha256 in &doomed {
+            let blob = self.blob_path(sha256);
+            match std::fs::remove_file(&blob) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ImageError::Io(blob, e))
+                }
+                _ => tracing::info!(sha256, "pruned cached image"),
+            }
+        }
+        index.urls.retain(|_, entry| {
+            !doomed.contains(entry.sha256.as_str()) && self.blob_path(&entry.sha256).is_file()
+        });
+        self.write_index(&index)?;
+        Ok(removed)
+    }
+
+    fn write_index(&self, index: &Index) -> Result<(), ImageError> {
+        let path = self.images_dir.join(INDEX_FILE);
+        write_json_atomic(&path, index).map_err(|e| ImageError::Io(path, e))
+    }
+
     async fn read_index(&self) -> Result<Index, ImageError> {
         let path = self.images_dir.join(INDEX_FILE);
         match tokio::fs::read(&path).await {
@@ -217,9 +303,10 @@ impl ImageCache {
     async fn record(&self, url: &str, entry: &IndexEntry) -> Result<(), ImageError> {
         let _writing = self.index_lock.lock().await;
         let mut index = self.read_index().await?;
-        index.urls.insert(url.to_string(), entry.clone());
-        let path = self.images_dir.join(INDEX_FILE);
-        write_json_atomic(&path, &index).map_err(|e| ImageError::Io(path, e))
+        let mut entry = entry.clone();
+        entry.last_used_ms = now_ms();
+        index.urls.insert(url.to_string(), entry);
+        self.write_index(&index)
     }
 }
 

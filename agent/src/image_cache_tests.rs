@@ -266,3 +266,63 @@ async fn materialize_cancelled_mid_download_leaves_no_partial_file() {
     );
     assert_eq!(images_dir_entries(pool.path()), vec!["tmp".to_string()]);
 }
+
+async fn cache_file(cache: &ImageCache, dir: &Path, name: &str, fill: u8) -> CachedImage {
+    let src = dir.join(name);
+    std::fs::write(&src, vec![fill; 64 * 1024]).unwrap();
+    cache
+        .materialize(&format!("file://{}", src.display()), None, &no_progress)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn list_shows_each_url_with_size_and_last_used() {
+    let pool = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(pool.path(), true);
+    assert_eq!(cache.list().await.unwrap(), vec![]);
+    let a = cache_file(&cache, pool.path(), "a.img", 1).await;
+    let listed = cache.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sha256, a.sha256);
+    assert_eq!(listed[0].size, 64 * 1024);
+    assert!(listed[0].url.ends_with("/a.img"), "{}", listed[0].url);
+    let first_use = listed[0].last_used_ms;
+    assert!(first_use > 0);
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    cache_file(&cache, pool.path(), "a.img", 1).await;
+    let again = cache.list().await.unwrap();
+    assert!(
+        again[0].last_used_ms > first_use,
+        "a cache hit must stamp last_used"
+    );
+}
+
+#[tokio::test]
+async fn prune_removes_only_unused_images_and_their_entries() {
+    let pool = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(pool.path(), true);
+    let used = cache_file(&cache, pool.path(), "used.img", 1).await;
+    let unused = cache_file(&cache, pool.path(), "unused.img", 2).await;
+
+    let in_use: HashSet<String> = [used.sha256.clone()].into();
+    let removed = cache.prune(&in_use).await.unwrap();
+
+    assert_eq!(removed.len(), 1);
+    assert_eq!(removed[0].sha256, unused.sha256);
+    assert!(!unused.path.exists());
+    assert!(used.path.is_file());
+    let left: Vec<String> = cache
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.sha256)
+        .collect();
+    assert_eq!(left, vec![used.sha256.clone()]);
+    assert_eq!(cache.prune(&in_use).await.unwrap(), vec![]);
+    // A pruned URL downloads again on its next use.
+    let back = cache_file(&cache, pool.path(), "unused.img", 2).await;
+    assert!(back.path.is_file());
+}

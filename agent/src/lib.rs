@@ -1,21 +1,29 @@
 //! otherix-agent: the otherix node agent. It dials otherixd's agent gateway
 //! ([`session`]), runs tasks idempotently ([`executor`]) through a [`driver::VmDriver`]
 //! whose real implementation ([`local_driver`]) composes the image cache
-//! ([`image_cache`]), disks ([`disk`]), QEMU ([`qemu`]) and the VM registry
+//! ([`image_cache`], [`pool_images`]), disks ([`disk`]), per-boot setup ([`boot_setup`]:
+//! [`firmware`], the [`cloud_init`] seed, [`network`] taps and port forwards), QEMU
+//! ([`qemu`]), the capped serial console ([`serial_log`]) and the VM registry
 //! ([`vm_registry`]); [`monitor`] notices VMs that stop outside a task.
 
 pub mod atomic_file;
+pub mod boot_setup;
+pub mod cloud_init;
 pub mod disk;
 pub mod driver;
 pub mod error_chain;
 pub mod executor;
+pub mod firmware;
 pub mod host;
 pub mod image_cache;
 pub mod image_fetch;
 pub mod local_driver;
 pub mod monitor;
+pub mod network;
 pub mod outbox;
+pub mod pool_images;
 pub mod qemu;
+pub mod serial_log;
 pub mod session;
 pub mod task_store;
 pub mod vm_registry;

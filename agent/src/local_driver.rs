@@ -7,18 +7,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use otherix_api::proto::{VmPower, VmReport};
+use otherix_api::proto::{CachedImageInfo, VmPower, VmReport};
 use otherix_api::{ApiError, DiskFormat, ErrorCode, VmSpec};
 use uuid::Uuid;
 
+use crate::boot_setup::prepare_boot;
 use crate::disk;
 use crate::driver::{SyncOp, VmDriver, VmTarget};
 use crate::error_chain::error_chain;
 use crate::host::Accel;
 use crate::image_cache::ImageCache;
+use crate::network::{remove_tap, remove_vm_tap};
 use crate::outbox::{power_report, Progress};
-use crate::qemu::process::{kill_pid, log_tail, wait_exit};
+use crate::pool_images;
+use crate::qemu::process::{in_scope, kill_pid, log_tail, scope_unit, wait_exit};
 use crate::qemu::{self, build_argv, LaunchConfig, Qmp, RunStatus};
+use crate::serial_log::{self, LogChunk};
 use crate::vm_registry::{RunDir, VmRecord, VmRegistry, MAX_SOCKET_PATH};
 
 /// How long a freshly launched QEMU may take to answer QMP and report `running`.
@@ -32,6 +36,13 @@ pub struct LocalDriver {
     accel: Accel,
     allow_file_urls: bool,
     caches: Mutex<HashMap<PathBuf, Arc<ImageCache>>>,
+    /// The pools this node serves (name, path), for pool image requests.
+    pools: Vec<(String, PathBuf)>,
+    /// Materializing takes it shared, pruning exclusively, so a prune never removes an
+    /// image between its download and the disk (and record) that come to use it.
+    images_gate: tokio::sync::RwLock<()>,
+    /// Launch QEMU in its own systemd scope (see [`crate::qemu::process::in_scope`]).
+    systemd_scope: bool,
 }
 
 fn api_err(code: ErrorCode, e: impl std::fmt::Display) -> ApiError {
@@ -45,7 +56,22 @@ impl LocalDriver {
             accel,
             allow_file_urls,
             caches: Mutex::default(),
+            pools: Vec::new(),
+            images_gate: tokio::sync::RwLock::new(()),
+            systemd_scope: qemu::process::systemd_scope_available(),
         }
+    }
+
+    /// Names the pools this node serves (for `images` / `prune-images`).
+    pub fn with_pools(mut self, pools: Vec<(String, PathBuf)>) -> LocalDriver {
+        self.pools = pools;
+        self
+    }
+
+    /// Whether QEMU is launched via `systemd-run --scope` (default: when under systemd).
+    pub fn with_systemd_scope(mut self, enabled: bool) -> LocalDriver {
+        self.systemd_scope = enabled;
+        self
     }
 
     pub fn registry(&self) -> &Arc<VmRegistry> {
@@ -74,6 +100,7 @@ impl LocalDriver {
     }
 
     fn stopped_report(&self, vm: &VmTarget, detail: &str) -> VmReport {
+        remove_vm_tap(vm.vm_id);
         let run = self.registry.run_dir(vm.vm_id);
         self.registry.set_observed_pid(vm.vm_id, None);
         let mut report = self.base_report(vm.vm_id, VmPower::Stopped, &vm.pool, &run);
@@ -124,6 +151,11 @@ impl LocalDriver {
             ));
         }
         Self::clear_stale_runtime_files(run);
+        if let Err(e) = serial_log::rotate_if_over(&run.serial_log(), serial_log::SERIAL_LOG_CAP) {
+            tracing::warn!(vm = %vm.name, error = %e, "cannot rotate serial log");
+        }
+        let disk_dir = disk::disk_dir(&vm.pool_path, vm.vm_id);
+        let boot = prepare_boot(vm, spec, &disk_dir)?;
         let config = LaunchConfig {
             vm_id: vm.vm_id,
             vm_name: vm.name.clone(),
@@ -136,11 +168,27 @@ impl LocalDriver {
             pidfile: run.pidfile(),
             qmp_socket: run.qmp_socket(),
             serial_log: run.serial_log(),
+            seed: boot.seed.clone(),
+            firmware: boot.firmware.clone(),
+            nic: boot.nic.clone(),
         };
-        let (program, args) = build_argv(&config).map_err(|e| api_err(ErrorCode::QemuFailed, e))?;
+        let remove_boot_tap = || {
+            if let Some(tap) = boot.tap() {
+                let _ = remove_tap(tap);
+            }
+        };
+        let (program, args) = build_argv(&config).map_err(|e| {
+            remove_boot_tap();
+            api_err(ErrorCode::QemuFailed, e)
+        })?;
+        let unit = self.systemd_scope.then(|| scope_unit(vm.vm_id));
+        let (program, args) = in_scope(&program, &args, unit.as_deref());
         let pid = qemu::launch(&program, &args, &run.pidfile(), &run.qemu_log())
             .await
-            .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
+            .map_err(|e| {
+                remove_boot_tap();
+                api_err(ErrorCode::QemuFailed, error_chain(&e))
+            })?;
         self.registry.set_observed_pid(vm.vm_id, Some(pid));
         tracing::info!(vm = %vm.name, pid, "QEMU launched");
         Ok(pid)
@@ -167,6 +215,20 @@ impl LocalDriver {
     async fn kill_and_wait(run: &RunDir, pid: u32) -> bool {
         kill_pid(pid);
         wait_exit(pid, &run.path, QUIT_GRACE).await
+    }
+
+    /// Notes in the VM's record which cached image its disk is built from.
+    fn record_base_image(&self, vm: &VmTarget, sha256: &str) -> Result<(), ApiError> {
+        let Ok(Some(mut record)) = self.registry.load(vm.vm_id) else {
+            return Ok(());
+        };
+        if record.base_image_sha256.as_deref() == Some(sha256) {
+            return Ok(());
+        }
+        record.base_image_sha256 = Some(sha256.to_string());
+        self.registry
+            .save(&record)
+            .map_err(|e| api_err(ErrorCode::Internal, error_chain(&e)))
     }
 
     fn not_running_conflict(name: &str, op: SyncOp, state: &str) -> ApiError {
@@ -196,6 +258,12 @@ impl VmDriver for LocalDriver {
             pool: vm.pool.clone(),
             pool_path: vm.pool_path.clone(),
             spec: spec.clone(),
+            base_image_sha256: self
+                .registry
+                .load(vm.vm_id)
+                .ok()
+                .flatten()
+                .and_then(|r| r.base_image_sha256),
         };
         self.registry
             .save(&record)
@@ -209,6 +277,7 @@ impl VmDriver for LocalDriver {
             return Ok(());
         }
         progress.phase("downloading image");
+        let _no_prune = self.images_gate.read().await;
         let cache = self.image_cache(&vm.pool_path);
         let report_bytes =
             |done: u64, total: Option<u64>| progress.bytes("downloading image", done, total);
@@ -216,6 +285,7 @@ impl VmDriver for LocalDriver {
             .materialize(&spec.image_url, spec.image_sha256.as_deref(), &report_bytes)
             .await
             .map_err(|e| ApiError::new(e.code(), error_chain(&e)))?;
+        self.record_base_image(vm, &image.sha256)?;
         progress.phase("creating disk");
         let format = spec.format.unwrap_or(DiskFormat::Qcow2);
         disk::ensure_disk(&vm.pool_path, vm.vm_id, &image, format, spec.disk_gib)
@@ -237,6 +307,7 @@ impl VmDriver for LocalDriver {
         if let Err(cause) = Self::confirm_running(&run).await {
             Self::kill_and_wait(&run, pid).await;
             self.registry.set_observed_pid(vm.vm_id, None);
+            remove_vm_tap(vm.vm_id);
             return Err(ApiError::new(
                 ErrorCode::QemuFailed,
                 format!(
@@ -375,6 +446,43 @@ impl VmDriver for LocalDriver {
             reports.push(self.report(record.vm_id).await);
         }
         reports
+    }
+
+    async fn read_serial_log(
+        &self,
+        vm_id: Uuid,
+        offset: u64,
+        max_bytes: u64,
+    ) -> Result<LogChunk, ApiError> {
+        let run = self.registry.run_dir(vm_id);
+        if !run.path.exists() {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("vm {vm_id} has no serial log on this node"),
+            ));
+        }
+        let log = run.serial_log();
+        tokio::task::spawn_blocking(move || serial_log::read(&log, offset, max_bytes))
+            .await
+            .map_err(|e| api_err(ErrorCode::Internal, e))?
+            .map_err(|e| api_err(ErrorCode::Internal, error_chain(&e)))
+    }
+
+    async fn pool_images(&self, pool: &str, prune: bool) -> Result<Vec<CachedImageInfo>, ApiError> {
+        let Some((_, pool_path)) = self.pools.iter().find(|(name, _)| name == pool) else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("pool {pool} is not on this node"),
+            ));
+        };
+        let cache = self.image_cache(pool_path);
+        let records = self.registry.load_all();
+        if prune {
+            let _no_materialize = self.images_gate.write().await;
+            pool_images::prune(&cache, pool_path, &records).await
+        } else {
+            pool_images::list(&cache, pool_path, &records).await
+        }
     }
 
     async fn sync_op(&self, vm_id: Uuid, op: SyncOp) -> Result<VmReport, ApiError> {

@@ -82,7 +82,9 @@ async fn main() -> anyhow::Result<()> {
     let accel = host::resolve_accel(args.accel).await;
     let guest_arches: Vec<&str> = host::guest_arches().iter().map(|a| a.as_str()).collect();
     if guest_arches.is_empty() {
-        tracing::warn!("no qemu-system-* binary on PATH; this node cannot run VMs");
+        tracing::warn!(
+            "no qemu-system-* binary with its firmware (SeaBIOS, AAVMF) found; this node cannot run VMs"
+        );
     }
     tracing::info!(
         node = args.node,
@@ -92,11 +94,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let registry = Arc::new(VmRegistry::new(&data_dir));
-    let driver = Arc::new(LocalDriver::new(
-        registry.clone(),
-        accel,
-        args.allow_file_urls,
-    ));
+    let driver = Arc::new(
+        LocalDriver::new(registry.clone(), accel, args.allow_file_urls).with_pools(pools.clone()),
+    );
     for report in driver.report_all().await {
         tracing::info!(
             vm_id = report.vm_id,

@@ -1,14 +1,17 @@
 //! Watches the QEMU processes the agent believes are running and sends an unsolicited
 //! `VmReport` (STOPPED) when one exits outside a task (guest powered off, QEMU crashed or
-//! was killed). VMs with a task in progress are left to that task.
+//! was killed), removing its tap device. VMs with a task in progress are left to that
+//! task. It also keeps running VMs' serial logs under their size cap.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use otherix_api::proto::VmPower;
 
+use crate::network::remove_vm_tap;
 use crate::outbox::{power_report, Outbox};
 use crate::qemu::pid_alive;
+use crate::serial_log::{rotate_if_over, SERIAL_LOG_CAP};
 use crate::vm_registry::VmRegistry;
 
 /// How often the monitor checks processes.
@@ -29,6 +32,9 @@ pub fn check_once(registry: &VmRegistry, outbox: &Outbox) {
     for (vm_id, pid) in registry.observed_pids() {
         let run = registry.run_dir(vm_id);
         if pid_alive(pid, &run.path) {
+            if let Err(e) = rotate_if_over(&run.serial_log(), SERIAL_LOG_CAP) {
+                tracing::warn!(%vm_id, error = %e, "cannot rotate serial log");
+            }
             continue;
         }
         let lock = registry.vm_lock(vm_id);
@@ -41,6 +47,7 @@ pub fn check_once(registry: &VmRegistry, outbox: &Outbox) {
         registry.set_observed_pid(vm_id, None);
         let _ = std::fs::remove_file(run.qmp_socket());
         let _ = std::fs::remove_file(run.pidfile());
+        remove_vm_tap(vm_id);
         let mut report = power_report(&vm_id.to_string(), VmPower::Stopped);
         report.pool = registry
             .load(vm_id)

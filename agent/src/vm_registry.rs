@@ -46,6 +46,10 @@ pub struct VmRecord {
     pub pool: String,
     pub pool_path: PathBuf,
     pub spec: VmSpec,
+    /// sha256 of the cached image the VM's disk was built from (what keeps that image
+    /// from being pruned).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_image_sha256: Option<String>,
 }
 
 /// One VM's run directory and the files in it.
@@ -185,6 +189,7 @@ mod tests {
             pool: "default".into(),
             pool_path: "/pool".into(),
             spec: VmSpec::new("http://x/i.img", Arch::Amd64),
+            base_image_sha256: Some("ab".repeat(32)),
         }
     }
 

@@ -67,6 +67,8 @@ fn target(pool_path: &Path, name: &str, image: &Path) -> VmTarget {
         pool: "default".into(),
         pool_path: pool_path.to_path_buf(),
         spec: Some(spec),
+        bridge: String::new(),
+        firmware: None,
     }
 }
 

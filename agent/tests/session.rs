@@ -114,6 +114,7 @@ async fn session_registers_routes_tasks_and_reconnects() {
             pool: "default".into(),
             pool_path: pool_path.clone(),
             spec: spec.clone(),
+            base_image_sha256: None,
         })
         .unwrap();
     let driver = Arc::new(LocalDriver::new(registry.clone(), Accel::Tcg, false));

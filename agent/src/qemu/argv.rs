@@ -6,7 +6,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use otherix_api::Arch;
+use otherix_api::{Arch, PortForward, PortProtocol};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -43,6 +43,28 @@ pub struct LaunchConfig {
     pub pidfile: PathBuf,
     pub qmp_socket: PathBuf,
     pub serial_log: PathBuf,
+    /// The cloud-init seed image, attached read-only as a second virtio disk.
+    pub seed: Option<PathBuf>,
+    pub firmware: BootFirmware,
+    pub nic: Nic,
+}
+
+/// Firmware as QEMU sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootFirmware {
+    /// QEMU's built-in SeaBIOS (amd64).
+    Bios,
+    /// UEFI from two pflash drives: read-only code and the VM's own variable store.
+    Pflash { code: PathBuf, vars: PathBuf },
+}
+
+/// The VM's one NIC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nic {
+    /// QEMU user-mode networking (SLIRP) with host port forwards on 127.0.0.1.
+    User { ports: Vec<PortForward> },
+    /// A tap device the agent created and enslaved to a bridge.
+    Tap { ifname: String },
 }
 
 /// Why a [`LaunchConfig`] cannot be turned into a command line.
@@ -52,8 +74,10 @@ pub enum ArgvError {
     InvalidName(String),
     #[error("path {0:?} contains a comma, which QEMU option syntax cannot carry")]
     CommaInPath(PathBuf),
-    #[error("arch {0} is not supported by this agent yet")]
-    UnsupportedArch(Arch),
+    #[error("arm64 guests boot only with UEFI firmware")]
+    Arm64NeedsUefi,
+    #[error("tap device name {0:?} is not a valid interface name")]
+    InvalidTapName(String),
 }
 
 /// A stable locally administered MAC for a VM: `52:54:00` plus 3 bytes of sha256(uuid).
@@ -92,8 +116,12 @@ pub fn build_argv(cfg: &LaunchConfig) -> Result<(String, Vec<OsString>), ArgvErr
     let (machine, cpu) = match (cfg.arch, cfg.accel) {
         (Arch::Amd64, Accel::Tcg) => ("q35", "max"),
         (Arch::Amd64, Accel::Kvm) => ("q35", "host"),
-        (Arch::Arm64, _) => return Err(ArgvError::UnsupportedArch(cfg.arch)),
+        (Arch::Arm64, Accel::Tcg) => ("virt,gic-version=max", "max"),
+        (Arch::Arm64, Accel::Kvm) => ("virt,gic-version=max", "host"),
     };
+    if cfg.arch == Arch::Arm64 && cfg.firmware == BootFirmware::Bios {
+        return Err(ArgvError::Arm64NeedsUefi);
+    }
     let mut args: Vec<OsString> = Vec::new();
     let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
     push(&["-name", &format!("guest={},debug-threads=on", cfg.vm_name)]);
@@ -117,131 +145,76 @@ pub fn build_argv(cfg: &LaunchConfig) -> Result<(String, Vec<OsString>), ArgvErr
     args.push("-qmp".into());
     args.push(path_opt("unix:", &cfg.qmp_socket, ",server=on,wait=off")?);
     args.push("-chardev".into());
-    args.push(path_opt("file,id=serial0,path=", &cfg.serial_log, "")?);
-    args.extend(["-serial", "chardev:serial0", "-drive"].map(OsString::from));
+    args.push(path_opt(
+        "file,id=serial0,path=",
+        &cfg.serial_log,
+        ",append=on",
+    )?);
+    args.extend(["-serial", "chardev:serial0"].map(OsString::from));
+    if let BootFirmware::Pflash { code, vars } = &cfg.firmware {
+        args.push("-drive".into());
+        args.push(path_opt(
+            "if=pflash,format=raw,unit=0,readonly=on,file=",
+            code,
+            "",
+        )?);
+        args.push("-drive".into());
+        args.push(path_opt("if=pflash,format=raw,unit=1,file=", vars, "")?);
+    }
+    args.push("-drive".into());
     let drive_suffix = format!(",if=none,id=disk0,format={}", cfg.disk_format.as_str());
     args.push(path_opt("file=", &cfg.disk_path, &drive_suffix)?);
+    args.extend(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"].map(OsString::from));
+    if let Some(seed) = &cfg.seed {
+        args.push("-drive".into());
+        args.push(path_opt(
+            "file=",
+            seed,
+            ",if=none,id=seed0,format=raw,readonly=on",
+        )?);
+        args.extend(["-device", "virtio-blk-pci,drive=seed0"].map(OsString::from));
+    }
+    args.push("-netdev".into());
+    args.push(netdev_arg(&cfg.nic)?.into());
     let mac = mac_for_vm(cfg.vm_id);
-    args.extend(
-        [
-            "-device",
-            "virtio-blk-pci,drive=disk0,bootindex=0",
-            "-netdev",
-            "user,id=net0",
-            "-device",
-            &format!("virtio-net-pci,netdev=net0,mac={mac}"),
-        ]
-        .map(OsString::from),
-    );
+    args.extend(["-device", &format!("virtio-net-pci,netdev=net0,mac={mac}")].map(OsString::from));
     Ok((qemu_binary(cfg.arch).to_string(), args))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// `hostfwd=tcp:127.0.0.1:HOST-:GUEST` for one port forward.
+pub fn hostfwd(port: &PortForward) -> String {
+    let proto = match port.protocol {
+        PortProtocol::Tcp => "tcp",
+        PortProtocol::Udp => "udp",
+    };
+    format!("hostfwd={proto}:127.0.0.1:{}-:{}", port.host, port.guest)
+}
 
-    fn config() -> LaunchConfig {
-        LaunchConfig {
-            vm_id: Uuid::parse_str("6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11").unwrap(),
-            vm_name: "web-1".into(),
-            arch: Arch::Amd64,
-            accel: Accel::Tcg,
-            vcpus: 2,
-            memory_mb: 512,
-            disk_path: "/pool/vms/x/disk.qcow2".into(),
-            disk_format: DiskImageFormat::Qcow2,
-            pidfile: "/data/vms/x/qemu.pid".into(),
-            qmp_socket: "/data/vms/x/qmp.sock".into(),
-            serial_log: "/data/vms/x/serial.log".into(),
+fn netdev_arg(nic: &Nic) -> Result<String, ArgvError> {
+    match nic {
+        Nic::User { ports } => {
+            let mut arg = "user,id=net0".to_string();
+            for port in ports {
+                arg.push(',');
+                arg.push_str(&hostfwd(port));
+            }
+            Ok(arg)
         }
-    }
-
-    fn argv_string(cfg: &LaunchConfig) -> String {
-        let (_, args) = build_argv(cfg).unwrap();
-        args.iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    #[test]
-    fn build_argv_amd64_tcg_full_command_line() {
-        let (program, _) = build_argv(&config()).unwrap();
-        assert_eq!(program, "qemu-system-x86_64");
-        let mac = mac_for_vm(config().vm_id);
-        assert_eq!(
-            argv_string(&config()),
-            format!(
-                "-name guest=web-1,debug-threads=on -machine q35 -accel tcg -cpu max -smp 2 -m 512 \
-                 -nodefaults -no-user-config -display none -sandbox on -daemonize \
-                 -pidfile /data/vms/x/qemu.pid -qmp unix:/data/vms/x/qmp.sock,server=on,wait=off \
-                 -chardev file,id=serial0,path=/data/vms/x/serial.log -serial chardev:serial0 \
-                 -drive file=/pool/vms/x/disk.qcow2,if=none,id=disk0,format=qcow2 \
-                 -device virtio-blk-pci,drive=disk0,bootindex=0 -netdev user,id=net0 \
-                 -device virtio-net-pci,netdev=net0,mac={mac}"
-            )
-        );
-    }
-
-    #[test]
-    fn build_argv_variants_table() {
-        type Mutate = fn(&mut LaunchConfig);
-        let table: &[(Mutate, &str)] = &[
-            (|c| c.accel = Accel::Kvm, "-accel kvm -cpu host"),
-            (|c| c.accel = Accel::Tcg, "-accel tcg -cpu max"),
-            (
-                |c| {
-                    c.disk_format = DiskImageFormat::Raw;
-                    c.disk_path = "/p/disk.raw".into();
-                },
-                "-drive file=/p/disk.raw,if=none,id=disk0,format=raw",
-            ),
-            (|c| c.vcpus = 1, "-smp 1 -m 512"),
-            (|c| c.memory_mb = 4096, "-smp 2 -m 4096"),
-        ];
-        for (mutate, want) in table {
-            let mut cfg = config();
-            mutate(&mut cfg);
-            let got = argv_string(&cfg);
-            assert!(got.contains(want), "{want:?} not in {got:?}");
+        Nic::Tap { ifname } => {
+            let valid = (1..=15).contains(&ifname.len())
+                && ifname
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(ArgvError::InvalidTapName(ifname.clone()));
+            }
+            Ok(format!(
+                "tap,id=net0,ifname={ifname},script=no,downscript=no"
+            ))
         }
-    }
-
-    #[test]
-    fn build_argv_bad_inputs_rejected() {
-        type Mutate = fn(&mut LaunchConfig);
-        let table: &[(Mutate, ArgvError)] = &[
-            (
-                |c| c.vm_name = "web,1".into(),
-                ArgvError::InvalidName("web,1".into()),
-            ),
-            (
-                |c| c.vm_name = "Web".into(),
-                ArgvError::InvalidName("Web".into()),
-            ),
-            (
-                |c| c.disk_path = "/a,b/disk.qcow2".into(),
-                ArgvError::CommaInPath("/a,b/disk.qcow2".into()),
-            ),
-            (
-                |c| c.arch = Arch::Arm64,
-                ArgvError::UnsupportedArch(Arch::Arm64),
-            ),
-        ];
-        for (mutate, want) in table {
-            let mut cfg = config();
-            mutate(&mut cfg);
-            assert_eq!(build_argv(&cfg).unwrap_err(), *want);
-        }
-    }
-
-    #[test]
-    fn mac_for_vm_same_uuid_is_stable_and_local() {
-        let id = Uuid::new_v4();
-        let mac = mac_for_vm(id);
-        assert_eq!(mac, mac_for_vm(id));
-        assert!(mac.starts_with("52:54:00:"), "{mac}");
-        assert_eq!(mac.len(), 17);
-        assert_ne!(mac, mac_for_vm(Uuid::new_v4()));
     }
 }
+
+#[cfg(test)]
+#[path = "argv_tests.rs"]
+mod tests;

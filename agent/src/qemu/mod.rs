@@ -5,6 +5,6 @@ pub mod argv;
 pub mod process;
 pub mod qmp;
 
-pub use argv::{build_argv, mac_for_vm, DiskImageFormat, LaunchConfig};
+pub use argv::{build_argv, mac_for_vm, BootFirmware, DiskImageFormat, LaunchConfig, Nic};
 pub use process::{launch, pid_alive, read_pid, ProcessError};
 pub use qmp::{Qmp, QmpError, RunStatus};

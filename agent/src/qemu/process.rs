@@ -82,6 +82,33 @@ pub async fn launch(
     read_pid(pidfile).ok_or_else(|| ProcessError::NoPid(pidfile.into()))
 }
 
+/// The systemd scope unit a VM's QEMU runs in when the agent runs under systemd.
+pub fn scope_unit(vm_id: uuid::Uuid) -> String {
+    format!("otherix-vm-{vm_id}")
+}
+
+/// True when the agent runs as a systemd service (`INVOCATION_ID` is set) and
+/// `systemd-run` exists: QEMU then gets its own scope, so stopping or restarting the
+/// agent's unit (whose cgroup would otherwise hold the daemonized QEMU) leaves VMs running.
+pub fn systemd_scope_available() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some()
+        && crate::host::find_on_path("systemd-run").is_some()
+}
+
+/// `program args`, wrapped in `systemd-run --scope` when `scope` names a unit.
+pub fn in_scope(program: &str, args: &[OsString], scope: Option<&str>) -> (String, Vec<OsString>) {
+    let Some(unit) = scope else {
+        return (program.to_string(), args.to_vec());
+    };
+    let mut wrapped: Vec<OsString> = ["--scope", "--collect", "--quiet", "--unit", unit, "--"]
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    wrapped.push(program.into());
+    wrapped.extend(args.iter().cloned());
+    ("systemd-run".to_string(), wrapped)
+}
+
 /// The last lines of a log file, joined for an error message.
 pub fn log_tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -164,6 +191,27 @@ mod tests {
         assert!(pid_alive(me, &exe));
         assert!(!pid_alive(me, Path::new("/no/such/run/dir")));
         assert!(!pid_alive(u32::MAX - 1, &exe));
+    }
+
+    #[test]
+    fn in_scope_wraps_only_with_a_unit() {
+        let args: Vec<OsString> = vec!["-m".into(), "256".into()];
+        assert_eq!(
+            in_scope("qemu-system-x86_64", &args, None),
+            ("qemu-system-x86_64".to_string(), args.clone())
+        );
+        let unit = scope_unit(uuid::Uuid::nil());
+        assert_eq!(unit, "otherix-vm-00000000-0000-0000-0000-000000000000");
+        let (program, wrapped) = in_scope("qemu-system-x86_64", &args, Some(&unit));
+        assert_eq!(program, "systemd-run");
+        let wrapped: Vec<String> = wrapped
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            wrapped.join(" "),
+            format!("--scope --collect --quiet --unit {unit} -- qemu-system-x86_64 -m 256")
+        );
     }
 
     #[test]

@@ -1,0 +1,214 @@
+//! VM networking on the host: a tap device per bridged VM (named from the VM's uuid,
+//! created with `ip tuntap`, enslaved to the bridge, removed when QEMU is gone), and the
+//! check that SLIRP host ports are free before QEMU is asked to forward them.
+
+use std::path::Path;
+
+use otherix_api::{PortForward, PortProtocol};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Linux interface names are at most 15 bytes (IFNAMSIZ minus the NUL).
+pub const MAX_IFNAME: usize = 15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("bridge {0:?} is not a valid interface name")]
+    InvalidBridgeName(String),
+    #[error("bridge {bridge} does not exist on this node (no /sys/class/net/{bridge}/bridge)")]
+    BridgeMissing { bridge: String },
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("host port {port}/{proto} on 127.0.0.1 is already in use; spec.ports forwards it to guest port {guest}")]
+    PortInUse {
+        port: u16,
+        proto: &'static str,
+        guest: u16,
+    },
+    #[error("cannot check host port {port}/{proto}")]
+    PortCheck {
+        port: u16,
+        proto: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The VM's tap device: `otx` + 11 hex digits of sha256(uuid) (14 bytes).
+pub fn tap_name(vm_id: Uuid) -> String {
+    let digest = hex::encode(Sha256::digest(vm_id.as_bytes()));
+    format!("otx{}", &digest[..11])
+}
+
+/// True for a name `ip` and the kernel accept as an interface name.
+pub fn is_valid_ifname(name: &str) -> bool {
+    (1..=MAX_IFNAME).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn interface_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+fn ip(args: &[&str]) -> Result<(), NetError> {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| NetError::Ip {
+            args: args.join(" "),
+            stderr: format!("cannot run ip: {e}"),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Creates (or reuses, after a crash) the VM's tap device and puts it up in `bridge`.
+pub fn create_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
+    if !is_valid_ifname(bridge) {
+        return Err(NetError::InvalidBridgeName(bridge.to_string()));
+    }
+    if !Path::new("/sys/class/net")
+        .join(bridge)
+        .join("bridge")
+        .is_dir()
+    {
+        return Err(NetError::BridgeMissing {
+            bridge: bridge.to_string(),
+        });
+    }
+    if !interface_exists(tap) {
+        ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
+    }
+    let enslaved = ip(&["link", "set", tap, "master", bridge, "up"]);
+    if enslaved.is_err() {
+        let _ = remove_tap(tap);
+    }
+    enslaved
+}
+
+/// Removes the tap device if it exists.
+pub fn remove_tap(tap: &str) -> Result<(), NetError> {
+    if !interface_exists(tap) {
+        return Ok(());
+    }
+    tracing::info!(tap, "removing tap device");
+    ip(&["link", "del", tap])
+}
+
+/// Removes the VM's tap device if it has one, logging a failure.
+pub fn remove_vm_tap(vm_id: Uuid) {
+    let tap = tap_name(vm_id);
+    if let Err(e) = remove_tap(&tap) {
+        tracing::warn!(%vm_id, tap, error = %e, "cannot remove tap device");
+    }
+}
+
+/// Fails with the first forward whose host port cannot be bound on 127.0.0.1.
+pub fn check_ports_free(ports: &[PortForward]) -> Result<(), NetError> {
+    for port in ports {
+        let (proto, bound) = match port.protocol {
+            PortProtocol::Tcp => (
+                "tcp",
+                std::net::TcpListener::bind(("127.0.0.1", port.host)).map(drop),
+            ),
+            PortProtocol::Udp => (
+                "udp",
+                std::net::UdpSocket::bind(("127.0.0.1", port.host)).map(drop),
+            ),
+        };
+        match bound {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(NetError::PortInUse {
+                    port: port.host,
+                    proto,
+                    guest: port.guest,
+                })
+            }
+            Err(source) => {
+                return Err(NetError::PortCheck {
+                    port: port.host,
+                    proto,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_name_is_stable_short_and_distinct() {
+        let id = Uuid::parse_str("6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11").unwrap();
+        let name = tap_name(id);
+        assert_eq!(name, tap_name(id));
+        assert_eq!(name.len(), 14);
+        assert!(name.starts_with("otx"), "{name}");
+        assert!(is_valid_ifname(&name));
+        assert_ne!(name, tap_name(Uuid::new_v4()));
+    }
+
+    #[test]
+    fn is_valid_ifname_table() {
+        for (name, ok) in [
+            ("br0", true),
+            ("virbr-0.1_x", true),
+            ("", false),
+            (".", false),
+            ("a-name-of-16chrs", false),
+            ("fifteen-chars-x", true),
+            ("br 0", false),
+            ("br/0", false),
+        ] {
+            assert_eq!(is_valid_ifname(name), ok, "{name:?}");
+        }
+    }
+
+    #[test]
+    fn create_tap_missing_bridge_names_it() {
+        let err = create_tap("otxtest", "otx-no-such-br").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "bridge otx-no-such-br does not exist on this node (no /sys/class/net/otx-no-such-br/bridge)"
+        );
+        assert!(matches!(
+            create_tap("otxtest", "bad/name"),
+            Err(NetError::InvalidBridgeName(_))
+        ));
+    }
+
+    #[test]
+    fn check_ports_free_reports_the_busy_port() {
+        let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = busy.local_addr().unwrap().port();
+        let forward = |host, protocol| PortForward {
+            host,
+            guest: 80,
+            protocol,
+        };
+        let err = check_ports_free(&[forward(port, PortProtocol::Tcp)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("host port {port}/tcp on 127.0.0.1 is already in use; spec.ports forwards it to guest port 80")
+        );
+        // The same number over UDP is a different port.
+        check_ports_free(&[forward(port, PortProtocol::Udp)]).unwrap();
+        drop(busy);
+        check_ports_free(&[forward(port, PortProtocol::Tcp)]).unwrap();
+    }
+}
