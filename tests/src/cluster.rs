@@ -311,6 +311,27 @@ impl Cluster {
         body
     }
 
+    /// `POST /v1/vms` with a raw spec; panics unless 202. Returns the task id.
+    pub fn post_vm(&self, name: &str, spec: Value) -> String {
+        let body = serde_json::json!({"name": name, "spec": spec}).to_string();
+        let (status, resp) = self.request("POST", "/v1/vms", Some(&body));
+        assert_eq!(status, 202, "POST /v1/vms {name}: {resp}");
+        resp["task"]["id"].as_str().expect("task id").to_owned()
+    }
+
+    /// Long-polls a task until it is terminal; returns it.
+    pub fn wait_task(&self, id: &str, timeout: Duration) -> Value {
+        wait::until(&format!("task {id} terminal"), timeout, || {
+            let (status, task) = self.get(&format!("/v1/tasks/{id}?wait_secs=2"));
+            assert_eq!(status, 200, "GET task {id}: {task}");
+            matches!(
+                task["status"].as_str(),
+                Some("success" | "failed" | "cancelled")
+            )
+            .then_some(task)
+        })
+    }
+
     /// The serial console log path the server reports for a VM.
     pub fn serial_log(&self, name: &str) -> PathBuf {
         let vm = self.vm(name);
