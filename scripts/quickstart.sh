@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 state="$root/.otherix"
-bin="$root/target/debug"
+bin="${CARGO_TARGET_DIR:-$root/target}/debug"
 api=127.0.0.1:7080
 agents=127.0.0.1:7081
 images=127.0.0.1:7090
