@@ -2,7 +2,6 @@
 //! created with `ip tuntap`, enslaved to the bridge, removed when QEMU is gone), and the
 //! check that SLIRP host ports are free before QEMU is asked to forward them.
 
-use std::path::Path;
 
 use otherix_api::{PortForward, PortProtocol};
 use sha2::{Digest, Sha256};
@@ -15,7 +14,9 @@ pub const MAX_IFNAME: usize = 15;
 pub enum NetError {
     #[error("bridge {0:?} is not a valid interface name")]
     InvalidBridgeName(String),
-    #[error("bridge {bridge} does not exist on this node (no /sys/class/net/{bridge}/bridge)")]
+    #[error(
+        "bridge {bridge} does not exist on this node (`ip link show type bridge` does not list it)"
+    )]
     BridgeMissing { bridge: String },
     #[error("`ip {args}` failed: {stderr}")]
     Ip { args: String, stderr: String },
@@ -50,8 +51,36 @@ pub fn is_valid_ifname(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Asks the kernel over netlink (`ip`), not sysfs: /sys shows the network namespace of
+/// whoever mounted it, which is not ours when the agent runs in another namespace.
 fn interface_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    std::process::Command::new("ip")
+        .args(["-o", "link", "show", "dev", name])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Names of the bridges in the agent's network namespace.
+fn bridge_names() -> Vec<String> {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-o", "link", "show", "type", "bridge"])
+        .stdin(std::process::Stdio::null())
+        .output()
+    else {
+        return Vec::new();
+    };
+    parse_link_names(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Interface names from `ip -o link show` lines (`3: br0: <BROADCAST,...> ...`).
+fn parse_link_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .collect()
 }
 
 fn ip(args: &[&str]) -> Result<(), NetError> {
@@ -78,11 +107,7 @@ pub fn create_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
     if !is_valid_ifname(bridge) {
         return Err(NetError::InvalidBridgeName(bridge.to_string()));
     }
-    if !Path::new("/sys/class/net")
-        .join(bridge)
-        .join("bridge")
-        .is_dir()
-    {
+    if !bridge_names().iter().any(|b| b == bridge) {
         return Err(NetError::BridgeMissing {
             bridge: bridge.to_string(),
         });
@@ -153,6 +178,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parse_link_names_reads_ip_oneline_output() {
+        let text = "3: br0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue\n\
+                    7: veth1@if6: <BROADCAST> mtu 1500\n";
+        assert_eq!(parse_link_names(text), ["br0", "veth1"]);
+    }
+
+    #[test]
     fn tap_name_is_stable_short_and_distinct() {
         let id = Uuid::parse_str("6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11").unwrap();
         let name = tap_name(id);
@@ -184,7 +216,7 @@ mod tests {
         let err = create_tap("otxtest", "otx-no-such-br").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "bridge otx-no-such-br does not exist on this node (no /sys/class/net/otx-no-such-br/bridge)"
+            "bridge otx-no-such-br does not exist on this node (`ip link show type bridge` does not list it)"
         );
         assert!(matches!(
             create_tap("otxtest", "bad/name"),
