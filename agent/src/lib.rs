@@ -4,7 +4,8 @@
 //! ([`image_cache`], [`pool_images`]), disks ([`disk`]), per-boot setup ([`boot_setup`]:
 //! [`firmware`], the [`cloud_init`] seed, [`network`] taps and port forwards), QEMU
 //! ([`qemu`]), the capped serial console ([`serial_log`]) and the VM registry
-//! ([`vm_registry`]); [`monitor`] notices VMs that stop outside a task.
+//! ([`vm_registry`]); [`monitor`] notices VMs that stop outside a task, and
+//! [`guest_power`] tells a guest poweroff from a QEMU crash.
 
 pub mod atomic_file;
 pub mod boot_setup;
@@ -14,6 +15,7 @@ pub mod driver;
 pub mod error_chain;
 pub mod executor;
 pub mod firmware;
+pub mod guest_power;
 pub mod host;
 pub mod image_cache;
 pub mod image_fetch;

@@ -15,6 +15,9 @@ use crate::boot_setup::prepare_boot;
 use crate::disk;
 use crate::driver::{SyncOp, VmDriver, VmTarget};
 use crate::error_chain::error_chain;
+use crate::guest_power::{
+    self, clear_dead_qemu, decide, finish_guest_shutdown, QemuSeen, GUEST_OFF_DETAIL, QUIT_GRACE,
+};
 use crate::host::Accel;
 use crate::image_cache::ImageCache;
 use crate::network::{remove_tap, remove_vm_tap};
@@ -27,8 +30,21 @@ use crate::vm_registry::{RunDir, VmRecord, VmRegistry, MAX_SOCKET_PATH};
 
 /// How long a freshly launched QEMU may take to answer QMP and report `running`.
 const BOOT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long poweroff waits after QMP quit before SIGKILL, and after SIGKILL.
-const QUIT_GRACE: Duration = Duration::from_secs(5);
+/// How often `vm.stop` looks whether the guest is off (QEMU gone or in `shutdown`).
+const STOP_POLL: Duration = Duration::from_millis(250);
+/// Bound on one `query-status` while `vm.stop` waits for the guest.
+const STOP_QMP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bound on the `query-status` behind a report.
+const REPORT_QMP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a guest turned out to be off after a powerdown.
+enum GuestOff {
+    /// QEMU holds the powered-off guest in run state `shutdown`.
+    Held,
+    /// QEMU exited.
+    Exited,
+}
 
 /// Runs VMs on this node with QEMU.
 pub struct LocalDriver {
@@ -99,13 +115,33 @@ impl LocalDriver {
         report
     }
 
-    fn stopped_report(&self, vm: &VmTarget, detail: &str) -> VmReport {
+    fn stopped_report(&self, vm: &VmTarget, detail: &str, guest_shutdown: bool) -> VmReport {
         remove_vm_tap(vm.vm_id);
         let run = self.registry.run_dir(vm.vm_id);
         self.registry.set_observed_pid(vm.vm_id, None);
         let mut report = self.base_report(vm.vm_id, VmPower::Stopped, &vm.pool, &run);
         report.detail = detail.to_string();
+        report.guest_shutdown = guest_shutdown;
         report
+    }
+
+    /// Waits up to `timeout` for the guest to be off after a powerdown: QEMU in run state
+    /// `shutdown` (it runs with `-no-shutdown`) or gone (a QEMU launched without it).
+    /// `None` on timeout.
+    async fn wait_guest_off(run: &RunDir, pid: u32, timeout: Duration) -> Option<GuestOff> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if !qemu::pid_alive(pid, &run.path) {
+                return Some(GuestOff::Exited);
+            }
+            if guest_power::query_status(run, STOP_QMP_TIMEOUT).await == Ok(RunStatus::Shutdown) {
+                return Some(GuestOff::Held);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
     }
 
     /// Removes files a dead QEMU may leave behind.
@@ -151,6 +187,18 @@ impl LocalDriver {
             ));
         }
         Self::clear_stale_runtime_files(run);
+        // The marker describes how the previous boot ended; this boot starts clean.
+        if let Err(e) = std::fs::remove_file(run.guest_shutdown_marker()) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(api_err(
+                    ErrorCode::QemuFailed,
+                    format!(
+                        "cannot remove {}: {e}",
+                        run.guest_shutdown_marker().display()
+                    ),
+                ));
+            }
+        }
         if let Err(e) = serial_log::rotate_if_over(&run.serial_log(), serial_log::SERIAL_LOG_CAP) {
             tracing::warn!(vm = %vm.name, error = %e, "cannot rotate serial log");
         }
@@ -210,6 +258,25 @@ impl LocalDriver {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The guest is off and QEMU waits in `shutdown`: record the marker, quit QEMU.
+    async fn finish_stop(
+        &self,
+        vm: &VmTarget,
+        run: &RunDir,
+        pid: u32,
+    ) -> Result<VmReport, ApiError> {
+        if !finish_guest_shutdown(run, vm.vm_id, pid).await {
+            return Err(ApiError::new(
+                ErrorCode::QemuFailed,
+                format!(
+                    "guest of vm {} powered off but its QEMU (pid {pid}) survived SIGKILL",
+                    vm.name
+                ),
+            ));
+        }
+        Ok(self.stopped_report(vm, GUEST_OFF_DETAIL, true))
     }
 
     async fn kill_and_wait(run: &RunDir, pid: u32) -> bool {
@@ -296,9 +363,21 @@ impl VmDriver for LocalDriver {
 
     async fn start(&self, vm: &VmTarget, progress: &Progress) -> Result<VmReport, ApiError> {
         let run = self.registry.run_dir(vm.vm_id);
-        if self.live_pid(&run).is_some() {
-            tracing::info!(vm = %vm.name, "already running");
-            return Ok(self.report(vm.vm_id).await);
+        if let Some(pid) = self.live_pid(&run) {
+            let status = guest_power::query_status(&run, STOP_QMP_TIMEOUT).await;
+            if status != Ok(RunStatus::Shutdown) {
+                tracing::info!(vm = %vm.name, "already running");
+                return Ok(self.report(vm.vm_id).await);
+            }
+            // The guest powered off and QEMU waits (-no-shutdown): end it, boot anew.
+            progress.phase("quitting powered-off qemu");
+            if !finish_guest_shutdown(&run, vm.vm_id, pid).await {
+                return Err(ApiError::new(
+                    ErrorCode::QemuFailed,
+                    format!("QEMU (pid {pid}) of vm {} survived SIGKILL", vm.name),
+                ));
+            }
+            self.registry.set_observed_pid(vm.vm_id, None);
         }
         let spec = Self::require_spec(vm)?;
         progress.phase("starting qemu");
@@ -327,12 +406,19 @@ impl VmDriver for LocalDriver {
     ) -> Result<VmReport, ApiError> {
         let run = self.registry.run_dir(vm.vm_id);
         let Some(pid) = self.live_pid(&run) else {
-            return Ok(self.stopped_report(vm, "already stopped"));
+            let guest_shutdown = run.guest_shutdown_marker().exists();
+            return Ok(self.stopped_report(vm, "already stopped", guest_shutdown));
         };
         let qmp = Qmp::connect(&run.qmp_socket())
             .await
             .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
-        if qmp.query_status().await.ok() == Some(RunStatus::Paused) {
+        let status = qmp.query_status().await.ok();
+        if status == Some(RunStatus::Shutdown) {
+            drop(qmp);
+            tracing::info!(vm = %vm.name, "guest is already off; quitting its QEMU");
+            return self.finish_stop(vm, &run, pid).await;
+        }
+        if status == Some(RunStatus::Paused) {
             tracing::info!(vm = %vm.name, "resuming paused VM so the guest sees the power button");
             qmp.cont()
                 .await
@@ -344,9 +430,15 @@ impl VmDriver for LocalDriver {
         drop(qmp);
         progress.phase("powerdown sent");
         progress.phase("waiting for guest");
-        if wait_exit(pid, &run.path, timeout).await {
-            Self::clear_stale_runtime_files(&run);
-            return Ok(self.stopped_report(vm, "guest powered off"));
+        match Self::wait_guest_off(&run, pid, timeout).await {
+            Some(GuestOff::Held) => return self.finish_stop(vm, &run, pid).await,
+            Some(GuestOff::Exited) => {
+                // Only a QEMU launched without -no-shutdown exits on guest poweroff.
+                let _ = std::fs::write(run.guest_shutdown_marker(), b"");
+                clear_dead_qemu(&run, vm.vm_id);
+                return Ok(self.stopped_report(vm, GUEST_OFF_DETAIL, true));
+            }
+            None => {}
         }
         Err(ApiError::new(
             ErrorCode::StopTimeout,
@@ -361,7 +453,8 @@ impl VmDriver for LocalDriver {
     async fn poweroff(&self, vm: &VmTarget, progress: &Progress) -> Result<VmReport, ApiError> {
         let run = self.registry.run_dir(vm.vm_id);
         let Some(pid) = self.live_pid(&run) else {
-            return Ok(self.stopped_report(vm, "already stopped"));
+            let guest_shutdown = run.guest_shutdown_marker().exists();
+            return Ok(self.stopped_report(vm, "already stopped", guest_shutdown));
         };
         progress.phase("quitting qemu");
         match Qmp::connect(&run.qmp_socket()).await {
@@ -383,7 +476,7 @@ impl VmDriver for LocalDriver {
             }
         }
         Self::clear_stale_runtime_files(&run);
-        Ok(self.stopped_report(vm, "powered off"))
+        Ok(self.stopped_report(vm, "powered off", false))
     }
 
     async fn delete(&self, vm: &VmTarget, progress: &Progress) -> Result<VmReport, ApiError> {
@@ -415,28 +508,49 @@ impl VmDriver for LocalDriver {
         let run = self.registry.run_dir(vm_id);
         let record = self.registry.load(vm_id).ok().flatten();
         let pool = record.as_ref().map(|r| r.pool.clone()).unwrap_or_default();
-        let Some(pid) = self.live_pid(&run) else {
-            self.registry.set_observed_pid(vm_id, None);
-            let power = if record.is_some() || run.path.exists() {
-                VmPower::Stopped
-            } else {
-                VmPower::Absent
-            };
-            return self.base_report(vm_id, power, &pool, &run);
-        };
-        self.registry.set_observed_pid(vm_id, Some(pid));
-        let (power, detail) = match Qmp::connect(&run.qmp_socket()).await {
-            Ok(qmp) => match qmp.query_status().await {
-                Ok(RunStatus::Paused) => (VmPower::Paused, String::new()),
-                Ok(RunStatus::Running) => (VmPower::Running, String::new()),
-                Ok(RunStatus::Other(state)) => (VmPower::Running, format!("qemu state {state}")),
-                Err(e) => (VmPower::Running, format!("QMP query failed: {e}")),
+        let pidfile_pid = qemu::read_pid(&run.pidfile());
+        let live = pidfile_pid.filter(|pid| qemu::pid_alive(*pid, &run.path));
+        let seen = match live {
+            // A pidfile whose process is dead: QEMU did not exit in order (SIGKILL, crash).
+            None => QemuSeen::Gone {
+                was_running: pidfile_pid.is_some(),
             },
-            Err(e) => (VmPower::Running, format!("QMP unavailable: {e}")),
+            Some(_) => match guest_power::query_status(&run, REPORT_QMP_TIMEOUT).await {
+                Ok(status) => QemuSeen::Status(status),
+                Err(e) => QemuSeen::NoQmp(e),
+            },
         };
-        let mut report = self.base_report(vm_id, power, &pool, &run);
-        report.pid = pid;
-        report.detail = detail;
+        if live.is_none() && record.is_none() && !run.path.exists() {
+            self.registry.set_observed_pid(vm_id, None);
+            return self.base_report(vm_id, VmPower::Absent, &pool, &run);
+        }
+        let decision = decide(&seen, run.guest_shutdown_marker().exists());
+        let mut live = live;
+        if decision.power == VmPower::Stopped {
+            // Clean up only when no task holds the VM: a task cleans up after itself, and
+            // a start in progress may already have made the tap of its new QEMU.
+            let lock = self.registry.vm_lock(vm_id);
+            let no_task = lock.try_lock();
+            if no_task.is_ok() {
+                match live {
+                    Some(pid) if decision.finish_shutdown => {
+                        if finish_guest_shutdown(&run, vm_id, pid).await {
+                            live = None;
+                        }
+                    }
+                    Some(_) => {}
+                    // E.g. QEMU died while the agent was down: its socket, pidfile and tap.
+                    None => clear_dead_qemu(&run, vm_id),
+                }
+            }
+        }
+        self.registry.set_observed_pid(vm_id, live);
+        let mut report = self.base_report(vm_id, decision.power, &pool, &run);
+        if decision.power != VmPower::Stopped {
+            report.pid = live.unwrap_or_default();
+        }
+        report.guest_shutdown = decision.guest_shutdown;
+        report.detail = decision.detail;
         report
     }
 
@@ -512,6 +626,9 @@ impl VmDriver for LocalDriver {
                 return Err(Self::not_running_conflict(&name, op, "running"))
             }
             (_, RunStatus::Paused) => return Err(Self::not_running_conflict(&name, op, "paused")),
+            (_, RunStatus::Shutdown) => {
+                return Err(Self::not_running_conflict(&name, op, "stopped"))
+            }
             (_, RunStatus::Other(state)) => {
                 return Err(Self::not_running_conflict(&name, op, state))
             }

@@ -102,6 +102,8 @@ async fn main() -> anyhow::Result<()> {
             vm_id = report.vm_id,
             power = report.power,
             pid = report.pid,
+            guest_shutdown = report.guest_shutdown,
+            detail = report.detail,
             "re-adopted VM"
         );
     }

@@ -2,7 +2,6 @@
 //! created with `ip tuntap`, enslaved to the bridge, removed when QEMU is gone), and the
 //! check that SLIRP host ports are free before QEMU is asked to forward them.
 
-
 use otherix_api::{PortForward, PortProtocol};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;

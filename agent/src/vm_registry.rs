@@ -22,6 +22,10 @@ pub const PIDFILE: &str = "qemu.pid";
 pub const SERIAL_LOG: &str = "serial.log";
 /// QEMU's own stdout/stderr from launch.
 pub const QEMU_LOG: &str = "qemu.log";
+/// Present when the VM's last QEMU ended because the guest powered itself off cleanly
+/// (written before the agent quits a QEMU held in run state `shutdown`; removed at the next
+/// boot). A dead QEMU without it crashed or was killed. See [`crate::guest_power`].
+pub const GUEST_SHUTDOWN_MARKER: &str = "guest-shutdown";
 
 /// Longest unix socket path the kernel accepts (sun_path minus the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -73,6 +77,9 @@ impl RunDir {
     }
     pub fn qemu_log(&self) -> PathBuf {
         self.path.join(QEMU_LOG)
+    }
+    pub fn guest_shutdown_marker(&self) -> PathBuf {
+        self.path.join(GUEST_SHUTDOWN_MARKER)
     }
 }
 

@@ -3,21 +3,27 @@
 //! (`ip netns exec NS <this test binary> --exact ...`) where the driver creates the VM's
 //! tap, enslaves it to the bridge and boots the busybox guest, which sets its static
 //! address from network-config and pings the bridge. The tap is gone after poweroff and
-//! after QEMU dies outside a task (monitor). Nothing touches the host's namespace; a Drop
+//! after QEMU dies outside a task (monitor) and after it died while the agent was down
+//! (re-adoption). Nothing touches the host's namespace; a Drop
 //! guard deletes the namespace.
 
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{test_image, wait_for_serial, Node, BOOT_TIMEOUT};
 use otherix_agent::driver::VmDriver;
+use otherix_agent::host::Accel;
+use otherix_agent::local_driver::LocalDriver;
 use otherix_agent::monitor;
 use otherix_agent::network::tap_name;
 use otherix_agent::outbox::Outbox;
 use otherix_agent::qemu::mac_for_vm;
 use otherix_agent::qemu::process::{kill_pid, wait_exit};
+use otherix_agent::vm_registry::VmRegistry;
+use otherix_api::proto::VmPower;
 use otherix_api::{Arch, ErrorCode};
 
 const INNER_ENV: &str = "OTHERIX_TEST_INSIDE_NETNS";
@@ -147,8 +153,30 @@ async fn inside_netns() {
     kill_pid(again.pid);
     assert!(wait_exit(again.pid, &run_dir.path, Duration::from_secs(10)).await);
     let (outbox, _rx) = Outbox::new();
-    monitor::check_once(&node.registry, &outbox);
+    monitor::check_once(&node.registry, &outbox).await;
     assert!(!tap_exists(&tap), "tap left after QEMU died");
+
+    // QEMU killed while the agent is down: re-adoption by a restarted agent removes the tap.
+    let third = node.driver.start(&vm, &node.progress).await.unwrap();
+    assert!(tap_exists(&tap));
+    kill_pid(third.pid);
+    assert!(wait_exit(third.pid, &run_dir.path, Duration::from_secs(10)).await);
+    let restarted = LocalDriver::new(
+        Arc::new(VmRegistry::new(&node.dir.path().join("data"))),
+        Accel::Tcg,
+        true,
+    );
+    let readopted = restarted.report_all().await;
+    let report = readopted
+        .iter()
+        .find(|r| r.vm_id == vm.vm_id.to_string())
+        .unwrap();
+    assert_eq!(report.power, VmPower::Stopped as i32, "{report:?}");
+    assert!(!report.guest_shutdown, "{report:?}");
+    assert!(
+        !tap_exists(&tap),
+        "tap left after re-adoption of a dead QEMU"
+    );
 
     node.driver.delete(&vm, &node.progress).await.unwrap();
     node.driver.delete(&lost, &node.progress).await.unwrap();

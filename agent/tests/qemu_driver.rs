@@ -162,7 +162,12 @@ async fn qemu_driver_real_guest_lifecycle() {
     phases(&mut rx);
     let stopped = driver.stop(&a, STOP_TIMEOUT, &progress).await.unwrap();
     assert_eq!(stopped.power, VmPower::Stopped as i32);
+    // QEMU runs with -no-shutdown: stop saw the guest off (run state `shutdown`), then
+    // quit QEMU itself.
     assert!(!pid_alive(started.pid, &run_a.path));
+    assert!(stopped.guest_shutdown, "{stopped:?}");
+    assert!(run_a.guest_shutdown_marker().is_file());
+    assert!(!run_a.pidfile().exists() && !run_a.qmp_socket().exists());
     assert_eq!(phases(&mut rx), ["powerdown sent", "waiting for guest"]);
     let serial = std::fs::read_to_string(run_a.serial_log()).unwrap();
     assert!(serial.contains("OTHERIX-TEST-GUEST-POWERDOWN"), "{serial}");
@@ -179,6 +184,10 @@ async fn qemu_driver_real_guest_lifecycle() {
     // Relaunch gets a new pid; poweroff ends it.
     let relaunched = driver.start(&a, &progress).await.unwrap();
     assert_eq!(relaunched.power, VmPower::Running as i32);
+    assert!(
+        !run_a.guest_shutdown_marker().exists(),
+        "marker survived a boot"
+    );
     assert_ne!(relaunched.pid, started.pid);
     let off = driver.poweroff(&a, &progress).await.unwrap();
     assert_eq!(off.power, VmPower::Stopped as i32);

@@ -140,6 +140,9 @@ pub fn build_argv(cfg: &LaunchConfig) -> Result<(String, Vec<OsString>), ArgvErr
         &cfg.memory_mb.to_string(),
     ]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    // A guest poweroff leaves QEMU alive in run state `shutdown` instead of exiting, so
+    // the agent can tell it from a crash (see `crate::guest_power`).
+    push(&["-no-shutdown"]);
     push(&["-sandbox", "on", "-daemonize", "-pidfile"]);
     args.push(cfg.pidfile.clone().into_os_string());
     args.push("-qmp".into());

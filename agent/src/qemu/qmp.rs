@@ -36,7 +36,9 @@ pub enum QmpError {
 pub enum RunStatus {
     Running,
     Paused,
-    /// Any other QEMU run state (e.g. `shutdown`, `internal-error`), by its QAPI name.
+    /// The guest powered off and QEMU waits, alive, because it runs with `-no-shutdown`.
+    Shutdown,
+    /// Any other QEMU run state (e.g. `internal-error`, `prelaunch`), by its QAPI name.
     Other(String),
 }
 
@@ -104,6 +106,7 @@ impl Qmp {
         Ok(match info.status {
             qmp::RunState::running => RunStatus::Running,
             qmp::RunState::paused => RunStatus::Paused,
+            qmp::RunState::shutdown => RunStatus::Shutdown,
             other => RunStatus::Other(
                 serde_json::to_value(other)
                     .ok()
