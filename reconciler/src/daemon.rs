@@ -13,8 +13,11 @@ use crate::api::{app, AppState};
 use crate::events::TaskEvents;
 use crate::gateway::{Gateway, Sessions};
 use crate::locks::VmLocks;
+use crate::reconcile::retry::Backoff;
 use crate::reconcile::Reconciler;
-use crate::service::{ClusterService, TaskService, VmService};
+use crate::service::{
+    ApplyService, ClusterService, EntityService, OpsService, TaskService, VmService,
+};
 use crate::store::{Store, StoreError};
 
 /// How often every live VM is reconciled even without a trigger.
@@ -28,10 +31,23 @@ pub struct Daemon {
     triggers: Option<mpsc::UnboundedReceiver<Uuid>>,
 }
 
+/// Knobs of [`Daemon::open_with`]; the defaults are what `otherixd` runs with.
+#[derive(Debug, Clone, Default)]
+pub struct DaemonOptions {
+    /// Backoff of retries after failed vm.create / vm.start tasks and crashes (2 s
+    /// doubling to 5 min by default; tests shorten it).
+    pub retry_backoff: Backoff,
+}
+
 impl Daemon {
     /// Opens the database (running migrations) and builds every component. No agent is
     /// attached yet, so every known node starts not ready.
     pub async fn open(database_url: &str) -> Result<Daemon, StoreError> {
+        Self::open_with(database_url, DaemonOptions::default()).await
+    }
+
+    /// [`Daemon::open`] with non-default knobs.
+    pub async fn open_with(database_url: &str, opts: DaemonOptions) -> Result<Daemon, StoreError> {
         let store = Store::open(database_url).await?;
         store.mark_all_nodes_not_ready().await?;
         let sessions = Arc::new(Sessions::default());
@@ -44,21 +60,33 @@ impl Daemon {
             locks.clone(),
             events.clone(),
             trigger,
+        )
+        .with_retry_backoff(opts.retry_backoff);
+        let reconciler = Arc::new(
+            Reconciler::new(store.clone(), sessions, locks, events.clone())
+                .with_retry_backoff(opts.retry_backoff),
         );
-        let reconciler = Arc::new(Reconciler::new(
+        let vms = Arc::new(VmService::new(
             store.clone(),
-            sessions,
-            locks,
-            events.clone(),
+            reconciler.clone(),
+            gateway.clone(),
         ));
         let state = AppState {
-            vms: Arc::new(VmService::new(
+            apply: Arc::new(ApplyService::new(
                 store.clone(),
                 reconciler.clone(),
-                gateway.clone(),
+                vms.clone(),
             )),
-            tasks: Arc::new(TaskService::new(store.clone(), events)),
+            vms,
+            tasks: Arc::new(TaskService::new(store.clone(), events.clone())),
             cluster: Arc::new(ClusterService::new(store.clone())),
+            entities: Arc::new(EntityService::new(store.clone())),
+            ops: Arc::new(OpsService::new(
+                store.clone(),
+                gateway.sessions().clone(),
+                reconciler.clone(),
+                events,
+            )),
         };
         Ok(Daemon {
             store,

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod events;
 pub mod gateway;
 pub mod locks;
+pub mod manifests_dir;
 pub mod model;
 pub mod reconcile;
 pub mod scheduler;

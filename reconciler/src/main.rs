@@ -27,6 +27,12 @@ struct Args {
     /// sqlite://PATH or postgres://... (default: SQLite in the data dir).
     #[arg(long, env = "OTHERIXD_DATABASE_URL")]
     database_url: Option<String>,
+    /// Apply every manifest in DIR at start-up and again whenever a file in it changes
+    /// (like `otherix create -f DIR --watch --prune`). The server owns the directory:
+    /// objects are stamped with `otherix.dev/source: <DIR>`, and objects carrying that
+    /// annotation whose documents are removed from DIR are deleted.
+    #[arg(long, env = "OTHERIXD_MANIFESTS_DIR", value_name = "DIR")]
+    manifests_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -63,6 +69,13 @@ async fn main() -> anyhow::Result<()> {
         args.data_dir.display()
     );
     let _background = daemon.spawn_background(RESYNC_INTERVAL);
+    let manifests = match &args.manifests_dir {
+        Some(dir) => Some(
+            otherixd::manifests_dir::ManifestsWatcher::spawn(dir.clone(), daemon.state.clone())
+                .context("starting the --manifests-dir watcher")?,
+        ),
+        None => None,
+    };
 
     let app = daemon.app();
     let http_server = async move {
@@ -80,6 +93,9 @@ async fn main() -> anyhow::Result<()> {
             .context("serving the agent gateway")
     };
     tokio::try_join!(http_server, agent_server)?;
+    if let Some(watcher) = manifests {
+        tokio::task::spawn_blocking(move || watcher.stop()).await?;
+    }
     tracing::info!("shut down");
     daemon.store.close().await;
     Ok(())

@@ -69,6 +69,33 @@ pub struct VmRecord {
     pub node_ready: bool,
     /// Read-only (filled by queries): the in-flight task, if any.
     pub current_task: Option<Uuid>,
+    /// The host bridge `spec.network` resolved to at create time.
+    pub bridge: Option<String>,
+    /// The firmware `spec.firmware` / `spec.firmware_id` resolved to at create time.
+    pub firmware: Option<ResolvedFirmware>,
+    /// `metadata.annotations` (user-written, like the spec).
+    pub annotations: std::collections::BTreeMap<String, String>,
+    /// The spec the running QEMU booted with (set when create/start/reboot succeeds).
+    pub booted_spec: Option<VmSpec>,
+    pub booted_at_ms: Option<i64>,
+    /// A retry the reconciler owes the VM (see `reconcile::retry`): the task kind, the
+    /// consecutive attempt number, and when it is due.
+    pub retry_kind: Option<TaskKind>,
+    pub retry_attempts: u32,
+    pub retry_at_ms: Option<i64>,
+}
+
+/// A firmware as a VM boots with it (the agent's `FirmwareRef`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedFirmware {
+    pub name: String,
+    /// `bios` or `uefi`.
+    #[serde(rename = "type")]
+    pub firmware_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vars_template: Option<String>,
 }
 
 impl VmRecord {
@@ -94,6 +121,14 @@ impl VmRecord {
             deleted_at_ms: None,
             node_ready: true,
             current_task: None,
+            bridge: None,
+            firmware: None,
+            annotations: Default::default(),
+            booted_spec: None,
+            booted_at_ms: None,
+            retry_kind: None,
+            retry_attempts: 0,
+            retry_at_ms: None,
         }
     }
 
@@ -106,7 +141,7 @@ impl VmRecord {
         Vm {
             id: self.id,
             name: self.name.clone(),
-            annotations: Default::default(),
+            annotations: self.annotations.clone(),
             generation: self.generation,
             spec: self.spec.clone(),
             status: VmStatus {
@@ -116,9 +151,9 @@ impl VmRecord {
                 pid: self.pid,
                 serial_log: self.serial_log.clone(),
                 current_task: self.current_task,
-                last_error: self.last_error.clone(),
+                last_error: crate::reconcile::retry::last_error_with_retry(self),
                 observed_generation: self.observed_generation,
-                restart_pending: false,
+                restart_pending: crate::service::apply_diff::restart_pending(self),
             },
             created_at: rfc3339(self.created_at_ms),
             updated_at: rfc3339(self.updated_at_ms),

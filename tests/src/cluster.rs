@@ -36,6 +36,8 @@ impl NodeOptions {
 pub struct ClusterOptions {
     pub nodes: Vec<NodeOptions>,
     pub database_url: Option<String>,
+    /// Extra otherixd arguments, e.g. `--manifests-dir DIR`.
+    pub server_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -43,6 +45,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             nodes: vec![NodeOptions::new("node-1", &["default"])],
             database_url: None,
+            server_args: Vec::new(),
         }
     }
 }
@@ -60,8 +63,43 @@ pub struct Cluster {
     api_addr: String,
     agent_addr: String,
     database_url: Option<String>,
+    server_args: Vec<String>,
     server: Option<Child>,
     agents: Vec<AgentProc>,
+}
+
+/// A CLI process running in the background; killed when dropped.
+pub struct BackgroundCli {
+    child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl BackgroundCli {
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+    /// Waits until stdout has `needle` at least `count` times.
+    pub fn wait_stdout(&self, needle: &str, count: usize, timeout: Duration) {
+        wait::until(&format!("{count}x {needle:?} on stdout"), timeout, || {
+            (self.stdout_text().matches(needle).count() >= count).then_some(())
+        })
+    }
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) {
+        wait::until(&format!("{needle:?} on stderr"), timeout, || {
+            self.stderr_text().contains(needle).then_some(())
+        })
+    }
+}
+
+impl Drop for BackgroundCli {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// What one CLI run printed.
@@ -107,6 +145,7 @@ impl Cluster {
             api_addr,
             agent_addr,
             database_url: opts.database_url.clone(),
+            server_args: opts.server_args.clone(),
             dir,
             server: None,
             agents: Vec::new(),
@@ -142,6 +181,7 @@ impl Cluster {
         if let Some(url) = &self.database_url {
             cmd.arg("--database-url").arg(url);
         }
+        cmd.args(&self.server_args);
         let child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -280,6 +320,26 @@ impl Cluster {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts `otherix ARGS` in the background (e.g. `create -f DIR --watch`), its stdout
+    /// and stderr going to `<name>.out` / `<name>.err` in the cluster dir. Killed on drop.
+    pub fn cli_background(&mut self, name: &str, args: &[&str]) -> BackgroundCli {
+        let out = self.dir.path().join(format!("{name}.out"));
+        let err = self.dir.path().join(format!("{name}.err"));
+        let child = Command::new(bin("otherix"))
+            .args(args)
+            .env("OTHERIX_SERVER", &self.api_url)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("spawn otherix");
+        BackgroundCli {
+            child,
+            stdout: out,
+            stderr: err,
         }
     }
 

@@ -7,8 +7,9 @@
 
 pub mod cluster;
 pub mod image_server;
+pub mod netns;
 pub mod paths;
 pub mod wait;
 
-pub use cluster::{CliOutput, Cluster, ClusterOptions};
+pub use cluster::{BackgroundCli, CliOutput, Cluster, ClusterOptions};
 pub use image_server::ImageServer;

@@ -40,6 +40,7 @@ fn scheduler_and_validation_errors_surface_their_codes() {
             NodeOptions::new("node-2", &["fast"]),
         ],
         database_url: None,
+        server_args: Vec::new(),
     });
     let url = "http://127.0.0.1:9/never-downloaded.qcow2";
     let uuid = "6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11";
@@ -171,6 +172,7 @@ fn scheduler_and_validation_errors_surface_their_codes() {
     let other = Cluster::start_with(ClusterOptions {
         nodes: vec![NodeOptions::new("solo", &["fast"])],
         database_url: None,
+        server_args: Vec::new(),
     });
     let out = other.cli(&["vm", "create", "a", "--image-url", url, "--arch", "amd64"]);
     assert_eq!(out.code, 1, "{out:?}");

@@ -2,9 +2,12 @@
 //! requests into typed commands and call the services. Errors become envelopes in
 //! [`error`]; request parsing lives in [`extract`].
 
+mod apply;
 mod cluster;
+mod entities;
 pub mod error;
 pub mod extract;
+mod ops;
 mod tasks;
 mod vms;
 
@@ -14,7 +17,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use otherix_api::ApiError;
 
-use crate::service::{ClusterService, TaskService, VmService};
+use crate::service::{
+    ApplyService, ClusterService, EntityService, OpsService, TaskService, VmService,
+};
 use error::HttpError;
 
 /// What every handler can reach.
@@ -23,6 +28,9 @@ pub struct AppState {
     pub vms: Arc<VmService>,
     pub tasks: Arc<TaskService>,
     pub cluster: Arc<ClusterService>,
+    pub entities: Arc<EntityService>,
+    pub ops: Arc<OpsService>,
+    pub apply: Arc<ApplyService>,
 }
 
 /// The whole HTTP API.
@@ -30,7 +38,10 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/vms", post(vms::create).get(vms::list))
-        .route("/v1/vms/{name}", get(vms::get).delete(vms::delete))
+        .route(
+            "/v1/vms/{name}",
+            get(vms::get).put(apply::put_vm).delete(vms::delete),
+        )
         .route("/v1/vms/{name}/start", post(vms::start))
         .route("/v1/vms/{name}/stop", post(vms::stop))
         .route("/v1/vms/{name}/poweroff", post(vms::poweroff))
@@ -42,9 +53,49 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/nodes", get(cluster::nodes))
         .route("/v1/nodes/{name}", get(cluster::node))
-        .route("/v1/pools", get(cluster::pools))
-        .route("/v1/pools/{name}", get(cluster::pool))
+        .route("/v1/pools", get(cluster::pools).post(entities::create_pool))
+        .route(
+            "/v1/pools/{name}",
+            get(cluster::pool)
+                .put(entities::apply_pool)
+                .delete(entities::delete_pool),
+        )
+        .route("/v1/pools/{name}/images", get(ops::pool_images))
+        .route(
+            "/v1/pools/{name}/prune-images",
+            post(ops::prune_pool_images),
+        )
+        .route(
+            "/v1/networks",
+            get(entities::networks).post(entities::create_network),
+        )
+        .route(
+            "/v1/networks/{name}",
+            get(entities::network)
+                .put(entities::apply_network)
+                .delete(entities::delete_network),
+        )
+        .route(
+            "/v1/firmware",
+            get(entities::firmware_list).post(entities::create_firmware),
+        )
+        .route(
+            "/v1/firmware/{name}",
+            get(entities::firmware)
+                .put(entities::apply_firmware)
+                .delete(entities::delete_firmware),
+        )
+        .route(
+            "/v1/cluster",
+            get(entities::cluster).put(entities::apply_cluster),
+        )
+        .route("/v1/tasks/{id}/cancel", post(ops::cancel_task))
+        .route("/v1/vms/{name}/logs", get(ops::vm_logs))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::idempotency,
+        ))
         .with_state(state)
 }
 

@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::error_chain;
 use crate::events::TaskEvents;
 use crate::locks::VmLocks;
+use crate::reconcile::retry::Backoff;
 use crate::reconcile::ReconcileTrigger;
 use crate::store::{NodeRegistration, Store, StoreError};
 pub use observe::{apply_task_outcome, apply_vm_report, TaskOutcome};
@@ -71,6 +72,8 @@ pub struct Gateway {
     locks: Arc<VmLocks>,
     events: TaskEvents,
     trigger: ReconcileTrigger,
+    /// Delays of retries after failed tasks and crashes.
+    backoff: Backoff,
 }
 
 impl Gateway {
@@ -87,7 +90,14 @@ impl Gateway {
             locks,
             events,
             trigger,
+            backoff: Backoff::default(),
         }
+    }
+
+    /// Retries after failed tasks and crashes wait `backoff` (short in tests).
+    pub fn with_retry_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
     }
 
     pub fn sessions(&self) -> &Arc<Sessions> {
@@ -211,7 +221,14 @@ impl Gateway {
                 };
                 match vm {
                     Some(mut vm) => {
-                        apply_task_outcome(&mut vm, task.kind, &outcome, u.vm.as_ref(), now);
+                        apply_task_outcome(
+                            &mut vm,
+                            task.kind,
+                            &outcome,
+                            u.vm.as_ref(),
+                            now,
+                            &self.backoff,
+                        );
                         self.store.save_vm_and_task(&vm, &task).await?;
                         tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, status = %task.status, phase = %vm.phase, "task finished");
                     }
@@ -246,7 +263,7 @@ impl Gateway {
         {
             return Ok(());
         }
-        if apply_vm_report(&mut vm, report) {
+        if apply_vm_report(&mut vm, report, self.store.now_ms(), &self.backoff) {
             self.store.save_vm(&vm).await?;
             tracing::info!(vm = %vm.name, node, phase = %vm.phase, "vm report applied");
             let _ = self.trigger.send(vm_id);

@@ -6,6 +6,17 @@ use otherix_api::proto::{VmPower, VmReport};
 use otherix_api::{DesiredPhase, ErrorBody, ErrorCode, TaskKind, VmPhase};
 
 use crate::model::VmRecord;
+use crate::reconcile::retry::{
+    clear_retry, restart_decision, schedule_retry, Backoff, StopReaction,
+};
+
+/// Sets the desired phase the reconciler settled on; a spec change, so the generation moves.
+fn settle_desired(vm: &mut VmRecord, desired: DesiredPhase) {
+    if vm.spec.desired_phase != desired {
+        vm.spec.desired_phase = desired;
+        vm.generation += 1;
+    }
+}
 
 /// How a task ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,13 +43,16 @@ fn apply_runtime(vm: &mut VmRecord, report: &VmReport) {
     }
 }
 
-/// Folds the terminal update of a task of `kind` into the VM.
+/// Folds the terminal update of a task of `kind` into the VM. A failed vm.create or
+/// vm.start (not a cancelled one) schedules a retry after `backoff`; a failed one-shot op
+/// (stop, poweroff, reboot, delete) settles the desired state onto what is there.
 pub fn apply_task_outcome(
     vm: &mut VmRecord,
     kind: TaskKind,
     outcome: &TaskOutcome,
     report: Option<&VmReport>,
     now_ms: i64,
+    backoff: &Backoff,
 ) {
     let reported = report.and_then(|r| phase_of(r.power()));
     if let Some(r) = report {
@@ -58,10 +72,16 @@ pub fn apply_task_outcome(
                     };
                     vm.phase = reported.unwrap_or(fallback);
                     vm.observed_generation = vm.generation;
+                    clear_retry(vm);
+                    if matches!(vm.phase, VmPhase::Running | VmPhase::Paused) {
+                        vm.booted_spec = Some(vm.spec.clone());
+                        vm.booted_at_ms = Some(now_ms);
+                    }
                 }
                 TaskKind::VmStop | TaskKind::VmPoweroff => {
                     vm.phase = VmPhase::Stopped;
                     vm.pid = None;
+                    clear_retry(vm);
                 }
                 TaskKind::VmDelete => {
                     vm.phase = VmPhase::Deleted;
@@ -81,12 +101,22 @@ pub fn apply_task_outcome(
             if vm.phase == VmPhase::Stopped {
                 vm.pid = None;
             }
-            // Settle desired onto what is there, so the reconciler does not retry the
-            // failed task in a loop (a later issue adds retries with backoff).
-            match vm.phase {
-                VmPhase::Running | VmPhase::Paused => vm.spec.desired_phase = DesiredPhase::Running,
-                VmPhase::Stopped => vm.spec.desired_phase = DesiredPhase::Stopped,
-                _ => {}
+            let qemu_up = matches!(vm.phase, VmPhase::Running | VmPhase::Paused);
+            let retried = matches!(kind, TaskKind::VmCreate | TaskKind::VmStart)
+                && error.code != ErrorCode::Cancelled
+                && !qemu_up;
+            if retried {
+                // Desired state stays; the reconciler tries again after backoff.
+                schedule_retry(vm, kind, now_ms, backoff);
+            } else {
+                clear_retry(vm);
+                // Settle desired onto what is there, so the reconciler does not redo a
+                // failed one-shot op.
+                match vm.phase {
+                    VmPhase::Running | VmPhase::Paused => settle_desired(vm, DesiredPhase::Running),
+                    VmPhase::Stopped => settle_desired(vm, DesiredPhase::Stopped),
+                    _ => {}
+                }
             }
             if kind == TaskKind::VmDelete {
                 vm.deletion_requested = false;
@@ -96,8 +126,14 @@ pub fn apply_task_outcome(
 }
 
 /// Folds a `VmReport` received outside a task (or in a sync reply) into the VM; returns
-/// whether anything changed.
-pub fn apply_vm_report(vm: &mut VmRecord, report: &VmReport) -> bool {
+/// whether anything changed. A VM that stopped on its own while meant to run is restarted
+/// (after backoff) or left stopped, as its restart policy says ([`restart_decision`]).
+pub fn apply_vm_report(
+    vm: &mut VmRecord,
+    report: &VmReport,
+    now_ms: i64,
+    backoff: &Backoff,
+) -> bool {
     let before = vm.clone();
     match report.power() {
         VmPower::Running => {
@@ -109,10 +145,28 @@ pub fn apply_vm_report(vm: &mut VmRecord, report: &VmReport) -> bool {
             apply_runtime(vm, report);
         }
         VmPower::Stopped => {
-            if matches!(vm.phase, VmPhase::Running | VmPhase::Paused) {
-                // The guest powered itself off (or QEMU died): that is now the intent
-                // too, until a restart policy says otherwise.
-                vm.spec.desired_phase = DesiredPhase::Stopped;
+            if matches!(vm.phase, VmPhase::Running | VmPhase::Paused)
+                && vm.spec.desired_phase == DesiredPhase::Running
+            {
+                let policy = vm.spec.restart_policy;
+                match restart_decision(policy, report.guest_shutdown) {
+                    // The guest powered itself off (or QEMU died, under `never`): that is
+                    // now the intent too.
+                    StopReaction::StayStopped => settle_desired(vm, DesiredPhase::Stopped),
+                    StopReaction::Restart => {
+                        if !report.guest_shutdown {
+                            vm.last_error = Some(ErrorBody {
+                                code: ErrorCode::QemuFailed,
+                                message: format!(
+                                    "QEMU exited without a guest shutdown (crashed or killed); \
+                                     restart_policy {} starts it again",
+                                    policy.as_str()
+                                ),
+                            });
+                        }
+                        schedule_retry(vm, TaskKind::VmStart, now_ms, backoff);
+                    }
+                }
             }
             vm.phase = VmPhase::Stopped;
             apply_runtime(vm, report);
@@ -233,10 +287,20 @@ mod tests {
                 DesiredPhase::Running,
             ),
             (
-                "start failed stays stopped",
+                "start failed stays stopped, still desired running (retried)",
                 VmPhase::Starting,
                 TaskKind::VmStart,
                 err(ErrorCode::QemuFailed),
+                Some(report(VmPower::Stopped, 0)),
+                VmPhase::Stopped,
+                None,
+                DesiredPhase::Running,
+            ),
+            (
+                "start cancelled settles desired stopped",
+                VmPhase::Starting,
+                TaskKind::VmStart,
+                err(ErrorCode::Cancelled),
                 Some(report(VmPower::Stopped, 0)),
                 VmPhase::Stopped,
                 None,
@@ -296,7 +360,14 @@ mod tests {
         for (name, before, kind, outcome, rep, phase, pid, desired) in table {
             let mut v = vm(before);
             v.pid = Some(1);
-            apply_task_outcome(&mut v, kind, &outcome, rep.as_ref(), 99);
+            apply_task_outcome(
+                &mut v,
+                kind,
+                &outcome,
+                rep.as_ref(),
+                99,
+                &Backoff::default(),
+            );
             assert_eq!(v.phase, phase, "{name}");
             let pid_want = if rep.is_none() && phase == VmPhase::Running {
                 Some(1)
@@ -328,6 +399,7 @@ mod tests {
             &err(ErrorCode::DiskFailed),
             Some(&report(VmPower::Stopped, 0)),
             1,
+            &Backoff::default(),
         );
         assert!(!v.deletion_requested);
         assert_eq!(v.phase, VmPhase::Stopped);
@@ -337,7 +409,9 @@ mod tests {
     fn apply_vm_report_guest_poweroff_sets_desired_stopped() {
         let mut v = vm(VmPhase::Running);
         v.pid = Some(5);
-        assert!(apply_vm_report(&mut v, &report(VmPower::Stopped, 0)));
+        let mut r = report(VmPower::Stopped, 0);
+        r.guest_shutdown = true;
+        assert!(apply_vm_report(&mut v, &r, 1, &Backoff::default()));
         assert_eq!(v.phase, VmPhase::Stopped);
         assert_eq!(v.pid, None);
         assert_eq!(v.spec.desired_phase, DesiredPhase::Stopped);
@@ -348,14 +422,178 @@ mod tests {
         let mut v = vm(VmPhase::Running);
         v.pid = Some(5);
         v.serial_log = Some("/var/serial.log".into());
-        assert!(!apply_vm_report(&mut v, &report(VmPower::Running, 5)));
+        assert!(!apply_vm_report(
+            &mut v,
+            &report(VmPower::Running, 5),
+            1,
+            &Backoff::default()
+        ));
     }
 
     #[test]
     fn apply_vm_report_absent_marks_failed_agent_lost() {
         let mut v = vm(VmPhase::Stopped);
-        assert!(apply_vm_report(&mut v, &report(VmPower::Absent, 0)));
+        assert!(apply_vm_report(
+            &mut v,
+            &report(VmPower::Absent, 0),
+            1,
+            &Backoff::default()
+        ));
         assert_eq!(v.phase, VmPhase::Failed);
         assert_eq!(v.last_error.unwrap().code, ErrorCode::AgentLost);
+    }
+
+    #[test]
+    fn apply_task_outcome_retries_failed_create_and_start_only() {
+        let b = Backoff::default();
+        // (kind, error, report, retry kind after)
+        let table = [
+            (
+                TaskKind::VmCreate,
+                ErrorCode::ImageDownloadFailed,
+                VmPower::Absent,
+                Some(TaskKind::VmCreate),
+            ),
+            (
+                TaskKind::VmCreate,
+                ErrorCode::Cancelled,
+                VmPower::Absent,
+                None,
+            ),
+            (
+                TaskKind::VmStart,
+                ErrorCode::QemuFailed,
+                VmPower::Stopped,
+                Some(TaskKind::VmStart),
+            ),
+            (
+                TaskKind::VmStart,
+                ErrorCode::QemuFailed,
+                VmPower::Running,
+                None,
+            ),
+            (
+                TaskKind::VmStop,
+                ErrorCode::StopTimeout,
+                VmPower::Running,
+                None,
+            ),
+            (
+                TaskKind::VmPoweroff,
+                ErrorCode::Internal,
+                VmPower::Running,
+                None,
+            ),
+            (
+                TaskKind::VmReboot,
+                ErrorCode::QemuFailed,
+                VmPower::Stopped,
+                None,
+            ),
+            (
+                TaskKind::VmDelete,
+                ErrorCode::DiskFailed,
+                VmPower::Stopped,
+                None,
+            ),
+        ];
+        for (kind, code, power, want) in table {
+            let mut v = vm(VmPhase::Starting);
+            apply_task_outcome(
+                &mut v,
+                kind,
+                &err(code),
+                Some(&report(power, 0)),
+                10_000,
+                &b,
+            );
+            assert_eq!(v.retry_kind, want, "{kind} {code} {power:?}");
+            if want.is_some() {
+                assert_eq!(v.retry_attempts, 1, "{kind}");
+                assert_eq!(v.retry_at_ms, Some(12_000), "{kind}: 2 s after the failure");
+                assert_eq!(v.spec.desired_phase, DesiredPhase::Running, "{kind}");
+            }
+        }
+    }
+
+    #[test]
+    fn apply_task_outcome_backoff_grows_and_boot_clears_retry() {
+        let b = Backoff::default();
+        let mut v = vm(VmPhase::Starting);
+        for (attempt, now) in [(1, 0), (2, 3_000), (3, 8_000)] {
+            let r = report(VmPower::Stopped, 0);
+            apply_task_outcome(
+                &mut v,
+                TaskKind::VmStart,
+                &err(ErrorCode::QemuFailed),
+                Some(&r),
+                now,
+                &b,
+            );
+            assert_eq!(v.retry_attempts, attempt);
+            assert_eq!(
+                v.retry_at_ms,
+                Some(now + b.delay(attempt).as_millis() as i64)
+            );
+        }
+        let r = report(VmPower::Running, 9);
+        apply_task_outcome(
+            &mut v,
+            TaskKind::VmStart,
+            &TaskOutcome::Succeeded,
+            Some(&r),
+            20_000,
+            &b,
+        );
+        assert_eq!((v.retry_kind, v.retry_at_ms), (None, None));
+        assert_eq!(v.booted_spec.as_ref(), Some(&v.spec));
+        assert_eq!(v.booted_at_ms, Some(20_000));
+        assert!(v.last_error.is_none());
+    }
+
+    #[test]
+    fn apply_vm_report_unsolicited_stop_follows_restart_policy() {
+        use otherix_api::RestartPolicy::{self, *};
+        let b = Backoff::default();
+        // (policy, guest_shutdown, restarted)
+        let table: [(RestartPolicy, bool, bool); 6] = [
+            (Always, true, true),
+            (Always, false, true),
+            (OnFailure, true, false),
+            (OnFailure, false, true),
+            (Never, true, false),
+            (Never, false, false),
+        ];
+        for (policy, guest_shutdown, restarted) in table {
+            let mut v = vm(VmPhase::Running);
+            v.spec.restart_policy = policy;
+            v.pid = Some(5);
+            let gen = v.generation;
+            let mut r = report(VmPower::Stopped, 0);
+            r.guest_shutdown = guest_shutdown;
+            assert!(apply_vm_report(&mut v, &r, 1_000, &b));
+            let name = format!("{policy:?} guest_shutdown={guest_shutdown}");
+            assert_eq!((v.phase, v.pid), (VmPhase::Stopped, None), "{name}");
+            if restarted {
+                assert_eq!(v.spec.desired_phase, DesiredPhase::Running, "{name}");
+                assert_eq!(v.retry_kind, Some(TaskKind::VmStart), "{name}");
+                assert_eq!(v.retry_at_ms, Some(3_000), "{name}");
+                assert_eq!(v.generation, gen, "{name}");
+                assert_eq!(v.last_error.is_some(), !guest_shutdown, "{name}");
+            } else {
+                assert_eq!(v.spec.desired_phase, DesiredPhase::Stopped, "{name}");
+                assert_eq!(v.retry_kind, None, "{name}");
+                assert_eq!(v.generation, gen + 1, "{name}: desired_phase is spec");
+            }
+        }
+    }
+
+    #[test]
+    fn apply_vm_report_stop_of_vm_meant_stopped_is_not_restarted() {
+        let mut v = vm(VmPhase::Running);
+        v.spec.desired_phase = DesiredPhase::Stopped;
+        v.spec.restart_policy = otherix_api::RestartPolicy::Always;
+        apply_vm_report(&mut v, &report(VmPower::Stopped, 0), 1, &Backoff::default());
+        assert_eq!(v.retry_kind, None);
     }
 }

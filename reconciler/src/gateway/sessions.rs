@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use otherix_api::proto::{server_message, ServerMessage, SyncReply, SyncRequest, TaskAssignment};
+use otherix_api::proto::{
+    server_message, FirmwareRef, ServerMessage, SyncReply, SyncRequest, TaskAssignment,
+};
 use tokio::sync::{mpsc, oneshot};
 use tonic::Status;
 use uuid::Uuid;
@@ -90,7 +92,7 @@ impl Sessions {
         }
     }
 
-    /// Sends a SyncRequest and waits for its SyncReply.
+    /// Sends a SyncRequest for `op` on a VM and waits for its SyncReply.
     pub async fn sync(
         &self,
         node: &str,
@@ -98,7 +100,23 @@ impl Sessions {
         vm_id: Uuid,
         timeout: Duration,
     ) -> Result<SyncReply, GatewayError> {
+        let request = SyncRequest {
+            op: op.to_owned(),
+            vm_id: vm_id.to_string(),
+            ..Default::default()
+        };
+        self.sync_request(node, request, timeout).await
+    }
+
+    /// Sends `request` (its `request_id` is assigned here) and waits for its SyncReply.
+    pub async fn sync_request(
+        &self,
+        node: &str,
+        mut request: SyncRequest,
+        timeout: Duration,
+    ) -> Result<SyncReply, GatewayError> {
         let request_id = Uuid::new_v4().to_string();
+        request.request_id = request_id.clone();
         let (tx, rx) = oneshot::channel();
         self.pending_sync
             .lock()
@@ -110,15 +128,7 @@ impl Sessions {
                     reply: tx,
                 },
             );
-        let sent = self.send(
-            node,
-            server_message::Body::SyncRequest(SyncRequest {
-                request_id: request_id.clone(),
-                op: op.to_owned(),
-                vm_id: vm_id.to_string(),
-                ..Default::default()
-            }),
-        );
+        let sent = self.send(node, server_message::Body::SyncRequest(request));
         if !sent {
             self.forget_sync(&request_id);
             return Err(GatewayError::NotAttached(node.to_owned()));
@@ -175,7 +185,13 @@ pub fn task_assignment(task: &TaskRecord, vm: &VmRecord) -> TaskAssignment {
         pool_path,
         spec_json: serde_json::to_string(&vm.spec).expect("VmSpec serializes"),
         stop_timeout_ms: task.stop_timeout_ms.unwrap_or(0),
-        ..Default::default()
+        bridge: vm.bridge.clone().unwrap_or_default(),
+        firmware: vm.firmware.as_ref().map(|f| FirmwareRef {
+            name: f.name.clone(),
+            r#type: f.firmware_type.clone(),
+            code: f.code.clone().unwrap_or_default(),
+            vars_template: f.vars_template.clone().unwrap_or_default(),
+        }),
     }
 }
 

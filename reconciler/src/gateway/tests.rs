@@ -20,6 +20,9 @@ use crate::daemon::Daemon;
 use crate::service::ServiceError;
 use crate::store::default_database_url;
 
+mod ops;
+mod restart;
+
 struct Harness {
     daemon: Daemon,
     agent_addr: SocketAddr,
@@ -27,8 +30,12 @@ struct Harness {
 }
 
 async fn harness() -> Harness {
+    harness_with(crate::daemon::DaemonOptions::default()).await
+}
+
+async fn harness_with(opts: crate::daemon::DaemonOptions) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = Daemon::open(&default_database_url(dir.path()))
+    let mut daemon = Daemon::open_with(&default_database_url(dir.path()), opts)
         .await
         .unwrap();
     daemon.spawn_background(Duration::from_millis(200));
@@ -468,11 +475,10 @@ async fn gateway_guest_poweroff_report_sets_stopped_and_desired_stopped() {
         .await;
     h.finished(&t.task_id).await;
     agent
-        .send(agent_message::Body::VmReport(report(
-            &t.vm_id,
-            VmPower::Stopped,
-            0,
-        )))
+        .send(agent_message::Body::VmReport(VmReport {
+            guest_shutdown: true,
+            ..report(&t.vm_id, VmPower::Stopped, 0)
+        }))
         .await;
     h.eventually_phase("guest", VmPhase::Stopped).await;
     let vm = vms.get("guest").await.unwrap();

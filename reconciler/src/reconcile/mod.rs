@@ -2,9 +2,13 @@
 //! [`plan::plan`] what to do, persists the emitted task together with the VM's
 //! transitional phase in one transaction, and dispatches the task to the node's agent.
 //! Triggers: API writes (direct calls), agent reports (the trigger channel), and a
-//! periodic resync of every live VM.
+//! periodic resync of every live VM; the last two go through the [`queue::WorkQueue`]
+//! (deduplicated per VM, bounded concurrency, backoff on errors). Failed tasks are retried
+//! after the backoff recorded on the VM ([`retry`]).
 
 pub mod plan;
+pub mod queue;
+pub mod retry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +26,11 @@ use crate::model::{TaskRecord, VmRecord};
 use crate::scheduler::schedule;
 use crate::store::{Store, StoreError};
 use plan::{plan, transitional_phase, Action, PlanInput};
+use queue::{RunResult, WorkQueue};
+use retry::{clear_retry, schedule_retry, Backoff};
+
+/// How many VMs the loop reconciles at once.
+pub const CONCURRENCY: usize = 4;
 
 /// Asks the loop to reconcile one VM soon.
 pub type ReconcileTrigger = mpsc::UnboundedSender<Uuid>;
@@ -39,6 +48,17 @@ pub struct Reconciler {
     sessions: Arc<Sessions>,
     locks: Arc<VmLocks>,
     events: TaskEvents,
+    /// Retry delays of failed tasks (recorded on VMs) and of failed reconcile runs.
+    backoff: Backoff,
+}
+
+/// What one reconcile run did.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// The task it emitted.
+    pub task: Option<TaskRecord>,
+    /// When to look again without a trigger (a retry's backoff elapses).
+    pub requeue_after: Option<Duration>,
 }
 
 impl Reconciler {
@@ -53,7 +73,18 @@ impl Reconciler {
             sessions,
             locks,
             events,
+            backoff: Backoff::default(),
         }
+    }
+
+    /// Retries wait `backoff` (short in tests); set before the loops start.
+    pub fn with_retry_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    pub fn retry_backoff(&self) -> Backoff {
+        self.backoff
     }
 
     pub fn locks(&self) -> &VmLocks {
@@ -64,7 +95,7 @@ impl Reconciler {
     /// transaction, dispatches the task. A taken name is `StoreError::NameTaken`.
     pub async fn create_vm(&self, vm: VmRecord) -> Result<TaskRecord, ReconcileError> {
         let _guard = self.locks.lock(vm.id).await;
-        let kind = match plan(&PlanInput::from_vm(&vm, None)) {
+        let kind = match plan(&PlanInput::from_vm(&vm, None, self.store.now_ms())) {
             Action::Emit(kind) => kind,
             other => unreachable!("a new vm always plans a create, got {other:?}"),
         };
@@ -84,17 +115,42 @@ impl Reconciler {
     pub async fn reconcile_locked(
         &self,
         vm_id: Uuid,
-        _guard: &VmGuard,
+        guard: &VmGuard,
     ) -> Result<Option<TaskRecord>, ReconcileError> {
+        Ok(self.reconcile_run(vm_id, guard).await?.task)
+    }
+
+    /// One reconcile run under the held lock.
+    async fn reconcile_run(
+        &self,
+        vm_id: Uuid,
+        _guard: &VmGuard,
+    ) -> Result<Reconciled, ReconcileError> {
         let Some(mut vm) = self.store.vm_by_id(vm_id).await? else {
-            return Ok(None);
+            return Ok(Reconciled::default());
         };
         if vm.deleted_at_ms.is_some() {
-            return Ok(None);
+            return Ok(Reconciled::default());
         }
+        // A start retry is moot once the user wants the VM stopped.
+        if vm.retry_kind == Some(TaskKind::VmStart)
+            && vm.spec.desired_phase == otherix_api::DesiredPhase::Stopped
+        {
+            clear_retry(&mut vm);
+            self.store.save_vm(&vm).await?;
+        }
+        let now = self.store.now_ms();
         let in_flight = self.store.in_flight_task(vm_id).await?;
-        match plan(&PlanInput::from_vm(&vm, in_flight.map(|t| t.kind))) {
-            Action::Nothing => Ok(None),
+        let input = PlanInput::from_vm(&vm, in_flight.map(|t| t.kind), now);
+        let action = plan(&input);
+        let requeue_after = match (action, vm.retry_at_ms) {
+            (Action::Nothing, Some(at)) if input.retry_waiting => {
+                Some(Duration::from_millis(u64::try_from(at - now).unwrap_or(0)))
+            }
+            _ => None,
+        };
+        let task = match action {
+            Action::Nothing => None,
             Action::MarkDeleted => {
                 // Nothing to clean up on any node: the delete is done here, recorded as
                 // an already-succeeded vm.delete task.
@@ -108,15 +164,40 @@ impl Reconciler {
                 self.store.save_vm_with_new_task(&vm, &task).await?;
                 self.events.task_changed(task.id);
                 tracing::info!(vm = %vm.name, "vm never reached a node; deleted");
-                Ok(Some(task))
+                Some(task)
             }
             Action::Emit(kind) => {
-                let (vm, task) = self.prepare_task(vm, kind).await?;
+                let retrying = vm.retry_kind == Some(kind);
+                if retrying {
+                    tracing::info!(vm = %vm.name, kind = %kind, attempt = vm.retry_attempts, "retrying");
+                    // Still owed until it succeeds, but no longer waiting.
+                    vm.retry_at_ms = None;
+                }
+                let (vm, task) = match self.prepare_task(vm.clone(), kind).await {
+                    Ok(prepared) => prepared,
+                    Err(ReconcileError::Unschedulable(e)) if retrying => {
+                        // Placement of a retried create failed: visible, and retried later.
+                        vm.last_error = Some(e.body());
+                        schedule_retry(&mut vm, kind, now, &self.backoff);
+                        self.store.save_vm(&vm).await?;
+                        tracing::warn!(vm = %vm.name, error = %e, attempt = vm.retry_attempts, "retry cannot be placed");
+                        let wait = self.backoff.delay(vm.retry_attempts);
+                        return Ok(Reconciled {
+                            task: None,
+                            requeue_after: Some(wait),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                };
                 self.store.save_vm_with_new_task(&vm, &task).await?;
                 self.publish(&task, &vm);
-                Ok(Some(task))
+                Some(task)
             }
-        }
+        };
+        Ok(Reconciled {
+            task,
+            requeue_after,
+        })
     }
 
     /// Builds the task for `kind` and the VM as it looks with that task in flight.
@@ -130,8 +211,20 @@ impl Reconciler {
         if kind == TaskKind::VmCreate {
             let nodes = self.store.list_nodes().await?;
             let default_pool = self.store.default_pool().await?;
-            let p = schedule(&vm.spec, &nodes, default_pool.as_deref())
-                .map_err(ReconcileError::Unschedulable)?;
+            // A retried create prefers the node it was placed on before.
+            let previous = match (&vm.node, &vm.spec.node) {
+                (Some(prev), None) => {
+                    let mut pinned = vm.spec.clone();
+                    pinned.node = Some(prev.clone());
+                    schedule(&pinned, &nodes, default_pool.as_deref()).ok()
+                }
+                _ => None,
+            };
+            let p = match previous {
+                Some(p) => p,
+                None => schedule(&vm.spec, &nodes, default_pool.as_deref())
+                    .map_err(ReconcileError::Unschedulable)?,
+            };
             vm.node = Some(p.node.clone());
             vm.pool = Some(p.pool.clone());
             vm.pool_path = Some(p.pool_path.clone());
@@ -162,23 +255,39 @@ impl Reconciler {
         }
     }
 
-    async fn reconcile_logged(&self, vm_id: Uuid) {
-        if let Err(e) = self.reconcile_vm(vm_id).await {
-            tracing::warn!(vm = %vm_id, error = %error_chain(&e), "reconcile failed");
+    /// One run from the work queue: errors are logged and retried with backoff.
+    async fn reconcile_queued(&self, vm_id: Uuid) -> RunResult {
+        let guard = self.locks.lock(vm_id).await;
+        match self.reconcile_run(vm_id, &guard).await {
+            Ok(Reconciled {
+                requeue_after: Some(d),
+                ..
+            }) => RunResult::RequeueAfter(d),
+            Ok(_) => RunResult::Done,
+            Err(e) => {
+                tracing::warn!(vm = %vm_id, error = %error_chain(&e), "reconcile failed; retrying with backoff");
+                RunResult::Failed
+            }
         }
     }
 
-    /// Runs the trigger consumer and the periodic resync until the runtime stops.
+    /// Runs the work queue, its trigger consumer and the periodic resync until the
+    /// runtime stops.
     pub fn spawn_loops(
         self: Arc<Self>,
         mut triggers: mpsc::UnboundedReceiver<Uuid>,
         resync_every: Duration,
     ) -> Vec<JoinHandle<()>> {
+        let queue = Arc::new(WorkQueue::default());
         let me = self.clone();
+        let runner = tokio::spawn(queue.clone().run(CONCURRENCY, self.backoff, move |id| {
+            let me = me.clone();
+            async move { me.reconcile_queued(id).await }
+        }));
+        let q = queue.clone();
         let on_trigger = tokio::spawn(async move {
             while let Some(id) = triggers.recv().await {
-                let me = me.clone();
-                tokio::spawn(async move { me.reconcile_logged(id).await });
+                q.add(id);
             }
         });
         let me = self;
@@ -188,17 +297,13 @@ impl Reconciler {
             loop {
                 tick.tick().await;
                 match me.store.live_vm_ids().await {
-                    Ok(ids) => {
-                        for id in ids {
-                            me.reconcile_logged(id).await;
-                        }
-                    }
+                    Ok(ids) => ids.into_iter().for_each(|id| queue.add(id)),
                     Err(e) => {
                         tracing::warn!(error = %error_chain(&e), "resync: listing vms failed")
                     }
                 }
             }
         });
-        vec![on_trigger, resync]
+        vec![runner, on_trigger, resync]
     }
 }

@@ -30,10 +30,15 @@ pub struct PlanInput {
     pub node_ready: bool,
     /// Kind of the pending or running task, if any.
     pub in_flight: Option<TaskKind>,
+    /// A retry owed after a failed vm.create / vm.start or a crash.
+    pub retry: Option<TaskKind>,
+    /// That retry's backoff has not elapsed yet.
+    pub retry_waiting: bool,
 }
 
 impl PlanInput {
-    pub fn from_vm(vm: &VmRecord, in_flight: Option<TaskKind>) -> Self {
+    /// The facts of `vm` at `now_ms`.
+    pub fn from_vm(vm: &VmRecord, in_flight: Option<TaskKind>, now_ms: i64) -> Self {
         PlanInput {
             phase: vm.phase,
             desired: vm.spec.desired_phase,
@@ -42,6 +47,8 @@ impl PlanInput {
             placed: vm.node.is_some(),
             node_ready: vm.node_ready,
             in_flight,
+            retry: vm.retry_kind,
+            retry_waiting: vm.retry_at_ms.is_some_and(|at| now_ms < at),
         }
     }
 }
@@ -69,9 +76,20 @@ pub fn plan(vm: &PlanInput) -> Action {
     if let Some(op) = vm.requested_op {
         return Action::Emit(op.task_kind());
     }
+    let retry_due = |kind: TaskKind| vm.retry == Some(kind) && !vm.retry_waiting;
     match (vm.phase, vm.desired) {
-        // No retry loop for a failed create: a later issue adds backoff.
+        // A failed create or start is retried once its backoff elapsed; any other failure
+        // waits for the user.
+        (VmPhase::Failed, _) if retry_due(TaskKind::VmCreate) => Action::Emit(TaskKind::VmCreate),
+        (VmPhase::Failed, DesiredPhase::Running) if retry_due(TaskKind::VmStart) => {
+            Action::Emit(TaskKind::VmStart)
+        }
         (VmPhase::Failed, _) => Action::Nothing,
+        (VmPhase::Stopped, DesiredPhase::Running)
+            if vm.retry == Some(TaskKind::VmStart) && vm.retry_waiting =>
+        {
+            Action::Nothing
+        }
         (VmPhase::Stopped, DesiredPhase::Running) => Action::Emit(TaskKind::VmStart),
         (VmPhase::Running | VmPhase::Paused, DesiredPhase::Stopped) => {
             Action::Emit(TaskKind::VmStop)
@@ -104,6 +122,8 @@ mod tests {
             placed: true,
             node_ready: true,
             in_flight: None,
+            retry: None,
+            retry_waiting: false,
         }
     }
 
@@ -236,9 +256,87 @@ mod tests {
                 Action::Nothing,
             ),
             (
-                "failed create does not retry",
+                "failed without a retry waits for the user",
                 |v| v.phase = VmPhase::Failed,
                 Action::Nothing,
+            ),
+            (
+                "failed create retried after backoff",
+                |v| {
+                    v.phase = VmPhase::Failed;
+                    v.retry = Some(TaskKind::VmCreate);
+                },
+                Action::Emit(TaskKind::VmCreate),
+            ),
+            (
+                "failed create retried even when desired stopped",
+                |v| {
+                    v.phase = VmPhase::Failed;
+                    v.desired = DesiredPhase::Stopped;
+                    v.retry = Some(TaskKind::VmCreate);
+                },
+                Action::Emit(TaskKind::VmCreate),
+            ),
+            (
+                "failed create waits for its backoff",
+                |v| {
+                    v.phase = VmPhase::Failed;
+                    v.retry = Some(TaskKind::VmCreate);
+                    v.retry_waiting = true;
+                },
+                Action::Nothing,
+            ),
+            (
+                "failed create on a node that is gone is never created twice",
+                |v| {
+                    v.phase = VmPhase::Failed;
+                    v.retry = Some(TaskKind::VmCreate);
+                    v.node_ready = false;
+                },
+                Action::Nothing,
+            ),
+            (
+                "failed start retried",
+                |v| {
+                    v.phase = VmPhase::Failed;
+                    v.retry = Some(TaskKind::VmStart);
+                },
+                Action::Emit(TaskKind::VmStart),
+            ),
+            (
+                "failed start not retried once desired stopped",
+                |v| {
+                    v.phase = VmPhase::Failed;
+                    v.desired = DesiredPhase::Stopped;
+                    v.retry = Some(TaskKind::VmStart);
+                },
+                Action::Nothing,
+            ),
+            (
+                "crashed vm restarted after backoff",
+                |v| {
+                    v.phase = VmPhase::Stopped;
+                    v.retry = Some(TaskKind::VmStart);
+                },
+                Action::Emit(TaskKind::VmStart),
+            ),
+            (
+                "crashed vm waits for its backoff",
+                |v| {
+                    v.phase = VmPhase::Stopped;
+                    v.retry = Some(TaskKind::VmStart);
+                    v.retry_waiting = true;
+                },
+                Action::Nothing,
+            ),
+            (
+                "a requested op is not held up by a retry backoff",
+                |v| {
+                    v.requested_op = Some(RequestedOp::Poweroff);
+                    v.retry = Some(TaskKind::VmStart);
+                    v.retry_waiting = true;
+                },
+                Action::Emit(TaskKind::VmPoweroff),
             ),
         ];
         for (name, setup, want) in table {

@@ -2,7 +2,11 @@
 //! ([`TaskService`]), and cluster reads ([`ClusterService`]). Handlers pass typed commands
 //! in; services return wire types or a [`ServiceError`].
 
+pub mod apply;
+pub mod apply_diff;
 pub mod cluster;
+pub mod entities;
+pub mod ops;
 pub mod state_machine;
 pub mod tasks;
 pub mod vms;
@@ -13,7 +17,10 @@ use crate::gateway::GatewayError;
 use crate::reconcile::ReconcileError;
 use crate::store::StoreError;
 
+pub use apply::ApplyService;
 pub use cluster::ClusterService;
+pub use entities::{resolve_vm_refs, EntityService, VmAttachments};
+pub use ops::OpsService;
 pub use tasks::TaskService;
 pub use vms::{ListVmsQuery, VmService};
 

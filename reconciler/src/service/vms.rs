@@ -50,11 +50,23 @@ impl VmService {
     }
 
     pub async fn create(&self, req: CreateVmRequest) -> Result<TaskAccepted, ServiceError> {
+        self.create_annotated(req, Default::default()).await
+    }
+
+    /// [`VmService::create`] storing `metadata.annotations` too (declarative apply).
+    pub async fn create_annotated(
+        &self,
+        req: CreateVmRequest,
+        annotations: std::collections::BTreeMap<String, String>,
+    ) -> Result<TaskAccepted, ServiceError> {
         validate_create_vm(&req)?;
         if self.store.vm_by_name(&req.name).await?.is_some() {
             return Err(ApiError::conflict(format!("vm {} already exists", req.name)).into());
         }
-        let vm = VmRecord::new(req.name, req.spec, self.store.now_ms());
+        let attachments = super::resolve_vm_refs(&self.store, &req.spec).await?;
+        let mut vm = VmRecord::new(req.name, req.spec, self.store.now_ms());
+        attachments.apply_to(&mut vm);
+        vm.annotations = annotations;
         let id = vm.id;
         let task = self.reconciler.create_vm(vm).await?;
         self.accepted(task, id).await
@@ -103,6 +115,8 @@ impl VmService {
             return self.accepted(task, id).await;
         }
         set_desired(&mut vm, DesiredPhase::Running);
+        // An explicit start does not wait out a pending retry's backoff.
+        vm.retry_at_ms = None;
         self.write_and_reconcile(vm, guard).await
     }
 

@@ -244,8 +244,8 @@ impl Store {
 
     /// Every pool with its instances, ordered by name.
     pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
-        let pools: Vec<(String, String)> =
-            sqlx::query_as("SELECT id, name FROM pools ORDER BY name")
+        let pools: Vec<(String, String, String, String)> =
+            sqlx::query_as("SELECT id, name, spec, annotations FROM pools ORDER BY name")
                 .fetch_all(&self.pool)
                 .await?;
         let instances = sqlx::query(
@@ -268,19 +268,28 @@ impl Store {
         }
         pools
             .into_iter()
-            .map(|(id, name)| {
+            .map(|(id, name, spec, annotations)| {
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+                    table: "pools",
+                    id: id.clone(),
+                    detail: e.to_string(),
+                };
                 Ok(Pool {
                     id: parse_uuid("pools", &id)?,
                     instances: by_pool.remove(&id).unwrap_or_default(),
                     name,
-                    annotations: Default::default(),
-                    spec: Default::default(),
+                    annotations: serde_json::from_str(&annotations).map_err(corrupt)?,
+                    spec: serde_json::from_str(&spec).map_err(corrupt)?,
                 })
             })
             .collect()
     }
 
+    /// The cluster default pool; unset or cleared (stored empty) is `None`.
     pub async fn default_pool(&self) -> Result<Option<String>, StoreError> {
-        self.setting(SETTING_DEFAULT_POOL).await
+        Ok(self
+            .setting(SETTING_DEFAULT_POOL)
+            .await?
+            .filter(|p| !p.is_empty()))
     }
 }

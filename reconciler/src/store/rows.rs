@@ -12,7 +12,8 @@ use crate::model::{TaskRecord, VmRecord};
 pub(super) const VM_SELECT: &str = "SELECT v.id, v.name, v.spec, v.generation, \
     v.observed_generation, v.phase, v.node, v.pool, v.pool_path, v.pid, v.serial_log, \
     v.requested_op, v.last_error_code, v.last_error_message, v.deletion_requested, \
-    v.created_at, v.updated_at, v.deleted_at, n.status AS node_status, \
+    v.created_at, v.updated_at, v.deleted_at, v.bridge, v.firmware, n.status AS node_status, \
+    v.annotations, v.booted_spec, v.booted_at, v.retry_kind, v.retry_attempts, v.retry_at, \
     (SELECT t.id FROM tasks t WHERE t.vm_id = v.id AND t.status IN ('pending', 'running') \
     LIMIT 1) AS current_task \
     FROM vms v LEFT JOIN nodes n ON n.name = v.node";
@@ -48,6 +49,10 @@ pub(super) fn vm_from_row(row: &AnyRow) -> Result<VmRecord, StoreError> {
     let node_status: Option<String> = row.try_get("node_status")?;
     let current_task: Option<String> = row.try_get("current_task")?;
     let pid: Option<i64> = row.try_get("pid")?;
+    let firmware: Option<String> = row.try_get("firmware")?;
+    let annotations: String = row.try_get("annotations")?;
+    let booted_spec: Option<String> = row.try_get("booted_spec")?;
+    let retry_kind: Option<String> = row.try_get("retry_kind")?;
     Ok(VmRecord {
         id: parse_uuid("vms", &id)?,
         name: row.try_get("name")?,
@@ -74,6 +79,22 @@ pub(super) fn vm_from_row(row: &AnyRow) -> Result<VmRecord, StoreError> {
         deleted_at_ms: row.try_get("deleted_at")?,
         node_ready: node_status.as_deref() != Some("not_ready"),
         current_task: current_task.map(|t| parse_uuid("tasks", &t)).transpose()?,
+        bridge: row.try_get("bridge")?,
+        firmware: firmware
+            .map(|f| serde_json::from_str(&f))
+            .transpose()
+            .map_err(|e| corrupt("vms", &id, e))?,
+        annotations: serde_json::from_str(&annotations).map_err(|e| corrupt("vms", &id, e))?,
+        booted_spec: booted_spec
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| corrupt("vms", &id, e))?,
+        booted_at_ms: row.try_get("booted_at")?,
+        retry_kind: retry_kind
+            .map(|k| TaskKind::parse(&k).ok_or_else(|| corrupt("vms", &id, "retry_kind")))
+            .transpose()?,
+        retry_attempts: u32::try_from(row.try_get::<i64, _>("retry_attempts")?).unwrap_or(0),
+        retry_at_ms: row.try_get("retry_at")?,
     })
 }
 

@@ -209,8 +209,10 @@ async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result<(), sqlx::
     sqlx::query(
         "INSERT INTO vms (id, name, spec, generation, observed_generation, phase, node, pool, \
          pool_path, pid, serial_log, requested_op, last_error_code, last_error_message, \
-         deletion_requested, created_at, updated_at, deleted_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+         deletion_requested, created_at, updated_at, deleted_at, bridge, firmware, \
+         annotations, booted_spec, booted_at, retry_kind, retry_attempts, retry_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+         $19, $20, $21, $22, $23, $24, $25, $26)",
     )
     .bind(vm.id.to_string())
     .bind(vm.name.clone())
@@ -230,6 +232,18 @@ async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result<(), sqlx::
     .bind(vm.created_at_ms)
     .bind(vm.updated_at_ms)
     .bind(vm.deleted_at_ms)
+    .bind(vm.bridge.clone())
+    .bind(
+        vm.firmware
+            .as_ref()
+            .map(|f| serde_json::to_string(f).expect("ResolvedFirmware serializes")),
+    )
+    .bind(annotations_json(vm))
+    .bind(booted_spec_json(vm))
+    .bind(vm.booted_at_ms)
+    .bind(vm.retry_kind.map(|k| k.as_str().to_owned()))
+    .bind(i64::from(vm.retry_attempts))
+    .bind(vm.retry_at_ms)
     .execute(conn)
     .await?;
     Ok(())
@@ -240,7 +254,8 @@ async fn update_vm(conn: &mut AnyConnection, vm: &VmRecord, now_ms: i64) -> Resu
         "UPDATE vms SET spec = $2, generation = $3, observed_generation = $4, phase = $5, \
          node = $6, pool = $7, pool_path = $8, pid = $9, serial_log = $10, requested_op = $11, \
          last_error_code = $12, last_error_message = $13, deletion_requested = $14, \
-         updated_at = $15, deleted_at = $16 WHERE id = $1",
+         updated_at = $15, deleted_at = $16, annotations = $17, booted_spec = $18, \
+         booted_at = $19, retry_kind = $20, retry_attempts = $21, retry_at = $22 WHERE id = $1",
     )
     .bind(vm.id.to_string())
     .bind(spec_json(vm))
@@ -258,6 +273,12 @@ async fn update_vm(conn: &mut AnyConnection, vm: &VmRecord, now_ms: i64) -> Resu
     .bind(i64::from(vm.deletion_requested))
     .bind(now_ms)
     .bind(vm.deleted_at_ms)
+    .bind(annotations_json(vm))
+    .bind(booted_spec_json(vm))
+    .bind(vm.booted_at_ms)
+    .bind(vm.retry_kind.map(|k| k.as_str().to_owned()))
+    .bind(i64::from(vm.retry_attempts))
+    .bind(vm.retry_at_ms)
     .execute(conn)
     .await?;
     Ok(())
@@ -270,4 +291,14 @@ fn spec_json(vm: &VmRecord) -> String {
 fn requested_op_json(vm: &VmRecord) -> Option<String> {
     vm.requested_op
         .map(|op| serde_json::to_string(&op).expect("RequestedOp serializes"))
+}
+
+fn annotations_json(vm: &VmRecord) -> String {
+    serde_json::to_string(&vm.annotations).expect("annotations serialize")
+}
+
+fn booted_spec_json(vm: &VmRecord) -> Option<String> {
+    vm.booted_spec
+        .as_ref()
+        .map(|s| serde_json::to_string(s).expect("VmSpec serializes"))
 }

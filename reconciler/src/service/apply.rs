@@ -1,0 +1,112 @@
+//! Declarative apply of VMs (`PUT /v1/vms/{name}`): a server-side upsert of desired state
+//! answering `created` (the same path as `POST /v1/vms`), `unchanged` (spec and
+//! annotations equal what is stored: nothing written, no task) or `configured` (spec and
+//! annotations stored, generation + 1 on a spec change, the reconciler run for the VM and
+//! the task it emitted returned). Immutable fields cannot change (409 `immutable_field`).
+
+use std::sync::Arc;
+
+use otherix_api::validate::{validate_name, validate_vm_spec};
+use otherix_api::{
+    ApiError, ApplyOutcome, ApplyRequest, ApplyResponse, CreateVmRequest, Vm, VmPhase, VmSpec,
+};
+
+use super::apply_diff::{immutable_changes, immutable_error};
+use super::{ServiceError, VmService};
+use crate::reconcile::Reconciler;
+use crate::store::Store;
+
+pub struct ApplyService {
+    store: Store,
+    reconciler: Arc<Reconciler>,
+    vms: Arc<VmService>,
+}
+
+impl ApplyService {
+    pub fn new(store: Store, reconciler: Arc<Reconciler>, vms: Arc<VmService>) -> Self {
+        ApplyService {
+            store,
+            reconciler,
+            vms,
+        }
+    }
+
+    /// `PUT /v1/vms/{name}`.
+    pub async fn apply_vm(
+        &self,
+        name: &str,
+        req: ApplyRequest<VmSpec>,
+    ) -> Result<ApplyResponse<Vm>, ServiceError> {
+        validate_name("name", name)?;
+        validate_vm_spec("spec", &req.spec)?;
+        for key in req.annotations.keys() {
+            if key.is_empty() {
+                return Err(ApiError::validation("annotations: keys must not be empty").into());
+            }
+        }
+        let Some(existing) = self.store.vm_by_name(name).await? else {
+            let create = CreateVmRequest {
+                name: name.to_owned(),
+                spec: req.spec,
+            };
+            let accepted = self.vms.create_annotated(create, req.annotations).await?;
+            let object = accepted
+                .vm
+                .ok_or_else(|| ApiError::internal(format!("vm {name} vanished after create")))?;
+            return Ok(ApplyResponse {
+                outcome: ApplyOutcome::Created,
+                object,
+                task: Some(accepted.task),
+            });
+        };
+
+        let guard = self.reconciler.locks().lock(existing.id).await;
+        let mut vm = match self.store.vm_by_id(existing.id).await? {
+            Some(vm) if vm.deleted_at_ms.is_none() => vm,
+            _ => {
+                return Err(ApiError::conflict(format!(
+                    "vm {name} was deleted while this apply ran; apply again"
+                ))
+                .into())
+            }
+        };
+        if vm.deletion_requested || vm.phase == VmPhase::Deleting {
+            return Err(ApiError::conflict(format!(
+                "vm {name} is deleting; apply again once it is gone"
+            ))
+            .into());
+        }
+        let changes = immutable_changes(&vm.spec, &req.spec);
+        if !changes.is_empty() {
+            return Err(immutable_error(&changes).into());
+        }
+        if vm.spec == req.spec && vm.annotations == req.annotations {
+            return Ok(ApplyResponse {
+                outcome: ApplyOutcome::Unchanged,
+                object: vm.to_api(),
+                task: None,
+            });
+        }
+        if vm.spec != req.spec {
+            vm.generation += 1;
+            // A user change is worth trying at once rather than after a retry's backoff.
+            vm.retry_at_ms = None;
+        }
+        vm.spec = req.spec;
+        vm.annotations = req.annotations;
+        self.store.save_vm(&vm).await?;
+        let task = self.reconciler.reconcile_locked(vm.id, &guard).await?;
+        drop(guard);
+        let object = self
+            .store
+            .vm_by_id(vm.id)
+            .await?
+            .map(|v| v.to_api())
+            .ok_or_else(|| ApiError::not_found(format!("vm {name} not found")))?;
+        Ok(ApplyResponse {
+            outcome: ApplyOutcome::Configured,
+            object,
+            task: task.map(|t| t.to_api()),
+        })
+    }
+}

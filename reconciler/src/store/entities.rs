@@ -1,0 +1,294 @@
+//! Pools, networks and firmware as named objects (`{id, name, annotations, spec}` rows with
+//! the spec and annotations as JSON), cluster settings, what live VMs refer to (for
+//! delete-in-use checks), and idempotency keys of task-creating requests.
+
+use std::collections::BTreeMap;
+
+use otherix_api::VmSpec;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::rows::{parse_uuid, task_from_row, TASK_COLUMNS};
+use super::{Store, StoreError, SETTING_DEFAULT_POOL};
+use crate::model::TaskRecord;
+
+/// The key of the cluster settings' annotations (JSON object).
+pub const SETTING_CLUSTER_ANNOTATIONS: &str = "cluster_annotations";
+
+/// The tables of named objects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectTable {
+    Pools,
+    Networks,
+    Firmware,
+}
+
+impl ObjectTable {
+    fn table(self) -> &'static str {
+        match self {
+            ObjectTable::Pools => "pools",
+            ObjectTable::Networks => "networks",
+            ObjectTable::Firmware => "firmware",
+        }
+    }
+
+    /// The `builtin` column, or a constant for tables without one.
+    fn builtin_expr(self) -> &'static str {
+        match self {
+            ObjectTable::Firmware => "builtin",
+            _ => "CAST(0 AS BIGINT)",
+        }
+    }
+}
+
+/// One named object row with its spec decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject<S> {
+    pub id: Uuid,
+    pub name: String,
+    pub annotations: BTreeMap<String, String>,
+    pub spec: S,
+    pub builtin: bool,
+}
+
+/// A live VM's references to named objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRefs {
+    pub name: String,
+    /// The pool it was placed in, once placed.
+    pub pool: Option<String>,
+    pub spec: VmSpec,
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("spec and annotations serialize")
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, id: &str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        table,
+        id: id.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+impl Store {
+    /// Every object of `table`, ordered by name.
+    pub async fn list_objects<S: DeserializeOwned>(
+        &self,
+        table: ObjectTable,
+    ) -> Result<Vec<StoredObject<S>>, StoreError> {
+        let sql = format!(
+            "SELECT id, name, spec, annotations, {} AS builtin FROM {} ORDER BY name",
+            table.builtin_expr(),
+            table.table()
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.try_get("id")?;
+                let spec: String = r.try_get("spec")?;
+                let annotations: String = r.try_get("annotations")?;
+                Ok(StoredObject {
+                    id: parse_uuid(table.table(), &id)?,
+                    name: r.try_get("name")?,
+                    annotations: decode(table.table(), &id, &annotations)?,
+                    spec: decode(table.table(), &id, &spec)?,
+                    builtin: r.try_get::<i64, _>("builtin")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// The object of `table` whose name or id is `name_or_id`.
+    pub async fn object<S: DeserializeOwned>(
+        &self,
+        table: ObjectTable,
+        name_or_id: &str,
+    ) -> Result<Option<StoredObject<S>>, StoreError> {
+        Ok(self
+            .list_objects(table)
+            .await?
+            .into_iter()
+            .find(|o| o.name == name_or_id || o.id.to_string() == name_or_id))
+    }
+
+    /// Inserts a new object; false when the name is taken.
+    pub async fn insert_object<S: Serialize>(
+        &self,
+        table: ObjectTable,
+        obj: &StoredObject<S>,
+    ) -> Result<bool, StoreError> {
+        let sql = match table {
+            ObjectTable::Firmware => "INSERT INTO firmware (id, name, spec, annotations, \
+                 created_at_ms, builtin) VALUES ($1, $2, $3, $4, $5, $6)"
+                .to_owned(),
+            _ => format!(
+                "INSERT INTO {} (id, name, spec, annotations, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5)",
+                table.table()
+            ),
+        };
+        let mut q = sqlx::query(&sql)
+            .bind(obj.id.to_string())
+            .bind(obj.name.clone())
+            .bind(json(&obj.spec))
+            .bind(json(&obj.annotations))
+            .bind(self.now_ms());
+        if table == ObjectTable::Firmware {
+            q = q.bind(i64::from(obj.builtin));
+        }
+        match q.execute(&self.pool).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces an object's spec and annotations.
+    pub async fn update_object<S: Serialize>(
+        &self,
+        table: ObjectTable,
+        id: Uuid,
+        spec: &S,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE {} SET spec = $2, annotations = $3 WHERE id = $1",
+            table.table()
+        );
+        sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(json(spec))
+            .bind(json(annotations))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes an object (a pool together with its pool instances).
+    pub async fn delete_object(&self, table: ObjectTable, id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if table == ObjectTable::Pools {
+            sqlx::query("DELETE FROM pool_instances WHERE pool_id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let sql = format!("DELETE FROM {} WHERE id = $1", table.table());
+        sqlx::query(&sql)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What every live VM refers to.
+    pub async fn live_vm_refs(&self) -> Result<Vec<VmRefs>, StoreError> {
+        let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
+            "SELECT id, name, pool, spec FROM vms WHERE deleted_at IS NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, name, pool, spec)| {
+                Ok(VmRefs {
+                    name,
+                    pool,
+                    spec: decode("vms", &id, &spec)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets (`Some`) or clears (`None`) a setting. A cleared default pool is stored as the
+    /// empty string, so agents registering a `default` pool do not set it again.
+    pub async fn set_setting(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let value = match value {
+            Some(v) => v.to_owned(),
+            None if key == SETTING_DEFAULT_POOL => String::new(),
+            None => {
+                sqlx::query("DELETE FROM settings WHERE key = $1")
+                    .bind(key)
+                    .execute(&self.pool)
+                    .await?;
+                return Ok(());
+            }
+        };
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = $2",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The cluster settings' annotations.
+    pub async fn cluster_annotations(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        match self.setting(SETTING_CLUSTER_ANNOTATIONS).await? {
+            Some(text) => decode("settings", SETTING_CLUSTER_ANNOTATIONS, &text),
+            None => Ok(BTreeMap::new()),
+        }
+    }
+
+    pub async fn set_cluster_annotations(
+        &self,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
+        let value = (!annotations.is_empty()).then(|| json(annotations));
+        self.set_setting(SETTING_CLUSTER_ANNOTATIONS, value.as_deref())
+            .await
+    }
+
+    /// The newest task created by a request with this Idempotency-Key, with that
+    /// request's fingerprint.
+    pub async fn task_by_idempotency_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<(TaskRecord, Option<String>)>, StoreError> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS}, idempotency_request FROM tasks WHERE idempotency_key = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(Some((
+                task_from_row(&r)?,
+                r.try_get("idempotency_request")?,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the Idempotency-Key and request fingerprint of the request that created a
+    /// task.
+    pub async fn set_task_idempotency(
+        &self,
+        task_id: Uuid,
+        key: &str,
+        request: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE tasks SET idempotency_key = $2, idempotency_request = $3 WHERE id = $1",
+        )
+        .bind(task_id.to_string())
+        .bind(key)
+        .bind(request)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
