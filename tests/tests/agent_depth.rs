@@ -57,6 +57,8 @@ fn seeds_disks_ports_uefi_and_arm64_with_real_guests() {
     )
     .unwrap();
     let amd64 = server.url("busybox-amd64.qcow2");
+    // A raw source image: its format is detected (qemu-img info) and the overlay backs onto it.
+    let amd64_raw = server.url("busybox-amd64.img");
     let arm64 = server.url("busybox-arm64.qcow2");
     let port = free_port().to_string();
     let port_flag = format!("{port}:22");
@@ -90,7 +92,7 @@ fn seeds_disks_ports_uefi_and_arm64_with_real_guests() {
         vec![
             "uefi",
             "--image-url",
-            &amd64,
+            &amd64_raw,
             "--arch",
             "amd64",
             "--firmware",
@@ -179,7 +181,15 @@ fn seeds_disks_ports_uefi_and_arm64_with_real_guests() {
     assert!(std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).is_ok());
 
     // UEFI on amd64 (OVMF pflash with a per-VM vars copy) and arm64 under AAVMF.
-    let uefi_pid = cluster.vm("uefi")["status"]["pid"].as_u64().unwrap() as u32;
+    let uefi = cluster.vm("uefi");
+    let info = qemu_img_info(
+        &pool
+            .join("vms")
+            .join(uefi["id"].as_str().unwrap())
+            .join("disk.qcow2"),
+    );
+    assert_eq!(info["backing-filename-format"], "raw", "{info}");
+    let uefi_pid = uefi["status"]["pid"].as_u64().unwrap() as u32;
     let cmd = cmdline(uefi_pid);
     assert!(cmd.contains("OVMF_CODE"), "{cmd}");
     assert!(cmd.contains("if=pflash"), "{cmd}");

@@ -205,6 +205,21 @@ fn watch_mode_applies_edits_rejects_invalid_files_and_prunes_its_own_objects() {
     assert_eq!(vm["spec"]["memory_mb"], 320);
     assert_eq!(vm["generation"], 2);
     assert_eq!(vm["status"]["restart_pending"], true, "{vm}");
+    // ... and takes effect at the next boot (once the guest listens for the power button).
+    file_contains(&cluster.serial_log("w1"), "OTHERIX-TEST-GUEST-READY", BOOT);
+    cluster.cli(&["vm", "reboot", "w1", "--wait"]).ok();
+    let vm = cluster.vm("w1");
+    assert!(
+        vm["status"]["restart_pending"].is_null() || vm["status"]["restart_pending"] == false,
+        "{vm}"
+    );
+    let pid = vm["status"]["pid"].as_u64().unwrap();
+    let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+        .replace('\0', " ");
+    assert!(
+        cmd.contains(" -m 320"),
+        "new memory not applied at boot: {cmd}"
+    );
 
     // An invalid edit prints its error with file:line and changes nothing.
     std::fs::write(
