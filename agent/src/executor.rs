@@ -8,7 +8,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use otherix_api::proto::{SyncReply, SyncRequest, TaskAssignment, TaskState, TaskUpdate, VmReport};
+use otherix_api::proto::{
+    SyncReply, SyncRequest, TaskAssignment, TaskState, TaskUpdate, VmPower, VmReport,
+};
 use otherix_api::{ApiError, DesiredPhase, ErrorCode, TaskKind, VmSpec};
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -77,9 +79,12 @@ impl<D: VmDriver> Executor<D> {
         let task_id = match parse_uuid("task_id", &task.task_id) {
             Ok(id) => id,
             Err(e) => {
-                inner
-                    .outbox
-                    .task_update(terminal_update(&task.task_id, &Outcome::Failed(e), None));
+                inner.outbox.task_update(terminal_update(
+                    &task.task_id,
+                    &Outcome::Failed(e),
+                    None,
+                    "",
+                ));
                 return;
             }
         };
@@ -216,7 +221,7 @@ impl<D: VmDriver> Inner<D> {
             (_, Ok(vm_id)) => Some(self.driver.report(vm_id).await),
             (_, Err(_)) => None,
         };
-        let update = terminal_update(&task.task_id, &outcome, report);
+        let update = terminal_update(&task.task_id, &outcome, report, &progress.last_phase());
         match &outcome {
             Outcome::Succeeded(_) => tracing::info!(%task_id, kind = task.kind, "task succeeded"),
             Outcome::Failed(e) => {
@@ -334,7 +339,34 @@ impl<D: VmDriver> Inner<D> {
     }
 }
 
-fn terminal_update(task_id: &str, outcome: &Outcome, vm: Option<VmReport>) -> TaskUpdate {
+/// Phase of a task's terminal update: how it ended, so a finished task keeps a meaningful
+/// phase. Success names the state the VM was left in (`running`, `paused`, `stopped`,
+/// `deleted`); a graceful stop or reboot that ran out of time is `timed out` (after
+/// `powerdown sent` and `waiting for guest`); any other failure keeps the phase it failed
+/// in (e.g. `downloading image`); a cancelled task is `cancelled`.
+fn terminal_phase(outcome: &Outcome, vm: Option<&VmReport>, last_phase: &str) -> String {
+    let phase = match outcome {
+        Outcome::Succeeded(_) => match vm.map(VmReport::power) {
+            Some(VmPower::Running) => "running",
+            Some(VmPower::Paused) => "paused",
+            Some(VmPower::Stopped) => "stopped",
+            Some(VmPower::Absent) => "deleted",
+            Some(VmPower::Unspecified) | None => "done",
+        },
+        Outcome::Failed(e) if e.code == ErrorCode::StopTimeout => "timed out",
+        Outcome::Failed(_) if !last_phase.is_empty() => last_phase,
+        Outcome::Failed(_) => "failed",
+        Outcome::Cancelled => "cancelled",
+    };
+    phase.to_string()
+}
+
+fn terminal_update(
+    task_id: &str,
+    outcome: &Outcome,
+    vm: Option<VmReport>,
+    last_phase: &str,
+) -> TaskUpdate {
     let (state, error_code, error_message) = match outcome {
         Outcome::Succeeded(_) => (TaskState::Succeeded, String::new(), String::new()),
         Outcome::Failed(e) => (
@@ -351,7 +383,7 @@ fn terminal_update(task_id: &str, outcome: &Outcome, vm: Option<VmReport>) -> Ta
     TaskUpdate {
         task_id: task_id.to_string(),
         state: state as i32,
-        phase: "done".into(),
+        phase: terminal_phase(outcome, vm.as_ref(), last_phase),
         error_code,
         error_message,
         vm,

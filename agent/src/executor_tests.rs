@@ -255,6 +255,7 @@ async fn cancel_running_task_reports_cancelled() {
     let done = next_terminal(&mut h.rx).await;
     assert_eq!(done.state, TaskState::Cancelled as i32);
     assert_eq!(done.error_code, "cancelled");
+    assert_eq!(done.phase, "cancelled");
     assert_eq!(h.driver.calls(), vec!["prepare"]);
 }
 
@@ -263,18 +264,32 @@ async fn create_kinds_table_maps_to_driver_calls() {
     let mut stopped = spec();
     stopped.desired_phase = DesiredPhase::Stopped;
     stopped.stop_timeout_secs = Some(7);
-    let table: Vec<(&str, VmSpec, u64, Vec<&str>)> = vec![
-        ("vm.create", spec(), 0, vec!["prepare", "start"]),
-        ("vm.create", stopped.clone(), 0, vec!["prepare"]),
-        ("vm.start", spec(), 0, vec!["start"]),
-        ("vm.stop", spec(), 0, vec!["stop 60000ms"]),
-        ("vm.stop", stopped.clone(), 0, vec!["stop 7000ms"]),
-        ("vm.stop", spec(), 1500, vec!["stop 1500ms"]),
-        ("vm.poweroff", spec(), 0, vec!["poweroff"]),
-        ("vm.reboot", spec(), 0, vec!["stop 60000ms", "start"]),
-        ("vm.delete", spec(), 0, vec!["delete"]),
+    // (kind, spec, stop_timeout_ms, driver calls, terminal phase)
+    type Row = (&'static str, VmSpec, u64, Vec<&'static str>, &'static str);
+    let table: Vec<Row> = vec![
+        ("vm.create", spec(), 0, vec!["prepare", "start"], "running"),
+        ("vm.create", stopped.clone(), 0, vec!["prepare"], "running"),
+        ("vm.start", spec(), 0, vec!["start"], "running"),
+        ("vm.stop", spec(), 0, vec!["stop 60000ms"], "stopped"),
+        (
+            "vm.stop",
+            stopped.clone(),
+            0,
+            vec!["stop 7000ms"],
+            "stopped",
+        ),
+        ("vm.stop", spec(), 1500, vec!["stop 1500ms"], "stopped"),
+        ("vm.poweroff", spec(), 0, vec!["poweroff"], "stopped"),
+        (
+            "vm.reboot",
+            spec(),
+            0,
+            vec!["stop 60000ms", "start"],
+            "running",
+        ),
+        ("vm.delete", spec(), 0, vec!["delete"], "deleted"),
     ];
-    for (kind, spec, stop_ms, want) in table {
+    for (kind, spec, stop_ms, want, phase) in table {
         let mut h = harness();
         let mut t = task(&h, kind, &spec);
         t.stop_timeout_ms = stop_ms;
@@ -286,6 +301,7 @@ async fn create_kinds_table_maps_to_driver_calls() {
             "{kind}: terminal update carries the VM report"
         );
         assert_eq!(h.driver.calls(), want, "{kind} {stop_ms}");
+        assert_eq!(done.phase, phase, "{kind} {stop_ms}: terminal phase");
     }
 }
 
@@ -297,11 +313,59 @@ async fn stop_failure_reports_failed_with_code_and_vm() {
         "guest did not power off within 1s",
     ));
     h.executor.assign(task(&h, "vm.stop", &spec()));
-    let done = next_terminal(&mut h.rx).await;
+    let mut phases = Vec::new();
+    let done = loop {
+        if let Some(Body::TaskUpdate(u)) = h.rx.recv().await.unwrap().body {
+            phases.push(u.phase.clone());
+            if u.state != TaskState::Running as i32 {
+                break u;
+            }
+        }
+    };
     assert_eq!(done.state, TaskState::Failed as i32);
     assert_eq!(done.error_code, "stop_timeout");
     assert_eq!(done.error_message, "guest did not power off within 1s");
     assert_eq!(done.vm.unwrap().power, VmPower::Running as i32);
+    assert_eq!(phases, vec!["powerdown sent", "timed out"]);
+
+    // A reboot whose graceful stop times out ends the same way.
+    h.executor.assign(task(&h, "vm.reboot", &spec()));
+    let done = next_terminal(&mut h.rx).await;
+    assert_eq!(done.error_code, "stop_timeout");
+    assert_eq!(done.phase, "timed out");
+}
+
+#[test]
+fn terminal_phase_names_how_the_task_ended() {
+    let report = |p| power_report("vm", p);
+    let running = report(VmPower::Running);
+    let failed = |code| Outcome::Failed(ApiError::new(code, "x"));
+    let table: Vec<(Outcome, Option<&VmReport>, &str, &str)> = vec![
+        (
+            Outcome::Succeeded(running.clone()),
+            Some(&running),
+            "waiting for qmp",
+            "running",
+        ),
+        (Outcome::Succeeded(running.clone()), None, "", "done"),
+        (
+            failed(ErrorCode::StopTimeout),
+            Some(&running),
+            "waiting for guest",
+            "timed out",
+        ),
+        (
+            failed(ErrorCode::ImageDownloadFailed),
+            None,
+            "downloading image",
+            "downloading image",
+        ),
+        (failed(ErrorCode::QemuFailed), None, "", "failed"),
+        (Outcome::Cancelled, None, "downloading image", "cancelled"),
+    ];
+    for (outcome, vm, last, want) in table {
+        assert_eq!(terminal_phase(&outcome, vm, last), want, "{last:?}");
+    }
 }
 
 #[tokio::test]

@@ -119,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
         vcpus: host::vcpus(),
         memory_mb: host::memory_mb(),
         pools,
+        allow_file_urls: args.allow_file_urls,
     };
     tokio::select! {
         () = session::run(args.server, node, executor, driver, outbox, outbox_rx) => {}

@@ -2,6 +2,8 @@
 //! constructors for the proto messages that go through it.
 
 use otherix_api::proto::{agent_message, AgentMessage, TaskState, TaskUpdate, VmPower, VmReport};
+use std::sync::{Arc, Mutex};
+
 use tokio::sync::mpsc;
 
 /// Sender side of the queue the session drains into the gateway stream. Sending never
@@ -59,6 +61,8 @@ pub fn power_report(vm_id: &str, power: VmPower) -> VmReport {
 pub struct Progress {
     task_id: String,
     outbox: Outbox,
+    /// The last phase reported, for the terminal update of a failed task.
+    last_phase: Arc<Mutex<String>>,
 }
 
 impl Progress {
@@ -66,18 +70,33 @@ impl Progress {
         Progress {
             task_id: task_id.to_string(),
             outbox,
+            last_phase: Arc::default(),
+        }
+    }
+
+    /// The phase most recently reported (empty when none was).
+    pub fn last_phase(&self) -> String {
+        self.last_phase.lock().expect("phase poisoned").clone()
+    }
+
+    fn remember(&self, phase: &str) {
+        let mut last = self.last_phase.lock().expect("phase poisoned");
+        if last.as_str() != phase {
+            *last = phase.to_string();
         }
     }
 
     /// Reports the task's current phase, e.g. `powerdown sent`.
     pub fn phase(&self, phase: &str) {
         tracing::info!(task_id = %self.task_id, phase, "task phase");
+        self.remember(phase);
         self.outbox
             .task_update(running_update(&self.task_id, phase, None));
     }
 
     /// Reports byte progress within a phase (bytes_total 0 when unknown).
     pub fn bytes(&self, phase: &str, done: u64, total: Option<u64>) {
+        self.remember(phase);
         self.outbox.task_update(running_update(
             &self.task_id,
             phase,

@@ -53,6 +53,8 @@ pub struct NodeInfo {
     pub vcpus: u32,
     pub memory_mb: u64,
     pub pools: Vec<(String, PathBuf)>,
+    /// Started with `--allow-file-urls` (announced in `Register`).
+    pub allow_file_urls: bool,
 }
 
 /// Exponential backoff between reconnect attempts.
@@ -146,6 +148,7 @@ impl<D: VmDriver> Session<'_, D> {
                 .collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             vms: self.driver.report_all().await,
+            allow_file_urls: node.allow_file_urls,
         }))
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use otherix_agent::driver::{VmDriver, VmTarget};
+use otherix_agent::executor::Executor;
 use otherix_agent::host::Accel;
 use otherix_agent::local_driver::LocalDriver;
 use otherix_agent::outbox::{Outbox, Progress};
@@ -16,7 +17,7 @@ use otherix_agent::qemu::process::kill_pid;
 use otherix_agent::qemu::{pid_alive, read_pid, Qmp, RunStatus};
 use otherix_agent::vm_registry::{RunDir, VmRegistry};
 use otherix_api::proto::agent_message::Body;
-use otherix_api::proto::VmPower;
+use otherix_api::proto::{TaskAssignment, TaskState, VmPower};
 use otherix_api::{Arch, ErrorCode, VmSpec};
 use uuid::Uuid;
 
@@ -211,6 +212,43 @@ async fn qemu_driver_real_guest_lifecycle() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::StopTimeout, "{err}");
     assert!(err.message.contains("still running"), "{}", err.message);
+    assert!(pid_alive(b_started.pid, &run_b.path));
+    // The same as a vm.stop task through the executor: the task's phases run
+    // powerdown sent -> waiting for guest -> timed out, and the VM keeps running.
+    let (task_outbox, mut task_rx) = Outbox::new();
+    let executor = Executor::new(
+        Arc::new(LocalDriver::new(registry.clone(), Accel::Tcg, true)),
+        registry.clone(),
+        &data_dir,
+        task_outbox,
+    );
+    executor.assign(TaskAssignment {
+        task_id: Uuid::new_v4().to_string(),
+        kind: "vm.stop".into(),
+        vm_id: b.vm_id.to_string(),
+        stop_timeout_ms: 3000,
+        ..Default::default()
+    });
+    let mut task_phases: Vec<String> = Vec::new();
+    let done = tokio::time::timeout(STOP_TIMEOUT, async {
+        loop {
+            if let Some(Body::TaskUpdate(u)) = task_rx.recv().await.unwrap().body {
+                task_phases.push(u.phase.clone());
+                if u.state != TaskState::Running as i32 {
+                    return u;
+                }
+            }
+        }
+    })
+    .await
+    .expect("vm.stop task did not finish");
+    assert_eq!(done.state, TaskState::Failed as i32, "{done:?}");
+    assert_eq!(done.error_code, "stop_timeout", "{done:?}");
+    assert_eq!(
+        task_phases,
+        ["powerdown sent", "waiting for guest", "timed out"]
+    );
+    assert_eq!(done.vm.unwrap().power, VmPower::Running as i32);
     assert!(pid_alive(b_started.pid, &run_b.path));
     assert_eq!(driver.report(b.vm_id).await.power, VmPower::Running as i32);
     let b_off = driver.poweroff(&b, &progress).await.unwrap();

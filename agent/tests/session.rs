@@ -128,6 +128,7 @@ async fn session_registers_routes_tasks_and_reconnects() {
         vcpus: 2,
         memory_mb: 4096,
         pools: vec![("default".into(), pool_path.clone())],
+        allow_file_urls: false,
     };
     tokio::spawn(session::run(
         format!("http://{addr}"),

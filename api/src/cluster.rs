@@ -42,6 +42,9 @@ pub struct Node {
     /// RFC 3339 time of the last heartbeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<String>,
+    /// The node's agent accepts `file://` image URLs (started with `--allow-file-urls`).
+    #[serde(default)]
+    pub allow_file_urls: bool,
 }
 
 /// One pool's presence on one node.

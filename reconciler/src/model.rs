@@ -258,6 +258,8 @@ pub struct NodeRecord {
     pub allocated_vms: u32,
     pub allocated_vcpus: u32,
     pub allocated_memory_mb: u64,
+    /// The agent accepts `file://` image URLs (`--allow-file-urls`).
+    pub allow_file_urls: bool,
 }
 
 impl NodeRecord {
@@ -275,6 +277,7 @@ impl NodeRecord {
             allocated_memory_mb: self.allocated_memory_mb,
             pools: self.pools.iter().map(|p| p.pool.clone()).collect(),
             last_heartbeat: self.last_heartbeat_ms.map(rfc3339),
+            allow_file_urls: self.allow_file_urls,
         }
     }
 }

@@ -16,15 +16,27 @@ enum Rejection {
     NotReady,
     PoolMissing,
     Arch,
+    /// `spec.image_url` is a `file://` URL and the node's agent does not allow them.
+    FileUrls,
     Capacity(String),
 }
+
+/// Start of the 400 message when only nodes without `--allow-file-urls` could take the VM.
+pub const FILE_URLS_NOT_ALLOWED: &str =
+    "spec.image_url: file:// URLs need an agent started with --allow-file-urls";
 
 /// Picks the node and pool instance for a new VM.
 ///
 /// The pool is `spec.pool` (name or uuid) or `default_pool`; `spec.node` (name or uuid)
 /// pins placement to exactly that node. A node qualifies when it is ready, serves the
-/// pool, runs the spec's guest arch, and has the vCPUs and memory free; among those the
-/// one with the fewest VMs, then the most free memory, then the first name wins.
+/// pool, runs the spec's guest arch, allows `file://` image URLs when the spec uses one,
+/// and has the vCPUs and memory free; among those the one with the fewest VMs, then the
+/// most free memory, then the first name wins.
+///
+/// When nothing fits, the error code follows the most useful reason: a pinned node without
+/// the pool is 409 `pool_not_on_node`; a node that is short of resources is 409
+/// `insufficient_capacity`; otherwise, when a node was turned down because its agent
+/// refuses `file://` URLs, the request itself is the problem: 400 `validation_failed`.
 pub fn schedule(
     spec: &VmSpec,
     nodes: &[NodeRecord],
@@ -106,6 +118,8 @@ pub fn schedule(
         .any(|(_, r)| matches!(r, Rejection::Capacity(_)))
     {
         ErrorCode::InsufficientCapacity
+    } else if rejected.iter().any(|(_, r)| *r == Rejection::FileUrls) {
+        ErrorCode::ValidationFailed
     } else {
         ErrorCode::NoNodeAvailable
     };
@@ -115,6 +129,11 @@ pub fn schedule(
         .collect();
     let message = if details.is_empty() {
         "no nodes are registered".to_owned()
+    } else if code == ErrorCode::ValidationFailed {
+        format!(
+            "{FILE_URLS_NOT_ALLOWED}; no node can take the vm: {}",
+            details.join("; ")
+        )
     } else {
         format!("no node can take the vm: {}", details.join("; "))
     };
@@ -138,6 +157,9 @@ fn check_node(
     }
     if !node.guest_arches.iter().any(|a| a == spec.arch.as_str()) {
         return Err(Rejection::Arch);
+    }
+    if spec.image_url.starts_with("file://") && !node.allow_file_urls {
+        return Err(Rejection::FileUrls);
     }
     let schedulable_vcpus = node.vcpus.saturating_mul(CPU_ALLOCATION_RATIO);
     let free_vcpus = schedulable_vcpus.saturating_sub(node.allocated_vcpus);
@@ -167,6 +189,10 @@ fn reason_text(r: &Rejection, spec: &VmSpec, pool: &str) -> String {
         Rejection::NotReady => "not ready".to_owned(),
         Rejection::PoolMissing => format!("pool {pool} is not on this node"),
         Rejection::Arch => format!("cannot run {} guests", spec.arch),
+        Rejection::FileUrls => {
+            "file:// image URLs are not allowed on this node (start its agent with --allow-file-urls)"
+                .to_owned()
+        }
         Rejection::Capacity(s) => format!("insufficient capacity: {s}"),
     }
 }
@@ -197,6 +223,7 @@ mod tests {
             allocated_vms: 0,
             allocated_vcpus: 0,
             allocated_memory_mb: 0,
+            allow_file_urls: false,
         }
     }
 
@@ -312,6 +339,56 @@ mod tests {
                 "spread: most free memory breaks ties",
                 |_, ns, _| ns[0].allocated_memory_mb = 1024,
                 Ok("n2"),
+            ),
+            (
+                "file url: only the node that allows them",
+                |s, ns, _| {
+                    s.image_url = "file:///srv/images/i.qcow2".into();
+                    ns[1].allow_file_urls = true;
+                    ns[1].allocated_vms = 3;
+                },
+                Ok("n2"),
+            ),
+            (
+                "file url: http url ignores the flag",
+                |_, ns, _| ns[1].allow_file_urls = true,
+                Ok("n1"),
+            ),
+            (
+                "file url: no node allows them",
+                |s, _, _| s.image_url = "file:///srv/images/i.qcow2".into(),
+                Err((
+                    ErrorCode::ValidationFailed,
+                    "spec.image_url: file:// URLs need an agent started with --allow-file-urls; \
+                     no node can take the vm: n1: file:// image URLs are not allowed on this node \
+                     (start its agent with --allow-file-urls); n2: file:// image URLs",
+                )),
+            ),
+            (
+                "file url: other node not ready",
+                |s, ns, _| {
+                    s.image_url = "file:///srv/images/i.qcow2".into();
+                    ns[1].status = NodeStatus::NotReady;
+                },
+                Err((ErrorCode::ValidationFailed, "n2: not ready")),
+            ),
+            (
+                "file url: the allowing node is full",
+                |s, ns, _| {
+                    s.image_url = "file:///srv/images/i.qcow2".into();
+                    ns[1].allow_file_urls = true;
+                    ns[1].allocated_memory_mb = 8192;
+                },
+                Err((ErrorCode::InsufficientCapacity, "n2: insufficient capacity")),
+            ),
+            (
+                "file url: pinned to a node that refuses them",
+                |s, ns, _| {
+                    s.image_url = "file:///srv/images/i.qcow2".into();
+                    s.node = Some("n1".into());
+                    ns[1].allow_file_urls = true;
+                },
+                Err((ErrorCode::ValidationFailed, FILE_URLS_NOT_ALLOWED)),
             ),
             (
                 "pool by uuid",

@@ -58,25 +58,31 @@ async fn reopen(dir: tempfile::TempDir, database_url: String) -> TestServer {
     }
 }
 
+/// What an agent on `node` sends when it attaches, serving the `default` pool.
+fn registration(node: &str, allow_file_urls: bool) -> Register {
+    Register {
+        node: node.into(),
+        host_arch: "amd64".into(),
+        guest_arches: vec!["amd64".into()],
+        accel: "tcg".into(),
+        vcpus: 64,
+        memory_mb: 262_144,
+        pools: vec![PoolPath {
+            name: "default".into(),
+            path: "/srv/default".into(),
+        }],
+        agent_version: "test".into(),
+        vms: vec![],
+        allow_file_urls,
+    }
+}
+
 /// A server with one ready node serving the `default` pool (so it is the default pool).
 async fn server_with_node() -> TestServer {
     let s = open(tempfile::tempdir().unwrap()).await;
     s.daemon
         .gateway
-        .register(&Register {
-            node: "node-1".into(),
-            host_arch: "amd64".into(),
-            guest_arches: vec!["amd64".into()],
-            accel: "tcg".into(),
-            vcpus: 64,
-            memory_mb: 262_144,
-            pools: vec![PoolPath {
-                name: "default".into(),
-                path: "/srv/default".into(),
-            }],
-            agent_version: "test".into(),
-            vms: vec![],
-        })
+        .register(&registration("node-1", false))
         .await
         .unwrap();
     s
@@ -538,6 +544,138 @@ async fn create_vm_pinned_to_node_without_pool_is_pool_not_on_node() {
         "insufficient_capacity",
         "MiB",
     );
+}
+
+#[tokio::test]
+async fn create_vm_file_url_needs_a_node_that_allows_file_urls() {
+    let s = server_with_node().await;
+    let body = json!({"name": "web-1", "spec": {"image_url": "file:///srv/images/busybox.qcow2", "arch": "amd64"}});
+    let (status, v) = call(&s.app, Method::POST, "/v1/vms", Some(&body.to_string())).await;
+    assert_error(
+        status,
+        &v,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+        "spec.image_url: file:// URLs need an agent started with --allow-file-urls",
+    );
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with(
+            "spec.image_url: file:// URLs need an agent started with --allow-file-urls"
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("node-1: file:// image URLs are not allowed on this node (start its agent with --allow-file-urls)"),
+        "{msg}"
+    );
+    let (_, vms) = call(&s.app, Method::GET, "/v1/vms", None).await;
+    assert_eq!(vms["items"].as_array().unwrap().len(), 0, "{vms}");
+    // http URLs are unaffected by the flag.
+    create(&s.app, "web-http").await;
+    let (_, node) = call(&s.app, Method::GET, "/v1/nodes/node-1", None).await;
+    assert_eq!(node["allow_file_urls"], false, "{node}");
+
+    // A second agent that allows file:// URLs takes the VM, though node-1 is emptier.
+    s.daemon
+        .gateway
+        .register(&registration("node-2", true))
+        .await
+        .unwrap();
+    let (_, node) = call(&s.app, Method::GET, "/v1/nodes/node-2", None).await;
+    assert_eq!(node["allow_file_urls"], true, "{node}");
+    let (status, v) = call(&s.app, Method::POST, "/v1/vms", Some(&body.to_string())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["task"]["node"], "node-2", "{v}");
+    assert_eq!(
+        v["task"]["placement"]["rejected"][0]["node"], "node-1",
+        "{v}"
+    );
+
+    // Re-registering without the flag clears it.
+    s.daemon
+        .gateway
+        .register(&registration("node-2", false))
+        .await
+        .unwrap();
+    let (_, node) = call(&s.app, Method::GET, "/v1/nodes/node-2", None).await;
+    assert_eq!(node["allow_file_urls"], false, "{node}");
+}
+
+#[tokio::test]
+async fn stop_timeout_task_keeps_its_last_phase_across_reopen() {
+    let s = server_with_node().await;
+    let v = create(&s.app, "web-1").await;
+    let vm_id = v["vm"]["id"].as_str().unwrap().to_owned();
+    agent_finishes(
+        &s,
+        v["task"]["id"].as_str().unwrap(),
+        &vm_id,
+        VmPower::Running,
+    )
+    .await;
+    let (status, stop) = call(&s.app, Method::POST, "/v1/vms/web-1/stop", None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{stop}");
+    let task_id = stop["task"]["id"].as_str().unwrap().to_owned();
+    let task_uri = format!("/v1/tasks/{task_id}");
+    // What the agent streams for a guest that ignores the power button.
+    for phase in ["powerdown sent", "waiting for guest"] {
+        s.daemon
+            .gateway
+            .apply_task_update(
+                "node-1",
+                &TaskUpdate {
+                    task_id: task_id.clone(),
+                    state: TaskState::Running as i32,
+                    phase: phase.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let (_, task) = call(&s.app, Method::GET, &task_uri, None).await;
+        assert_eq!(task["status"], "running", "{task}");
+        assert_eq!(task["progress"]["phase"], phase, "{task}");
+    }
+    s.daemon
+        .gateway
+        .apply_task_update(
+            "node-1",
+            &TaskUpdate {
+                task_id: task_id.clone(),
+                state: TaskState::Failed as i32,
+                phase: "timed out".into(),
+                error_code: "stop_timeout".into(),
+                error_message: "guest of vm web-1 did not power off within 60s".into(),
+                vm: Some(VmReport {
+                    vm_id: vm_id.clone(),
+                    power: VmPower::Running as i32,
+                    pid: 4242,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (_, task) = call(&s.app, Method::GET, &task_uri, None).await;
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"]["code"], "stop_timeout", "{task}");
+    assert_eq!(task["progress"]["phase"], "timed out", "{task}");
+
+    // The phase is durable (tasks.phase), not just in memory.
+    let TestServer {
+        daemon,
+        app,
+        dir,
+        database_url,
+    } = s;
+    drop(app);
+    daemon.store.close().await;
+    drop(daemon);
+    let s = reopen(dir, database_url).await;
+    let (_, task) = call(&s.app, Method::GET, &task_uri, None).await;
+    assert_eq!(task["progress"]["phase"], "timed out", "{task}");
 }
 
 #[tokio::test]

@@ -53,6 +53,7 @@ async fn register_node(daemon: &Daemon) {
                 path: "/srv/default".into(),
             }],
             agent_version: "test".into(),
+            allow_file_urls: false,
             vms: vec![],
         })
         .await

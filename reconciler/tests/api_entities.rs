@@ -64,6 +64,7 @@ fn registration(pools: &[(&str, &str)]) -> Register {
             })
             .collect(),
         agent_version: "test".into(),
+        allow_file_urls: false,
         vms: vec![],
     }
 }

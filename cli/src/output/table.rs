@@ -308,6 +308,7 @@ mod tests {
             allocated_memory_mb: 2048,
             pools: vec!["default".into(), "fast".into()],
             last_heartbeat: None,
+            allow_file_urls: false,
         };
         assert_eq!(
             nodes(&[n]),

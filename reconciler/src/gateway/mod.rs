@@ -129,6 +129,7 @@ impl Gateway {
                     .iter()
                     .map(|p| (p.name.clone(), p.path.clone()))
                     .collect(),
+                allow_file_urls: reg.allow_file_urls,
             })
             .await?;
         for report in &reg.vms {

@@ -76,6 +76,7 @@ fn register(node: &str, vms: Vec<VmReport>) -> AgentMessage {
                 path: "/srv/pool".into(),
             }],
             agent_version: "test".into(),
+            allow_file_urls: false,
             vms,
         })),
     }

@@ -26,6 +26,8 @@ pub struct NodeRegistration {
     pub agent_version: String,
     /// (pool name, path on this node)
     pub pools: Vec<(String, String)>,
+    /// The agent accepts `file://` image URLs.
+    pub allow_file_urls: bool,
 }
 
 impl Store {
@@ -37,11 +39,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO nodes (id, name, arch, guest_arches, accel, vcpus, memory_mb, \
-             agent_version, status, last_heartbeat_ms, registered_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9, $9) \
+             agent_version, status, last_heartbeat_ms, registered_at_ms, allow_file_urls) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9, $9, $10) \
              ON CONFLICT (name) DO UPDATE SET arch = $3, guest_arches = $4, accel = $5, \
              vcpus = $6, memory_mb = $7, agent_version = $8, status = 'ready', \
-             last_heartbeat_ms = $9, registered_at_ms = $9",
+             last_heartbeat_ms = $9, registered_at_ms = $9, allow_file_urls = $10",
         )
         .bind(Uuid::new_v4().to_string())
         .bind(reg.name.clone())
@@ -52,6 +54,7 @@ impl Store {
         .bind(reg.memory_mb as i64)
         .bind(reg.agent_version.clone())
         .bind(now)
+        .bind(i64::from(reg.allow_file_urls))
         .execute(&mut *tx)
         .await?;
         let (node_id,): (String,) = sqlx::query_as("SELECT id FROM nodes WHERE name = $1")
@@ -161,7 +164,7 @@ impl Store {
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, status, arch, guest_arches, accel, vcpus, memory_mb, \
-             last_heartbeat_ms FROM nodes ORDER BY name",
+             last_heartbeat_ms, allow_file_urls FROM nodes ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -212,6 +215,7 @@ impl Store {
                 allocated_vms: vms,
                 allocated_vcpus: vcpus,
                 allocated_memory_mb: mem,
+                allow_file_urls: r.try_get::<i64, _>("allow_file_urls")? != 0,
                 name,
             });
         }
