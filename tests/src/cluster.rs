@@ -116,6 +116,25 @@ impl CliOutput {
         assert_eq!(self.code, 0, "command failed: {self:#?}");
         self
     }
+    /// Panics unless the command failed with exit 1 and `error: <code>: ...` on stderr.
+    pub fn expect_error(self, code: &str) -> Self {
+        assert_eq!(self.code, 1, "expected error {code}: {self:#?}");
+        assert!(
+            self.stderr.starts_with(&format!("error: {code}: ")),
+            "expected error {code}: {}",
+            self.stderr
+        );
+        self
+    }
+    /// The task id of the first `task=<uuid>` on stdout.
+    pub fn task_id(&self) -> String {
+        let start = self
+            .stdout
+            .find("task=")
+            .unwrap_or_else(|| panic!("no task= in {:?}", self.stdout))
+            + "task=".len();
+        self.stdout[start..start + 36].to_owned()
+    }
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
@@ -390,6 +409,35 @@ impl Cluster {
             )
             .then_some(task)
         })
+    }
+
+    /// `vm create NAME --image-url URL --arch amd64 --vcpus 1 --memory-mb 256 --wait` plus
+    /// `extra` flags, then waits for the guest's READY marker. Returns the QEMU pid.
+    pub fn create_booted(&self, name: &str, url: &str, extra: &[&str]) -> u32 {
+        let mut args = vec![
+            "vm",
+            "create",
+            name,
+            "--image-url",
+            url,
+            "--arch",
+            "amd64",
+            "--vcpus",
+            "1",
+            "--memory-mb",
+            "256",
+            "--wait",
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args).ok();
+        wait::file_contains(
+            &self.serial_log(name),
+            "OTHERIX-TEST-GUEST-READY",
+            Duration::from_secs(180),
+        );
+        self.vm(name)["status"]["pid"]
+            .as_u64()
+            .expect("a running VM has a pid") as u32
     }
 
     /// The serial console log path the server reports for a VM.

@@ -51,3 +51,14 @@ pub fn test_images() -> PathBuf {
     })
     .clone()
 }
+
+/// The names of the entries of `dir` (empty when it does not exist).
+pub fn files_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

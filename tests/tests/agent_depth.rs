@@ -221,25 +221,7 @@ fn agent_kill9_leaves_vms_running_and_readopts_them() {
     let images = otherix_e2e::paths::test_images();
     let server = ImageServer::start(&images);
     let mut cluster = Cluster::start();
-    cluster
-        .cli(&[
-            "vm",
-            "create",
-            "keep",
-            "--image-url",
-            &server.url("busybox-amd64.qcow2"),
-            "--arch",
-            "amd64",
-            "--vcpus",
-            "1",
-            "--memory-mb",
-            "256",
-            "--wait",
-        ])
-        .ok();
-    let serial = cluster.serial_log("keep");
-    file_contains(&serial, "OTHERIX-TEST-GUEST-READY", BOOT);
-    let pid = cluster.vm("keep")["status"]["pid"].as_u64().unwrap() as u32;
+    let pid = cluster.create_booted("keep", &server.url("busybox-amd64.qcow2"), &[]);
 
     cluster.kill_agent("node-1");
     std::thread::sleep(Duration::from_secs(1));

@@ -4,21 +4,12 @@
 
 use std::time::Duration;
 
-use otherix_e2e::wait::{file_contains, until};
+use otherix_e2e::paths::files_in;
+use otherix_e2e::wait::until;
 use otherix_e2e::{Cluster, ImageServer};
 use serde_json::json;
 
 const BOOT: Duration = Duration::from_secs(180);
-
-fn files_in(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[test]
 fn pools_cluster_firmware_networks_and_idempotency_over_cli_and_http() {
@@ -48,23 +39,13 @@ fn pools_cluster_firmware_networks_and_idempotency_over_cli_and_http() {
         out.stdout
     );
     let out = cluster.cli(&["pool", "delete", "default"]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.starts_with("error: conflict: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("conflict");
 
     // Cluster settings: the default pool.
     let settings = cluster.cli(&["cluster", "get", "-o", "json"]).ok().json();
     assert_eq!(settings["spec"]["default_pool"], "default");
     let out = cluster.cli(&["cluster", "set", "default-pool", "nope"]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.starts_with("error: validation_failed: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("validation_failed");
     cluster
         .cli(&["cluster", "set", "default-pool", "fast"])
         .ok();
@@ -114,12 +95,7 @@ fn pools_cluster_firmware_networks_and_idempotency_over_cli_and_http() {
         "--firmware",
         "ovmf",
     ]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.starts_with("error: validation_failed: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("validation_failed");
 
     // Networks.
     cluster
@@ -214,27 +190,7 @@ fn cancel_download_logs_and_pool_images() {
         .ok();
 
     // vm logs: the serial console through the API.
-    cluster
-        .cli(&[
-            "vm",
-            "create",
-            "logged",
-            "--image-url",
-            &server.url("busybox-amd64.qcow2"),
-            "--arch",
-            "amd64",
-            "--vcpus",
-            "1",
-            "--memory-mb",
-            "256",
-            "--wait",
-        ])
-        .ok();
-    file_contains(
-        &cluster.serial_log("logged"),
-        "OTHERIX-TEST-GUEST-READY",
-        BOOT,
-    );
+    cluster.create_booted("logged", &server.url("busybox-amd64.qcow2"), &[]);
     let out = cluster.cli(&["vm", "logs", "logged"]).ok();
     assert!(
         out.stdout.contains("OTHERIX-TEST-GUEST-BOOTED"),

@@ -331,25 +331,8 @@ fn killed_qemu_is_restarted_and_clean_guest_poweroff_stays_stopped() {
     let images = otherix_e2e::paths::test_images();
     let server = ImageServer::start(&images);
     let cluster = Cluster::start();
-    cluster
-        .cli(&[
-            "vm",
-            "create",
-            "r1",
-            "--image-url",
-            &server.url("busybox-amd64.qcow2"),
-            "--arch",
-            "amd64",
-            "--vcpus",
-            "1",
-            "--memory-mb",
-            "256",
-            "--wait",
-        ])
-        .ok();
+    let pid1 = cluster.create_booted("r1", &server.url("busybox-amd64.qcow2"), &[]);
     let serial = cluster.serial_log("r1");
-    file_contains(&serial, "OTHERIX-TEST-GUEST-READY", BOOT);
-    let pid1 = cluster.vm("r1")["status"]["pid"].as_u64().unwrap() as u32;
 
     // Drift: QEMU killed behind our back → on-failure restarts it.
     nix::sys::signal::kill(

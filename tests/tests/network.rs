@@ -56,12 +56,7 @@ fn bridge_network_vm_gets_a_tap_and_reaches_the_bridge() {
         "--network",
         "natnet",
     ]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr.starts_with("error: validation_failed: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("validation_failed");
     let out = cluster.cli(&[
         "vm",
         "create",

@@ -2,9 +2,9 @@
 //! the busybox test guest from a local HTTP server and drive its whole basic lifecycle.
 //! One booted guest serves many checks, to keep the suite fast under TCG.
 
-use std::path::Path;
 use std::time::Duration;
 
+use otherix_e2e::paths::files_in;
 use otherix_e2e::wait::{file_contains, pid_alive, until};
 use otherix_e2e::{Cluster, ImageServer};
 
@@ -22,16 +22,6 @@ fn uuid_after<'a>(text: &'a str, key: &str) -> &'a str {
         "{id:?} is not a uuid"
     );
     id
-}
-
-fn dir_entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -158,18 +148,13 @@ fn vm_lifecycle_create_stop_start_delete_with_real_qemu() {
         !pool.join("vms").join(&vm_id).exists(),
         "VM disk dir left after delete"
     );
-    let cached: Vec<String> = dir_entries(&pool.join("images"))
+    let cached: Vec<String> = files_in(&pool.join("images"))
         .into_iter()
         .filter(|n| n.starts_with("sha256-"))
         .collect();
     assert_eq!(cached.len(), 1, "cached image not kept: {cached:?}");
     let out = cluster.cli(&["vm", "get", "web-1"]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.starts_with("error: not_found: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("not_found");
     assert_eq!(server.requests("busybox-amd64.qcow2"), 1);
 }
 
@@ -204,7 +189,7 @@ fn vm_create_wrong_image_sha256_fails_task_with_checksum_code() {
     );
     // Nothing was cached from the bad download.
     let pool = cluster.pool_path("node-1", "default");
-    let cached: Vec<String> = dir_entries(&pool.join("images"))
+    let cached: Vec<String> = files_in(&pool.join("images"))
         .into_iter()
         .filter(|n| n.starts_with("sha256-"))
         .collect();

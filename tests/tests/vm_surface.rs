@@ -133,12 +133,7 @@ fn scheduler_and_validation_errors_surface_their_codes() {
         "--node",
         "node-1",
     ]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr.starts_with("error: pool_not_on_node: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("pool_not_on_node");
     let out = cluster.cli(&[
         "vm",
         "create",
@@ -150,20 +145,10 @@ fn scheduler_and_validation_errors_surface_their_codes() {
         "--memory-mb",
         "524288",
     ]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr.starts_with("error: insufficient_capacity: "),
-        "{}",
-        out.stderr
-    );
+    let out = out.expect_error("insufficient_capacity");
     assert!(out.stderr.contains("MiB memory"), "{}", out.stderr);
     let out = cluster.cli(&["vm", "get", "nope"]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.starts_with("error: not_found: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("not_found");
     // Nothing above left a VM behind.
     let (_, list) = cluster.get("/v1/vms");
     assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
@@ -175,12 +160,7 @@ fn scheduler_and_validation_errors_surface_their_codes() {
         server_args: Vec::new(),
     });
     let out = other.cli(&["vm", "create", "a", "--image-url", url, "--arch", "amd64"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(
-        out.stderr.starts_with("error: default_pool_not_set: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("default_pool_not_set");
 }
 
 #[test]
@@ -286,19 +266,9 @@ fn vm_list_paginates_filters_formats_and_tasks_survive_restart() {
         "--arch",
         "amd64",
     ]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.starts_with("error: conflict: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("conflict");
     let out = cluster.cli(&["vm", "pause", "vm-1"]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.starts_with("error: conflict: "),
-        "{}",
-        out.stderr
-    );
+    let out = out.expect_error("conflict");
     assert!(
         out.stderr.contains("stopped"),
         "message names the phase: {}",
@@ -368,12 +338,7 @@ fn vm_lifecycle_rows_with_booted_guests() {
     let out = cluster.cli(&["vm", "pause", "a"]).ok();
     assert!(out.stdout.contains("paused"), "{}", out.stdout);
     let out = cluster.cli(&["vm", "pause", "a"]);
-    assert_eq!(out.code, 1);
-    assert!(
-        out.stderr.starts_with("error: conflict: "),
-        "{}",
-        out.stderr
-    );
+    out.expect_error("conflict");
     let vm = cluster
         .cli(&["vm", "resume", "a", "-o", "json"])
         .ok()
