@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole otherix test suite on a fresh Debian machine: installs the system packages
 # it needs, builds the test guest images once (cached under target/test-images), builds the
-# binaries the end-to-end suite drives, then runs every test in the workspace.
+# binaries the end-to-end suite drives, runs every test in the workspace (SQLite), then the
+# control plane's API suites again against a real, throwaway PostgreSQL server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +11,8 @@ bash tests/images/build.sh
 cargo build --workspace --bins
 # The end-to-end tests boot QEMU guests under TCG on a 2-core machine: run at most two at once.
 cargo test --workspace -- --test-threads=2
+
+pg_dir_file=$(mktemp)
+pg_url=$(bash scripts/postgres-for-tests.sh 2>"$pg_dir_file")
+trap 'bash scripts/postgres-for-tests.sh stop "$(cat "$pg_dir_file")"; rm -f "$pg_dir_file"' EXIT
+OTHERIXD_TEST_POSTGRES_URL=$pg_url cargo test -p otherixd --test api --test api_entities
