@@ -9,6 +9,9 @@ use super::kinds::*;
 use super::locate::{document_positions, DocPositions, Pos};
 use crate::validate::{validate_name, validate_vm_spec};
 
+/// Documents one file may hold.
+pub const MAX_DOCUMENTS: usize = 10_000;
+
 /// One manifest problem, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{file}:{line}:{column}: {message}")]
@@ -73,6 +76,15 @@ pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<ParsedObject>, Vec<
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        if index >= MAX_DOCUMENTS {
+            errors.push(ManifestError {
+                file: file.to_owned(),
+                line: 1,
+                column: 1,
+                message: format!("too many documents (at most {MAX_DOCUMENTS} per file)"),
+            });
+            break;
+        }
         let ctx = DocContext {
             file,
             positions: positions.get(index),
@@ -90,7 +102,9 @@ pub fn parse_manifests(file: &str, text: &str) -> Result<Vec<ParsedObject>, Vec<
                     column,
                     message: format!("invalid YAML: {e}"),
                 });
-                continue;
+                // serde_yaml's document iterator repeats a syntax error forever; nothing
+                // after it in the stream can be trusted anyway.
+                break;
             }
         };
         if value.is_null() {
@@ -380,8 +394,70 @@ spec:
     }
 
     #[test]
+    fn parse_manifests_syntax_error_serde_rejects_stops_instead_of_looping() {
+        // yaml-rust2 accepts this key-less entry, serde_yaml does not; its iterator would
+        // repeat the error forever (this once ran out of memory).
+        let text = VM.replace("  arch: amd64", ": arch: amd64");
+        let errs = errors(&text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("invalid YAML"), "{errs:?}");
+    }
+
+    #[test]
     fn parse_manifests_empty_documents_skipped() {
         let objs = parse_manifests("x.yaml", &format!("---\n{VM}---\n")).unwrap();
         assert_eq!(objs.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod mutation_tests {
+    //! A deterministic fuzz pass: every example manifest, truncated at every byte boundary
+    //! and with bytes flipped, must parse or fail with located errors — never panic.
+    use super::*;
+
+    /// xorshift64*: reproducible without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+    }
+
+    #[test]
+    fn parse_manifests_mutated_examples_never_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/manifests");
+        let mut rng = Rng(0x0123_4567_89ab_cdef);
+        let specials = [
+            b':', b'-', b'\n', b' ', b'[', b'{', b'"', b'\'', b'&', b'*', b'!', b'#', 0xff,
+        ];
+        let mut cases = 0;
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let text = std::fs::read(entry.path()).unwrap();
+            for cut in (0..text.len()).step_by(7) {
+                let s = String::from_utf8_lossy(&text[..cut]);
+                let _ = parse_manifests("cut.yaml", &s);
+                cases += 1;
+            }
+            for _ in 0..300 {
+                let mut bytes = text.clone();
+                for _ in 0..(1 + rng.next() % 4) {
+                    let i = (rng.next() as usize) % bytes.len();
+                    bytes[i] = specials[(rng.next() as usize) % specials.len()];
+                }
+                let s = String::from_utf8_lossy(&bytes);
+                if let Err(errors) = parse_manifests("m.yaml", &s) {
+                    for e in errors {
+                        assert!(e.line >= 1 && e.column >= 1, "{e}");
+                        assert!(!e.message.is_empty());
+                    }
+                }
+                cases += 1;
+            }
+        }
+        assert!(cases > 1000, "only {cases} cases");
     }
 }
