@@ -102,6 +102,19 @@ fn every_example_applies_and_round_trips_unchanged() {
         BOOT,
     );
     assert_eq!(server.requests("busybox-amd64.qcow2"), 1);
+
+    // delete -f removes what a file declares, and nothing else.
+    let web = dir.path().join("vm-amd64.yaml");
+    let out = cluster
+        .cli(&["delete", "-f", web.to_str().unwrap(), "--wait"])
+        .ok();
+    assert!(
+        out.stdout.starts_with("vm/web-1 deleted task="),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(cluster.get("/v1/vms/web-1").0, 404);
+    assert_eq!(cluster.get("/v1/vms/app-1").0, 200);
 }
 
 #[test]
