@@ -235,9 +235,11 @@ fn validate_object(object: &Object) -> Result<(), String> {
     }
 }
 
-/// A Linux network interface name.
+/// A name `ip` and the Linux kernel accept as a network interface name.
 pub fn valid_ifname(name: &str) -> bool {
     (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
@@ -401,6 +403,23 @@ spec:
         let errs = errors(&text);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("invalid YAML"), "{errs:?}");
+    }
+
+    #[test]
+    fn valid_ifname_table() {
+        for (name, ok) in [
+            ("br0", true),
+            ("virbr-0.1_x", true),
+            ("", false),
+            (".", false),
+            ("..", false),
+            ("a-name-of-16chrs", false),
+            ("fifteen-chars-x", true),
+            ("br 0", false),
+            ("br/0", false),
+        ] {
+            assert_eq!(valid_ifname(name), ok, "{name:?}");
+        }
     }
 
     #[test]
