@@ -67,6 +67,23 @@ pub struct Pool {
     pub instances: Vec<PoolInstance>,
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_without_spec_and_annotations_gets_defaults() {
+        let p: Pool = serde_json::from_value(serde_json::json!({
+            "id": Uuid::nil(), "name": "default",
+            "instances": [{"id": Uuid::nil(), "node": "node-1", "path": "/srv/p"}]
+        }))
+        .unwrap();
+        assert_eq!(p.spec, crate::manifest::PoolSpec::default());
+        assert!(p.annotations.is_empty());
+        assert_eq!(p.instances[0].node, "node-1");
+    }
+}
+
 /// A network VMs can attach to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Network {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use otherix_api::manifest::{ClusterSettingsSpec, FirmwareSpec, NetworkSpec, PoolSpec};
 use otherix_api::{
     ApplyRequest, ApplyResponse, ClusterSettings, CreateObjectRequest, CreateVmRequest, Firmware,
-    ListResponse, LogChunk, Network, Node, Task, TaskAccepted, TaskStatus, Vm, VmPhase,
+    ListResponse, LogChunk, Network, Node, Pool, Task, TaskAccepted, TaskStatus, Vm, VmPhase,
 };
 use reqwest::blocking::{Client as Http, RequestBuilder};
 use reqwest::{Method, Url};
@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::wire::{Images, PoolObject};
+use crate::wire::Images;
 
 /// Longest a single request may take; long-polls ask for far less.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
@@ -247,17 +247,17 @@ impl Client {
     pub fn create_pool(
         &self,
         req: &CreateObjectRequest<PoolSpec>,
-    ) -> Result<Fetched<PoolObject>, ClientError> {
+    ) -> Result<Fetched<Pool>, ClientError> {
         self.send(self.request(Method::POST, &["v1", "pools"], &[]).json(req))
     }
 
     /// `GET /v1/pools`
-    pub fn list_pools(&self) -> Result<Fetched<ListResponse<PoolObject>>, ClientError> {
+    pub fn list_pools(&self) -> Result<Fetched<ListResponse<Pool>>, ClientError> {
         self.get(&["v1", "pools"], &[])
     }
 
     /// `GET /v1/pools/{name}`
-    pub fn get_pool(&self, name: &str) -> Result<Fetched<PoolObject>, ClientError> {
+    pub fn get_pool(&self, name: &str) -> Result<Fetched<Pool>, ClientError> {
         self.get(&["v1", "pools", name], &[])
     }
 

@@ -1,28 +1,9 @@
-//! Answers the CLI reads more tolerantly than `otherix-api` types them today: a pool with
-//! its `spec` and `annotations` (ARCHITECTURE.md's `Pool {id, name, annotations, spec,
-//! instances}`), an image list with or without its `{"items": [...]}` envelope, and a
-//! VM's `status.restart_pending`.
+//! Answers the CLI reads more tolerantly than `otherix-api` types them: an image list with
+//! or without its `{"items": [...]}` envelope, and whether a VM's body carries
+//! `status.restart_pending` at all.
 
-use std::collections::BTreeMap;
-
-use otherix_api::manifest::PoolSpec;
-use otherix_api::{CachedImage, PoolInstance};
+use otherix_api::CachedImage;
 use serde::{Deserialize, Deserializer, Serialize};
-use uuid::Uuid;
-
-/// A storage pool as `GET /v1/pools/{name}` returns it; fields the server leaves out
-/// default to empty.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolObject {
-    pub id: Uuid,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default)]
-    pub spec: PoolSpec,
-    #[serde(default)]
-    pub instances: Vec<PoolInstance>,
-}
 
 /// The cached images of `GET /v1/pools/{name}/images` and `POST .../prune-images`:
 /// `{"items": [...]}`, `{"removed": [...]}` or a bare array.
@@ -58,18 +39,6 @@ pub fn restart_pending(raw_vm: &str) -> Option<bool> {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn pool_object_without_spec_and_annotations_gets_defaults() {
-        let p: PoolObject = serde_json::from_value(json!({
-            "id": Uuid::nil(), "name": "default",
-            "instances": [{"id": Uuid::nil(), "node": "node-1", "path": "/srv/p"}]
-        }))
-        .unwrap();
-        assert_eq!(p.spec, PoolSpec::default());
-        assert!(p.annotations.is_empty());
-        assert_eq!(p.instances[0].node, "node-1");
-    }
 
     #[test]
     fn images_accept_items_removed_and_bare_shapes() {

@@ -1,10 +1,9 @@
 //! Column-aligned tables: left-aligned cells, two spaces between columns, `-` for none,
 //! no trailing whitespace.
 
-use otherix_api::{CachedImage, Firmware, Network, Node, Task, Vm};
+use otherix_api::{CachedImage, Firmware, Network, Node, Pool, Task, Vm};
 
 use super::{human_size, or_none, short_sha, NONE};
-use crate::wire::PoolObject;
 
 /// Spaces between columns.
 const GAP: usize = 2;
@@ -140,7 +139,7 @@ pub fn nodes(nodes: &[Node]) -> String {
 }
 
 /// `pool list`: `NAME NODES DESCRIPTION`; NODES are the nodes serving the pool.
-pub fn pools(pools: &[PoolObject]) -> String {
+pub fn pools(pools: &[Pool]) -> String {
     let columns = [col("NAME", 0), col("NODES", 0), col("DESCRIPTION", 0)];
     let rows: Vec<Vec<String>> = pools
         .iter()
@@ -319,7 +318,7 @@ mod tests {
 
     #[test]
     fn pools_without_instances_prints_none() {
-        let p = |name: &str, nodes: &[&str]| PoolObject {
+        let p = |name: &str, nodes: &[&str]| Pool {
             id: Uuid::nil(),
             name: name.into(),
             annotations: Default::default(),

@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 
 use otherix_api::{
-    ClusterSettings, ErrorBody, Firmware, Network, Node, Task, TaskProgress, Vm, VmSpec,
+    ClusterSettings, ErrorBody, Firmware, Network, Node, Pool, Task, TaskProgress, Vm, VmSpec,
 };
 
 use super::table::join_or_none;
 use super::{firmware_type, network_type, or_none, port_text, yes_no, NONE};
-use crate::wire::PoolObject;
 
 /// Renders `key:` rows with the values aligned one column past the longest key.
 fn render(rows: &[(&str, String)]) -> String {
@@ -166,7 +165,7 @@ pub fn node(n: &Node) -> String {
 }
 
 /// The `pool get` text view: one `instance: <node> <path>` row per node serving the pool.
-pub fn pool(p: &PoolObject) -> String {
+pub fn pool(p: &Pool) -> String {
     let mut rows = vec![
         ("name", p.name.clone()),
         ("id", p.id.to_string()),
@@ -400,7 +399,7 @@ finished_at: -
 
     #[test]
     fn pool_with_description_annotation_and_instances_prints_exact_view() {
-        let p = PoolObject {
+        let p = Pool {
             id: Uuid::nil(),
             name: "fast".into(),
             annotations: [("otherix.dev/source".to_owned(), "/m".to_owned())].into(),
@@ -435,7 +434,7 @@ instance:    node-2 /mnt/nvme/otherix
 
     #[test]
     fn pool_without_instances_prints_dash() {
-        let p = PoolObject {
+        let p = Pool {
             id: Uuid::nil(),
             name: "empty".into(),
             annotations: Default::default(),
