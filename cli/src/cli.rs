@@ -673,24 +673,15 @@ fn arch_parser() -> impl TypedValueParser<Value = Arch> {
         .map(|s| Arch::parse(&s).expect("possible values are arches"))
 }
 
-/// Phases a VM list can filter on (`deleted` VMs are not listed).
-const LISTABLE_PHASES: [VmPhase; 11] = [
-    VmPhase::Pending,
-    VmPhase::Creating,
-    VmPhase::Starting,
-    VmPhase::Running,
-    VmPhase::Paused,
-    VmPhase::Stopping,
-    VmPhase::Stopped,
-    VmPhase::Rebooting,
-    VmPhase::Deleting,
-    VmPhase::Failed,
-    VmPhase::Unknown,
-];
-
+/// Phases a VM list can filter on: all but `deleted` (deleted VMs are not listed).
 fn phase_parser() -> impl TypedValueParser<Value = VmPhase> {
-    PossibleValuesParser::new(LISTABLE_PHASES.map(VmPhase::as_str))
-        .map(|s| VmPhase::parse(&s).expect("possible values are phases"))
+    PossibleValuesParser::new(
+        VmPhase::ALL
+            .into_iter()
+            .filter(|p| *p != VmPhase::Deleted)
+            .map(VmPhase::as_str),
+    )
+    .map(|s| VmPhase::parse(&s).expect("possible values are phases"))
 }
 
 /// A --wait-timeout: any positive duration.
