@@ -12,51 +12,13 @@ use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use otherix_api::proto::{PoolPath, Register, TaskState, TaskUpdate, VmPower, VmReport};
-use otherixd::daemon::Daemon;
-use otherixd::store::default_database_url;
 use serde_json::{json, Value};
-use sqlx::{Connection, Executor};
 use tower::ServiceExt;
 
+mod common;
+use common::{open, reopen, TestServer};
+
 const UUID: &str = "6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11";
-
-struct TestServer {
-    daemon: Daemon,
-    app: Router,
-    dir: tempfile::TempDir,
-    database_url: String,
-}
-
-/// A fresh database: SQLite in `dir`, or a new PostgreSQL database when configured.
-async fn fresh_database_url(dir: &std::path::Path) -> String {
-    let Ok(base) = std::env::var("OTHERIXD_TEST_POSTGRES_URL") else {
-        return default_database_url(dir);
-    };
-    sqlx::any::install_default_drivers();
-    let name = format!("otherixd_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::AnyConnection::connect(&base).await.unwrap();
-    conn.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    format!("{server}/{name}")
-}
-
-async fn open(dir: tempfile::TempDir) -> TestServer {
-    let database_url = fresh_database_url(dir.path()).await;
-    reopen(dir, database_url).await
-}
-
-async fn reopen(dir: tempfile::TempDir, database_url: String) -> TestServer {
-    let daemon = Daemon::open(&database_url).await.unwrap();
-    let app = daemon.app();
-    TestServer {
-        daemon,
-        app,
-        dir,
-        database_url,
-    }
-}
 
 /// What an agent on `node` sends when it attaches, serving the `default` pool.
 fn registration(node: &str, allow_file_urls: bool) -> Register {

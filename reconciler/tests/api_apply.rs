@@ -8,15 +8,11 @@ use axum::Router;
 use http_body_util::BodyExt;
 use otherix_api::proto::{PoolPath, Register, TaskState, TaskUpdate, VmPower, VmReport};
 use otherixd::daemon::Daemon;
-use otherixd::store::default_database_url;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-struct TestServer {
-    daemon: Daemon,
-    app: Router,
-    _dir: tempfile::TempDir,
-}
+mod common;
+use common::TestServer;
 
 /// A server with one ready node serving the `default` pool (so it is the default pool).
 async fn server_with_node() -> TestServer {
@@ -26,16 +22,7 @@ async fn server_with_node() -> TestServer {
 }
 
 async fn server() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::open(&default_database_url(dir.path()))
-        .await
-        .unwrap();
-    let app = daemon.app();
-    TestServer {
-        daemon,
-        app,
-        _dir: dir,
-    }
+    common::open(tempfile::tempdir().unwrap()).await
 }
 
 async fn register_node(daemon: &Daemon) {

@@ -10,42 +10,14 @@ use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
 use otherix_api::proto::{PoolPath, Register, TaskState, TaskUpdate, VmPower, VmReport};
-use otherixd::daemon::Daemon;
-use otherixd::store::default_database_url;
 use serde_json::{json, Value};
-use sqlx::{Connection, Executor};
 use tower::ServiceExt;
 
-struct TestServer {
-    daemon: Daemon,
-    app: Router,
-    _dir: tempfile::TempDir,
-}
-
-async fn fresh_database_url(dir: &std::path::Path) -> String {
-    let Ok(base) = std::env::var("OTHERIXD_TEST_POSTGRES_URL") else {
-        return default_database_url(dir);
-    };
-    sqlx::any::install_default_drivers();
-    let name = format!("otherixd_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::AnyConnection::connect(&base).await.unwrap();
-    conn.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    format!("{server}/{name}")
-}
+mod common;
+use common::TestServer;
 
 async fn open() -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let url = fresh_database_url(dir.path()).await;
-    let daemon = Daemon::open(&url).await.unwrap();
-    let app = daemon.app();
-    TestServer {
-        daemon,
-        app,
-        _dir: dir,
-    }
+    common::open(tempfile::tempdir().unwrap()).await
 }
 
 fn registration(pools: &[(&str, &str)]) -> Register {
