@@ -4,59 +4,27 @@
 //! delete. Needs `target/test-images/` from `tests/images/build.sh`; fails (never skips)
 //! without it.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use otherix_agent::driver::{VmDriver, VmTarget};
 use otherix_agent::executor::Executor;
 use otherix_agent::host::Accel;
 use otherix_agent::local_driver::LocalDriver;
 use otherix_agent::outbox::{Outbox, Progress};
-use otherix_agent::qemu::process::kill_pid;
-use otherix_agent::qemu::{pid_alive, read_pid, Qmp, RunStatus};
-use otherix_agent::vm_registry::{RunDir, VmRegistry};
+use otherix_agent::qemu::{pid_alive, Qmp, RunStatus};
+use otherix_agent::vm_registry::VmRegistry;
 use otherix_api::proto::agent_message::Body;
 use otherix_api::proto::{TaskAssignment, TaskState, VmPower};
 use otherix_api::{Arch, ErrorCode, VmSpec};
 use uuid::Uuid;
 
+mod common;
+use common::{test_image, wait_for_serial, KillQemuOnDrop};
+
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn test_image(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/test-images")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "test guest image {} is missing; build it with tests/images/build.sh",
-        path.display()
-    );
-    path.canonicalize().unwrap()
-}
-
-/// Kills every QEMU this test started, even when an assertion fails.
-struct KillQemuOnDrop {
-    run_dirs: Mutex<Vec<RunDir>>,
-}
-
-impl KillQemuOnDrop {
-    fn watch(&self, run: RunDir) {
-        self.run_dirs.lock().unwrap().push(run);
-    }
-}
-
-impl Drop for KillQemuOnDrop {
-    fn drop(&mut self) {
-        for run in self.run_dirs.lock().unwrap().iter() {
-            if let Some(pid) = read_pid(&run.pidfile()).filter(|p| pid_alive(*p, &run.path)) {
-                eprintln!("cleanup: killing QEMU pid {pid}");
-                kill_pid(pid);
-            }
-        }
-    }
-}
 
 fn target(pool_path: &Path, name: &str, image: &Path) -> VmTarget {
     let mut spec = VmSpec::new(format!("file://{}", image.display()), Arch::Amd64);
@@ -70,22 +38,6 @@ fn target(pool_path: &Path, name: &str, image: &Path) -> VmTarget {
         spec: Some(spec),
         bridge: String::new(),
         firmware: None,
-    }
-}
-
-async fn wait_for_serial(run: &RunDir, marker: &str, within: Duration) {
-    let started = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(run.serial_log()).unwrap_or_default();
-        if log.contains(marker) {
-            eprintln!("{marker} after {:?}", started.elapsed());
-            return;
-        }
-        assert!(
-            started.elapsed() < within,
-            "{marker} not on the serial console within {within:?}; log:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -112,9 +64,7 @@ async fn qemu_driver_real_guest_lifecycle() {
     let pool = dir.path().join("pool");
     let registry = Arc::new(VmRegistry::new(&data_dir));
     let driver = LocalDriver::new(registry.clone(), Accel::Tcg, true);
-    let guard = KillQemuOnDrop {
-        run_dirs: Mutex::default(),
-    };
+    let guard = KillQemuOnDrop::default();
     let (outbox, mut rx) = Outbox::new();
     let progress = Progress::new("test-task", outbox);
 
