@@ -128,12 +128,7 @@ impl CliOutput {
     }
     /// The task id of the first `task=<uuid>` on stdout.
     pub fn task_id(&self) -> String {
-        let start = self
-            .stdout
-            .find("task=")
-            .unwrap_or_else(|| panic!("no task= in {:?}", self.stdout))
-            + "task=".len();
-        self.stdout[start..start + 36].to_owned()
+        crate::uuid_after(&self.stdout, "task=").to_owned()
     }
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)

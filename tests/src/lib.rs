@@ -13,3 +13,19 @@ pub mod wait;
 
 pub use cluster::{BackgroundCli, CliOutput, Cluster, ClusterOptions};
 pub use image_server::ImageServer;
+
+/// The UUID that follows `key` in `text` (e.g. `task=` in `created task=<uuid> ...`).
+pub fn uuid_after<'a>(text: &'a str, key: &str) -> &'a str {
+    let start = text
+        .find(key)
+        .unwrap_or_else(|| panic!("{key} not in {text:?}"))
+        + key.len();
+    let id = text
+        .get(start..start + 36)
+        .unwrap_or_else(|| panic!("no uuid after {key} in {text:?}"));
+    assert!(
+        otherix_api::validate::is_uuid_literal(id),
+        "{id:?} is not a uuid"
+    );
+    id
+}

@@ -6,23 +6,10 @@ use std::time::Duration;
 
 use otherix_e2e::paths::files_in;
 use otherix_e2e::wait::{file_contains, pid_alive, until};
-use otherix_e2e::{Cluster, ImageServer};
+use otherix_e2e::{uuid_after, Cluster, ImageServer};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const MARKER: &str = "OTHERIX-TEST-GUEST-READY";
-
-fn uuid_after<'a>(text: &'a str, key: &str) -> &'a str {
-    let start = text
-        .find(key)
-        .unwrap_or_else(|| panic!("{key} not in {text:?}"))
-        + key.len();
-    let id = &text[start..start + 36];
-    assert!(
-        otherix_api::validate::is_uuid_literal(id),
-        "{id:?} is not a uuid"
-    );
-    id
-}
 
 #[test]
 fn vm_lifecycle_create_stop_start_delete_with_real_qemu() {

@@ -8,19 +8,11 @@ use std::time::Duration;
 
 use otherix_e2e::cluster::NodeOptions;
 use otherix_e2e::wait::{file_contains, pid_alive, until};
-use otherix_e2e::{Cluster, ClusterOptions, ImageServer};
+use otherix_e2e::{uuid_after, Cluster, ClusterOptions, ImageServer};
 use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(150);
 const TASK: Duration = Duration::from_secs(120);
-
-fn uuid_after<'a>(text: &'a str, key: &str) -> &'a str {
-    let start = text
-        .find(key)
-        .unwrap_or_else(|| panic!("{key} not in {text:?}"))
-        + key.len();
-    &text[start..start + 36]
-}
 
 /// Data rows (without the header) a table command prints.
 fn rows(cluster: &Cluster, args: &[&str]) -> usize {
