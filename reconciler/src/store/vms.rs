@@ -10,11 +10,21 @@ use uuid::Uuid;
 use super::rows::{vm_from_row, VM_SELECT};
 use super::tasks::{insert_task, update_task};
 use super::{Store, StoreError};
-use crate::model::{TaskRecord, VmRecord};
+use crate::model::{TaskRecord, VmRecord, PHASES_WITHOUT_QEMU};
 
-/// The effective-phase rule of `model::effective_phase`, in SQL.
-const EFFECTIVE_PHASE_SQL: &str = "(CASE WHEN v.node IS NOT NULL AND n.status = 'not_ready' \
-    AND v.phase NOT IN ('pending', 'deleted', 'failed') THEN 'unknown' ELSE v.phase END)";
+/// The effective-phase rule of `model::effective_phase`, in SQL, built from the same
+/// `PHASES_WITHOUT_QEMU` list so the two cannot drift apart.
+fn effective_phase_sql() -> String {
+    let kept: Vec<String> = PHASES_WITHOUT_QEMU
+        .iter()
+        .map(|p| format!("'{}'", p.as_str()))
+        .collect();
+    format!(
+        "(CASE WHEN v.node IS NOT NULL AND n.status = 'not_ready' AND v.phase NOT IN ({}) \
+         THEN 'unknown' ELSE v.phase END)",
+        kept.join(", ")
+    )
+}
 
 /// Server-side filters of `GET /v1/vms`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,7 +104,7 @@ impl Store {
         }
         if let Some(phase) = filter.phase {
             let p = param(&mut binds, Bind::Text(phase.as_str().to_owned()));
-            conds.push(format!("{EFFECTIVE_PHASE_SQL} = {p}"));
+            conds.push(format!("{} = {p}", effective_phase_sql()));
         }
         if let Some((t, id)) = after {
             let pt = param(&mut binds, Bind::Int(t));
