@@ -4,6 +4,7 @@
 //! before sending.
 
 use crate::error::ApiError;
+use crate::manifest::{NetworkSpec, NetworkType};
 use crate::vm::{CreateVmRequest, VmSpec};
 
 pub const VCPUS_RANGE: (u32, u32) = (1, 128);
@@ -218,6 +219,30 @@ fn validate_ports(prefix: &str, spec: &VmSpec) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// A name `ip` and the Linux kernel accept as a network interface name.
+pub fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// A network spec: a bridge network names a valid host interface. `prefix` is the path
+/// of the spec, e.g. `spec`.
+pub fn validate_network_spec(prefix: &str, spec: &NetworkSpec) -> Result<(), ApiError> {
+    match (spec.network_type, &spec.bridge) {
+        (NetworkType::Bridge, None) => Err(ApiError::validation(format!(
+            "{prefix}.bridge: required for type bridge"
+        ))),
+        (_, Some(b)) if !valid_ifname(b) => Err(ApiError::validation(format!(
+            "{prefix}.bridge: {b:?} is not a valid interface name (1..15 of a-z A-Z 0-9 - _ .)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Validates a `POST /v1/vms` body.

@@ -7,7 +7,8 @@ use serde::Deserialize;
 
 use super::kinds::*;
 use super::locate::{document_positions, DocPositions, Pos};
-use crate::validate::{validate_name, validate_vm_spec};
+pub use crate::validate::valid_ifname;
+use crate::validate::{validate_name, validate_network_spec, validate_vm_spec};
 
 /// Documents one file may hold.
 pub const MAX_DOCUMENTS: usize = 10_000;
@@ -213,13 +214,7 @@ fn validate_object(object: &Object) -> Result<(), String> {
     }
     match object {
         Object::Vm(vm) => validate_vm_spec("spec", &vm.spec).map_err(|e| e.message),
-        Object::Network(net) => match (net.spec.network_type, &net.spec.bridge) {
-            (NetworkType::Bridge, None) => Err("spec.bridge: required for type bridge".into()),
-            (_, Some(b)) if !valid_ifname(b) => Err(format!(
-                "spec.bridge: {b:?} is not a valid interface name (1..15 of a-z A-Z 0-9 - _ .)"
-            )),
-            _ => Ok(()),
-        },
+        Object::Network(net) => validate_network_spec("spec", &net.spec).map_err(|e| e.message),
         Object::Firmware(fw) => {
             if fw.spec.firmware_type == FirmwareType::Uefi && fw.spec.code.is_none() {
                 Err("spec.code: required for type uefi".into())
@@ -233,16 +228,6 @@ fn validate_object(object: &Object) -> Result<(), String> {
         },
         Object::Pool(_) => Ok(()),
     }
-}
-
-/// A name `ip` and the Linux kernel accept as a network interface name.
-pub fn valid_ifname(name: &str) -> bool {
-    (1..=15).contains(&name.len())
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// Errors for objects declared twice (same kind and name) in one set of documents.

@@ -3,11 +3,10 @@
 //! `DELETE` refuses while a live VM uses the object. [`resolve_vm_refs`] checks a VM
 //! spec's `network` and `firmware`/`firmware_id` and resolves them for dispatch.
 
-use otherix_api::manifest::parse::valid_ifname;
 use otherix_api::manifest::{
     ClusterSettingsSpec, FirmwareSpec, FirmwareType, NetworkSpec, NetworkType, PoolSpec,
 };
-use otherix_api::validate::validate_name;
+use otherix_api::validate::{validate_name, validate_network_spec};
 use otherix_api::{
     ApiError, ApplyOutcome, ApplyRequest, ApplyResponse, Arch, ClusterSettings,
     CreateObjectRequest, Firmware, ListResponse, Network, Pool, VmSpec,
@@ -119,19 +118,6 @@ fn firmware_type_str(t: FirmwareType) -> &'static str {
     match t {
         FirmwareType::Bios => "bios",
         FirmwareType::Uefi => "uefi",
-    }
-}
-
-/// A network spec the server accepts: a bridge network names a valid host interface.
-pub fn validate_network_spec(spec: &NetworkSpec) -> Result<(), ApiError> {
-    match (spec.network_type, &spec.bridge) {
-        (NetworkType::Bridge, None) => Err(ApiError::validation(
-            "spec.bridge: required for type bridge",
-        )),
-        (_, Some(b)) if !valid_ifname(b) => Err(ApiError::validation(format!(
-            "spec.bridge: {b:?} is not a valid interface name (1..15 of a-z A-Z 0-9 - _ .)"
-        ))),
-        _ => Ok(()),
     }
 }
 
@@ -322,8 +308,10 @@ impl EntityService {
         req: CreateObjectRequest<NetworkSpec>,
     ) -> Result<Network, ServiceError> {
         let name = req.name.clone();
-        self.create(ObjectTable::Networks, "network", req, validate_network_spec)
-            .await?;
+        self.create(ObjectTable::Networks, "network", req, |spec| {
+            validate_network_spec("spec", spec)
+        })
+        .await?;
         self.network(&name).await
     }
 
@@ -338,7 +326,7 @@ impl EntityService {
                 "network",
                 name,
                 req,
-                validate_network_spec,
+                |spec| validate_network_spec("spec", spec),
                 false,
             )
             .await?;
