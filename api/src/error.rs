@@ -17,6 +17,10 @@ pub enum ErrorCode {
     NoNodeAvailable,
     AgentUnavailable,
     Internal,
+    Unauthenticated,
+    Forbidden,
+    QuotaExceeded,
+    UnsupportedMediaType,
     // Task failure codes.
     StopTimeout,
     ImageChecksumMismatch,
@@ -26,6 +30,10 @@ pub enum ErrorCode {
     QemuFailed,
     Cancelled,
     AgentLost,
+    ImageUrlRefused,
+    ImageTooLarge,
+    ImageFormatRefused,
+    FirmwareRefused,
 }
 
 impl ErrorCode {
@@ -33,12 +41,16 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::ValidationFailed | ErrorCode::DefaultPoolNotSet => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Conflict
             | ErrorCode::PoolNotOnNode
             | ErrorCode::ImmutableField
             | ErrorCode::InsufficientCapacity
-            | ErrorCode::NoNodeAvailable => 409,
+            | ErrorCode::NoNodeAvailable
+            | ErrorCode::QuotaExceeded => 409,
             ErrorCode::AgentUnavailable => 503,
             ErrorCode::Internal
             | ErrorCode::StopTimeout
@@ -48,7 +60,11 @@ impl ErrorCode {
             | ErrorCode::DiskFailed
             | ErrorCode::QemuFailed
             | ErrorCode::Cancelled
-            | ErrorCode::AgentLost => 500,
+            | ErrorCode::AgentLost
+            | ErrorCode::ImageUrlRefused
+            | ErrorCode::ImageTooLarge
+            | ErrorCode::ImageFormatRefused
+            | ErrorCode::FirmwareRefused => 500,
         }
     }
 
@@ -73,6 +89,14 @@ impl ErrorCode {
             ErrorCode::QemuFailed => "qemu_failed",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::AgentLost => "agent_lost",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::ImageUrlRefused => "image_url_refused",
+            ErrorCode::ImageTooLarge => "image_too_large",
+            ErrorCode::ImageFormatRefused => "image_format_refused",
+            ErrorCode::FirmwareRefused => "firmware_refused",
         }
     }
 
@@ -128,6 +152,12 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Conflict, message)
     }
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Internal, message)
     }
@@ -163,6 +193,11 @@ mod tests {
             ErrorCode::PoolNotOnNode,
             ErrorCode::StopTimeout,
             ErrorCode::ImageChecksumMismatch,
+            ErrorCode::Unauthenticated,
+            ErrorCode::QuotaExceeded,
+            ErrorCode::UnsupportedMediaType,
+            ErrorCode::ImageUrlRefused,
+            ErrorCode::ImageFormatRefused,
         ] {
             let json = serde_json::to_value(code).unwrap();
             assert_eq!(json.as_str().unwrap(), code.as_str());
