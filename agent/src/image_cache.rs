@@ -3,7 +3,10 @@
 //! URL -> sha256 so a known URL is a cache hit with no HTTP request, and per-URL locks so
 //! concurrent requests for one URL share one download. Each materialize stamps the
 //! entry's `last_used_ms`; [`ImageCache::list`] and [`ImageCache::prune`] serve the pool's
-//! image listing and pruning.
+//! image listing and pruning. A download is accepted only if [`crate::image_format`] says
+//! so (raw or standalone qcow2, judged by the header and by `qemu-img info` run under
+//! `prlimit`); `tmp/` is swept at agent start ([`ImageCache::sweep_tmp`]) and a URL's lock
+//! leaves the lock table once nobody holds or waits for it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,7 +16,8 @@ use otherix_api::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file::{sync_dir, write_json_atomic};
-use crate::image_fetch::{fetch_to_temp, FetchError, ProgressFn};
+use crate::image_fetch::{fetch_to_temp, FetchError, FetchPolicy, ProgressFn};
+use crate::image_format::{self, FormatError, ImageFormat, QEMU_IMG_LIMITS};
 
 const INDEX_FILE: &str = "index.json";
 const TMP_DIR: &str = "tmp";
@@ -30,8 +34,14 @@ pub enum ImageError {
     },
     #[error("image {url} cannot be inspected by qemu-img: {cause}")]
     Inspect { url: String, cause: String },
-    #[error("image {url} is a {format} image with a backing file; refusing it")]
-    HasBackingFile { url: String, format: String },
+    #[error("cannot run prlimit qemu-img info: {0}")]
+    InspectTool(String),
+    #[error("image {url} refused")]
+    Format {
+        url: String,
+        #[source]
+        source: FormatError,
+    },
     #[error("image cache I/O on {0}")]
     Io(PathBuf, #[source] std::io::Error),
 }
@@ -39,14 +49,16 @@ pub enum ImageError {
 impl ImageError {
     pub fn code(&self) -> ErrorCode {
         match self {
-            ImageError::Fetch(FetchError::FileUrlsDisabled { .. })
-            | ImageError::Fetch(FetchError::UnsupportedScheme { .. }) => {
-                ErrorCode::ValidationFailed
+            ImageError::Fetch(e) => e.code(),
+            ImageError::Io(..) => ErrorCode::DiskFailed,
+            ImageError::Format { source, .. } if source.is_refusal() => {
+                ErrorCode::ImageFormatRefused
             }
-            ImageError::Fetch(FetchError::Write(..)) | ImageError::Io(..) => ErrorCode::DiskFailed,
-            ImageError::Fetch(_)
-            | ImageError::Inspect { .. }
-            | ImageError::HasBackingFile { .. } => ErrorCode::ImageDownloadFailed,
+            // qemu-img could not make sense of the bytes: not an image we accept.
+            ImageError::Inspect { .. } => ErrorCode::ImageFormatRefused,
+            ImageError::Format { .. } | ImageError::InspectTool(_) => {
+                ErrorCode::ImageDownloadFailed
+            }
             ImageError::ChecksumMismatch { .. } => ErrorCode::ImageChecksumMismatch,
         }
     }
@@ -99,27 +111,76 @@ struct Index {
 /// The image cache of one pool instance.
 pub struct ImageCache {
     images_dir: PathBuf,
-    allow_file_urls: bool,
-    client: reqwest::Client,
-    url_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    policy: FetchPolicy,
+    url_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     index_lock: tokio::sync::Mutex<()>,
 }
 
+/// Holds one URL's download lock; on drop, removes the URL from the lock table unless
+/// someone else holds or waits for it (so the table only has URLs in use).
+struct UrlLease {
+    url: String,
+    table: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for UrlLease {
+    fn drop(&mut self) {
+        let Ok(mut table) = self.table.lock() else {
+            return;
+        };
+        self.guard.take();
+        // The table's clone is the only one left: nobody holds or waits for this URL.
+        if table
+            .get(&self.url)
+            .is_some_and(|lock| Arc::strong_count(lock) == 1)
+        {
+            table.remove(&self.url);
+        }
+    }
+}
+
 impl ImageCache {
+    /// A cache with the default fetch policy.
     pub fn new(pool_path: &Path, allow_file_urls: bool) -> ImageCache {
-        let client = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(15))
-            .read_timeout(std::time::Duration::from_secs(60))
-            .user_agent(concat!("otherix-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("reqwest client with static settings");
+        ImageCache::with_policy(pool_path, FetchPolicy::new(allow_file_urls))
+    }
+
+    pub fn with_policy(pool_path: &Path, policy: FetchPolicy) -> ImageCache {
         ImageCache {
             images_dir: pool_path.join("images"),
-            allow_file_urls,
-            client,
-            url_locks: Mutex::default(),
+            policy,
+            url_locks: Arc::default(),
             index_lock: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// How many URLs the lock table holds (those being materialized right now).
+    pub fn url_locks_len(&self) -> usize {
+        self.url_locks.lock().map(|t| t.len()).unwrap_or(0)
+    }
+
+    /// Removes everything in `images/tmp/` (downloads a crashed agent left behind); call
+    /// before any download starts. Returns how many entries it removed.
+    pub fn sweep_tmp(&self) -> Result<usize, ImageError> {
+        let tmp = self.images_dir.join(TMP_DIR);
+        let entries = match std::fs::read_dir(&tmp) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(ImageError::Io(tmp, e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let path = entry.map_err(Self::io_err(&tmp))?.path();
+            let result = if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            result.map_err(|e| ImageError::Io(path.clone(), e))?;
+            removed += 1;
+        }
+        Ok(removed)
     }
 
     fn blob_path(&self, sha256: &str) -> PathBuf {
@@ -145,7 +206,11 @@ impl ImageCache {
             .entry(url.to_string())
             .or_default()
             .clone();
-        let _downloading = url_lock.lock().await;
+        let _lease = UrlLease {
+            url: url.to_string(),
+            table: self.url_locks.clone(),
+            guard: Some(url_lock.lock_owned().await),
+        };
 
         if let Some(hit) = self.lookup(url, expected.as_deref()).await? {
             tracing::info!(url, sha256 = %hit.sha256, "image cache hit");
@@ -158,8 +223,7 @@ impl ImageCache {
             .await
             .map_err(Self::io_err(&tmp_dir))?;
         tracing::info!(url, "downloading image");
-        let fetched =
-            fetch_to_temp(&self.client, url, self.allow_file_urls, &tmp_dir, progress).await?;
+        let fetched = fetch_to_temp(url, &self.policy, &tmp_dir, progress).await?;
         if let Some(expected) = &expected {
             if *expected != fetched.sha256 {
                 return Err(ImageError::ChecksumMismatch {
@@ -209,13 +273,18 @@ impl ImageCache {
     ) -> Result<Option<CachedImage>, ImageError> {
         let index = self.read_index().await?;
         if let Some(entry) = index.urls.get(url) {
-            let matches = expected.is_none_or(|e| e == entry.sha256);
+            let matches = expected.is_none_or(|e| e == entry.sha256)
+                && ImageFormat::parse(&entry.format).is_some();
             if matches && self.blob_path(&entry.sha256).is_file() {
                 return Ok(Some(self.cached(entry.clone())));
             }
         }
         if let Some(expected) = expected {
-            if let Some(entry) = index.urls.values().find(|e| e.sha256 == expected) {
+            if let Some(entry) = index
+                .urls
+                .values()
+                .find(|e| e.sha256 == expected && ImageFormat::parse(&e.format).is_some())
+            {
                 if self.blob_path(expected).is_file() {
                     let entry = entry.clone();
                     self.record(url, &entry).await?;
@@ -315,19 +384,46 @@ fn set_read_only(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
 }
 
-/// Detects format and virtual size with `qemu-img info --output=json`; refuses images
-/// that name a backing file (a downloaded image must not reach into the host's files).
+/// Detects format and virtual size: the qcow2 header is checked first, then
+/// `qemu-img info --output=json` runs under `prlimit` (1 GiB address space, 30 s CPU) and
+/// [`image_format::verdict`] judges its answer.
 async fn inspect(url: &str, path: &Path) -> Result<(String, u64), ImageError> {
     let err = |cause: String| ImageError::Inspect {
         url: url.into(),
         cause,
     };
-    let output = tokio::process::Command::new("qemu-img")
-        .args(["info", "--output=json"])
+    let refused = |source: FormatError| ImageError::Format {
+        url: url.into(),
+        source,
+    };
+    let mut head = vec![0u8; 512];
+    {
+        use tokio::io::AsyncReadExt;
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| ImageError::Io(path.to_path_buf(), e))?;
+        let mut filled = 0;
+        while filled < head.len() {
+            let n = file
+                .read(&mut head[filled..])
+                .await
+                .map_err(|e| ImageError::Io(path.to_path_buf(), e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        head.truncate(filled);
+    }
+    image_format::qcow2_header(&head).map_err(refused)?;
+    let output = tokio::process::Command::new("prlimit")
+        .args(QEMU_IMG_LIMITS)
+        .args(["qemu-img", "info", "--output=json"])
         .arg(path)
+        .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| err(format!("cannot run qemu-img: {e}")))?;
+        .map_err(|e| ImageError::InspectTool(e.to_string()))?;
     if !output.status.success() {
         return Err(err(String::from_utf8_lossy(&output.stderr)
             .trim()
@@ -335,21 +431,8 @@ async fn inspect(url: &str, path: &Path) -> Result<(String, u64), ImageError> {
     }
     let info: serde_json::Value = serde_json::from_slice(&output.stdout)
         .map_err(|e| err(format!("unreadable qemu-img output: {e}")))?;
-    let format = info["format"]
-        .as_str()
-        .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .ok_or_else(|| err("qemu-img reported no format".into()))?
-        .to_string();
-    let virtual_size = info["virtual-size"]
-        .as_u64()
-        .ok_or_else(|| err("qemu-img reported no virtual size".into()))?;
-    if info.get("backing-filename").is_some() {
-        return Err(ImageError::HasBackingFile {
-            url: url.into(),
-            format,
-        });
-    }
-    Ok((format, virtual_size))
+    let verdict = image_format::verdict(&info, None).map_err(refused)?;
+    Ok((verdict.format.as_str().to_string(), verdict.virtual_size))
 }
 
 #[cfg(test)]

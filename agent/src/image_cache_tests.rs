@@ -47,8 +47,28 @@ async fn start_server() -> Server {
         };
         axum::body::Body::from_stream(chunks)
     }
+    async fn to_metadata() -> (StatusCode, [(&'static str, &'static str); 1]) {
+        (
+            StatusCode::FOUND,
+            [("location", "http://169.254.169.254/latest/meta-data/")],
+        )
+    }
+    async fn to_img() -> (StatusCode, [(&'static str, &'static str); 1]) {
+        (StatusCode::MOVED_PERMANENTLY, [("location", "/img")])
+    }
+    async fn forever(
+        axum::extract::Path(n): axum::extract::Path<u32>,
+    ) -> (StatusCode, [(&'static str, String); 1]) {
+        (
+            StatusCode::FOUND,
+            [("location", format!("/loop/{}", n + 1))],
+        )
+    }
     let app = Router::new()
         .route("/img", get(img))
+        .route("/to-metadata", get(to_metadata))
+        .route("/to-img", get(to_img))
+        .route("/loop/{n}", get(forever))
         .route("/slow", get(slow))
         .fallback(missing)
         .with_state(requests.clone());
@@ -325,4 +345,83 @@ async fn prune_removes_only_unused_images_and_their_entries() {
     // A pruned URL downloads again on its next use.
     let back = cache_file(&cache, pool.path(), "unused.img", 2).await;
     assert!(back.path.is_file());
+}
+
+fn policy_with_max(max_bytes: u64) -> FetchPolicy {
+    FetchPolicy {
+        max_bytes,
+        ..FetchPolicy::new(false)
+    }
+}
+
+#[tokio::test]
+async fn materialize_redirect_to_metadata_refused_nothing_kept() {
+    let server = start_server().await;
+    let pool = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(pool.path(), false);
+    let url = format!("{}/to-metadata", server.base);
+    let err = cache
+        .materialize(&url, None, &no_progress)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ImageUrlRefused, "{err}");
+    let text = crate::error_chain::error_chain(&err);
+    assert!(
+        text.contains("169.254.169.254") && text.contains("cloud metadata"),
+        "{text}"
+    );
+    assert_eq!(images_dir_entries(pool.path()), vec!["tmp"]);
+    assert!(tmp_empty(pool.path()));
+    assert_eq!(cache.url_locks_len(), 0);
+}
+
+#[tokio::test]
+async fn materialize_follows_allowed_redirects_up_to_the_limit() {
+    let server = start_server().await;
+    let pool = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(pool.path(), false);
+    let hit = cache
+        .materialize(&format!("{}/to-img", server.base), None, &no_progress)
+        .await
+        .unwrap();
+    assert_eq!(hit.sha256, sha_hex(&image_bytes()));
+    let err = cache
+        .materialize(&format!("{}/loop/0", server.base), None, &no_progress)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ImageDownloadFailed);
+    assert!(err.to_string().contains("more than 5 redirects"), "{err}");
+}
+
+#[tokio::test]
+async fn materialize_over_size_limit_is_cut_off_and_leaves_nothing() {
+    let server = start_server().await;
+    let pool = tempfile::tempdir().unwrap();
+    // /img announces 600 KiB; /slow streams chunks without a Content-Length.
+    let cache = ImageCache::with_policy(pool.path(), policy_with_max(100 * 1024));
+    for path in ["/img", "/slow"] {
+        let err = cache
+            .materialize(&format!("{}{path}", server.base), None, &no_progress)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ImageTooLarge, "{path}: {err}");
+        assert!(tmp_empty(pool.path()), "{path}");
+    }
+    assert_eq!(images_dir_entries(pool.path()), vec!["tmp"]);
+}
+
+#[tokio::test]
+async fn sweep_tmp_removes_leftovers() {
+    let pool = tempfile::tempdir().unwrap();
+    let cache = ImageCache::new(pool.path(), false);
+    assert_eq!(cache.sweep_tmp().unwrap(), 0);
+    let tmp = pool.path().join("images/tmp");
+    std::fs::create_dir_all(tmp.join("odd-dir")).unwrap();
+    std::fs::write(tmp.join("fetch-123"), b"partial").unwrap();
+    assert_eq!(cache.sweep_tmp().unwrap(), 2);
+    assert!(tmp_empty(pool.path()));
+}
+
+fn tmp_empty(pool: &Path) -> bool {
+    std::fs::read_dir(pool.join("images/tmp")).map_or(true, |mut rd| rd.next().is_none())
 }

@@ -20,6 +20,7 @@ use crate::guest_power::{
 };
 use crate::host::Accel;
 use crate::image_cache::ImageCache;
+use crate::image_fetch::FetchPolicy;
 use crate::network::{remove_tap, remove_vm_tap};
 use crate::outbox::{power_report, Progress};
 use crate::pool_images;
@@ -50,7 +51,7 @@ enum GuestOff {
 pub struct LocalDriver {
     registry: Arc<VmRegistry>,
     accel: Accel,
-    allow_file_urls: bool,
+    fetch_policy: FetchPolicy,
     caches: Mutex<HashMap<PathBuf, Arc<ImageCache>>>,
     /// The pools this node serves (name, path), for pool image requests.
     pools: Vec<(String, PathBuf)>,
@@ -70,7 +71,7 @@ impl LocalDriver {
         LocalDriver {
             registry,
             accel,
-            allow_file_urls,
+            fetch_policy: FetchPolicy::new(allow_file_urls),
             caches: Mutex::default(),
             pools: Vec::new(),
             images_gate: tokio::sync::RwLock::new(()),
@@ -82,6 +83,25 @@ impl LocalDriver {
     pub fn with_pools(mut self, pools: Vec<(String, PathBuf)>) -> LocalDriver {
         self.pools = pools;
         self
+    }
+
+    /// What image downloads may reach and how large they may be.
+    pub fn with_fetch_policy(mut self, policy: FetchPolicy) -> LocalDriver {
+        self.fetch_policy = policy;
+        self
+    }
+
+    /// Sweeps every served pool's `images/tmp/` (downloads a crashed agent left behind).
+    pub fn sweep_image_tmp(&self) {
+        for (name, path) in &self.pools {
+            match self.image_cache(path).sweep_tmp() {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(pool = name, removed = n, "swept leftover image downloads"),
+                Err(e) => {
+                    tracing::warn!(pool = name, error = %error_chain(&e), "cannot sweep images/tmp")
+                }
+            }
+        }
     }
 
     /// Whether QEMU is launched via `systemd-run --scope` (default: when under systemd).
@@ -99,7 +119,12 @@ impl LocalDriver {
             .lock()
             .expect("cache table poisoned")
             .entry(pool_path.to_path_buf())
-            .or_insert_with(|| Arc::new(ImageCache::new(pool_path, self.allow_file_urls)))
+            .or_insert_with(|| {
+                Arc::new(ImageCache::with_policy(
+                    pool_path,
+                    self.fetch_policy.clone(),
+                ))
+            })
             .clone()
     }
 

@@ -10,10 +10,12 @@ use clap::Parser;
 use otherix_agent::driver::VmDriver;
 use otherix_agent::executor::Executor;
 use otherix_agent::host::{self, AccelChoice};
+use otherix_agent::image_fetch::{gib_to_bytes, FetchPolicy, DEFAULT_MAX_IMAGE_GIB};
 use otherix_agent::local_driver::LocalDriver;
 use otherix_agent::monitor;
 use otherix_agent::outbox::Outbox;
 use otherix_agent::session::{self, NodeInfo};
+use otherix_agent::url_policy::{Cidr, UrlPolicy};
 use otherix_agent::vm_registry::VmRegistry;
 
 /// The otherix node agent: runs VMs with QEMU for otherixd.
@@ -38,6 +40,27 @@ struct Args {
     /// Accept file:// image URLs (tests and air-gapped nodes).
     #[arg(long)]
     allow_file_urls: bool,
+    /// Let image downloads reach this IP network even though a built-in rule refuses it
+    /// (link-local, multicast, cloud metadata); repeatable. Loopback and private ranges are
+    /// allowed without it.
+    #[arg(long = "allow-image-cidr", value_name = "CIDR")]
+    allow_image_cidrs: Vec<Cidr>,
+    /// Refuse image downloads from this IP network (wins over everything); repeatable.
+    #[arg(long = "deny-image-cidr", value_name = "CIDR")]
+    deny_image_cidrs: Vec<Cidr>,
+    /// Largest image download accepted, in GiB (fractions allowed); a larger body is cut
+    /// off with image_too_large.
+    #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_GIB, value_parser = parse_gib)]
+    max_image_gib: f64,
+    /// The same limit in bytes (overrides --max-image-gib; for tests).
+    #[arg(long, hide = true)]
+    max_image_bytes: Option<u64>,
+}
+
+fn parse_gib(s: &str) -> Result<f64, String> {
+    let gib: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    gib_to_bytes(gib).ok_or_else(|| format!("{s:?}: expected a positive number of GiB"))?;
+    Ok(gib)
 }
 
 fn parse_pool(s: &str) -> Result<(String, PathBuf), String> {
@@ -93,10 +116,25 @@ async fn main() -> anyhow::Result<()> {
         "otherix-agent starting"
     );
 
+    let fetch_policy = FetchPolicy {
+        allow_file_urls: args.allow_file_urls,
+        url_policy: UrlPolicy {
+            allow: args.allow_image_cidrs.clone(),
+            deny: args.deny_image_cidrs.clone(),
+        },
+        max_bytes: args
+            .max_image_bytes
+            .or_else(|| gib_to_bytes(args.max_image_gib))
+            .context("--max-image-gib")?,
+    };
     let registry = Arc::new(VmRegistry::new(&data_dir));
     let driver = Arc::new(
-        LocalDriver::new(registry.clone(), accel, args.allow_file_urls).with_pools(pools.clone()),
+        LocalDriver::new(registry.clone(), accel, args.allow_file_urls)
+            .with_pools(pools.clone())
+            .with_fetch_policy(fetch_policy),
     );
+    // Before any task can start a download: whatever is in images/tmp is a leftover.
+    driver.sweep_image_tmp();
     for report in driver.report_all().await {
         tracing::info!(
             vm_id = report.vm_id,
