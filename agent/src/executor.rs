@@ -4,7 +4,7 @@
 //! says. Also answers `SyncRequest`s.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,9 @@ struct Inner<D> {
     registry: Arc<VmRegistry>,
     store: TaskStore,
     outbox: Outbox,
+    /// The pools this node serves (`--pool NAME=PATH`): a task's pool name maps to its
+    /// path here; a `pool_path` sent by the server is never used.
+    pools: Vec<(String, PathBuf)>,
     /// Tasks in progress, with the trigger that cancels them (taken once cancelled).
     running: Mutex<HashMap<Uuid, Option<oneshot::Sender<()>>>>,
 }
@@ -60,6 +63,7 @@ impl<D: VmDriver> Executor<D> {
         registry: Arc<VmRegistry>,
         data_dir: &Path,
         outbox: Outbox,
+        pools: Vec<(String, PathBuf)>,
     ) -> Executor<D> {
         Executor {
             inner: Arc::new(Inner {
@@ -67,8 +71,22 @@ impl<D: VmDriver> Executor<D> {
                 registry,
                 store: TaskStore::new(data_dir),
                 outbox,
+                pools,
                 running: Mutex::default(),
             }),
+        }
+    }
+
+    /// Removes task results older than [`crate::task_store::TASK_RECORD_MAX_AGE`].
+    pub fn prune_task_records(&self) {
+        match self
+            .inner
+            .store
+            .prune(crate::task_store::TASK_RECORD_MAX_AGE)
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "pruned old task results"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune task results"),
         }
     }
 
@@ -79,12 +97,9 @@ impl<D: VmDriver> Executor<D> {
         let task_id = match parse_uuid("task_id", &task.task_id) {
             Ok(id) => id,
             Err(e) => {
-                inner.outbox.task_update(terminal_update(
-                    &task.task_id,
-                    &Outcome::Failed(e),
-                    None,
-                    "",
-                ));
+                let update = terminal_update(&task.task_id, &Outcome::Failed(e), None, "");
+                let outbox = inner.outbox.clone();
+                tokio::spawn(async move { outbox.final_update(update).await });
                 return;
             }
         };
@@ -97,7 +112,8 @@ impl<D: VmDriver> Executor<D> {
             match inner.store.load(task_id) {
                 Ok(Some(update)) => {
                     tracing::info!(%task_id, kind = task.kind, "task already finished; re-sending its result");
-                    inner.outbox.task_update(update);
+                    let outbox = inner.outbox.clone();
+                    tokio::spawn(async move { outbox.final_update(update).await });
                     return;
                 }
                 Ok(None) => {}
@@ -232,7 +248,7 @@ impl<D: VmDriver> Inner<D> {
         if let Err(e) = self.store.save(task_id, &update) {
             tracing::error!(%task_id, error = %e, "cannot persist task result");
         }
-        self.outbox.task_update(update);
+        self.outbox.final_update(update).await;
         self.running
             .lock()
             .expect("running table poisoned")
@@ -252,14 +268,6 @@ impl<D: VmDriver> Inner<D> {
                 })?,
             )
         };
-        let pool_path = if task.pool_path.is_empty() {
-            record
-                .as_ref()
-                .map(|r| r.pool_path.clone())
-                .unwrap_or_default()
-        } else {
-            task.pool_path.clone().into()
-        };
         let pick = |given: &str, recorded: Option<&String>| {
             if given.is_empty() {
                 recorded.cloned().unwrap_or_default()
@@ -267,15 +275,42 @@ impl<D: VmDriver> Inner<D> {
                 given.to_string()
             }
         };
+        let pool = pick(&task.pool, record.as_ref().map(|r| &r.pool));
+        let pool_path = self.pool_path(&pool)?;
+        if !task.pool_path.is_empty() && Path::new(&task.pool_path) != pool_path {
+            tracing::debug!(pool, server_path = task.pool_path, own_path = %pool_path.display(),
+                "ignoring the server's pool path");
+        }
         Ok(VmTarget {
             vm_id,
             name: pick(&task.vm_name, record.as_ref().map(|r| &r.name)),
-            pool: pick(&task.pool, record.as_ref().map(|r| &r.pool)),
+            pool,
             pool_path,
             spec,
             bridge: task.bridge.clone(),
             firmware: task.firmware.clone(),
         })
+    }
+
+    /// The path of a pool this node serves (empty for no pool: a VM never placed).
+    fn pool_path(&self, pool: &str) -> Result<PathBuf, ApiError> {
+        if pool.is_empty() {
+            return Ok(PathBuf::new());
+        }
+        match self.pools.iter().find(|(name, _)| name == pool) {
+            Some((_, path)) => Ok(path.clone()),
+            None => {
+                let served: Vec<&str> = self.pools.iter().map(|(n, _)| n.as_str()).collect();
+                Err(ApiError::validation(format!(
+                    "pool: this node does not serve pool {pool:?} (its --pool flags serve: {})",
+                    if served.is_empty() {
+                        "none".to_string()
+                    } else {
+                        served.join(", ")
+                    }
+                )))
+            }
+        }
     }
 
     fn stop_timeout(task: &TaskAssignment, vm: &VmTarget) -> Duration {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use otherix_api::proto::agent_message::Body;
 use otherix_api::proto::{AgentMessage, VmPower};
 use otherix_api::{Arch, VmSpec};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 use super::*;
 use crate::outbox::power_report;
@@ -18,6 +18,8 @@ struct FakeDriver {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     stop_error: Mutex<Option<ApiError>>,
+    /// The pool path of every VM target the executor handed to `remember`.
+    pool_paths: Mutex<Vec<std::path::PathBuf>>,
 }
 
 impl FakeDriver {
@@ -39,7 +41,8 @@ impl FakeDriver {
 }
 
 impl VmDriver for FakeDriver {
-    fn remember(&self, _vm: &VmTarget) -> Result<(), ApiError> {
+    fn remember(&self, vm: &VmTarget) -> Result<(), ApiError> {
+        self.pool_paths.lock().unwrap().push(vm.pool_path.clone());
         Ok(())
     }
     async fn prepare(&self, vm: &VmTarget, progress: &Progress) -> Result<(), ApiError> {
@@ -123,7 +126,7 @@ impl VmDriver for FakeDriver {
 struct Harness {
     driver: Arc<FakeDriver>,
     executor: Executor<FakeDriver>,
-    rx: UnboundedReceiver<AgentMessage>,
+    rx: Receiver<AgentMessage>,
     data_dir: tempfile::TempDir,
     vm_id: Uuid,
 }
@@ -133,7 +136,8 @@ fn harness() -> Harness {
     let driver = Arc::new(FakeDriver::default());
     let (outbox, rx) = Outbox::new();
     let registry = Arc::new(VmRegistry::new(data_dir.path()));
-    let executor = Executor::new(driver.clone(), registry, data_dir.path(), outbox);
+    let pools = vec![("default".to_string(), data_dir.path().join("pool"))];
+    let executor = Executor::new(driver.clone(), registry, data_dir.path(), outbox, pools);
     Harness {
         driver,
         executor,
@@ -162,7 +166,7 @@ fn spec() -> VmSpec {
 }
 
 /// The next terminal TaskUpdate, skipping RUNNING ones.
-async fn next_terminal(rx: &mut UnboundedReceiver<AgentMessage>) -> TaskUpdate {
+async fn next_terminal(rx: &mut Receiver<AgentMessage>) -> TaskUpdate {
     let wait = async {
         loop {
             if let Some(Body::TaskUpdate(u)) = rx.recv().await.unwrap().body {
@@ -220,7 +224,8 @@ async fn assign_finished_task_resends_result_without_rerunning() {
     // A restarted agent (new executor, same data dir) still knows the result.
     let (outbox, mut rx2) = Outbox::new();
     let registry = Arc::new(VmRegistry::new(h.data_dir.path()));
-    let restarted = Executor::new(h.driver.clone(), registry, h.data_dir.path(), outbox);
+    let pools = vec![("default".to_string(), h.data_dir.path().join("pool"))];
+    let restarted = Executor::new(h.driver.clone(), registry, h.data_dir.path(), outbox, pools);
     restarted.assign(t);
     assert_eq!(next_terminal(&mut rx2).await, first);
     assert_eq!(h.driver.calls(), vec!["start"]);
@@ -471,4 +476,33 @@ async fn sync_logs_and_images_route_to_driver() {
             "images nope prune=false"
         ]
     );
+}
+
+#[tokio::test]
+async fn task_pool_path_from_server_is_ignored_and_unserved_pool_fails() {
+    let mut h = harness();
+    let mut t = task(&h, "vm.start", &spec());
+    t.pool_path = "/etc".into();
+    h.executor.assign(t);
+    let done = next_terminal(&mut h.rx).await;
+    assert_eq!(done.state, TaskState::Succeeded as i32, "{done:?}");
+    assert_eq!(
+        *h.driver.pool_paths.lock().unwrap(),
+        vec![h.data_dir.path().join("pool")]
+    );
+
+    let mut t = task(&h, "vm.start", &spec());
+    t.pool = "fast".into();
+    h.executor.assign(t);
+    let failed = next_terminal(&mut h.rx).await;
+    assert_eq!(failed.state, TaskState::Failed as i32);
+    assert_eq!(failed.error_code, "validation_failed");
+    assert!(
+        failed
+            .error_message
+            .contains("does not serve pool \"fast\" (its --pool flags serve: default)"),
+        "{}",
+        failed.error_message
+    );
+    assert_eq!(h.driver.pool_paths.lock().unwrap().len(), 1);
 }

@@ -146,8 +146,24 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let (outbox, outbox_rx) = Outbox::new();
-    let executor = Executor::new(driver.clone(), registry.clone(), &data_dir, outbox.clone());
+    let executor = Executor::new(
+        driver.clone(),
+        registry.clone(),
+        &data_dir,
+        outbox.clone(),
+        pools.clone(),
+    );
     tokio::spawn(monitor::run(registry, outbox.clone()));
+    {
+        let executor = executor.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(6 * 3600));
+            loop {
+                every.tick().await;
+                executor.prune_task_records();
+            }
+        });
+    }
 
     let node = NodeInfo {
         node: args.node,

@@ -92,7 +92,7 @@ pub async fn check_once(registry: &VmRegistry, outbox: &Outbox) {
             detail = report.detail,
             "VM stopped outside a task"
         );
-        outbox.vm_report(report);
+        outbox.vm_report(report).await;
     }
 }
 

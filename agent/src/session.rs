@@ -88,7 +88,7 @@ pub async fn run<D: VmDriver>(
     executor: Executor<D>,
     driver: Arc<D>,
     outbox: Outbox,
-    mut outbox_rx: mpsc::UnboundedReceiver<AgentMessage>,
+    mut outbox_rx: mpsc::Receiver<AgentMessage>,
 ) {
     let mut backoff = Backoff::default();
     loop {
@@ -155,7 +155,7 @@ impl<D: VmDriver> Session<'_, D> {
     /// One connection: register, then pump messages until the stream ends.
     async fn attach(
         &self,
-        outbox_rx: &mut mpsc::UnboundedReceiver<AgentMessage>,
+        outbox_rx: &mut mpsc::Receiver<AgentMessage>,
         backoff: &mut Backoff,
     ) -> Result<(), SessionError> {
         // Messages queued while disconnected are stale: Register carries every VM's state
@@ -229,7 +229,9 @@ impl<D: VmDriver> Session<'_, D> {
                 let outbox = self.outbox.clone();
                 tokio::spawn(async move {
                     let reply = executor.sync(request).await;
-                    outbox.send(agent_message::Body::SyncReply(reply));
+                    outbox
+                        .send_wait(agent_message::Body::SyncReply(reply))
+                        .await;
                 });
             }
             Some(server_message::Body::Registered(_)) => {

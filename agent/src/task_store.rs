@@ -1,7 +1,10 @@
 //! Finished task results under `DATA_DIR/tasks/<task_id>.json` (atomic writes), so a
 //! redelivered task gets its final `TaskUpdate` re-sent instead of being run again.
+//! Results older than [`TASK_RECORD_MAX_AGE`] are pruned ([`TaskStore::prune`]): the
+//! server redelivers only unfinished tasks, so a week-old result is never asked for.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use otherix_api::proto::{TaskUpdate, VmReport};
 use serde::{Deserialize, Serialize};
@@ -74,6 +77,14 @@ impl From<StoredVmReport> for VmReport {
     }
 }
 
+/// How long a finished task's result is kept.
+pub const TASK_RECORD_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// True when a record last written at `modified` is older than `max_age` at `now`.
+pub fn expired(modified: SystemTime, now: SystemTime, max_age: Duration) -> bool {
+    now.duration_since(modified).is_ok_and(|age| age > max_age)
+}
+
 /// The directory of finished task results.
 pub struct TaskStore {
     dir: PathBuf,
@@ -104,6 +115,30 @@ impl TaskStore {
         write_json_atomic(&path, &stored).map_err(|e| TaskStoreError::Write(path, e))
     }
 
+    /// Removes results (and leftover temp files) older than `max_age`; returns how many.
+    pub fn prune(&self, max_age: Duration) -> Result<usize, TaskStoreError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(TaskStoreError::Read(self.dir.clone(), e)),
+        };
+        let now = SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() || !meta.modified().is_ok_and(|m| expired(m, now, max_age)) {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(TaskStoreError::Write(path, e)),
+            }
+        }
+        Ok(removed)
+    }
+
     /// The task's terminal update, if it finished before.
     pub fn load(&self, task_id: Uuid) -> Result<Option<TaskUpdate>, TaskStoreError> {
         let path = self.path(task_id);
@@ -131,6 +166,41 @@ impl TaskStore {
 mod tests {
     use super::*;
     use otherix_api::proto::{TaskState, VmPower};
+
+    #[test]
+    fn task_store_prune_removes_only_old_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TaskStore::new(dir.path());
+        assert_eq!(store.prune(TASK_RECORD_MAX_AGE).unwrap(), 0);
+        let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+        let update = |id: Uuid| TaskUpdate {
+            task_id: id.to_string(),
+            ..Default::default()
+        };
+        store.save(old, &update(old)).unwrap();
+        store.save(new, &update(new)).unwrap();
+        let eight_days = SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+        std::fs::File::options()
+            .write(true)
+            .open(store.path(old))
+            .unwrap()
+            .set_modified(eight_days)
+            .unwrap();
+        assert_eq!(store.prune(TASK_RECORD_MAX_AGE).unwrap(), 1);
+        assert!(store.load(old).unwrap().is_none());
+        assert!(store.load(new).unwrap().is_some());
+    }
+
+    #[test]
+    fn expired_table() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = Duration::from_secs(86400);
+        assert!(!expired(now, now, day));
+        assert!(!expired(now - day, now, day));
+        assert!(expired(now - day - Duration::from_secs(1), now, day));
+        // A record from the future (clock moved back) is kept.
+        assert!(!expired(now + day, now, day));
+    }
 
     #[test]
     fn task_store_save_then_load_round_trips() {

@@ -23,7 +23,7 @@ use otherix_agent::vm_registry::{RunDir, VmRegistry};
 use otherix_api::proto::agent_message::Body;
 use otherix_api::proto::{AgentMessage, VmPower, VmReport};
 use otherix_api::Arch;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 
 const REPORT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -36,14 +36,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn spawn_monitor(node: &Node) -> (AbortOnDrop, UnboundedReceiver<AgentMessage>) {
+fn spawn_monitor(node: &Node) -> (AbortOnDrop, Receiver<AgentMessage>) {
     let (outbox, rx) = Outbox::new();
     let handle = tokio::spawn(monitor::run(node.registry.clone(), outbox));
     (AbortOnDrop(handle), rx)
 }
 
 /// The next unsolicited VmReport the monitor sends.
-async fn next_report(rx: &mut UnboundedReceiver<AgentMessage>) -> VmReport {
+async fn next_report(rx: &mut Receiver<AgentMessage>) -> VmReport {
     let started = Instant::now();
     loop {
         let msg = tokio::time::timeout(REPORT_TIMEOUT, rx.recv())

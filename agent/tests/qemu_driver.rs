@@ -41,9 +41,7 @@ fn target(pool_path: &Path, name: &str, image: &Path) -> VmTarget {
     }
 }
 
-fn phases(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<otherix_api::proto::AgentMessage>,
-) -> Vec<String> {
+fn phases(rx: &mut tokio::sync::mpsc::Receiver<otherix_api::proto::AgentMessage>) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(msg) = rx.try_recv() {
         if let Some(Body::TaskUpdate(u)) = msg.body {
@@ -171,6 +169,7 @@ async fn qemu_driver_real_guest_lifecycle() {
         registry.clone(),
         &data_dir,
         task_outbox,
+        vec![("default".into(), pool.clone())],
     );
     executor.assign(TaskAssignment {
         task_id: Uuid::new_v4().to_string(),

@@ -119,7 +119,8 @@ async fn session_registers_routes_tasks_and_reconnects() {
         .unwrap();
     let driver = Arc::new(LocalDriver::new(registry.clone(), Accel::Tcg, false));
     let (outbox, outbox_rx) = Outbox::new();
-    let executor = Executor::new(driver.clone(), registry, dir.path(), outbox.clone());
+    let pools = vec![("default".to_string(), pool_path.clone())];
+    let executor = Executor::new(driver.clone(), registry, dir.path(), outbox.clone(), pools);
     let node = NodeInfo {
         node: "node-1".into(),
         host_arch: "amd64".into(),
