@@ -20,7 +20,7 @@ use otherix_api::proto::{
 use otherix_api::{ErrorBody, ErrorCode, TaskProgress, TaskStatus};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
@@ -307,20 +307,35 @@ impl Gateway {
             node_id: node_id.to_string(),
             heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u32,
         });
-        let _ = outbox.send(Ok(ServerMessage {
+        let _ = outbox.try_send(Ok(ServerMessage {
             body: Some(registered),
         }));
         // Attach before reading open tasks: a task emitted in between is then dispatched
         // (and maybe redelivered too; agents are idempotent by task id).
         let session = self.sessions.attach(node, outbox.clone());
+        let mut redeliver = Vec::new();
         for task in self.store.open_tasks_for_node(node).await? {
             let Some(vm_id) = task.vm_id else { continue };
             if let Some(vm) = self.store.vm_by_id(vm_id).await? {
-                let body = server_message::Body::Task(task_assignment(&task, &vm));
-                let _ = outbox.send(Ok(ServerMessage { body: Some(body) }));
-                tracing::info!(node, task = %task.id, kind = %task.kind, "task redelivered");
+                redeliver.push((task.id, task.kind, task_assignment(&task, &vm)));
             }
         }
+        // Redelivery waits for room in the bounded outbox, which drains only once the
+        // stream is handed to tonic: send from a task so attach can return first.
+        let (outbox, node_name) = (outbox.clone(), node.to_owned());
+        tokio::spawn(async move {
+            for (id, kind, assignment) in redeliver {
+                let body = server_message::Body::Task(assignment);
+                if outbox
+                    .send(Ok(ServerMessage { body: Some(body) }))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                tracing::info!(node = node_name, task = %id, %kind, "task redelivered");
+            }
+        });
         for vm_id in self.store.live_vm_ids_on_node(node).await? {
             let _ = self.trigger.send(vm_id);
         }
@@ -402,12 +417,12 @@ impl AgentGateway for Gateway {
             ));
         };
         let node_id = self.register(&reg).await?;
-        let (outbox, rx) = mpsc::unbounded_channel();
+        let (outbox, rx) = mpsc::channel(sessions::SESSION_OUTBOX_CAPACITY);
         let session = self.open_session(&reg.node, node_id, &outbox).await?;
         tokio::spawn(
             self.clone()
                 .read_agent_stream(reg.node.clone(), session, inbound),
         );
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -1,5 +1,10 @@
 //! Attached agents: one outbound channel per node, task dispatch, and the request/reply
 //! correlation of synchronous operations (pause, resume, reset).
+//!
+//! Each agent's outbound channel is bounded ([`SESSION_OUTBOX_CAPACITY`]). Sending never
+//! blocks a caller: when an agent stops reading and its channel fills up, its session is
+//! closed instead of the queue growing; the agent reconnects, registers again and gets
+//! every unfinished task redelivered.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +21,11 @@ use uuid::Uuid;
 use super::GatewayError;
 use crate::model::{TaskRecord, VmRecord};
 
+/// Messages queued for one agent before its session is closed as not reading.
+pub const SESSION_OUTBOX_CAPACITY: usize = 1024;
+
 /// The stream of messages to one agent.
-pub type Outbox = mpsc::UnboundedSender<Result<ServerMessage, Status>>;
+pub type Outbox = mpsc::Sender<Result<ServerMessage, Status>>;
 
 struct Session {
     id: u64,
@@ -71,15 +79,33 @@ impl Sessions {
             .contains_key(node)
     }
 
-    /// Sends one message to the node's agent; false when it is not attached.
+    /// Sends one message to the node's agent; false when it is not attached. An agent
+    /// whose queue is full is detached (its stream ends, it reconnects).
     pub fn send(&self, node: &str, body: server_message::Body) -> bool {
-        let nodes = self.nodes.lock().expect("sessions poisoned");
-        match nodes.get(node) {
-            Some(s) => s
-                .outbox
-                .send(Ok(ServerMessage { body: Some(body) }))
-                .is_ok(),
-            None => false,
+        let mut nodes = self.nodes.lock().expect("sessions poisoned");
+        let Some(session) = nodes.get(node) else {
+            return false;
+        };
+        match session
+            .outbox
+            .try_send(Ok(ServerMessage { body: Some(body) }))
+        {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(
+                    node,
+                    capacity = SESSION_OUTBOX_CAPACITY,
+                    "agent is not reading its stream; closing its session"
+                );
+                nodes.remove(node);
+                drop(nodes);
+                self.pending_sync
+                    .lock()
+                    .expect("pending sync poisoned")
+                    .retain(|_, p| p.node != node);
+                false
+            }
         }
     }
 
@@ -202,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_sync_reply_reaches_waiter() {
         let sessions = std::sync::Arc::new(Sessions::default());
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(SESSION_OUTBOX_CAPACITY);
         sessions.attach("n1", tx);
         let s2 = sessions.clone();
         let agent = tokio::spawn(async move {
@@ -238,7 +264,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_sync_no_reply_times_out() {
         let sessions = Sessions::default();
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (tx, _rx) = mpsc::channel(SESSION_OUTBOX_CAPACITY);
         sessions.attach("n1", tx);
         let err = sessions
             .sync("n1", "reset", Uuid::new_v4(), Duration::from_millis(50))
@@ -248,10 +274,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sessions_full_outbox_closes_the_session_instead_of_growing() {
+        let sessions = Sessions::default();
+        let (tx, mut rx) = mpsc::channel(SESSION_OUTBOX_CAPACITY);
+        sessions.attach("n1", tx);
+        let cancel = || {
+            server_message::Body::Cancel(otherix_api::proto::CancelTask {
+                task_id: "t".into(),
+            })
+        };
+        for _ in 0..SESSION_OUTBOX_CAPACITY {
+            assert!(sessions.send("n1", cancel()));
+        }
+        assert!(!sessions.send("n1", cancel()), "the queue is full");
+        assert!(!sessions.is_attached("n1"));
+        assert!(!sessions.send("n1", cancel()));
+        // The queued messages still drain, then the stream ends (the agent reconnects).
+        let mut drained = 0;
+        while rx.recv().await.is_some() {
+            drained += 1;
+        }
+        assert_eq!(drained, SESSION_OUTBOX_CAPACITY);
+    }
+
+    #[tokio::test]
     async fn sessions_detach_of_replaced_session_keeps_new_one() {
         let sessions = Sessions::default();
-        let (tx1, _rx1) = mpsc::unbounded_channel();
-        let (tx2, _rx2) = mpsc::unbounded_channel();
+        let (tx1, _rx1) = mpsc::channel(SESSION_OUTBOX_CAPACITY);
+        let (tx2, _rx2) = mpsc::channel(SESSION_OUTBOX_CAPACITY);
         let old = sessions.attach("n1", tx1);
         let _new = sessions.attach("n1", tx2);
         assert!(!sessions.detach("n1", old));
