@@ -17,6 +17,8 @@ struct Shared {
     throttle_bps: AtomicU64,
     /// Paths answered with this status instead of the file.
     fail: Mutex<HashMap<String, u16>>,
+    /// Paths answered with `302 Found` and this Location.
+    redirects: Mutex<HashMap<String, String>>,
     stop: AtomicBool,
 }
 
@@ -73,6 +75,15 @@ impl ImageServer {
             .store(bytes_per_sec, Ordering::SeqCst);
     }
 
+    /// Answers `/<name>` with `302 Found` to `location`.
+    pub fn redirect_path(&self, name: &str, location: &str) {
+        self.shared
+            .redirects
+            .lock()
+            .unwrap()
+            .insert(format!("/{name}"), location.to_owned());
+    }
+
     pub fn fail_path(&self, name: &str, status: u16) {
         self.shared
             .fail
@@ -118,6 +129,13 @@ fn serve_one(mut conn: TcpStream, root: &Path, shared: &Shared) -> std::io::Resu
             conn,
             "HTTP/1.1 {status} Injected\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
+        )?;
+        return Ok(());
+    }
+    if let Some(location) = shared.redirects.lock().unwrap().get(&path).cloned() {
+        write!(
+            conn,
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
         return Ok(());
     }

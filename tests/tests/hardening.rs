@@ -1,0 +1,235 @@
+//! Node hardening end to end: hostile image URLs (cloud metadata, redirects there),
+//! hostile image formats (qcow2 with a data file or a backing file, vmdk), oversized
+//! images, a download interrupted by SIGKILL, firmware outside the firmware dirs, QEMU as
+//! an unprivileged user, and the server's retention job.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use otherix_e2e::cluster::NodeOptions;
+use otherix_e2e::paths::files_in;
+use otherix_e2e::wait::until;
+use otherix_e2e::{Cluster, ClusterOptions, ImageServer};
+use serde_json::{json, Value};
+
+const TASK: Duration = Duration::from_secs(120);
+
+fn stopped_spec(url: &str) -> Value {
+    json!({"image_url": url, "arch": "amd64", "vcpus": 1, "memory_mb": 128,
+           "desired_phase": "stopped"})
+}
+
+/// Creates a VM and waits for its first vm.create task; returns the task.
+fn create_task(cluster: &Cluster, name: &str, spec: Value) -> Value {
+    let id = cluster.post_vm(name, spec);
+    cluster.wait_task(&id, TASK)
+}
+
+fn assert_failed_with(task: &Value, code: &str, needle: &str) {
+    assert_eq!(task["status"], "failed", "{task}");
+    assert_eq!(task["error"]["code"], code, "{task}");
+    let message = task["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+}
+
+/// The cache's blobs (`sha256-*`) in a pool.
+fn cached_blobs(pool: &Path) -> Vec<String> {
+    files_in(&pool.join("images"))
+        .into_iter()
+        .filter(|n| n.starts_with("sha256-"))
+        .collect()
+}
+
+fn cache_index(pool: &Path) -> Value {
+    std::fs::read(pool.join("images/index.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img");
+    assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+}
+
+#[test]
+fn image_urls_to_metadata_and_redirects_there_are_refused_loopback_works() {
+    let images = otherix_e2e::paths::test_images();
+    let server = ImageServer::start(&images);
+    server.redirect_path("to-metadata", "http://169.254.169.254/latest/meta-data/");
+    server.redirect_path("hop-1", &server.url("to-metadata"));
+    let cluster = Cluster::start();
+    let pool = cluster.pool_path("node-1", "default");
+
+    let direct = create_task(
+        &cluster,
+        "meta-direct",
+        stopped_spec("http://169.254.169.254/latest/meta-data/"),
+    );
+    assert_failed_with(&direct, "image_url_refused", "cloud metadata");
+    let redirected = create_task(
+        &cluster,
+        "meta-redirect",
+        stopped_spec(&server.url("hop-1")),
+    );
+    assert_failed_with(&redirected, "image_url_refused", "169.254.169.254");
+    assert_eq!(server.requests("hop-1"), 1);
+    assert_eq!(server.requests("to-metadata"), 1);
+    let link_local = create_task(
+        &cluster,
+        "link-local",
+        stopped_spec("http://[fe80::1]:8080/x.img"),
+    );
+    assert_failed_with(&link_local, "image_url_refused", "link-local");
+    // Nothing was downloaded or cached.
+    assert!(files_in(&pool.join("images/tmp")).is_empty());
+    assert!(cached_blobs(&pool).is_empty());
+    assert_eq!(
+        cache_index(&pool)["urls"]
+            .as_object()
+            .map_or(0, |m| m.len()),
+        0
+    );
+
+    // A loopback mirror is a private address: allowed by default.
+    let ok = create_task(
+        &cluster,
+        "mirror",
+        stopped_spec(&server.url("busybox-amd64.qcow2")),
+    );
+    assert_eq!(ok["status"], "success", "{ok}");
+    assert_eq!(cached_blobs(&pool).len(), 1);
+}
+
+#[test]
+fn deny_image_cidr_refuses_loopback_naming_the_rule() {
+    let images = otherix_e2e::paths::test_images();
+    let server = ImageServer::start(&images);
+    let mut node = NodeOptions::new("node-1", &["default"]);
+    node.extra_args = vec!["--deny-image-cidr".into(), "127.0.0.0/8".into()];
+    let cluster = Cluster::start_with(ClusterOptions {
+        nodes: vec![node],
+        ..ClusterOptions::default()
+    });
+    let task = create_task(
+        &cluster,
+        "denied",
+        stopped_spec(&server.url("busybox-amd64.qcow2")),
+    );
+    assert_failed_with(&task, "image_url_refused", "--deny-image-cidr 127.0.0.0/8");
+    assert_eq!(server.requests("busybox-amd64.qcow2"), 0);
+}
+
+#[test]
+fn data_file_backing_file_and_vmdk_images_are_refused_and_not_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    // A "host file" the data-file image points at.
+    std::fs::write(dir.path().join("host-secret.raw"), vec![0x5a; 1 << 20]).unwrap();
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-o",
+        &format!("data_file={},data_file_raw=on", d("host-secret.raw")),
+        &d("data-file.qcow2"),
+        "1M",
+    ]);
+    qemu_img(&["create", "-f", "raw", &d("base.raw"), "1M"]);
+    qemu_img(&[
+        "create",
+        "-f",
+        "qcow2",
+        "-b",
+        &d("base.raw"),
+        "-F",
+        "raw",
+        &d("backed.qcow2"),
+    ]);
+    qemu_img(&["create", "-f", "vmdk", &d("disk.vmdk"), "1M"]);
+    // The data file must not have been rewritten by qemu-img create (data_file_raw keeps it).
+    let server = ImageServer::start(dir.path());
+    let cluster = Cluster::start();
+    let pool = cluster.pool_path("node-1", "default");
+    for (name, image, needle) in [
+        ("data-file", "data-file.qcow2", "external data file"),
+        ("backed", "backed.qcow2", "backing file"),
+        ("vmdk", "disk.vmdk", "\"vmdk\" is not accepted"),
+    ] {
+        let task = create_task(&cluster, name, stopped_spec(&server.url(image)));
+        assert_failed_with(&task, "image_format_refused", needle);
+        assert_eq!(server.requests(image), 1, "{image} downloaded once");
+    }
+    assert!(cached_blobs(&pool).is_empty(), "{:?}", cached_blobs(&pool));
+    assert!(files_in(&pool.join("images/tmp")).is_empty());
+    assert_eq!(
+        cache_index(&pool)["urls"]
+            .as_object()
+            .map_or(0, |m| m.len()),
+        0
+    );
+}
+
+#[test]
+fn image_over_max_size_is_refused_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sparse 256 MiB raw image: cheap on disk, large on the wire.
+    let big = std::fs::File::create(dir.path().join("big.img")).unwrap();
+    big.set_len(256 << 20).unwrap();
+    drop(big);
+    let server = ImageServer::start(dir.path());
+    let mut node = NodeOptions::new("node-1", &["default"]);
+    node.extra_args = vec!["--max-image-gib".into(), "0.0625".into()];
+    let cluster = Cluster::start_with(ClusterOptions {
+        nodes: vec![node],
+        ..ClusterOptions::default()
+    });
+    let pool = cluster.pool_path("node-1", "default");
+    let task = create_task(&cluster, "big", stopped_spec(&server.url("big.img")));
+    assert_failed_with(&task, "image_too_large", "--max-image-gib");
+    assert!(files_in(&pool.join("images/tmp")).is_empty());
+    assert!(cached_blobs(&pool).is_empty());
+    assert!(files_in(&pool.join("vms"))
+        .iter()
+        .all(|vm| { files_in(&pool.join("vms").join(vm)).is_empty() }));
+}
+
+#[test]
+fn agent_killed_during_download_sweeps_images_tmp_at_restart() {
+    let images = otherix_e2e::paths::test_images();
+    let server = ImageServer::start(&images);
+    server.set_throttle(64 * 1024);
+    let mut cluster = Cluster::start();
+    let pool = cluster.pool_path("node-1", "default");
+    let tmp = pool.join("images/tmp");
+    let task = cluster.post_vm("slow", stopped_spec(&server.url("busybox-amd64.qcow2")));
+    until("a download in images/tmp", Duration::from_secs(60), || {
+        (!files_in(&tmp).is_empty()).then_some(())
+    });
+    cluster.kill_agent("node-1");
+    assert!(
+        !files_in(&tmp).is_empty(),
+        "SIGKILL leaves the partial file"
+    );
+    // Without a server the restarted agent cannot be handed the task again, so what
+    // images/tmp holds after the restart is what the start-up sweep left.
+    cluster.kill_server();
+    cluster.restart_agent("node-1");
+    let log = cluster.dir.path().join("agent-node-1.log");
+    until("the start-up sweep", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains("swept leftover image downloads")
+            .then_some(())
+    });
+    assert!(files_in(&tmp).is_empty(), "{:?}", files_in(&tmp));
+    // With the server back the task is redelivered and the download completes.
+    server.set_throttle(0);
+    cluster.start_server();
+    let done = cluster.wait_task(&task, TASK);
+    assert_eq!(done["status"], "success", "{done}");
+    assert!(files_in(&tmp).is_empty());
+}
