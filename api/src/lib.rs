@@ -8,6 +8,7 @@ pub mod apply;
 pub mod cluster;
 pub mod duration;
 pub mod error;
+pub mod firmware_path;
 pub mod list;
 pub mod manifest;
 pub mod proto;
