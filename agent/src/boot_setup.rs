@@ -39,19 +39,23 @@ fn firmware_error(e: FirmwareError) -> ApiError {
         | FirmwareError::UnknownType { .. }
         | FirmwareError::MissingPath { .. } => ErrorCode::ValidationFailed,
         FirmwareError::FileMissing { .. } => ErrorCode::QemuFailed,
+        FirmwareError::Refused { .. } => ErrorCode::FirmwareRefused,
         FirmwareError::CopyVars(..) => ErrorCode::DiskFailed,
     };
     ApiError::new(code, error_chain(&e))
 }
 
-/// Resolves and checks the firmware; UEFI gets the VM's variable store in `disk_dir`.
+/// Resolves and checks the firmware (its files only from `firmware_dirs`); UEFI gets the
+/// VM's variable store in `disk_dir`.
 pub fn boot_firmware(
     vm: &VmTarget,
     spec: &VmSpec,
     disk_dir: &Path,
+    firmware_dirs: &[String],
 ) -> Result<BootFirmware, ApiError> {
     let firmware = firmware::resolve(spec.arch, vm.firmware.as_ref(), spec.firmware.as_deref())
         .map_err(firmware_error)?;
+    let firmware = firmware::confine(firmware, firmware_dirs).map_err(firmware_error)?;
     firmware::check_present(&firmware).map_err(firmware_error)?;
     match firmware {
         Firmware::Bios => Ok(BootFirmware::Bios),
@@ -67,8 +71,13 @@ pub fn boot_firmware(
 }
 
 /// Sets up firmware, seed and NIC for one boot of `vm` whose disk lives in `disk_dir`.
-pub fn prepare_boot(vm: &VmTarget, spec: &VmSpec, disk_dir: &Path) -> Result<BootSetup, ApiError> {
-    let firmware = boot_firmware(vm, spec, disk_dir)?;
+pub fn prepare_boot(
+    vm: &VmTarget,
+    spec: &VmSpec,
+    disk_dir: &Path,
+    firmware_dirs: &[String],
+) -> Result<BootSetup, ApiError> {
+    let firmware = boot_firmware(vm, spec, disk_dir, firmware_dirs)?;
     let seed = cloud_init::write_seed(disk_dir, vm.vm_id, &vm.name, spec).map_err(|e| {
         ApiError::new(
             ErrorCode::DiskFailed,

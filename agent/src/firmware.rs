@@ -3,9 +3,12 @@
 //! AAVMF). UEFI firmware boots from two pflash drives: the read-only code image and a per-VM
 //! copy of the variable-store template (`POOL_PATH/vms/<vm_id>/efivars.fd`), created once
 //! and kept across boots so the guest's boot entries survive; deleting the VM removes it.
+//! Firmware files are taken only from the directories the agent serves (`--firmware-dir`):
+//! [`confine`] refuses a path outside them, before and after resolving symlinks.
 
 use std::path::{Path, PathBuf};
 
+use otherix_api::firmware_path::{check_firmware_path, FirmwarePathError};
 use otherix_api::proto::FirmwareRef;
 use otherix_api::Arch;
 
@@ -42,6 +45,13 @@ pub enum FirmwareError {
         name: String,
         what: &'static str,
         path: PathBuf,
+    },
+    #[error("firmware {name}: {what} refused")]
+    Refused {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: FirmwarePathError,
     },
     #[error("cannot create the UEFI variable store {0} from its template")]
     CopyVars(PathBuf, #[source] std::io::Error),
@@ -180,6 +190,58 @@ pub fn check_present(firmware: &Firmware) -> Result<(), FirmwareError> {
     Ok(())
 }
 
+/// Confines a UEFI firmware's files to `dirs` (canonical directories): each path must lie
+/// inside one of them as given and again after symlinks are resolved. Returns the firmware
+/// with canonical paths; BIOS (QEMU's own SeaBIOS) needs no files.
+pub fn confine(firmware: Firmware, dirs: &[String]) -> Result<Firmware, FirmwareError> {
+    let Firmware::Uefi {
+        name,
+        code,
+        vars_template,
+    } = firmware
+    else {
+        return Ok(firmware);
+    };
+    let one = |what: &'static str, path: &Path| -> Result<PathBuf, FirmwareError> {
+        let refused = |source| FirmwareError::Refused {
+            name: name.clone(),
+            what,
+            source,
+        };
+        let text = path.to_string_lossy();
+        check_firmware_path(&text, dirs).map_err(refused)?;
+        let canonical = path
+            .canonicalize()
+            .map_err(|_| FirmwareError::FileMissing {
+                name: name.clone(),
+                what,
+                path: path.to_path_buf(),
+            })?;
+        check_firmware_path(&canonical.to_string_lossy(), dirs).map_err(refused)?;
+        Ok(canonical)
+    };
+    let code = one("code", &code)?;
+    let vars_template = one("vars template", &vars_template)?;
+    Ok(Firmware::Uefi {
+        name,
+        code,
+        vars_template,
+    })
+}
+
+/// The firmware dirs as the agent serves them: canonical when they exist (a dir that does
+/// not exist is kept as given; nothing can be inside it).
+pub fn canonical_dirs(dirs: &[PathBuf]) -> Vec<String> {
+    dirs.iter()
+        .map(|d| {
+            d.canonicalize()
+                .unwrap_or_else(|_| d.clone())
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect()
+}
+
 /// The VM's UEFI variable store, copied from `template` on first use and kept afterwards.
 pub fn ensure_vars(disk_dir: &Path, template: &Path) -> Result<PathBuf, FirmwareError> {
     let vars = disk_dir.join(EFI_VARS);
@@ -309,6 +371,41 @@ mod tests {
                 "{arch} {server_ref:?} {name:?}"
             );
         }
+    }
+
+    #[test]
+    fn confine_refuses_outside_dotdot_and_escaping_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let fw = dir.path().join("fw");
+        std::fs::create_dir(&fw).unwrap();
+        std::fs::write(fw.join("code.fd"), b"c").unwrap();
+        std::fs::write(fw.join("vars.fd"), b"v").unwrap();
+        std::fs::write(dir.path().join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("secret"), fw.join("link.fd")).unwrap();
+        let dirs = canonical_dirs(&[fw.clone()]);
+        let p = |name: &str| fw.join(name).display().to_string();
+        let ok = confine(uefi("mine", &p("code.fd"), &p("vars.fd")), &dirs).unwrap();
+        assert_eq!(
+            ok,
+            uefi(
+                "mine",
+                &format!("{}/code.fd", dirs[0]),
+                &format!("{}/vars.fd", dirs[0])
+            )
+        );
+        let refused = |code: &str| {
+            confine(uefi("mine", code, &p("vars.fd")), &dirs)
+                .map_err(|e| crate::error_chain::error_chain(&e))
+                .unwrap_err()
+        };
+        assert!(refused("/etc/shadow").contains("outside the firmware directories"));
+        assert!(refused(&p("../secret")).contains("`..`"));
+        let escaped = refused(&p("link.fd"));
+        assert!(
+            escaped.contains("firmware mine: code refused") && escaped.contains("secret"),
+            "{escaped}"
+        );
+        assert_eq!(confine(Firmware::Bios, &[]).unwrap(), Firmware::Bios);
     }
 
     #[test]

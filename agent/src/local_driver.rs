@@ -58,6 +58,8 @@ pub struct LocalDriver {
     /// Materializing takes it shared, pruning exclusively, so a prune never removes an
     /// image between its download and the disk (and record) that come to use it.
     images_gate: tokio::sync::RwLock<()>,
+    /// Canonical directories firmware files may come from (`--firmware-dir`).
+    firmware_dirs: Vec<String>,
     /// Launch QEMU in its own systemd scope (see [`crate::qemu::process::in_scope`]).
     systemd_scope: bool,
 }
@@ -75,6 +77,12 @@ impl LocalDriver {
             caches: Mutex::default(),
             pools: Vec::new(),
             images_gate: tokio::sync::RwLock::new(()),
+            firmware_dirs: crate::firmware::canonical_dirs(
+                &otherix_api::firmware_path::DEFAULT_FIRMWARE_DIRS
+                    .iter()
+                    .map(PathBuf::from)
+                    .collect::<Vec<_>>(),
+            ),
             systemd_scope: qemu::process::systemd_scope_available(),
         }
     }
@@ -89,6 +97,16 @@ impl LocalDriver {
     pub fn with_fetch_policy(mut self, policy: FetchPolicy) -> LocalDriver {
         self.fetch_policy = policy;
         self
+    }
+
+    /// The directories firmware files may come from (canonicalized here).
+    pub fn with_firmware_dirs(mut self, dirs: &[PathBuf]) -> LocalDriver {
+        self.firmware_dirs = crate::firmware::canonical_dirs(dirs);
+        self
+    }
+
+    pub fn firmware_dirs(&self) -> &[String] {
+        &self.firmware_dirs
     }
 
     /// Sweeps every served pool's `images/tmp/` (downloads a crashed agent left behind).
@@ -228,7 +246,7 @@ impl LocalDriver {
             tracing::warn!(vm = %vm.name, error = %e, "cannot rotate serial log");
         }
         let disk_dir = disk::disk_dir(&vm.pool_path, vm.vm_id);
-        let boot = prepare_boot(vm, spec, &disk_dir)?;
+        let boot = prepare_boot(vm, spec, &disk_dir, &self.firmware_dirs)?;
         let config = LaunchConfig {
             vm_id: vm.vm_id,
             vm_name: vm.name.clone(),

@@ -17,6 +17,7 @@ use otherix_agent::outbox::Outbox;
 use otherix_agent::session::{self, NodeInfo};
 use otherix_agent::url_policy::{Cidr, UrlPolicy};
 use otherix_agent::vm_registry::VmRegistry;
+use otherix_api::firmware_path::DEFAULT_FIRMWARE_DIRS;
 
 /// The otherix node agent: runs VMs with QEMU for otherixd.
 #[derive(Debug, Parser)]
@@ -52,6 +53,10 @@ struct Args {
     /// off with image_too_large.
     #[arg(long, default_value_t = DEFAULT_MAX_IMAGE_GIB, value_parser = parse_gib)]
     max_image_gib: f64,
+    /// A directory firmware files (UEFI code and vars templates) may come from; repeatable.
+    /// Default: /usr/share/OVMF, /usr/share/AAVMF, /usr/share/seabios, /usr/share/qemu.
+    #[arg(long = "firmware-dir", value_name = "DIR")]
+    firmware_dirs: Vec<PathBuf>,
     /// The same limit in bytes (overrides --max-image-gib; for tests).
     #[arg(long, hide = true)]
     max_image_bytes: Option<u64>,
@@ -127,11 +132,22 @@ async fn main() -> anyhow::Result<()> {
             .or_else(|| gib_to_bytes(args.max_image_gib))
             .context("--max-image-gib")?,
     };
+    let firmware_dirs: Vec<PathBuf> = if args.firmware_dirs.is_empty() {
+        DEFAULT_FIRMWARE_DIRS.iter().map(PathBuf::from).collect()
+    } else {
+        args.firmware_dirs.clone()
+    };
+    for dir in &firmware_dirs {
+        if !dir.is_absolute() {
+            bail!("--firmware-dir {}: must be an absolute path", dir.display());
+        }
+    }
     let registry = Arc::new(VmRegistry::new(&data_dir));
     let driver = Arc::new(
         LocalDriver::new(registry.clone(), accel, args.allow_file_urls)
             .with_pools(pools.clone())
-            .with_fetch_policy(fetch_policy),
+            .with_fetch_policy(fetch_policy)
+            .with_firmware_dirs(&firmware_dirs),
     );
     // Before any task can start a download: whatever is in images/tmp is a leftover.
     driver.sweep_image_tmp();
@@ -174,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
         memory_mb: host::memory_mb(),
         pools,
         allow_file_urls: args.allow_file_urls,
+        firmware_dirs: driver.firmware_dirs().to_vec(),
     };
     tokio::select! {
         () = session::run(args.server, node, executor, driver, outbox, outbox_rx) => {}

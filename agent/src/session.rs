@@ -55,6 +55,8 @@ pub struct NodeInfo {
     pub pools: Vec<(String, PathBuf)>,
     /// Started with `--allow-file-urls` (announced in `Register`).
     pub allow_file_urls: bool,
+    /// Canonical `--firmware-dir`s (announced in `Register`).
+    pub firmware_dirs: Vec<String>,
 }
 
 /// Exponential backoff between reconnect attempts.
@@ -149,6 +151,7 @@ impl<D: VmDriver> Session<'_, D> {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             vms: self.driver.report_all().await,
             allow_file_urls: node.allow_file_urls,
+            firmware_dirs: node.firmware_dirs.clone(),
         }))
     }
 

@@ -130,6 +130,7 @@ async fn session_registers_routes_tasks_and_reconnects() {
         memory_mb: 4096,
         pools: vec![("default".into(), pool_path.clone())],
         allow_file_urls: false,
+        firmware_dirs: vec!["/usr/share/OVMF".into()],
     };
     tokio::spawn(session::run(
         format!("http://{addr}"),
@@ -149,6 +150,7 @@ async fn session_registers_routes_tasks_and_reconnects() {
     assert_eq!(register.accel, "tcg");
     assert_eq!(register.pools[0].name, "default");
     assert_eq!(register.pools[0].path, pool_path.display().to_string());
+    assert_eq!(register.firmware_dirs, ["/usr/share/OVMF"]);
     assert_eq!(register.vms.len(), 1);
     assert_eq!(register.vms[0].vm_id, vm_id.to_string());
     assert_eq!(register.vms[0].power, VmPower::Stopped as i32);
