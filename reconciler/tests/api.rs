@@ -36,6 +36,7 @@ fn registration(node: &str, allow_file_urls: bool) -> Register {
         agent_version: "test".into(),
         vms: vec![],
         allow_file_urls,
+        firmware_dirs: vec![],
     }
 }
 

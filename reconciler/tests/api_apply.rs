@@ -41,6 +41,7 @@ async fn register_node(daemon: &Daemon) {
             }],
             agent_version: "test".into(),
             allow_file_urls: false,
+            firmware_dirs: vec![],
             vms: vec![],
         })
         .await

@@ -37,6 +37,7 @@ fn registration(pools: &[(&str, &str)]) -> Register {
             .collect(),
         agent_version: "test".into(),
         allow_file_urls: false,
+        firmware_dirs: vec![],
         vms: vec![],
     }
 }
@@ -455,7 +456,7 @@ async fn vm_firmware_refs_checked_and_custom_firmware_delete_in_use_conflict() {
         "/v1/firmware",
         Some(
             json!({"name": "edk2", "spec": {"arch": "amd64", "type": "uefi",
-            "code": "/opt/edk2/code.fd", "vars_template": "/opt/edk2/vars.fd"}}),
+            "code": "/usr/share/OVMF/edk2-code.fd", "vars_template": "/usr/share/OVMF/edk2-vars.fd"}}),
         ),
     )
     .await;
@@ -475,7 +476,7 @@ async fn vm_firmware_refs_checked_and_custom_firmware_delete_in_use_conflict() {
         Method::PUT,
         "/v1/firmware/edk2",
         Some(json!({"spec": {"arch": "amd64", "type": "uefi",
-            "code": "/opt/edk2/code2.fd", "vars_template": "/opt/edk2/vars.fd"}})),
+            "code": "/usr/share/OVMF/edk2-code2.fd", "vars_template": "/usr/share/OVMF/edk2-vars.fd"}})),
     )
     .await;
     assert_eq!(r["outcome"], "configured", "{r}");
@@ -488,6 +489,101 @@ async fn vm_firmware_refs_checked_and_custom_firmware_delete_in_use_conflict() {
     .await;
     let (status, _) = call(app, Method::DELETE, "/v1/firmware/old", None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn firmware_files_outside_the_nodes_firmware_dirs_are_refused() {
+    let firmware = |name: &str, code: &str, vars: &str| {
+        json!({"name": name, "spec": {"arch": "amd64", "type": "uefi",
+            "code": code, "vars_template": vars}})
+    };
+    // No node yet: the default dirs.
+    let s = open().await;
+    let app = &s.app;
+    assert_error(
+        call(
+            app,
+            Method::POST,
+            "/v1/firmware",
+            Some(firmware("shadow", "/etc/shadow", "/usr/share/OVMF/OVMF_VARS_4M.fd")),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+        "spec.code: \"/etc/shadow\" is outside the firmware directories (/usr/share/AAVMF, /usr/share/OVMF, /usr/share/qemu, /usr/share/seabios)",
+    );
+    assert_error(
+        call(
+            app,
+            Method::POST,
+            "/v1/firmware",
+            Some(firmware(
+                "dotdot",
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/usr/share/OVMF/../../../var/lib/otherix/pool/vms/x/disk.raw",
+            )),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+        "spec.vars_template: ",
+    );
+    assert_error(
+        call(
+            app,
+            Method::PUT,
+            "/v1/firmware/shadow",
+            Some(
+                json!({"spec": {"arch": "amd64", "type": "uefi", "code": "/root/.ssh/id_ed25519",
+                "vars_template": "/usr/share/OVMF/OVMF_VARS_4M.fd"}}),
+            ),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+        "spec.code: \"/root/.ssh/id_ed25519\" is outside",
+    );
+    let (status, v) = call(
+        app,
+        Method::POST,
+        "/v1/firmware",
+        Some(firmware(
+            "ok",
+            "/usr/share/OVMF/OVMF_CODE_4M.fd",
+            "/usr/share/OVMF/OVMF_VARS_4M.fd",
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+
+    // A ready node with its own firmware dirs: only those count.
+    let mut reg = registration(&[("default", "/srv/default")]);
+    reg.firmware_dirs = vec!["/srv/fw".into()];
+    s.daemon.gateway.register(&reg).await.unwrap();
+    let (status, v) = call(
+        app,
+        Method::POST,
+        "/v1/firmware",
+        Some(firmware("srv", "/srv/fw/code.fd", "/srv/fw/vars.fd")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    assert_error(
+        call(
+            app,
+            Method::POST,
+            "/v1/firmware",
+            Some(firmware(
+                "ovmf2",
+                "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "/srv/fw/vars.fd",
+            )),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+        "(/srv/fw)",
+    );
 }
 
 #[tokio::test]

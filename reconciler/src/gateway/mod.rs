@@ -130,6 +130,7 @@ impl Gateway {
                     .map(|p| (p.name.clone(), p.path.clone()))
                     .collect(),
                 allow_file_urls: reg.allow_file_urls,
+                firmware_dirs: reg.firmware_dirs.clone(),
             })
             .await?;
         for report in &reg.vms {

@@ -77,6 +77,7 @@ fn register(node: &str, vms: Vec<VmReport>) -> AgentMessage {
             }],
             agent_version: "test".into(),
             allow_file_urls: false,
+            firmware_dirs: vec![],
             vms,
         })),
     }

@@ -3,6 +3,7 @@
 //! `DELETE` refuses while a live VM uses the object. [`resolve_vm_refs`] checks a VM
 //! spec's `network` and `firmware`/`firmware_id` and resolves them for dispatch.
 
+use otherix_api::firmware_path::check_firmware_path;
 use otherix_api::manifest::{
     ClusterSettingsSpec, FirmwareSpec, FirmwareType, NetworkSpec, NetworkType, PoolSpec,
 };
@@ -149,6 +150,18 @@ pub fn validate_firmware_spec(spec: &FirmwareSpec) -> Result<(), ApiError> {
         ))),
         FirmwareType::Bios => Ok(()),
     }
+}
+
+/// A UEFI firmware's files must lie inside `allowed` (the nodes' firmware dirs): a
+/// Firmware entity must not make a host file (a key, another VM's disk) a guest's flash.
+pub fn validate_firmware_paths(spec: &FirmwareSpec, allowed: &[String]) -> Result<(), ApiError> {
+    for (field, value) in [("code", &spec.code), ("vars_template", &spec.vars_template)] {
+        if let Some(path) = value {
+            check_firmware_path(path, allowed)
+                .map_err(|e| ApiError::validation(format!("spec.{field}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// A page of name-ordered objects; the cursor is the hex of the last name.
@@ -385,12 +398,11 @@ impl EntityService {
         req: CreateObjectRequest<FirmwareSpec>,
     ) -> Result<Firmware, ServiceError> {
         let name = req.name.clone();
-        self.create(
-            ObjectTable::Firmware,
-            "firmware",
-            req,
-            validate_firmware_spec,
-        )
+        let allowed = self.store.allowed_firmware_dirs().await?;
+        self.create(ObjectTable::Firmware, "firmware", req, |spec| {
+            validate_firmware_spec(spec)?;
+            validate_firmware_paths(spec, &allowed)
+        })
         .await?;
         self.firmware(&name).await
     }
@@ -402,13 +414,17 @@ impl EntityService {
         name: &str,
         req: ApplyRequest<FirmwareSpec>,
     ) -> Result<ApplyResponse<Firmware>, ServiceError> {
+        let allowed = self.store.allowed_firmware_dirs().await?;
         let outcome = self
             .apply(
                 ObjectTable::Firmware,
                 "firmware",
                 name,
                 req,
-                validate_firmware_spec,
+                |spec| {
+                    validate_firmware_spec(spec)?;
+                    validate_firmware_paths(spec, &allowed)
+                },
                 true,
             )
             .await?;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use otherix_api::firmware_path::default_firmware_dirs;
 use otherix_api::{NodeStatus, Pool, PoolInstance, VmSpec};
 use sqlx::Row;
 use uuid::Uuid;
@@ -28,6 +29,8 @@ pub struct NodeRegistration {
     pub pools: Vec<(String, String)>,
     /// The agent accepts `file://` image URLs.
     pub allow_file_urls: bool,
+    /// The agent's `--firmware-dir`s (empty: an agent that predates them).
+    pub firmware_dirs: Vec<String>,
 }
 
 impl Store {
@@ -39,11 +42,13 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO nodes (id, name, arch, guest_arches, accel, vcpus, memory_mb, \
-             agent_version, status, last_heartbeat_ms, registered_at_ms, allow_file_urls) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9, $9, $10) \
+             agent_version, status, last_heartbeat_ms, registered_at_ms, allow_file_urls, \
+             firmware_dirs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'ready', $9, $9, $10, $11) \
              ON CONFLICT (name) DO UPDATE SET arch = $3, guest_arches = $4, accel = $5, \
              vcpus = $6, memory_mb = $7, agent_version = $8, status = 'ready', \
-             last_heartbeat_ms = $9, registered_at_ms = $9, allow_file_urls = $10",
+             last_heartbeat_ms = $9, registered_at_ms = $9, allow_file_urls = $10, \
+             firmware_dirs = $11",
         )
         .bind(Uuid::new_v4().to_string())
         .bind(reg.name.clone())
@@ -55,6 +60,7 @@ impl Store {
         .bind(reg.agent_version.clone())
         .bind(now)
         .bind(i64::from(reg.allow_file_urls))
+        .bind(serde_json::to_string(&reg.firmware_dirs).expect("strings serialize"))
         .execute(&mut *tx)
         .await?;
         let (node_id,): (String,) = sqlx::query_as("SELECT id FROM nodes WHERE name = $1")
@@ -158,6 +164,39 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
+    }
+
+    /// The directories Firmware files may name: the union of the ready nodes'
+    /// `--firmware-dir`s; when no node is ready, of every known node's; when no node ever
+    /// registered, [`otherix_api::firmware_path::DEFAULT_FIRMWARE_DIRS`]. A node that registered no dirs (an older
+    /// agent) counts with the default dirs. Sorted, deduplicated.
+    pub async fn allowed_firmware_dirs(&self) -> Result<Vec<String>, StoreError> {
+        let rows: Vec<(String, String, String)> =
+            sqlx::query_as("SELECT name, status, firmware_dirs FROM nodes ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        let any_ready = rows.iter().any(|(_, status, _)| status == "ready");
+        let mut dirs = std::collections::BTreeSet::new();
+        for (name, status, json) in &rows {
+            if any_ready && status != "ready" {
+                continue;
+            }
+            let node_dirs: Vec<String> =
+                serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+                    table: "nodes",
+                    id: name.clone(),
+                    detail: e.to_string(),
+                })?;
+            if node_dirs.is_empty() {
+                dirs.extend(default_firmware_dirs());
+            } else {
+                dirs.extend(node_dirs);
+            }
+        }
+        if dirs.is_empty() {
+            dirs.extend(default_firmware_dirs());
+        }
+        Ok(dirs.into_iter().collect())
     }
 
     /// Every node with its pools and allocations, ordered by name.
