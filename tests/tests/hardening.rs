@@ -233,3 +233,38 @@ fn agent_killed_during_download_sweeps_images_tmp_at_restart() {
     assert_eq!(done["status"], "success", "{done}");
     assert!(files_in(&tmp).is_empty());
 }
+
+#[test]
+fn firmware_outside_the_nodes_firmware_dirs_is_refused_at_create() {
+    let cluster = Cluster::start();
+    let firmware = |name: &str, code: &str| {
+        json!({"name": name, "spec": {"arch": "amd64", "type": "uefi", "code": code,
+               "vars_template": "/usr/share/OVMF/OVMF_VARS_4M.fd"}})
+        .to_string()
+    };
+    for (name, code) in [
+        ("shadow", "/etc/shadow"),
+        ("dotdot", "/usr/share/OVMF/../../../etc/shadow"),
+        ("pool-disk", "/var/lib/otherix/pool/vms/x/disk.raw"),
+    ] {
+        let (status, body) = cluster.request("POST", "/v1/firmware", Some(&firmware(name, code)));
+        assert_eq!(status, 400, "{code}: {body}");
+        assert_eq!(body["error"]["code"], "validation_failed");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("spec.code: "), "{message}");
+        if name != "dotdot" {
+            assert!(
+                message.contains("/usr/share/OVMF"),
+                "names the dirs: {message}"
+            );
+        }
+    }
+    let (status, _) = cluster.get("/v1/firmware/shadow");
+    assert_eq!(status, 404);
+    let (status, body) = cluster.request(
+        "POST",
+        "/v1/firmware",
+        Some(&firmware("fine", "/usr/share/OVMF/OVMF_CODE_4M.fd")),
+    );
+    assert_eq!(status, 201, "{body}");
+}
