@@ -10,8 +10,17 @@ set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
 
+# The unprivileged user otherix-agent (as root) runs QEMU as (--qemu-user, default
+# otherix-qemu).
+if ! getent passwd otherix-qemu >/dev/null; then
+  echo "install-deps: creating system user otherix-qemu"
+  $SUDO useradd --system --no-create-home --shell /usr/sbin/nologin otherix-qemu
+fi
+
+# util-linux: prlimit, which bounds `qemu-img info` on downloaded images.
 packages=(qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64
-          busybox-static syslinux syslinux-common mtools dosfstools cpio kmod iproute2)
+          busybox-static syslinux syslinux-common mtools dosfstools cpio kmod iproute2
+          util-linux)
 
 missing=()
 for p in "${packages[@]}"; do

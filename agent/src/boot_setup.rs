@@ -76,6 +76,7 @@ pub fn prepare_boot(
     spec: &VmSpec,
     disk_dir: &Path,
     firmware_dirs: &[String],
+    tap_owner: Option<u32>,
 ) -> Result<BootSetup, ApiError> {
     let firmware = boot_firmware(vm, spec, disk_dir, firmware_dirs)?;
     let seed = cloud_init::write_seed(disk_dir, vm.vm_id, &vm.name, spec).map_err(|e| {
@@ -92,7 +93,7 @@ pub fn prepare_boot(
         }
     } else {
         let tap = network::tap_name(vm.vm_id);
-        network::create_tap(&tap, &vm.bridge).map_err(|e| {
+        network::create_tap(&tap, &vm.bridge, tap_owner).map_err(|e| {
             ApiError::new(
                 ErrorCode::QemuFailed,
                 format!(

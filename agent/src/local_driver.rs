@@ -24,7 +24,7 @@ use crate::image_fetch::FetchPolicy;
 use crate::network::{remove_tap, remove_vm_tap};
 use crate::outbox::{power_report, Progress};
 use crate::pool_images;
-use crate::qemu::process::{in_scope, kill_pid, log_tail, scope_unit, wait_exit};
+use crate::qemu::process::{in_scope, kill_pid, log_tail, scope_unit, wait_exit, RunAs};
 use crate::qemu::{self, build_argv, LaunchConfig, Qmp, RunStatus};
 use crate::serial_log::{self, LogChunk};
 use crate::vm_registry::{RunDir, VmRecord, VmRegistry, MAX_SOCKET_PATH};
@@ -58,6 +58,8 @@ pub struct LocalDriver {
     /// Materializing takes it shared, pruning exclusively, so a prune never removes an
     /// image between its download and the disk (and record) that come to use it.
     images_gate: tokio::sync::RwLock<()>,
+    /// The unprivileged user QEMU runs as (`--qemu-user`); `None`: as the agent's user.
+    run_as: Option<RunAs>,
     /// Canonical directories firmware files may come from (`--firmware-dir`).
     firmware_dirs: Vec<String>,
     /// Launch QEMU in its own systemd scope (see [`crate::qemu::process::in_scope`]).
@@ -77,6 +79,7 @@ impl LocalDriver {
             caches: Mutex::default(),
             pools: Vec::new(),
             images_gate: tokio::sync::RwLock::new(()),
+            run_as: None,
             firmware_dirs: crate::firmware::canonical_dirs(
                 &otherix_api::firmware_path::DEFAULT_FIRMWARE_DIRS
                     .iter()
@@ -97,6 +100,64 @@ impl LocalDriver {
     pub fn with_fetch_policy(mut self, policy: FetchPolicy) -> LocalDriver {
         self.fetch_policy = policy;
         self
+    }
+
+    /// Runs QEMU as `user` (the agent must be root); the VM's files are handed to it.
+    pub fn with_run_as(mut self, user: Option<RunAs>) -> LocalDriver {
+        self.run_as = user;
+        self
+    }
+
+    /// Gives the QEMU user what one VM's QEMU opens: its run dir and disk dir (0700, owned
+    /// by that user) and the files in them. Nothing else of the agent's changes hands.
+    fn hand_to_qemu_user(&self, run: &RunDir, disk_dir: &Path) -> Result<(), ApiError> {
+        let Some(user) = &self.run_as else {
+            return Ok(());
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let owner = (
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        );
+        let chown = |path: &Path| -> Result<(), ApiError> {
+            match nix::unistd::chown(path, owner.0, owner.1) {
+                Ok(()) => Ok(()),
+                Err(nix::errno::Errno::ENOENT) => Ok(()),
+                Err(e) => Err(api_err(
+                    ErrorCode::QemuFailed,
+                    format!(
+                        "cannot hand {} to --qemu-user {}: {e}",
+                        path.display(),
+                        user.name
+                    ),
+                )),
+            }
+        };
+        for dir in [run.path.as_path(), disk_dir] {
+            chown(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+                api_err(
+                    ErrorCode::QemuFailed,
+                    format!("cannot restrict {}: {e}", dir.display()),
+                )
+            })?;
+            let entries = std::fs::read_dir(dir).map_err(|e| {
+                api_err(
+                    ErrorCode::QemuFailed,
+                    format!("cannot list {}: {e}", dir.display()),
+                )
+            })?;
+            for entry in entries.flatten() {
+                // Regular files only: a symlink planted in a VM dir is never followed.
+                // The agent's VM record stays the agent's.
+                if entry.file_type().is_ok_and(|t| t.is_file())
+                    && entry.file_name() != crate::vm_registry::VM_RECORD
+                {
+                    chown(&entry.path())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The directories firmware files may come from (canonicalized here).
@@ -246,7 +307,8 @@ impl LocalDriver {
             tracing::warn!(vm = %vm.name, error = %e, "cannot rotate serial log");
         }
         let disk_dir = disk::disk_dir(&vm.pool_path, vm.vm_id);
-        let boot = prepare_boot(vm, spec, &disk_dir, &self.firmware_dirs)?;
+        let tap_owner = self.run_as.as_ref().map(|u| u.uid);
+        let boot = prepare_boot(vm, spec, &disk_dir, &self.firmware_dirs, tap_owner)?;
         let config = LaunchConfig {
             vm_id: vm.vm_id,
             vm_name: vm.name.clone(),
@@ -272,14 +334,31 @@ impl LocalDriver {
             remove_boot_tap();
             api_err(ErrorCode::QemuFailed, e)
         })?;
+        if let Err(e) = self.hand_to_qemu_user(run, &disk_dir) {
+            remove_boot_tap();
+            return Err(e);
+        }
         let unit = self.systemd_scope.then(|| scope_unit(vm.vm_id));
-        let (program, args) = in_scope(&program, &args, unit.as_deref());
-        let pid = qemu::launch(&program, &args, &run.pidfile(), &run.qemu_log())
-            .await
-            .map_err(|e| {
-                remove_boot_tap();
-                api_err(ErrorCode::QemuFailed, error_chain(&e))
-            })?;
+        let (program, args) = in_scope(&program, &args, unit.as_deref(), self.run_as.as_ref());
+        // Under systemd-run, systemd-run drops privileges itself (after making the scope).
+        let run_as = if unit.is_some() {
+            None
+        } else {
+            self.run_as.as_ref()
+        };
+        let pid = qemu::launch(
+            &program,
+            &args,
+            &run.pidfile(),
+            &run.qmp_socket(),
+            &run.qemu_log(),
+            run_as,
+        )
+        .await
+        .map_err(|e| {
+            remove_boot_tap();
+            api_err(ErrorCode::QemuFailed, error_chain(&e))
+        })?;
         self.registry.set_observed_pid(vm.vm_id, Some(pid));
         tracing::info!(vm = %vm.name, pid, "QEMU launched");
         Ok(pid)

@@ -14,6 +14,7 @@ use otherix_agent::image_fetch::{gib_to_bytes, FetchPolicy, DEFAULT_MAX_IMAGE_GI
 use otherix_agent::local_driver::LocalDriver;
 use otherix_agent::monitor;
 use otherix_agent::outbox::Outbox;
+use otherix_agent::qemu::process::RunAs;
 use otherix_agent::session::{self, NodeInfo};
 use otherix_agent::url_policy::{Cidr, UrlPolicy};
 use otherix_agent::vm_registry::VmRegistry;
@@ -57,6 +58,10 @@ struct Args {
     /// Default: /usr/share/OVMF, /usr/share/AAVMF, /usr/share/seabios, /usr/share/qemu.
     #[arg(long = "firmware-dir", value_name = "DIR")]
     firmware_dirs: Vec<PathBuf>,
+    /// When the agent runs as root, QEMU runs as this unprivileged user (created by
+    /// scripts/install-deps.sh); '' keeps QEMU as root (development only).
+    #[arg(long, default_value = "otherix-qemu")]
+    qemu_user: String,
     /// The same limit in bytes (overrides --max-image-gib; for tests).
     #[arg(long, hide = true)]
     max_image_bytes: Option<u64>,
@@ -77,6 +82,43 @@ fn parse_pool(s: &str) -> Result<(String, PathBuf), String> {
         return Err(format!("{s:?}: empty pool path"));
     }
     Ok((name.to_string(), PathBuf::from(path)))
+}
+
+/// The user QEMU runs as: `--qemu-user` when the agent is root, else nobody to switch to.
+fn qemu_run_as(name: &str) -> anyhow::Result<Option<RunAs>> {
+    if name.is_empty() {
+        tracing::warn!("--qemu-user '': QEMU runs as the agent's user");
+        return Ok(None);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        tracing::info!(
+            qemu_user = name,
+            "the agent is not root; QEMU runs as the agent's user"
+        );
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name(name)
+        .with_context(|| format!("looking up --qemu-user {name}"))?
+        .with_context(|| {
+            format!(
+                "--qemu-user {name}: no such user; create it (scripts/install-deps.sh does: \
+                 useradd --system --no-create-home --shell /usr/sbin/nologin {name}) \
+                 or pass --qemu-user '' to run QEMU as root (development only)"
+            )
+        })?;
+    if user.uid.is_root() {
+        bail!("--qemu-user {name} is root; name an unprivileged user");
+    }
+    tracing::info!(
+        qemu_user = name,
+        uid = user.uid.as_raw(),
+        "QEMU runs unprivileged"
+    );
+    Ok(Some(RunAs {
+        name: name.to_string(),
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    }))
 }
 
 fn absolute_dir(path: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
@@ -142,12 +184,14 @@ async fn main() -> anyhow::Result<()> {
             bail!("--firmware-dir {}: must be an absolute path", dir.display());
         }
     }
+    let run_as = qemu_run_as(&args.qemu_user)?;
     let registry = Arc::new(VmRegistry::new(&data_dir));
     let driver = Arc::new(
         LocalDriver::new(registry.clone(), accel, args.allow_file_urls)
             .with_pools(pools.clone())
             .with_fetch_policy(fetch_policy)
-            .with_firmware_dirs(&firmware_dirs),
+            .with_firmware_dirs(&firmware_dirs)
+            .with_run_as(run_as),
     );
     // Before any task can start a download: whatever is in images/tmp is a leftover.
     driver.sweep_image_tmp();

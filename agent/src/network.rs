@@ -90,7 +90,7 @@ fn ip(args: &[&str]) -> Result<(), NetError> {
 }
 
 /// Creates (or reuses, after a crash) the VM's tap device and puts it up in `bridge`.
-pub fn create_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
+pub fn create_tap(tap: &str, bridge: &str, owner: Option<u32>) -> Result<(), NetError> {
     if !valid_ifname(bridge) {
         return Err(NetError::InvalidBridgeName(bridge.to_string()));
     }
@@ -100,7 +100,20 @@ pub fn create_tap(tap: &str, bridge: &str) -> Result<(), NetError> {
         });
     }
     if !interface_exists(tap) {
-        ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?;
+        match owner {
+            // QEMU running unprivileged may open only a tap its user owns.
+            Some(uid) => ip(&[
+                "tuntap",
+                "add",
+                "dev",
+                tap,
+                "mode",
+                "tap",
+                "user",
+                &uid.to_string(),
+            ])?,
+            None => ip(&["tuntap", "add", "dev", tap, "mode", "tap"])?,
+        }
     }
     let enslaved = ip(&["link", "set", tap, "master", bridge, "up"]);
     if enslaved.is_err() {
@@ -184,13 +197,13 @@ mod tests {
 
     #[test]
     fn create_tap_missing_bridge_names_it() {
-        let err = create_tap("otxtest", "otx-no-such-br").unwrap_err();
+        let err = create_tap("otxtest", "otx-no-such-br", None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "bridge otx-no-such-br does not exist on this node (`ip link show type bridge` does not list it)"
         );
         assert!(matches!(
-            create_tap("otxtest", "bad/name"),
+            create_tap("otxtest", "bad/name", None),
             Err(NetError::InvalidBridgeName(_))
         ));
     }

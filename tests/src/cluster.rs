@@ -151,6 +151,13 @@ impl Cluster {
             .prefix("otx-")
             .tempdir()
             .expect("tempdir");
+        // Traversable (not listable) by others: QEMU runs as --qemu-user (otherix-qemu)
+        // and must reach its VM's files under the pools and data dirs in here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("chmod tempdir");
+        }
         let api_addr = free_addr();
         let agent_addr = free_addr();
         let mut cluster = Cluster {

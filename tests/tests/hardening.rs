@@ -268,3 +268,83 @@ fn firmware_outside_the_nodes_firmware_dirs_is_refused_at_create() {
     );
     assert_eq!(status, 201, "{body}");
 }
+
+fn ps_user(pid: u32) -> String {
+    let out = Command::new("ps")
+        .args(["-o", "user=", "-p", &pid.to_string()])
+        .output()
+        .expect("ps");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn qemu_runs_unprivileged_in_the_strict_sandbox_and_vms_still_work() {
+    let images = otherix_e2e::paths::test_images();
+    let server = ImageServer::start(&images);
+    let cluster = Cluster::start();
+    let pid = cluster.create_booted("jailed", &server.url("busybox-amd64.qcow2"), &[]);
+    assert_eq!(ps_user(pid), "otherix-qemu");
+    let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+        .replace('\0', " ");
+    assert!(
+        cmdline.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ),
+        "{cmdline}"
+    );
+    // The VM's own files belong to the QEMU user and are private to it.
+    let vm = cluster.vm("jailed");
+    let id = vm["id"].as_str().unwrap();
+    let disk_dir = cluster
+        .pool_path("node-1", "default")
+        .join(format!("vms/{id}"));
+    let meta = std::fs::metadata(&disk_dir).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    let qemu_uid = meta.uid();
+    assert_ne!(qemu_uid, 0);
+    assert_eq!(
+        std::fs::metadata(disk_dir.join("disk.qcow2"))
+            .unwrap()
+            .uid(),
+        qemu_uid
+    );
+    // Stop, start again (still unprivileged), delete.
+    cluster.cli(&["vm", "stop", "jailed", "--wait"]).ok();
+    assert_eq!(cluster.vm("jailed")["status"]["phase"], "stopped");
+    cluster.cli(&["vm", "start", "jailed", "--wait"]).ok();
+    let pid2 = cluster.vm("jailed")["status"]["pid"].as_u64().unwrap() as u32;
+    assert_ne!(pid2, pid);
+    assert_eq!(ps_user(pid2), "otherix-qemu");
+    cluster
+        .cli(&["vm", "delete", "jailed", "--force", "--wait"])
+        .ok();
+    assert!(!disk_dir.exists());
+}
+
+#[test]
+fn agent_refuses_to_start_with_an_unknown_qemu_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(otherix_e2e::paths::bin("otherix-agent"))
+        .args([
+            "--server",
+            "http://127.0.0.1:9",
+            "--node",
+            "n1",
+            "--accel",
+            "tcg",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--pool")
+        .arg(format!("default={}", dir.path().join("pool").display()))
+        .args(["--qemu-user", "otherix-no-such-user"])
+        .output()
+        .expect("run otherix-agent");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--qemu-user otherix-no-such-user: no such user"),
+        "{stderr}"
+    );
+}

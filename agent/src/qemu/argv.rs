@@ -108,7 +108,11 @@ fn path_opt(prefix: &str, path: &Path, suffix: &str) -> Result<OsString, ArgvErr
     Ok(s)
 }
 
-/// The program and arguments that launch `cfg` detached (`-daemonize`).
+/// The seccomp sandbox QEMU runs in: no obsolete syscalls, no setuid/setgid, no
+/// fork/exec, no scheduler or CPU affinity changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The program and arguments that launch `cfg` (see [`crate::qemu::process::launch`]).
 pub fn build_argv(cfg: &LaunchConfig) -> Result<(String, Vec<OsString>), ArgvError> {
     if !is_dns_label(&cfg.vm_name) {
         return Err(ArgvError::InvalidName(cfg.vm_name.clone()));
@@ -143,7 +147,7 @@ pub fn build_argv(cfg: &LaunchConfig) -> Result<(String, Vec<OsString>), ArgvErr
     // A guest poweroff leaves QEMU alive in run state `shutdown` instead of exiting, so
     // the agent can tell it from a crash (see `crate::guest_power`).
     push(&["-no-shutdown"]);
-    push(&["-sandbox", "on", "-daemonize", "-pidfile"]);
+    push(&["-sandbox", SANDBOX, "-pidfile"]);
     args.push(cfg.pidfile.clone().into_os_string());
     args.push("-qmp".into());
     args.push(path_opt("unix:", &cfg.qmp_socket, ",server=on,wait=off")?);

@@ -30,7 +30,7 @@ fn argv_string(cfg: &LaunchConfig) -> String {
 }
 
 const COMMON: &str =
-    "-smp 2 -m 512 -nodefaults -no-user-config -display none -no-shutdown -sandbox on -daemonize \
+    "-smp 2 -m 512 -nodefaults -no-user-config -display none -no-shutdown -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
      -pidfile /data/vms/x/qemu.pid -qmp unix:/data/vms/x/qmp.sock,server=on,wait=off \
      -chardev file,id=serial0,path=/data/vms/x/serial.log,append=on -serial chardev:serial0";
 

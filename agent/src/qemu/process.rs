@@ -1,5 +1,14 @@
-//! Launching QEMU detached (`-daemonize`) and watching its process: pidfile, liveness
-//! (with a `/proc/PID/cmdline` check against pid reuse) and SIGKILL.
+//! Launching QEMU detached and watching its process: pidfile, liveness (with a
+//! `/proc/PID/cmdline` check against pid reuse) and SIGKILL.
+//!
+//! QEMU is not started with `-daemonize`: on QEMU 10 its fork and `setsid` come after the
+//! seccomp filter, so `-daemonize` cannot be combined with `spawn=deny` or
+//! `elevateprivileges=deny`, and `-run-with user=` (a `setuid` after the filter) dies with
+//! SIGSYS under `elevateprivileges=deny`. As libvirt does, the agent instead starts QEMU in
+//! its own process group, already as the unprivileged user ([`RunAs`], dropped by the
+//! kernel-facing part of `std::process` before exec), and does not wait for it: the launch
+//! is done when QEMU has written its pidfile and answers QMP. A QEMU the agent leaves
+//! behind outlives it (re-adopted from the pidfile); one that exits is reaped by tokio.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -8,8 +17,18 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// How long the daemonizing parent may take to report that the guest process is set up.
+/// How long QEMU may take to write its pidfile and answer QMP.
 const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the launch looks whether QEMU is up (or gone).
+const LAUNCH_POLL: Duration = Duration::from_millis(20);
+
+/// The unprivileged user QEMU runs as (`--qemu-user`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -25,61 +44,82 @@ pub enum ProcessError {
         status: std::process::ExitStatus,
         log: String,
     },
-    #[error("{program} did not daemonize within {}s", LAUNCH_TIMEOUT.as_secs())]
-    LaunchTimeout { program: String },
+    #[error("{program} did not answer QMP within {}s: {log}", LAUNCH_TIMEOUT.as_secs())]
+    LaunchTimeout { program: String, log: String },
     #[error("cannot open QEMU log {0}")]
     Log(PathBuf, #[source] std::io::Error),
-    #[error("QEMU daemonized but pidfile {0} holds no pid")]
-    NoPid(PathBuf),
 }
 
-/// Runs `program args` (which must include `-daemonize -pidfile PIDFILE`), waits for the
-/// daemonizing parent to exit, and returns the guest process id from the pidfile.
-/// QEMU's own stderr goes to `log`, whose tail is the error message on failure.
+/// Starts `program args` (which must include `-pidfile PIDFILE` and `-qmp unix:QMP`) in
+/// its own process group, as `run_as` when given, and returns QEMU's pid once the pidfile
+/// names it and QMP answers. QEMU's own stderr goes to `log`, whose tail is the error
+/// message when QEMU exits during start-up.
 pub async fn launch(
     program: &str,
     args: &[OsString],
     pidfile: &Path,
+    qmp_socket: &Path,
     log: &Path,
+    run_as: Option<&RunAs>,
 ) -> Result<u32, ProcessError> {
+    use std::os::unix::process::CommandExt;
     let log_file = std::fs::File::create(log).map_err(|e| ProcessError::Log(log.into(), e))?;
     let log_err = log_file
         .try_clone()
         .map_err(|e| ProcessError::Log(log.into(), e))?;
-    tracing::debug!(program, ?args, "launching QEMU");
-    let mut child = tokio::process::Command::new(program)
+    tracing::debug!(program, ?args, ?run_as, "launching QEMU");
+    let mut command = std::process::Command::new(program);
+    command
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(log_file)
         .stderr(log_err)
+        .process_group(0);
+    if let Some(user) = run_as {
+        // Dropping from root also clears the supplementary groups (std does setgroups(0)).
+        command.uid(user.uid).gid(user.gid);
+    }
+    let mut child = tokio::process::Command::from(command)
         .spawn()
         .map_err(|source| ProcessError::Spawn {
             program: program.to_string(),
             source,
         })?;
-    let status = match tokio::time::timeout(LAUNCH_TIMEOUT, child.wait()).await {
-        Ok(Ok(status)) => status,
-        Ok(Err(source)) => {
-            return Err(ProcessError::Spawn {
-                program: program.to_string(),
-                source,
-            })
+    let deadline = tokio::time::Instant::now() + LAUNCH_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                return Err(ProcessError::LaunchFailed {
+                    program: program.to_string(),
+                    status,
+                    log: log_tail(log),
+                })
+            }
+            Ok(None) => {}
+            Err(source) => {
+                return Err(ProcessError::Spawn {
+                    program: program.to_string(),
+                    source,
+                })
+            }
         }
-        Err(_) => {
+        if let Some(pid) = read_pid(pidfile) {
+            // QMP greets once QEMU's main loop runs, i.e. after machine set-up succeeded.
+            if super::Qmp::connect(qmp_socket).await.is_ok() {
+                // Not killed on drop: QEMU outlives this handle (and the agent).
+                drop(child);
+                return Ok(pid);
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
             let _ = child.kill().await;
             return Err(ProcessError::LaunchTimeout {
                 program: program.to_string(),
+                log: log_tail(log),
             });
         }
-    };
-    if !status.success() {
-        return Err(ProcessError::LaunchFailed {
-            program: program.to_string(),
-            status,
-            log: log_tail(log),
-        });
+        tokio::time::sleep(LAUNCH_POLL).await;
     }
-    read_pid(pidfile).ok_or_else(|| ProcessError::NoPid(pidfile.into()))
 }
 
 /// The systemd scope unit a VM's QEMU runs in when the agent runs under systemd.
@@ -89,21 +129,33 @@ pub fn scope_unit(vm_id: uuid::Uuid) -> String {
 
 /// True when the agent runs as a systemd service (`INVOCATION_ID` is set) and
 /// `systemd-run` exists: QEMU then gets its own scope, so stopping or restarting the
-/// agent's unit (whose cgroup would otherwise hold the daemonized QEMU) leaves VMs running.
+/// agent's unit (whose cgroup would otherwise hold QEMU) leaves VMs running.
 pub fn systemd_scope_available() -> bool {
     std::env::var_os("INVOCATION_ID").is_some()
         && crate::host::find_on_path("systemd-run").is_some()
 }
 
-/// `program args`, wrapped in `systemd-run --scope` when `scope` names a unit.
-pub fn in_scope(program: &str, args: &[OsString], scope: Option<&str>) -> (String, Vec<OsString>) {
+/// `program args`, wrapped in `systemd-run --scope` when `scope` names a unit (with
+/// `--uid`/`--gid` when QEMU runs as `run_as`: systemd-run then drops privileges itself,
+/// after creating the scope).
+pub fn in_scope(
+    program: &str,
+    args: &[OsString],
+    scope: Option<&str>,
+    run_as: Option<&RunAs>,
+) -> (String, Vec<OsString>) {
     let Some(unit) = scope else {
         return (program.to_string(), args.to_vec());
     };
-    let mut wrapped: Vec<OsString> = ["--scope", "--collect", "--quiet", "--unit", unit, "--"]
+    let mut wrapped: Vec<OsString> = ["--scope", "--collect", "--quiet", "--unit", unit]
         .into_iter()
         .map(OsString::from)
         .collect();
+    if let Some(user) = run_as {
+        wrapped.push(format!("--uid={}", user.uid).into());
+        wrapped.push(format!("--gid={}", user.gid).into());
+    }
+    wrapped.push("--".into());
     wrapped.push(program.into());
     wrapped.extend(args.iter().cloned());
     ("systemd-run".to_string(), wrapped)
@@ -197,12 +249,12 @@ mod tests {
     fn in_scope_wraps_only_with_a_unit() {
         let args: Vec<OsString> = vec!["-m".into(), "256".into()];
         assert_eq!(
-            in_scope("qemu-system-x86_64", &args, None),
+            in_scope("qemu-system-x86_64", &args, None, None),
             ("qemu-system-x86_64".to_string(), args.clone())
         );
         let unit = scope_unit(uuid::Uuid::nil());
         assert_eq!(unit, "otherix-vm-00000000-0000-0000-0000-000000000000");
-        let (program, wrapped) = in_scope("qemu-system-x86_64", &args, Some(&unit));
+        let (program, wrapped) = in_scope("qemu-system-x86_64", &args, Some(&unit), None);
         assert_eq!(program, "systemd-run");
         let wrapped: Vec<String> = wrapped
             .iter()
@@ -211,6 +263,20 @@ mod tests {
         assert_eq!(
             wrapped.join(" "),
             format!("--scope --collect --quiet --unit {unit} -- qemu-system-x86_64 -m 256")
+        );
+        let user = RunAs {
+            name: "otherix-qemu".into(),
+            uid: 999,
+            gid: 995,
+        };
+        let (_, wrapped) = in_scope("qemu-system-x86_64", &args, Some(&unit), Some(&user));
+        let wrapped: Vec<String> = wrapped
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            wrapped.join(" "),
+            format!("--scope --collect --quiet --unit {unit} --uid=999 --gid=995 -- qemu-system-x86_64 -m 256")
         );
     }
 
