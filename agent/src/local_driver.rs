@@ -25,7 +25,7 @@ use crate::network::{remove_tap, remove_vm_tap};
 use crate::outbox::{power_report, Progress};
 use crate::pool_images;
 use crate::qemu::process::{in_scope, kill_pid, log_tail, scope_unit, wait_exit, RunAs};
-use crate::qemu::{self, build_argv, LaunchConfig, Qmp, RunStatus};
+use crate::qemu::{self, build_argv, LaunchConfig, Nic, Qmp, RunStatus};
 use crate::serial_log::{self, LogChunk};
 use crate::vm_registry::{RunDir, VmRecord, VmRegistry, MAX_SOCKET_PATH};
 
@@ -309,7 +309,7 @@ impl LocalDriver {
         let disk_dir = disk::disk_dir(&vm.pool_path, vm.vm_id);
         let tap_owner = self.run_as.as_ref().map(|u| u.uid);
         let boot = prepare_boot(vm, spec, &disk_dir, &self.firmware_dirs, tap_owner)?;
-        let config = LaunchConfig {
+        let mut config = LaunchConfig {
             vm_id: vm.vm_id,
             vm_name: vm.name.clone(),
             arch: spec.arch,
@@ -324,7 +324,19 @@ impl LocalDriver {
             seed: boot.seed.clone(),
             firmware: boot.firmware.clone(),
             nic: boot.nic.clone(),
+            run_with_user: None,
         };
+        let mut run_as = self.run_as.clone();
+        if let (Some(user), Nic::Tap { .. }) = (&self.run_as, &boot.nic) {
+            if !crate::network::tun_usable_by(user.uid, user.gid) {
+                // QEMU must open the tap while still root, then switch users itself.
+                tracing::info!(vm = %vm.name, user = user.name,
+                    "{} is not usable by the QEMU user; QEMU drops root itself (-run-with)",
+                    crate::network::TUN_DEVICE);
+                config.run_with_user = Some(user.name.clone());
+                run_as = None;
+            }
+        }
         let remove_boot_tap = || {
             if let Some(tap) = boot.tap() {
                 let _ = remove_tap(tap);
@@ -339,12 +351,12 @@ impl LocalDriver {
             return Err(e);
         }
         let unit = self.systemd_scope.then(|| scope_unit(vm.vm_id));
-        let (program, args) = in_scope(&program, &args, unit.as_deref(), self.run_as.as_ref());
+        let (program, args) = in_scope(&program, &args, unit.as_deref(), run_as.as_ref());
         // Under systemd-run, systemd-run drops privileges itself (after making the scope).
         let run_as = if unit.is_some() {
             None
         } else {
-            self.run_as.as_ref()
+            run_as.as_ref()
         };
         let pid = qemu::launch(
             &program,

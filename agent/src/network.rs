@@ -122,6 +122,30 @@ pub fn create_tap(tap: &str, bridge: &str, owner: Option<u32>) -> Result<(), Net
     enslaved
 }
 
+/// The TUN/TAP clone device QEMU opens for a tap NIC.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// True when a process of `uid`/`gid` may open a device with this owner and mode for
+/// reading and writing (no supplementary groups: QEMU runs without them).
+pub fn device_rw_for(mode: u32, owner: (u32, u32), uid: u32, gid: u32) -> bool {
+    let rw = |shift: u32| (mode >> shift) & 0o6 == 0o6;
+    if owner.0 == uid {
+        rw(6)
+    } else if owner.1 == gid {
+        rw(3)
+    } else {
+        rw(0)
+    }
+}
+
+/// Whether `uid`/`gid` can open [`TUN_DEVICE`] (Debian makes it 0666; containers often
+/// leave it 0600).
+pub fn tun_usable_by(uid: u32, gid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(TUN_DEVICE)
+        .is_ok_and(|m| device_rw_for(m.mode(), (m.uid(), m.gid()), uid, gid))
+}
+
 /// Removes the tap device if it exists.
 pub fn remove_tap(tap: &str) -> Result<(), NetError> {
     if !interface_exists(tap) {
@@ -176,6 +200,26 @@ pub fn check_ports_free(ports: &[PortForward]) -> Result<(), NetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_rw_for_table() {
+        let table = [
+            (0o666, (0, 0), 999, 995, true),
+            (0o600, (0, 0), 999, 995, false),
+            (0o660, (0, 995), 999, 995, true),
+            (0o640, (0, 995), 999, 995, false),
+            (0o600, (999, 0), 999, 995, true),
+            // Owner bits decide for the owner even when others may.
+            (0o066, (999, 0), 999, 995, false),
+        ];
+        for (mode, owner, uid, gid, want) in table {
+            assert_eq!(
+                device_rw_for(mode, owner, uid, gid),
+                want,
+                "{mode:o} {owner:?}"
+            );
+        }
+    }
 
     #[test]
     fn parse_link_names_reads_ip_oneline_output() {

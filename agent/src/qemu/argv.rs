@@ -47,6 +47,11 @@ pub struct LaunchConfig {
     pub seed: Option<PathBuf>,
     pub firmware: BootFirmware,
     pub nic: Nic,
+    /// QEMU starts as root and switches to this user itself (`-run-with user=`), which
+    /// needs `elevateprivileges=allow`: only for a tap NIC on a host whose `/dev/net/tun`
+    /// the QEMU user cannot open. `None`: the agent starts QEMU as the user already (or
+    /// QEMU runs as the agent's user) under the full [`SANDBOX`].
+    pub run_with_user: Option<String>,
 }
 
 /// Firmware as QEMU sees it.
@@ -76,6 +81,8 @@ pub enum ArgvError {
     CommaInPath(PathBuf),
     #[error("arm64 guests boot only with UEFI firmware")]
     Arm64NeedsUefi,
+    #[error("user name {0:?} cannot be passed to QEMU")]
+    InvalidUser(String),
     #[error("tap device name {0:?} is not a valid interface name")]
     InvalidTapName(String),
 }
@@ -98,6 +105,13 @@ fn is_dns_label(name: &str) -> bool {
         && !name.ends_with('-')
 }
 
+fn is_user_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 fn path_opt(prefix: &str, path: &Path, suffix: &str) -> Result<OsString, ArgvError> {
     if path.as_os_str().as_encoded_bytes().contains(&b',') {
         return Err(ArgvError::CommaInPath(path.to_path_buf()));
@@ -111,6 +125,10 @@ fn path_opt(prefix: &str, path: &Path, suffix: &str) -> Result<OsString, ArgvErr
 /// The seccomp sandbox QEMU runs in: no obsolete syscalls, no setuid/setgid, no
 /// fork/exec, no scheduler or CPU affinity changes.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// [`SANDBOX`] minus `elevateprivileges=deny`, for QEMU that drops root itself.
+pub const SANDBOX_RUN_WITH: &str =
+    "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny";
 
 /// The program and arguments that launch `cfg` (see [`crate::qemu::process::launch`]).
 pub fn build_argv(cfg: &LaunchConfig) -> Result<(String, Vec<OsString>), ArgvError> {
@@ -147,7 +165,21 @@ pub fn build_argv(cfg: &LaunchConfig) -> Result<(String, Vec<OsString>), ArgvErr
     // A guest poweroff leaves QEMU alive in run state `shutdown` instead of exiting, so
     // the agent can tell it from a crash (see `crate::guest_power`).
     push(&["-no-shutdown"]);
-    push(&["-sandbox", SANDBOX, "-pidfile"]);
+    match &cfg.run_with_user {
+        None => push(&["-sandbox", SANDBOX]),
+        Some(user) => {
+            if !is_user_name(user) {
+                return Err(ArgvError::InvalidUser(user.clone()));
+            }
+            push(&[
+                "-sandbox",
+                SANDBOX_RUN_WITH,
+                "-run-with",
+                &format!("user={user}"),
+            ])
+        }
+    }
+    push(&["-pidfile"]);
     args.push(cfg.pidfile.clone().into_os_string());
     args.push("-qmp".into());
     args.push(path_opt("unix:", &cfg.qmp_socket, ",server=on,wait=off")?);

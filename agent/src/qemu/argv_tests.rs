@@ -18,7 +18,24 @@ fn config() -> LaunchConfig {
         seed: None,
         firmware: BootFirmware::Bios,
         nic: Nic::User { ports: Vec::new() },
+        run_with_user: None,
     }
+}
+
+#[test]
+fn run_with_user_relaxes_only_elevateprivileges() {
+    let mut cfg = config();
+    cfg.run_with_user = Some("otherix-qemu".into());
+    let argv = argv_string(&cfg);
+    assert!(
+        argv.contains("-sandbox on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny -run-with user=otherix-qemu -pidfile"),
+        "{argv}"
+    );
+    cfg.run_with_user = Some("bad,user".into());
+    assert_eq!(
+        build_argv(&cfg).unwrap_err(),
+        ArgvError::InvalidUser("bad,user".into())
+    );
 }
 
 fn argv_string(cfg: &LaunchConfig) -> String {
