@@ -1,8 +1,9 @@
-//! Human durations as users type them: `30s`, `5m`, `1h`, `1500ms`, `1h30m`.
+//! Human durations as users type them: `30s`, `5m`, `1h`, `30d`, `1500ms`, `1h30m`.
 
 use std::time::Duration;
 
-/// Parses `30s`, `5m`, `1h`, `250ms` and sums like `1m30s`. A bare number is seconds.
+/// Parses `30s`, `5m`, `1h`, `30d`, `250ms` and sums like `1m30s`. A bare number is
+/// seconds.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
     let s = input.trim();
     if s.is_empty() {
@@ -34,9 +35,10 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
             "h" => Duration::from_secs(n.saturating_mul(3600)),
+            "d" => Duration::from_secs(n.saturating_mul(86400)),
             _ => {
                 return Err(format!(
-                    "invalid duration {input:?}: unknown unit {unit:?} (use ms, s, m, h)"
+                    "invalid duration {input:?}: unknown unit {unit:?} (use ms, s, m, h, d)"
                 ))
             }
         };
@@ -78,6 +80,8 @@ mod tests {
             ("250ms", 250),
             ("1m30s", 90_000),
             ("45", 45_000),
+            ("30d", 2_592_000_000),
+            ("1d12h", 129_600_000),
         ];
         for (input, ms) in table {
             assert_eq!(
