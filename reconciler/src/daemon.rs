@@ -29,6 +29,7 @@ pub struct Daemon {
     pub reconciler: Arc<Reconciler>,
     pub state: AppState,
     triggers: Option<mpsc::UnboundedReceiver<Uuid>>,
+    retention: crate::retention::RetentionPolicy,
 }
 
 /// Knobs of [`Daemon::open_with`]; the defaults are what `otherixd` runs with.
@@ -37,6 +38,8 @@ pub struct DaemonOptions {
     /// Backoff of retries after failed vm.create / vm.start tasks and crashes (2 s
     /// doubling to 5 min by default; tests shorten it).
     pub retry_backoff: Backoff,
+    /// Purging of old finished tasks and deleted VM rows (`--retention`).
+    pub retention: crate::retention::RetentionPolicy,
 }
 
 impl Daemon {
@@ -94,6 +97,7 @@ impl Daemon {
             reconciler,
             state,
             triggers: Some(triggers),
+            retention: opts.retention,
         })
     }
 
@@ -111,6 +115,7 @@ impl Daemon {
             .expect("spawn_background is called once");
         let mut handles = self.reconciler.clone().spawn_loops(triggers, resync_every);
         handles.push(self.gateway.spawn_liveness_monitor());
+        handles.push(crate::retention::spawn(self.store.clone(), self.retention));
         handles
     }
 }

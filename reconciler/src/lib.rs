@@ -11,6 +11,7 @@ pub mod locks;
 pub mod manifests_dir;
 pub mod model;
 pub mod reconcile;
+pub mod retention;
 pub mod scheduler;
 pub mod service;
 pub mod store;

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use otherixd::daemon::{Daemon, RESYNC_INTERVAL};
+use std::time::Duration;
+
+use otherix_api::duration::parse_duration;
+use otherixd::daemon::{Daemon, DaemonOptions, RESYNC_INTERVAL};
+use otherixd::retention::RetentionPolicy;
 use otherixd::store::default_database_url;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -33,6 +37,13 @@ struct Args {
     /// annotation whose documents are removed from DIR are deleted.
     #[arg(long, env = "OTHERIXD_MANIFESTS_DIR", value_name = "DIR")]
     manifests_dir: Option<PathBuf>,
+    /// Finished tasks and deleted VMs older than this are purged (e.g. 30d, 12h, 1s); the
+    /// newest task of every live VM stays.
+    #[arg(long, env = "OTHERIXD_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    retention: Duration,
+    /// How often the retention purge runs.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    retention_interval: Duration,
 }
 
 #[tokio::main]
@@ -52,7 +63,15 @@ async fn main() -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| default_database_url(&args.data_dir));
-    let mut daemon = Daemon::open(&database_url)
+    let options = DaemonOptions {
+        retention: RetentionPolicy {
+            max_age: args.retention,
+            every: args.retention_interval.max(Duration::from_millis(100)),
+            ..RetentionPolicy::default()
+        },
+        ..DaemonOptions::default()
+    };
+    let mut daemon = Daemon::open_with(&database_url, options)
         .await
         .context("opening the database")?;
 

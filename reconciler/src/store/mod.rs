@@ -5,6 +5,7 @@
 
 mod entities;
 mod nodes;
+mod retention;
 mod rows;
 mod tasks;
 mod vms;
@@ -19,6 +20,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
 pub use nodes::NodeRegistration;
+pub use retention::Purged;
 pub use tasks::TaskPage;
 pub use vms::{VmFilter, VmPage};
 
