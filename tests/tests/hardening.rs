@@ -348,3 +348,78 @@ fn agent_refuses_to_start_with_an_unknown_qemu_user() {
         "{stderr}"
     );
 }
+
+fn sqlite_count(db: &Path, sql: &str) -> u64 {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3");
+    assert!(out.status.success(), "sqlite3 {sql}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn retention_purges_old_tasks_and_deleted_vms_but_keeps_live_vms_latest_task() {
+    let images = otherix_e2e::paths::test_images();
+    let server = ImageServer::start(&images);
+    let cluster = Cluster::start_with(ClusterOptions {
+        server_args: vec![
+            "--retention".into(),
+            "1s".into(),
+            "--retention-interval".into(),
+            "300ms".into(),
+        ],
+        ..ClusterOptions::default()
+    });
+    let url = server.url("busybox-amd64.qcow2");
+    let created = create_task(&cluster, "keep", stopped_spec(&url));
+    assert_eq!(created["status"], "success", "{created}");
+    let (status, accepted) = cluster.request("POST", "/v1/vms/keep/start", None);
+    assert_eq!(status, 202, "{accepted}");
+    let started_id = accepted["task"]["id"].as_str().unwrap().to_owned();
+    let started = cluster.wait_task(&started_id, TASK);
+    assert_eq!(started["status"], "success", "{started}");
+
+    let gone_create = create_task(&cluster, "gone", stopped_spec(&url));
+    assert_eq!(gone_create["status"], "success", "{gone_create}");
+    cluster
+        .cli(&["vm", "delete", "gone", "--force", "--wait"])
+        .ok();
+    let db = cluster.dir.path().join("server/otherix.db");
+    assert_eq!(
+        sqlite_count(&db, "SELECT count(*) FROM vms WHERE name = 'gone'"),
+        1,
+        "soft-deleted first"
+    );
+
+    let created_id = created["id"].as_str().unwrap().to_owned();
+    until(
+        "old tasks and the deleted VM purged",
+        Duration::from_secs(30),
+        || {
+            let (status, _) = cluster.get(&format!("/v1/tasks/{created_id}"));
+            let vms = sqlite_count(&db, "SELECT count(*) FROM vms WHERE name = 'gone'");
+            (status == 404 && vms == 0).then_some(())
+        },
+    );
+    // The live VM's newest task stays, whatever its age; nothing of `gone` is left.
+    std::thread::sleep(Duration::from_secs(2));
+    let (status, latest) = cluster.get(&format!("/v1/tasks/{started_id}"));
+    assert_eq!(status, 200, "{latest}");
+    let (_, listed) = cluster.get("/v1/tasks?vm=keep");
+    let ids: Vec<&str> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [started_id.as_str()]);
+    assert_eq!(
+        sqlite_count(&db, "SELECT count(*) FROM tasks WHERE vm_name = 'gone'"),
+        0
+    );
+    assert_eq!(cluster.vm("keep")["status"]["phase"], "running");
+    let log = std::fs::read_to_string(cluster.dir.path().join("otherixd.log")).unwrap();
+    assert!(log.contains("retention purged old rows"), "{log}");
+}
