@@ -382,7 +382,7 @@ mod tests {
         std::fs::write(fw.join("vars.fd"), b"v").unwrap();
         std::fs::write(dir.path().join("secret"), b"s").unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), fw.join("link.fd")).unwrap();
-        let dirs = canonical_dirs(&[fw.clone()]);
+        let dirs = canonical_dirs(std::slice::from_ref(&fw));
         let p = |name: &str| fw.join(name).display().to_string();
         let ok = confine(uefi("mine", &p("code.fd"), &p("vars.fd")), &dirs).unwrap();
         assert_eq!(

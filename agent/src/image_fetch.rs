@@ -62,7 +62,7 @@ const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// `--max-image-gib` as bytes: a positive number of GiB, fractions allowed.
 pub fn gib_to_bytes(gib: f64) -> Option<u64> {
-    (gib.is_finite() && gib > 0.0 && gib * GIB <= u64::MAX as f64).then(|| (gib * GIB) as u64)
+    (gib.is_finite() && gib > 0.0 && gib * GIB <= u64::MAX as f64).then_some((gib * GIB) as u64)
 }
 
 #[derive(Debug, thiserror::Error)]

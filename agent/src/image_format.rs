@@ -158,6 +158,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    type Case = (
+        &'static str,
+        Value,
+        Option<ImageFormat>,
+        Result<Verdict, FormatError>,
+    );
+
     #[test]
     fn verdict_table() {
         let qcow2 = |data: Value| {
@@ -170,12 +177,7 @@ mod tests {
                 virtual_size,
             })
         };
-        let table: Vec<(
-            &str,
-            Value,
-            Option<ImageFormat>,
-            Result<Verdict, FormatError>,
-        )> = vec![
+        let table: Vec<Case> = vec![
             (
                 "plain raw",
                 json!({"format": "raw", "virtual-size": 512}),

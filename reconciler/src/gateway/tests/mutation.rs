@@ -247,7 +247,7 @@ async fn gateway_mutated_agent_messages_never_panic_it() {
             },
             _ => agent_message::Body::SyncReply(SyncReply {
                 request_id: strings()[(rng.next() % 11) as usize].clone(),
-                ok: rng.next() % 2 == 0,
+                ok: rng.next().is_multiple_of(2),
                 error_code: "conflict".into(),
                 ..Default::default()
             }),
