@@ -14,7 +14,7 @@ use otherix_agent::image_fetch::{gib_to_bytes, FetchPolicy, DEFAULT_MAX_IMAGE_GI
 use otherix_agent::local_driver::LocalDriver;
 use otherix_agent::monitor;
 use otherix_agent::outbox::Outbox;
-use otherix_agent::qemu::process::RunAs;
+use otherix_agent::qemu::process::{untraversable_ancestor, RunAs};
 use otherix_agent::session::{self, NodeInfo};
 use otherix_agent::url_policy::{Cidr, UrlPolicy};
 use otherix_agent::vm_registry::VmRegistry;
@@ -185,6 +185,25 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let run_as = qemu_run_as(&args.qemu_user)?;
+    if let Some(user) = &run_as {
+        let dirs = pools
+            .iter()
+            .map(|(_, p)| p)
+            .chain(std::iter::once(&data_dir));
+        for dir in dirs {
+            if let Some(closed) = untraversable_ancestor(dir, user) {
+                bail!(
+                    "--qemu-user {} cannot traverse {} (on the way to {}); QEMU runs as that \
+                     user and must reach the VM files below it: allow traversal \
+                     (e.g. chmod o+x {}) or move the pool or data dir",
+                    user.name,
+                    closed.display(),
+                    dir.display(),
+                    closed.display()
+                );
+            }
+        }
+    }
     let registry = Arc::new(VmRegistry::new(&data_dir));
     let driver = Arc::new(
         LocalDriver::new(registry.clone(), accel, args.allow_file_urls)

@@ -50,6 +50,38 @@ pub enum ProcessError {
     Log(PathBuf, #[source] std::io::Error),
 }
 
+/// True when the permission bits `want` (e.g. `0o1` to traverse, `0o6` to read and write)
+/// are granted to `uid`/`gid` (no supplementary groups) by a file with this owner and mode.
+pub fn permits(mode: u32, owner: (u32, u32), uid: u32, gid: u32, want: u32) -> bool {
+    let class = if owner.0 == uid {
+        mode >> 6
+    } else if owner.1 == gid {
+        mode >> 3
+    } else {
+        mode
+    };
+    class & want == want
+}
+
+/// The first directory from `/` down to `path` that `user` cannot traverse (QEMU running
+/// as that user could not reach the VM files below it), if any.
+pub fn untraversable_ancestor(path: &Path, user: &RunAs) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut ancestors: Vec<&Path> = path.ancestors().collect();
+    ancestors.reverse();
+    ancestors.into_iter().find_map(|dir| {
+        let meta = std::fs::metadata(dir).ok()?;
+        let ok = permits(
+            meta.mode(),
+            (meta.uid(), meta.gid()),
+            user.uid,
+            user.gid,
+            0o1,
+        );
+        (!ok).then(|| dir.to_path_buf())
+    })
+}
+
 /// Starts `program args` (which must include `-pidfile PIDFILE` and `-qmp unix:QMP`) in
 /// its own process group, as `run_as` when given, and returns QEMU's pid once the pidfile
 /// names it and QMP answers. QEMU's own stderr goes to `log`, whose tail is the error
@@ -224,6 +256,50 @@ pub async fn wait_exit(pid: u32, marker: &Path, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permits_table() {
+        let table = [
+            (0o711, (0, 0), 999, 995, 0o1, true),
+            (0o700, (0, 0), 999, 995, 0o1, false),
+            (0o750, (0, 995), 999, 995, 0o1, true),
+            (0o700, (999, 995), 999, 995, 0o1, true),
+            (0o666, (0, 0), 999, 995, 0o6, true),
+            (0o600, (0, 0), 999, 995, 0o6, false),
+            // The owner class decides for the owner, even when others may.
+            (0o077, (999, 0), 999, 995, 0o1, false),
+        ];
+        for (mode, owner, uid, gid, want, expect) in table {
+            assert_eq!(
+                permits(mode, owner, uid, gid, want),
+                expect,
+                "{mode:o} {owner:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn untraversable_ancestor_finds_a_closed_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        let nobody = RunAs {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        };
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        assert_eq!(
+            untraversable_ancestor(&deep, &nobody),
+            Some(dir.path().join("a"))
+        );
+        std::fs::set_permissions(dir.path().join("a"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        assert_eq!(untraversable_ancestor(&deep, &nobody), None);
+    }
 
     #[test]
     fn read_pid_valid_and_garbage_files() {
