@@ -322,29 +322,69 @@ fn qemu_runs_unprivileged_in_the_strict_sandbox_and_vms_still_work() {
     assert!(!disk_dir.exists());
 }
 
-#[test]
-fn agent_refuses_to_start_with_an_unknown_qemu_user() {
+/// Runs `otherix-agent ARGS` that must refuse to start: its stderr once it exited
+/// unsuccessfully (killed, and the test failed, if it is still up after 30 s).
+fn agent_start_failure(args: &[String]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(otherix_e2e::paths::bin("otherix-agent"))
-        .args([
+    let err_path = dir.path().join("stderr");
+    let mut child = Command::new(otherix_e2e::paths::bin("otherix-agent"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .expect("run otherix-agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("otherix-agent {args:?} did not refuse to start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    std::fs::read_to_string(err_path).unwrap()
+}
+
+#[test]
+fn agent_refuses_to_start_with_an_unknown_qemu_user_or_untraversable_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
             "--server",
             "http://127.0.0.1:9",
             "--node",
             "n1",
             "--accel",
             "tcg",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--pool")
-        .arg(format!("default={}", dir.path().join("pool").display()))
-        .args(["--qemu-user", "otherix-no-such-user"])
-        .output()
-        .expect("run otherix-agent");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push("--data-dir".into());
+        args.push(dir.path().join("data").display().to_string());
+        args.push("--pool".into());
+        args.push(format!("default={}", dir.path().join("pool").display()));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let stderr = agent_start_failure(&base(&["--qemu-user", "otherix-no-such-user"]));
     assert!(
         stderr.contains("--qemu-user otherix-no-such-user: no such user"),
+        "{stderr}"
+    );
+    // A pool under a directory the QEMU user cannot traverse.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let stderr = agent_start_failure(&base(&[]));
+    assert!(
+        stderr.contains(&format!(
+            "--qemu-user otherix-qemu cannot traverse {}",
+            dir.path().display()
+        )),
         "{stderr}"
     );
 }
