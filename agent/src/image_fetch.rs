@@ -75,9 +75,11 @@ pub enum FetchError {
     UnsupportedScheme { url: String },
     #[error("{url}: not a valid URL")]
     BadUrl { url: String },
-    #[error("image URL {url} refused: host {host} is {addr}, and {rule}")]
+    #[error("image URL {url} refused: {via}host {host} is {addr}, and {rule}")]
     Refused {
         url: String,
+        /// `"redirected to <hop>: "` when a redirect hop was refused, else empty.
+        via: String,
         host: String,
         addr: IpAddr,
         rule: String,
@@ -212,6 +214,7 @@ async fn checked_addrs(
         if let Err(refusal) = policy.check(*ip) {
             return Err(FetchError::Refused {
                 url: shown,
+                via: String::new(),
                 host: host.to_string(),
                 addr: *ip,
                 rule: refusal.to_string(),
@@ -267,7 +270,26 @@ async fn open_http(
                 url: current.to_string(),
             });
         }
-        let (domain, pinned) = checked_addrs(&current, &policy.url_policy).await?;
+        let (domain, pinned) = match checked_addrs(&current, &policy.url_policy).await {
+            Ok(checked) => checked,
+            // Name the URL the VM asked for, and the hop that was refused.
+            Err(FetchError::Refused {
+                url: hop_url,
+                host,
+                addr,
+                rule,
+                ..
+            }) if hop > 0 => {
+                return Err(FetchError::Refused {
+                    url: url.into(),
+                    via: format!("redirected to {hop_url}: "),
+                    host,
+                    addr,
+                    rule,
+                })
+            }
+            Err(e) => return Err(e),
+        };
         let response = get_pinned(&current, domain.as_deref(), &pinned).await?;
         let status = response.status();
         if status.is_redirection() {
