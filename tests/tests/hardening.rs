@@ -76,7 +76,14 @@ fn image_urls_to_metadata_and_redirects_there_are_refused_loopback_works() {
         "meta-redirect",
         stopped_spec(&server.url("hop-1")),
     );
-    assert_failed_with(&redirected, "image_url_refused", "169.254.169.254");
+    assert_failed_with(
+        &redirected,
+        "image_url_refused",
+        &format!(
+            "image URL {} refused: redirected to http://169.254.169.254/latest/meta-data/",
+            server.url("hop-1")
+        ),
+    );
     assert_eq!(server.requests("hop-1"), 1);
     assert_eq!(server.requests("to-metadata"), 1);
     let link_local = create_task(
