@@ -616,17 +616,11 @@ impl VmDriver for LocalDriver {
     async fn delete(&self, vm: &VmTarget, progress: &Progress) -> Result<VmReport, ApiError> {
         self.poweroff(vm, progress).await?;
         progress.phase("removing disk");
-        let pool_path = if vm.pool_path.as_os_str().is_empty() {
-            self.registry
-                .load(vm.vm_id)
-                .ok()
-                .flatten()
-                .map(|r| r.pool_path)
-        } else {
-            Some(vm.pool_path.clone())
-        };
-        if let Some(pool_path) = pool_path {
-            disk::remove_disk_dir(&pool_path, vm.vm_id)
+        // The pool path comes from the agent's own --pool map (the executor resolves the
+        // task's or the record's pool name); the record's path is never trusted: QEMU's
+        // user can write the run dir that holds it.
+        if !vm.pool_path.as_os_str().is_empty() {
+            disk::remove_disk_dir(&vm.pool_path, vm.vm_id)
                 .map_err(|e| ApiError::new(e.code(), error_chain(&e)))?;
         }
         self.registry
