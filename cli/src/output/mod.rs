@@ -164,6 +164,7 @@ pub(crate) mod fixtures {
         Vm {
             id: Uuid::parse_str(VM_ID).unwrap(),
             name: "web-1".into(),
+            project: "default".into(),
             annotations: Default::default(),
             generation: 1,
             spec,
@@ -191,6 +192,7 @@ pub(crate) mod fixtures {
         Vm {
             id: Uuid::parse_str(VM2_ID).unwrap(),
             name: "database-primary".into(),
+            project: "default".into(),
             annotations: Default::default(),
             generation: 2,
             spec,
@@ -220,6 +222,8 @@ pub(crate) mod fixtures {
             status,
             vm_id: Some(Uuid::parse_str(VM_ID).unwrap()),
             vm_name: Some("web-1".into()),
+            project: "default".into(),
+            requested_by: None,
             node: None,
             progress: None,
             error: None,

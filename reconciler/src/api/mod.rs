@@ -3,22 +3,25 @@
 //! [`error`]; request parsing lives in [`extract`].
 
 mod apply;
+pub mod auth;
 mod cluster;
 mod entities;
 pub mod error;
 pub mod extract;
+mod identity;
 mod ops;
 mod tasks;
 mod vms;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use otherix_api::ApiError;
 
 use crate::service::{
-    ApplyService, ClusterService, EntityService, OpsService, TaskService, VmService,
+    ApplyService, ClusterService, EntityService, IdentityService, OpsService, TaskService,
+    VmService,
 };
 use error::HttpError;
 
@@ -31,6 +34,7 @@ pub struct AppState {
     pub entities: Arc<EntityService>,
     pub ops: Arc<OpsService>,
     pub apply: Arc<ApplyService>,
+    pub identity: Arc<IdentityService>,
 }
 
 /// The whole HTTP API.
@@ -91,10 +95,35 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/tasks/{id}/cancel", post(ops::cancel_task))
         .route("/v1/vms/{name}/logs", get(ops::vm_logs))
+        .route("/v1/whoami", get(identity::whoami))
+        .route(
+            "/v1/tokens",
+            get(identity::list_tokens).post(identity::create_token),
+        )
+        .route("/v1/tokens/{name}", delete(identity::revoke_token))
+        .route(
+            "/v1/projects",
+            get(identity::list_projects).post(identity::create_project),
+        )
+        .route(
+            "/v1/projects/{name}",
+            get(identity::get_project)
+                .put(identity::apply_project)
+                .delete(identity::delete_project),
+        )
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
+        // Layers run bottom-up: authenticate (every request but /healthz), then routing,
+        // then authorize (the matched route against the caller's role), then the
+        // Idempotency-Key replay, so a replay is only ever served to a caller allowed to
+        // make the request.
+        .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             ops::idempotency,
+        ))
+        .route_layer(axum::middleware::from_fn(auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
         ))
         .with_state(state)
 }

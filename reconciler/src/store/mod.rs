@@ -4,6 +4,7 @@
 //! transaction.
 
 mod entities;
+mod identity;
 mod nodes;
 mod rows;
 mod tasks;
@@ -18,6 +19,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
+pub use identity::{ProjectRow, TokenRow};
 pub use nodes::NodeRegistration;
 pub use tasks::TaskPage;
 pub use vms::{VmFilter, VmPage};
@@ -47,6 +49,10 @@ pub enum StoreError {
     NameTaken(String),
     #[error("vm {0} already has a task in flight")]
     TaskInFlight(uuid::Uuid),
+    #[error("project {0} not found")]
+    ProjectNotFound(String),
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
 }
 
 impl StoreError {
@@ -108,10 +114,12 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store {
+        let store = Store {
             pool,
             clock: Arc::new(AtomicI64::new(0)),
-        })
+        };
+        store.backfill_vm_sizes().await?;
+        Ok(store)
     }
 
     /// The pool, for tests that inspect the connection (PRAGMAs).
