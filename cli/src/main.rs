@@ -7,8 +7,10 @@
 mod cli;
 mod client;
 mod commands;
+mod config;
 mod http_target;
 mod output;
+mod tls;
 mod wait;
 mod wire;
 
@@ -51,7 +53,9 @@ fn report(e: &CommandError) -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
         CommandError::Wait(WaitError::TimedOut { .. }) => EXIT_TIMEOUT,
-        CommandError::NeedsForce { .. } | CommandError::Usage(_) => EXIT_USAGE,
+        CommandError::NeedsForce { .. }
+        | CommandError::NeedsAcceptCertificate { .. }
+        | CommandError::Usage(_) => EXIT_USAGE,
         CommandError::Manifests(otherix_manifests::Error::Invalid(errors)) => {
             for e in errors {
                 eprintln!("error: {e}");
