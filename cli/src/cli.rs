@@ -1142,6 +1142,83 @@ mod tests {
     }
 
     #[test]
+    fn identity_commands_parse() {
+        let cli = parse(&[
+            "otherix",
+            "token",
+            "create",
+            "ci",
+            "--project",
+            "dev",
+            "--role",
+            "member",
+            "--expires",
+            "30d",
+        ])
+        .unwrap();
+        assert_eq!(cli.project.as_deref(), Some("dev"));
+        match cli.command {
+            Command::Token(TokenCommand::Create(a)) => {
+                assert_eq!((a.name.as_str(), a.role), ("ci", RoleArg::Member));
+                assert_eq!(a.expires, Some(30 * 86400));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["otherix", "token", "create", "ci", "--role", "root"]).is_err());
+        let cli = parse(&[
+            "otherix",
+            "remote",
+            "add",
+            "lab",
+            "https://lab:7080",
+            "--token-file",
+            "t",
+            "--project",
+            "dev",
+            "--accept-certificate",
+        ])
+        .unwrap();
+        assert_eq!(cli.project.as_deref(), Some("dev"));
+        match cli.command {
+            Command::Remote(RemoteCommand::Add(a)) => {
+                assert_eq!(
+                    (a.name.as_str(), a.url.as_str()),
+                    ("lab", "https://lab:7080")
+                );
+                assert!(a.accept_certificate);
+                assert_eq!(a.token_file, Some(PathBuf::from("t")));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["otherix", "node", "join-token", "node-2", "--ttl", "30m"])
+            .unwrap()
+            .command
+        {
+            Command::Node(NodeCommand::JoinToken { node, ttl }) => {
+                assert_eq!((node.as_str(), ttl), ("node-2", Some(1800)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["otherix", "node", "join-token", "n", "--ttl", "0s"]).is_err());
+        assert!(parse(&[
+            "otherix",
+            "project",
+            "create",
+            "dev",
+            "--max-vms",
+            "10",
+            "--max-vcpus",
+            "16",
+            "--max-memory-mb",
+            "32768"
+        ])
+        .is_ok());
+        assert!(parse(&["otherix", "project", "create", "dev", "--max-vms", "-1"]).is_err());
+        assert!(parse(&["otherix", "whoami", "-o", "json"]).is_ok());
+        assert!(parse(&["otherix", "remote", "list"]).is_ok());
+    }
+
+    #[test]
     fn parse_expires_table() {
         let table: &[(&str, Result<u64, &str>)] = &[
             ("30d", Ok(30 * 86400)),

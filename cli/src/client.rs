@@ -73,6 +73,29 @@ pub enum ClientError {
     Trust(#[source] TlsError),
     #[error("the token is not a valid HTTP header value")]
     BadToken,
+    /// No CA is pinned and the built-in roots do not vouch for the server.
+    #[error(
+        "the server at {server} presents a certificate this CLI does not trust; trust its CA with 'otherix remote add NAME {server} --token-file FILE' (or set OTHERIX_CA_CERT to its ca.crt)"
+    )]
+    UntrustedCertificate {
+        server: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Whether `e` (or an error it wraps, also inside `io::Error`s) is rustls rejecting the
+/// peer's certificate.
+fn is_invalid_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return matches!(tls, rustls::Error::InvalidCertificate(_));
+    }
+    // `io::Error::source` skips the error it wraps; look at that one too.
+    let wrapped = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| is_invalid_certificate(inner));
+    wrapped || e.source().is_some_and(is_invalid_certificate)
 }
 
 /// What to do about a changed certificate, by who pinned the old one.
@@ -581,8 +604,16 @@ impl Client {
         let req = req.build().map_err(|e| unreachable(Box::new(e)))?;
         let route = format!("{} {}", req.method(), req.url().path());
         let resp = self.http.execute(req).map_err(|e| {
-            self.certificate_changed()
-                .unwrap_or_else(|| unreachable(Box::new(e)))
+            if let Some(changed) = self.certificate_changed() {
+                return changed;
+            }
+            if self.pinned.is_none() && is_invalid_certificate(&e) {
+                return ClientError::UntrustedCertificate {
+                    server: self.server.clone(),
+                    source: Box::new(e),
+                };
+            }
+            unreachable(Box::new(e))
         })?;
         let status = resp.status();
         let body = resp.text().map_err(|e| unreachable(Box::new(e)))?;

@@ -373,3 +373,23 @@ fn ca_file_pin_mismatch_names_otherix_ca_cert() {
     let client = Client::connect(client_options(&resolved).unwrap()).unwrap();
     assert_eq!(client.whoami().unwrap().value.name, "admin");
 }
+
+#[test]
+fn unpinned_request_to_private_ca_suggests_remote_add() {
+    let pki = Pki::new();
+    let server = TlsServer::start(pki.chain(), &pki.leaf_key, vec![(200, WHOAMI.into())]);
+    let dir = tempfile::tempdir().unwrap();
+    let client = client_from_config(&dir.path().join("none.yaml"), Some(&server.url)).unwrap();
+    let err = client.whoami().unwrap_err();
+    assert!(
+        matches!(err, ClientError::UntrustedCertificate { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "'otherix remote add NAME {} --token-file FILE'",
+            server.url
+        )),
+        "{err}"
+    );
+}
