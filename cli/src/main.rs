@@ -2,7 +2,10 @@
 //! and owns every exit code.
 //!
 //! Exit codes: 0 success (including a closed stdout pipe), 1 error or failed task,
-//! 2 usage error, 124 `--wait-timeout` reached; `diff -f`: 0 same, 1 different, 2 error.
+//! 2 usage error (also `vm delete` without --force and `remote add` without
+//! --accept-certificate when stdin is not a terminal), 124 `--wait-timeout` reached;
+//! `diff -f`: 0 same, 1 different, 2 error. A changed server certificate
+//! (`certificate_changed`) is 1.
 
 mod cli;
 mod client;
