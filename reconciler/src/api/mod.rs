@@ -15,7 +15,7 @@ mod vms;
 
 use std::sync::Arc;
 
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use otherix_api::ApiError;
 
@@ -37,9 +37,57 @@ pub struct AppState {
     pub identity: Arc<IdentityService>,
 }
 
+/// The router under construction and every path registered on it, so the route list
+/// tests walk is the server's own (a new route cannot be missed by them).
+struct Routes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    fn route(mut self, path: &'static str, methods: MethodRouter<AppState>) -> Self {
+        self.paths.push(path);
+        self.router = self.router.route(path, methods);
+        self
+    }
+}
+
+/// Every route path of the API (axum patterns, e.g. `/v1/vms/{name}`), in registration
+/// order. Which methods each path takes is found by asking the router.
+pub fn route_paths() -> Vec<&'static str> {
+    routes().paths
+}
+
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    routes()
+        .router
+        .fallback(not_found)
+        // Layers run bottom-up: authenticate (every request but /healthz), then routing,
+        // then authorize (the matched route against the caller's role), then the
+        // Idempotency-Key replay, so a replay is only ever served to a caller allowed to
+        // make the request.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::idempotency,
+        ))
+        .route_layer(axum::middleware::from_fn(auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .with_state(state)
+}
+
+fn routes() -> Routes {
+    Routes::new()
         .route("/healthz", get(healthz))
         .route("/v1/vms", post(vms::create).get(vms::list))
         .route(
@@ -111,21 +159,6 @@ pub fn app(state: AppState) -> Router {
                 .put(identity::apply_project)
                 .delete(identity::delete_project),
         )
-        .fallback(not_found)
-        // Layers run bottom-up: authenticate (every request but /healthz), then routing,
-        // then authorize (the matched route against the caller's role), then the
-        // Idempotency-Key replay, so a replay is only ever served to a caller allowed to
-        // make the request.
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            ops::idempotency,
-        ))
-        .route_layer(axum::middleware::from_fn(auth::authorize))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
-        .with_state(state)
 }
 
 async fn healthz() -> &'static str {

@@ -42,7 +42,7 @@ pub fn route_access(method: &str, pattern: &str) -> Option<Access> {
     let projects = pattern == "/v1/projects" || pattern.starts_with("/v1/projects/");
     let tokens = pattern == "/v1/tokens" || pattern.starts_with("/v1/tokens/");
     Some(match () {
-        _ if pattern == "/v1/whoami" && read => Access::AnyCaller,
+        _ if pattern == "/v1/whoami" => Access::AnyCaller,
         _ if project_scoped && read => Access::ProjectRead,
         _ if project_scoped => Access::ProjectWrite,
         _ if cluster_wide && read => Access::ClusterRead,
@@ -205,7 +205,8 @@ mod tests {
 
     #[test]
     fn resolve_scope_hides_other_projects() {
-        let table: [(Role, Option<&str>, bool, Result<ProjectScope, ErrorCode>); 8] = [
+        type Case<'a> = (Role, Option<&'a str>, bool, Result<ProjectScope, ErrorCode>);
+        let table: [Case; 8] = [
             (Role::Member, None, false, Ok(ProjectScope::One("a".into()))),
             (
                 Role::Member,
