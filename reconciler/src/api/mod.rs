@@ -7,6 +7,7 @@ mod cluster;
 mod entities;
 pub mod error;
 pub mod extract;
+pub mod nodes;
 mod ops;
 mod tasks;
 mod vms;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub entities: Arc<EntityService>,
     pub ops: Arc<OpsService>,
     pub apply: Arc<ApplyService>,
+    pub enrollment: Arc<nodes::NodeEnrollment>,
 }
 
 /// The whole HTTP API.
@@ -53,6 +55,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/nodes", get(cluster::nodes))
         .route("/v1/nodes/{name}", get(cluster::node))
+        .route("/v1/nodes/{name}/join-token", post(nodes::join_token))
+        .route("/v1/nodes/{name}/revoke", post(nodes::revoke))
         .route("/v1/pools", get(cluster::pools).post(entities::create_pool))
         .route(
             "/v1/pools/{name}",
