@@ -743,7 +743,6 @@ mod tests {
 
     #[test]
     fn signed_node_cert_passes_the_gateway_client_verifier() {
-        use rustls::server::danger::ClientCertVerifier;
         let p = pki(&[]);
         let (pem, _key) = csr("x", &[]);
         let signed = p.sign_node_csr(&pem, "node-1").unwrap();
