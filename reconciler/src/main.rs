@@ -41,8 +41,9 @@ struct Args {
     /// generated server certificate. Repeat for several.
     #[arg(long = "tls-san", value_name = "NAME|IP")]
     tls_san: Vec<String>,
-    /// Serve this certificate (PEM chain) on both listeners instead of the generated
-    /// DATA_DIR/tls/server.crt. The cluster CA is still created: it signs node certificates.
+    /// Serve this certificate (PEM chain) on the HTTPS API instead of the generated
+    /// DATA_DIR/tls/server.crt. The cluster CA is still created: it signs node
+    /// certificates, and the agent gateway keeps the generated certificate it signed.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.

@@ -317,6 +317,8 @@ pub struct Pki {
     ca_fingerprint: String,
     server_chain: Vec<CertificateDer<'static>>,
     server_key: PrivateKeyDer<'static>,
+    /// `--tls-cert/--tls-key`: what the HTTPS API presents instead (as given).
+    api_override: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 }
 
 impl std::fmt::Debug for Pki {
@@ -349,7 +351,19 @@ impl Pki {
             ca_der,
             server_chain,
             server_key,
+            api_override: None,
         })
+    }
+
+    /// Serves `api` (a chain as given, and its key) on the HTTPS API instead of the
+    /// generated server certificate. The gateway keeps the generated one: agents verify
+    /// it against the cluster CA their join token pins, which a certificate of another
+    /// CA could not satisfy.
+    pub fn with_api_identity(mut self, api: &ServerIdentity) -> Result<Pki, PkiError> {
+        let chain = parse_certs("--tls-cert", &api.chain_pem)?;
+        let key = parse_key("--tls-key", &api.key_pem)?;
+        self.api_override = Some((chain, key));
+        Ok(self)
     }
 
     /// The CA's fingerprint (64 lowercase hex).
@@ -365,13 +379,17 @@ impl Pki {
         &self.ca_der
     }
 
-    /// The HTTPS API: chain `[server, ca]`, ALPN h2 and http/1.1, no client certificates
-    /// (users authenticate with bearer tokens).
+    /// The HTTPS API: chain `[server, ca]` (or `--tls-cert` as given), ALPN h2 and
+    /// http/1.1, no client certificates (users authenticate with bearer tokens).
     pub fn https_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let (chain, key) = match &self.api_override {
+            Some((chain, key)) => (chain.clone(), key.clone_key()),
+            None => (self.server_chain.clone(), self.server_key.clone_key()),
+        };
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())?;
+            .with_single_cert(chain, key)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
@@ -515,7 +533,8 @@ pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError
 
 /// Loads the PKI from `dir` (`DATA_DIR/tls`), creating what is missing: the CA on first
 /// start, the server certificate when missing or when it lacks a SAN it must have. With
-/// `--tls-cert/--tls-key` the server identity comes from those files instead.
+/// `--tls-cert/--tls-key` the HTTPS API presents those files; the gateway keeps the
+/// generated certificate, which agents verify against the pinned cluster CA.
 pub fn load_or_create(dir: &Path, opts: &PkiOptions) -> Result<(Pki, PkiOrigin), PkiError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
@@ -543,8 +562,8 @@ pub fn load_or_create(dir: &Path, opts: &PkiOptions) -> Result<(Pki, PkiOrigin),
             )))
         }
     };
-    let server = match (&opts.cert_file, &opts.key_file) {
-        (Some(cert), Some(key)) => ServerIdentity {
+    let api = match (&opts.cert_file, &opts.key_file) {
+        (Some(cert), Some(key)) => Some(ServerIdentity {
             chain_pem: read(cert)?.ok_or_else(|| PkiError::Io {
                 action: "reading",
                 path: cert.clone(),
@@ -555,32 +574,36 @@ pub fn load_or_create(dir: &Path, opts: &PkiOptions) -> Result<(Pki, PkiOrigin),
                 path: key.clone(),
                 source: std::io::ErrorKind::NotFound.into(),
             })?,
-        },
-        (None, None) => {
-            let sans = server_sans(&opts.sans);
-            let (crt, key) = (dir.join(SERVER_CERT_FILE), dir.join(SERVER_KEY_FILE));
-            let existing = match (read(&crt)?, read(&key)?) {
-                (Some(chain_pem), Some(key_pem)) => Some(ServerIdentity { chain_pem, key_pem }),
-                _ => None,
-            };
-            match existing {
-                Some(id) if !server_needs_reissue(&id, &ca, &sans) => id,
-                _ => {
-                    let id = issue_server_identity(&ca, &sans)?;
-                    write_file(&key, &id.key_pem, 0o600)?;
-                    write_file(&crt, &id.chain_pem, 0o644)?;
-                    tracing::info!(sans = ?sans, "issued the server certificate");
-                    id
-                }
-            }
-        }
+        }),
+        (None, None) => None,
         _ => {
             return Err(PkiError::Certificate(
                 "--tls-cert and --tls-key go together".into(),
             ))
         }
     };
-    Ok((Pki::new(ca, server)?, origin))
+    let sans = server_sans(&opts.sans);
+    let (crt, key) = (dir.join(SERVER_CERT_FILE), dir.join(SERVER_KEY_FILE));
+    let existing = match (read(&crt)?, read(&key)?) {
+        (Some(chain_pem), Some(key_pem)) => Some(ServerIdentity { chain_pem, key_pem }),
+        _ => None,
+    };
+    let server = match existing {
+        Some(id) if !server_needs_reissue(&id, &ca, &sans) => id,
+        _ => {
+            let id = issue_server_identity(&ca, &sans)?;
+            write_file(&key, &id.key_pem, 0o600)?;
+            write_file(&crt, &id.chain_pem, 0o644)?;
+            tracing::info!(sans = ?sans, "issued the server certificate");
+            id
+        }
+    };
+    let pki = Pki::new(ca, server)?;
+    let pki = match &api {
+        Some(api) => pki.with_api_identity(api)?,
+        None => pki,
+    };
+    Ok((pki, origin))
 }
 
 #[cfg(test)]
@@ -805,7 +828,7 @@ mod tests {
     }
 
     #[test]
-    fn load_or_create_with_tls_cert_uses_given_files_and_keeps_ca() {
+    fn load_or_create_with_tls_cert_serves_it_on_the_api_only() {
         let dir = tempfile::tempdir().unwrap();
         let other = generate_ca().unwrap();
         let id = issue_server_identity(&other, &["given.example".into()]).unwrap();
@@ -819,8 +842,11 @@ mod tests {
         };
         let (p, _) = load_or_create(&dir.path().join("tls"), &opts).unwrap();
         assert!(dir.path().join("tls").join(CA_KEY_FILE).exists());
-        assert!(!dir.path().join("tls").join(SERVER_CERT_FILE).exists());
-        // The chain ends with the cluster CA so agents can pin it.
+        let (api_chain, _) = p.api_override.as_ref().unwrap();
+        assert_eq!(api_chain, &parse_certs("given", &id.chain_pem).unwrap());
+        // The gateway keeps a chain ending in the cluster CA, so agents can pin it.
         assert_eq!(p.server_chain.last(), Some(&p.ca_der));
+        assert_ne!(p.server_chain[0], api_chain[0]);
+        p.https_config().unwrap();
     }
 }
