@@ -277,10 +277,10 @@ fn join_token_route_validates_and_shows_the_ca_fingerprint() {
 }
 
 #[test]
-fn vm_runs_on_an_agent_attached_over_mtls() {
+fn mtls_agent_runs_a_vm_and_reattaches_after_restarts() {
     let images = otherix_e2e::paths::test_images();
     let server = ImageServer::start(&images);
-    let cluster = Cluster::start();
+    let mut cluster = Cluster::start();
     let task = cluster.post_vm(
         "mtls-1",
         json!({"image_url": server.url("busybox-amd64.qcow2"), "arch": "amd64",
@@ -292,4 +292,21 @@ fn vm_runs_on_an_agent_attached_over_mtls() {
     assert_eq!(vm["status"]["phase"], "running", "{vm}");
     assert_eq!(vm["status"]["node"], "node-1");
     assert!(log(&cluster, "agent-node-1").contains("enrolled node node-1"));
+
+    // A restarted agent attaches with its stored certificate (no token); a restarted
+    // server keeps its CA, so the agent reconnects on its own.
+    let fingerprint = cluster.ca_fingerprint();
+    cluster.kill_agent("node-1");
+    cluster.restart_agent("node-1");
+    cluster.wait_node_ready("node-1");
+    cluster.kill_server();
+    cluster.start_server();
+    assert_eq!(cluster.ca_fingerprint(), fingerprint);
+    cluster.wait_node_ready("node-1");
+    until("vm re-adopted as running", Duration::from_secs(60), || {
+        (cluster.vm("mtls-1")["status"]["phase"] == "running").then_some(())
+    });
+    let agent_log = log(&cluster, "agent-node-1");
+    assert_eq!(agent_log.matches("enrolled node node-1").count(), 1);
+    assert!(!agent_log.contains("refused"), "{agent_log}");
 }
