@@ -77,6 +77,8 @@ fn assert_never_attached(agent_log: &str) {
 
 #[test]
 fn refused_agents_say_why_get_no_task_and_change_no_node() {
+    let images = otherix_e2e::paths::test_images();
+    let server = ImageServer::start(&images);
     let mut cluster = Cluster::start_with(ClusterOptions {
         nodes: vec![
             NodeOptions::new("node-1", &["default"]),
@@ -84,11 +86,23 @@ fn refused_agents_say_why_get_no_task_and_change_no_node() {
         ],
         ..Default::default()
     });
-    // node-2 goes down: an impostor must not be able to take its place.
+    // A (stopped) VM on node-2, then node-2 goes down with a task waiting for it: an
+    // impostor must not be able to take node-2's place and receive that task.
+    let task = cluster.post_vm(
+        "on-2",
+        json!({"image_url": server.url("busybox-amd64.qcow2"), "arch": "amd64",
+               "vcpus": 1, "memory_mb": 128, "desired_phase": "stopped", "node": "node-2"}),
+    );
+    let task = cluster.wait_task(&task, Duration::from_secs(120));
+    assert_eq!(task["status"], "success", "{task}");
     cluster.kill_agent("node-2");
     until("node-2 not ready", Duration::from_secs(30), || {
         (cluster.get("/v1/nodes/node-2").1["status"] == "not_ready").then_some(())
     });
+    let (status, accepted) = cluster.request("DELETE", "/v1/vms/on-2", None);
+    assert_eq!(status, 202, "{accepted}");
+    let waiting = accepted["task"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(accepted["task"]["status"], "pending");
     let before = nodes(&cluster);
     let dir = cluster.dir.path().to_owned();
 
@@ -183,6 +197,17 @@ fn refused_agents_say_why_get_no_task_and_change_no_node() {
     let _ = impostor.wait();
     assert_never_attached(&log(&cluster, "agent-impostor"));
     assert_eq!(cluster.get("/v1/nodes/node-2").1["status"], "not_ready");
+    let (_, task) = cluster.get(&format!("/v1/tasks/{waiting}"));
+    assert_eq!(
+        task["status"], "pending",
+        "the task for node-2 moved: {task}"
+    );
+    assert!(
+        !log(&cluster, "otherixd")
+            .lines()
+            .any(|l| l.contains("task redelivered") && l.contains(&waiting)),
+        "the task for node-2 was redelivered"
+    );
     assert_eq!(cluster.get("/v1/nodes/node-3").0, 404);
     let mut after: Vec<_> = nodes(&cluster)
         .into_iter()
