@@ -219,6 +219,21 @@ async fn tls_gateway_join_token_wins_once_under_concurrent_use() {
     }
     assert_eq!(ok, 1);
 
+    // A well-formed token this server never issued.
+    let unknown = pki::generate_join_token(h.pki.ca_fingerprint()).to_string();
+    let (_k, csr) = key_and_csr();
+    let err = h
+        .client(None)
+        .await
+        .enroll(EnrollRequest {
+            join_token: unknown,
+            csr_pem: csr,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("unknown"), "{err:?}");
+
     // A token of another cluster (another CA fingerprint) and garbage.
     let foreign = pki::generate_join_token(&"0".repeat(64)).to_string();
     let (_k, csr) = key_and_csr();
