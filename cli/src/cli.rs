@@ -413,6 +413,27 @@ pub enum NodeCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: TextFormat,
     },
+    /// Print a one-time join token for a new node's agent (`otherix-agent --join-token`);
+    /// it carries the cluster CA's fingerprint. Admin only.
+    JoinToken {
+        /// The node the certificate will name.
+        name: String,
+        /// How long the token stays valid, e.g. 30m, 1h, 48h (at most 7 days = 168h).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Output format: the bare token, or the JSON answer with its expiry.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TextFormat,
+    },
+    /// Revoke a node's certificates: its agent is disconnected at once and cannot attach
+    /// again until it is enrolled with a new join token. Admin only.
+    Revoke {
+        /// Node name.
+        name: String,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TextFormat,
+    },
 }
 
 #[derive(Debug, Subcommand)]

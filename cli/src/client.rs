@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use otherix_api::enrollment::{CreateJoinTokenRequest, JoinTokenResponse};
 use otherix_api::manifest::{ClusterSettingsSpec, FirmwareSpec, NetworkSpec, PoolSpec};
 use otherix_api::{
     ApplyRequest, ApplyResponse, ClusterSettings, CreateObjectRequest, CreateVmRequest, Firmware,
@@ -241,6 +242,26 @@ impl Client {
     /// `GET /v1/nodes/{name}`
     pub fn get_node(&self, name: &str) -> Result<Fetched<Node>, ClientError> {
         self.get(&["v1", "nodes", name], &[])
+    }
+
+    /// `POST /v1/nodes/{name}/join-token`
+    pub fn create_join_token(
+        &self,
+        name: &str,
+        ttl_secs: u64,
+    ) -> Result<Fetched<JoinTokenResponse>, ClientError> {
+        let body = CreateJoinTokenRequest {
+            ttl_secs: Some(ttl_secs),
+        };
+        self.send(
+            self.request(Method::POST, &["v1", "nodes", name, "join-token"], &[])
+                .json(&body),
+        )
+    }
+
+    /// `POST /v1/nodes/{name}/revoke`
+    pub fn revoke_node(&self, name: &str) -> Result<Fetched<Node>, ClientError> {
+        self.send(self.request(Method::POST, &["v1", "nodes", name, "revoke"], &[]))
     }
 
     /// `POST /v1/pools`

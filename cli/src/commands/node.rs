@@ -1,4 +1,5 @@
-//! `otherix node list|get`: the nodes agents registered (read-only).
+//! `otherix node list|get`: the nodes agents registered; `node join-token` and `node
+//! revoke`: enrolling and cutting off agents (admin).
 
 use super::{CommandError, Ctx};
 use crate::cli::{NodeCommand, TableFormat, TextFormat};
@@ -15,6 +16,21 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: NodeCommand) -> Result<(), CommandError> {
         }
         NodeCommand::Get { name, output } => {
             let node = ctx.client.get_node(&name)?;
+            match output {
+                TextFormat::Text => output::view::node(&node.value),
+                TextFormat::Json => output::json::pretty(&node.raw),
+            }
+        }
+        NodeCommand::JoinToken { name, ttl, output } => {
+            let token = ctx.client.create_join_token(&name, ttl.as_secs().max(1))?;
+            match output {
+                // The bare token, so `$(otherix node join-token NODE)` is usable.
+                TextFormat::Text => format!("{}\n", token.value.token),
+                TextFormat::Json => output::json::pretty(&token.raw),
+            }
+        }
+        NodeCommand::Revoke { name, output } => {
+            let node = ctx.client.revoke_node(&name)?;
             match output {
                 TextFormat::Text => output::view::node(&node.value),
                 TextFormat::Json => output::json::pretty(&node.raw),
