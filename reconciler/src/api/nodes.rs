@@ -94,13 +94,16 @@ impl NodeEnrollment {
             tonic::Status::permission_denied(format!("the certificate of node {node} was revoked")),
         );
         self.store.mark_node_not_ready(node).await?;
-        tracing::warn!(
-            node,
-            certificates = revoked,
-            session_dropped = dropped,
-            "node revoked"
-        );
-        self.cluster.node(node).await
+        let node_row = self.cluster.node(node).await;
+        if node_row.is_ok() || revoked > 0 {
+            tracing::warn!(
+                node,
+                certificates = revoked,
+                session_dropped = dropped,
+                "node revoked"
+            );
+        }
+        node_row
     }
 }
 
