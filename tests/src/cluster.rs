@@ -1,5 +1,6 @@
 //! A real single- or multi-node otherix cluster for one test: `otherixd` on an SQLite file
-//! in a temp dir serving HTTPS and a TLS gateway (its own CA, no `--insecure-http`), one
+//! in a temp dir serving HTTPS and a TLS gateway (its own CA; plain HTTP only when a test
+//! passes `--insecure-http` in `server_args`), one
 //! `otherix-agent --accel tcg` per node enrolled with a join token, and the `otherix` CLI
 //! pointed at it through a config file (`OTHERIX_CONFIG`). Requests trust only the
 //! cluster's CA and carry the admin token (`DATA/server/admin.token`) when the server
@@ -158,9 +159,14 @@ impl Cluster {
             .expect("tempdir");
         let api_addr = free_addr();
         let agent_addr = free_addr();
+        let scheme = if opts.server_args.iter().any(|a| a == "--insecure-http") {
+            "http"
+        } else {
+            "https"
+        };
         let mut cluster = Cluster {
-            api_url: format!("https://{api_addr}"),
-            agent_url: format!("https://{agent_addr}"),
+            api_url: format!("{scheme}://{api_addr}"),
+            agent_url: format!("{scheme}://{agent_addr}"),
             api_addr,
             agent_addr,
             database_url: opts.database_url.clone(),
@@ -211,13 +217,21 @@ impl Cluster {
         self.server = Some(child);
         let url = self.api_url.clone();
         let ca = self.ca_cert_path();
+        let tls = self.is_tls();
         wait::until("otherixd /healthz", Duration::from_secs(30), || {
-            let pem = std::fs::read(&ca).ok()?;
-            register_ca(&url, &pem);
+            if tls {
+                let pem = std::fs::read(&ca).ok()?;
+                register_ca(&url, &pem);
+            }
             let (status, _) = http_request(&url, "GET", "/healthz", None, &[]).ok()?;
             (status == 200).then_some(())
         });
         self.write_cli_config();
+    }
+
+    /// Whether the cluster runs over TLS (it does unless started with `--insecure-http`).
+    pub fn is_tls(&self) -> bool {
+        self.api_url.starts_with("https://")
     }
 
     /// `DATA/server`, otherixd's data dir.
@@ -258,12 +272,16 @@ impl Cluster {
     /// Writes the CLI config: one remote `local` with the URL, the admin token when known,
     /// the CA and its fingerprint.
     fn write_cli_config(&self) {
-        let ca = std::fs::read_to_string(self.ca_cert_path()).expect("ca.crt");
         let mut yaml = String::from("current_remote: local\nremotes:\n  local:\n");
         yaml.push_str(&format!("    url: {}\n", self.api_url));
         if let Some(token) = self.admin_token() {
             yaml.push_str(&format!("    token: {token}\n"));
         }
+        if !self.is_tls() {
+            std::fs::write(self.cli_config_path(), yaml).expect("write the CLI config");
+            return;
+        }
+        let ca = std::fs::read_to_string(self.ca_cert_path()).expect("ca.crt");
         yaml.push_str("    ca_cert: |\n");
         for line in ca.lines() {
             yaml.push_str(&format!("      {line}\n"));
@@ -333,7 +351,7 @@ impl Cluster {
             .join("tls")
             .join("node.crt")
             .exists();
-        let token = (!enrolled).then(|| self.join_token(&node.name, None));
+        let token = (self.is_tls() && !enrolled).then(|| self.join_token(&node.name, None));
         let mut first_args = proc.args.clone();
         if let Some(t) = token {
             first_args.extend(["--join-token".to_owned(), t]);

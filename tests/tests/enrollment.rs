@@ -335,3 +335,17 @@ fn mtls_agent_runs_a_vm_and_reattaches_after_restarts() {
     assert_eq!(agent_log.matches("enrolled node node-1").count(), 1);
     assert!(!agent_log.contains("refused"), "{agent_log}");
 }
+
+#[test]
+fn insecure_http_cluster_attaches_agents_by_name() {
+    let cluster = Cluster::start_with(ClusterOptions {
+        server_args: vec!["--insecure-http".into()],
+        ..Default::default()
+    });
+    assert!(cluster.api_url.starts_with("http://"));
+    assert_eq!(cluster.get("/v1/nodes/node-1").1["status"], "ready");
+    assert!(!cluster.agent_data_dir("node-1").join("tls").exists());
+    let (status, body) = cluster.request("POST", "/v1/nodes/node-1/join-token", None);
+    assert_eq!(status, 409, "{body}");
+    assert!(log(&cluster, "otherixd").contains("otherixd: api http://"));
+}
