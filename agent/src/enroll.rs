@@ -128,6 +128,7 @@ impl PinnedCaVerifier {
                 last.clone()
             }
         };
+        let ca_fingerprint = fingerprint(&ca);
         let mut roots = RootCertStore::empty();
         roots.add(ca.into_owned())?;
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
@@ -138,6 +139,14 @@ impl PinnedCaVerifier {
             now,
             self.provider.signature_verification_algorithms.all,
         )
+        .map_err(|e| match &self.pin {
+            CaPin::Ca(_) => rustls::Error::General(format!(
+                "the server certificate does not verify against this agent's cluster CA \
+                 {ca_fingerprint} ({e}); if the server got a new CA, remove DATA_DIR/tls and \
+                 enroll again with a new join token"
+            )),
+            CaPin::Fingerprint(_) => e,
+        })
     }
 }
 
