@@ -12,10 +12,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::api::nodes::NodeEnrollment;
 use crate::api::{app, AppState};
 use crate::events::TaskEvents;
 use crate::gateway::{Gateway, Sessions};
 use crate::locks::VmLocks;
+use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::Reconciler;
 use crate::service::{
@@ -56,6 +58,9 @@ pub struct DaemonOptions {
     /// Backoff of retries after failed vm.create / vm.start tasks and crashes (2 s
     /// doubling to 5 min by default; tests shorten it).
     pub retry_backoff: Backoff,
+    /// The cluster PKI: the gateway runs over TLS (enrollment, agents identified by their
+    /// client certificate). `None` is `--insecure-http` (agents identified by name).
+    pub pki: Option<Arc<Pki>>,
 }
 
 impl Daemon {
@@ -80,7 +85,8 @@ impl Daemon {
             events.clone(),
             trigger,
         )
-        .with_retry_backoff(opts.retry_backoff);
+        .with_retry_backoff(opts.retry_backoff)
+        .with_pki(opts.pki.clone());
         let reconciler = Arc::new(
             Reconciler::new(store.clone(), sessions, locks, events.clone())
                 .with_retry_backoff(opts.retry_backoff),
@@ -90,6 +96,7 @@ impl Daemon {
             reconciler.clone(),
             gateway.clone(),
         ));
+        let cluster = Arc::new(ClusterService::new(store.clone()));
         let state = AppState {
             apply: Arc::new(ApplyService::new(
                 store.clone(),
@@ -98,8 +105,14 @@ impl Daemon {
             )),
             vms,
             tasks: Arc::new(TaskService::new(store.clone(), events.clone())),
-            cluster: Arc::new(ClusterService::new(store.clone())),
+            cluster: cluster.clone(),
             identity: Arc::new(IdentityService::new(store.clone())),
+            enrollment: Arc::new(NodeEnrollment::new(
+                store.clone(),
+                gateway.sessions().clone(),
+                cluster,
+                opts.pki.clone(),
+            )),
             entities: Arc::new(EntityService::new(store.clone())),
             ops: Arc::new(OpsService::new(
                 store.clone(),

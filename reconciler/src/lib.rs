@@ -11,10 +11,12 @@ pub mod gateway;
 pub mod locks;
 pub mod manifests_dir;
 pub mod model;
+pub mod pki;
 pub mod reconcile;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod tls_listener;
 
 /// "outer: inner: innermost", for logs.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

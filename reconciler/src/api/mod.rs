@@ -9,6 +9,7 @@ mod entities;
 pub mod error;
 pub mod extract;
 mod identity;
+pub mod nodes;
 mod ops;
 mod tasks;
 mod vms;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub ops: Arc<OpsService>,
     pub apply: Arc<ApplyService>,
     pub identity: Arc<IdentityService>,
+    pub enrollment: Arc<nodes::NodeEnrollment>,
 }
 
 /// The router under construction and every path registered on it, so the route list
@@ -105,6 +107,8 @@ fn routes() -> Routes {
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/nodes", get(cluster::nodes))
         .route("/v1/nodes/{name}", get(cluster::node))
+        .route("/v1/nodes/{name}/join-token", post(nodes::join_token))
+        .route("/v1/nodes/{name}/revoke", post(nodes::revoke))
         .route("/v1/pools", get(cluster::pools).post(entities::create_pool))
         .route(
             "/v1/pools/{name}",

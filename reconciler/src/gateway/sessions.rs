@@ -1,7 +1,7 @@
 //! Attached agents: one outbound channel per node, task dispatch, and the request/reply
 //! correlation of synchronous operations (pause, resume, reset).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use otherix_api::proto::{
     server_message, FirmwareRef, ServerMessage, SyncReply, SyncRequest, TaskAssignment,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -34,6 +34,9 @@ pub struct Sessions {
     nodes: Mutex<HashMap<String, Session>>,
     pending_sync: Mutex<HashMap<String, PendingSync>>,
     next_id: AtomicU64,
+    /// Sessions closed by the server ([`Sessions::kick`]); their reader stops.
+    kicked: Mutex<HashSet<u64>>,
+    kick: Notify,
 }
 
 impl Sessions {
@@ -62,6 +65,48 @@ impl Sessions {
             .expect("pending sync poisoned")
             .retain(|_, p| p.node != node);
         true
+    }
+
+    /// Closes the node's current session from the server side: the agent's stream ends
+    /// with `status`, the session is removed (its pending syncs fail) and its reader stops
+    /// handling messages. Returns whether a session was attached.
+    pub fn kick(&self, node: &str, status: Status) -> bool {
+        let removed = self.nodes.lock().expect("sessions poisoned").remove(node);
+        let Some(session) = removed else {
+            return false;
+        };
+        self.kicked
+            .lock()
+            .expect("kicked poisoned")
+            .insert(session.id);
+        let _ = session.outbox.send(Err(status));
+        self.pending_sync
+            .lock()
+            .expect("pending sync poisoned")
+            .retain(|_, p| p.node != node);
+        self.kick.notify_waiters();
+        true
+    }
+
+    /// Whether `session_id` was closed by [`Sessions::kick`].
+    pub fn is_kicked(&self, session_id: u64) -> bool {
+        self.kicked
+            .lock()
+            .expect("kicked poisoned")
+            .contains(&session_id)
+    }
+
+    /// Resolves once `session_id` is kicked.
+    pub async fn kicked(&self, session_id: u64) {
+        loop {
+            let notified = self.kick.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_kicked(session_id) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn is_attached(&self, node: &str) -> bool {
@@ -245,6 +290,24 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, GatewayError::SyncTimeout { .. }));
+    }
+
+    #[tokio::test]
+    async fn sessions_kick_ends_the_stream_with_the_status_and_wakes_the_reader() {
+        let sessions = std::sync::Arc::new(Sessions::default());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let id = sessions.attach("n1", tx);
+        let s2 = sessions.clone();
+        let reader = tokio::spawn(async move { s2.kicked(id).await });
+        tokio::task::yield_now().await;
+        assert!(sessions.kick("n1", Status::permission_denied("revoked")));
+        reader.await.unwrap();
+        assert!(sessions.is_kicked(id));
+        assert!(!sessions.is_attached("n1"));
+        let status = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(status.message(), "revoked");
+        assert!(!sessions.detach("n1", id));
+        assert!(!sessions.kick("n1", Status::permission_denied("again")));
     }
 
     #[tokio::test]

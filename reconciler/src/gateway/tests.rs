@@ -22,6 +22,7 @@ use crate::store::default_database_url;
 
 mod ops;
 mod restart;
+mod tls;
 
 struct Harness {
     daemon: Daemon,

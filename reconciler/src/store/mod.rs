@@ -3,6 +3,7 @@
 //! queries for VMs, tasks, nodes, pools and settings. Every multi-row change is one
 //! transaction.
 
+mod enrollment;
 mod entities;
 mod identity;
 mod nodes;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
 pub use identity::{ProjectRow, TokenRow};
 pub use nodes::NodeRegistration;

@@ -18,6 +18,7 @@ async fn short_backoff_harness() -> Harness {
             base: BASE,
             cap: Duration::from_secs(5),
         },
+        ..Default::default()
     })
     .await
 }
