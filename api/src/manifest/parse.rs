@@ -390,7 +390,8 @@ spec:
         sort_for_apply(&mut objs);
         let refs: Vec<String> = objs.iter().map(|o| o.object.reference()).collect();
         assert_eq!(refs, ["pool/fast", "network/lan", "vm/web-1"]);
-        let project = "apiVersion: otherix.dev/v1\nkind: Project\nmetadata: {name: team-a}\nspec: {}\n";
+        let project =
+            "apiVersion: otherix.dev/v1\nkind: Project\nmetadata: {name: team-a}\nspec: {}\n";
         let mut objs = parse_manifests("env.yaml", &format!("{text}---\n{project}")).unwrap();
         sort_for_apply(&mut objs);
         assert_eq!(objs[0].object.reference(), "project/team-a");
@@ -466,7 +467,10 @@ spec: {}
         assert_eq!(p.spec.max_memory_mb, None);
         assert_eq!(objs[0].object.reference(), "project/team-a");
         let errs = errors(&text.replace("max_vms", "max_vm"));
-        assert!(errs[0].starts_with("web.yaml:4:8: spec.max_vm: unknown field"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("web.yaml:4:8: spec.max_vm: unknown field"),
+            "{errs:?}"
+        );
     }
 
     #[test]
