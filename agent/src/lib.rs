@@ -1,5 +1,5 @@
-//! otherix-agent: the otherix node agent. It dials otherixd's agent gateway
-//! ([`session`]), runs tasks idempotently ([`executor`]) through a [`driver::VmDriver`]
+//! otherix-agent: the otherix node agent. It enrolls and holds a client certificate
+//! ([`enroll`]), dials otherixd's agent gateway ([`session`]), runs tasks idempotently ([`executor`]) through a [`driver::VmDriver`]
 //! whose real implementation ([`local_driver`]) composes the image cache
 //! ([`image_cache`], [`pool_images`]), disks ([`disk`]), per-boot setup ([`boot_setup`]:
 //! [`firmware`], the [`cloud_init`] seed, [`network`] taps and port forwards), QEMU
@@ -12,6 +12,7 @@ pub mod boot_setup;
 pub mod cloud_init;
 pub mod disk;
 pub mod driver;
+pub mod enroll;
 pub mod error_chain;
 pub mod executor;
 pub mod firmware;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Parser;
 use otherix_agent::driver::VmDriver;
+use otherix_agent::enroll;
 use otherix_agent::executor::Executor;
 use otherix_agent::host::{self, AccelChoice};
 use otherix_agent::image_fetch::{gib_to_bytes, FetchPolicy, DEFAULT_MAX_IMAGE_GIB};
@@ -15,7 +16,7 @@ use otherix_agent::local_driver::LocalDriver;
 use otherix_agent::monitor;
 use otherix_agent::outbox::Outbox;
 use otherix_agent::qemu::process::{untraversable_ancestor, RunAs};
-use otherix_agent::session::{self, NodeInfo};
+use otherix_agent::session::{self, NodeInfo, Transport};
 use otherix_agent::url_policy::{Cidr, UrlPolicy};
 use otherix_agent::vm_registry::VmRegistry;
 use otherix_api::firmware_path::DEFAULT_FIRMWARE_DIRS;
@@ -24,9 +25,14 @@ use otherix_api::firmware_path::DEFAULT_FIRMWARE_DIRS;
 #[derive(Debug, Parser)]
 #[command(name = "otherix-agent", version)]
 struct Args {
-    /// otherixd agent gateway URL (its --agent-listen address), e.g. http://10.0.0.1:7001.
+    /// otherixd agent gateway URL (its --agent-listen address), e.g.
+    /// https://10.0.0.1:7071 (http:// only for servers started with --insecure-http).
     #[arg(long, env = "OTHERIX_AGENT_SERVER")]
     server: String,
+    /// One-time join token from `otherix node join-token NODE`, needed on the first start
+    /// against an https:// server (the agent then keeps a certificate in DATA_DIR/tls).
+    #[arg(long, env = "OTHERIX_AGENT_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
     /// This node's name.
     #[arg(long)]
     node: String,
@@ -127,6 +133,49 @@ fn absolute_dir(path: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("resolving {what} {}", path.display()))
 }
 
+/// Plain for http:// servers; for https:// enrolls first when there is no certificate yet
+/// (needs --join-token), then mTLS with the stored certificate.
+async fn transport(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<Transport> {
+    if args.server.starts_with("http://") {
+        if args.join_token.is_some() {
+            bail!(
+                "--join-token needs an https:// server (got {})",
+                args.server
+            );
+        }
+        return Ok(Transport::Plain);
+    }
+    if !args.server.starts_with("https://") {
+        bail!("--server {}: expected an https:// URL", args.server);
+    }
+    let cert = enroll::tls_dir(data_dir).join(enroll::NODE_CERT_FILE);
+    if enroll::is_enrolled(data_dir) {
+        if args.join_token.is_some() {
+            tracing::warn!(cert = %cert.display(), "already enrolled; --join-token is ignored");
+        }
+    } else {
+        let Some(token) = &args.join_token else {
+            bail!(
+                "no client certificate ({} is missing) and no --join-token: on the server run \
+                 `otherix node join-token {}` and start the agent once with --join-token TOKEN",
+                cert.display(),
+                args.node
+            );
+        };
+        enroll::enroll(&args.server, token, &args.node, data_dir)
+            .await
+            .with_context(|| format!("enrolling node {} at {}", args.node, args.server))?;
+        eprintln!(
+            "otherix-agent: enrolled node {}; certificate in {}",
+            args.node,
+            cert.display()
+        );
+    }
+    let config = enroll::load_client_config(data_dir)
+        .with_context(|| format!("loading the node certificate from {}", cert.display()))?;
+    Ok(Transport::Tls(config))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -139,6 +188,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
 
     let data_dir = absolute_dir(&args.data_dir, "data dir")?;
+    let transport = transport(&args, &data_dir).await?;
     let mut pools = Vec::new();
     for (name, path) in &args.pools {
         if pools.iter().any(|(n, _): &(String, PathBuf)| n == name) {
@@ -256,7 +306,7 @@ async fn main() -> anyhow::Result<()> {
         firmware_dirs: driver.firmware_dirs().to_vec(),
     };
     tokio::select! {
-        () = session::run(args.server, node, executor, driver, outbox, outbox_rx) => {}
+        () = session::run(args.server, transport, node, executor, driver, outbox, outbox_rx) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; VMs keep running"),
     }
     Ok(())

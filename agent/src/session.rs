@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::driver::VmDriver;
+use crate::enroll::{self, EnrollError};
 use crate::error_chain::error_chain;
 use crate::executor::Executor;
 use crate::outbox::Outbox;
@@ -33,6 +34,8 @@ pub enum SessionError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error("cannot connect over TLS")]
+    Tls(#[from] EnrollError),
     #[error("timed out connecting to {0}")]
     ConnectTimeout(String),
     #[error("gateway stream failed")]
@@ -41,6 +44,15 @@ pub enum SessionError {
     NotRegistered(String),
     #[error("outgoing stream closed")]
     OutgoingClosed,
+}
+
+/// How the agent reaches the gateway.
+#[derive(Clone)]
+pub enum Transport {
+    /// `http://` (servers started with `--insecure-http`): no TLS, identified by name.
+    Plain,
+    /// `https://`: mTLS with the node certificate, the server pinned to the cluster CA.
+    Tls(Arc<rustls::ClientConfig>),
 }
 
 /// What the agent tells the server about its node.
@@ -86,6 +98,7 @@ impl Backoff {
 /// Keeps a session to `server` up forever.
 pub async fn run<D: VmDriver>(
     server: String,
+    transport: Transport,
     node: NodeInfo,
     executor: Executor<D>,
     driver: Arc<D>,
@@ -96,6 +109,7 @@ pub async fn run<D: VmDriver>(
     loop {
         let session = Session {
             server: &server,
+            transport: &transport,
             node: &node,
             executor: &executor,
             driver: &driver,
@@ -103,6 +117,18 @@ pub async fn run<D: VmDriver>(
         };
         match session.attach(&mut outbox_rx, &mut backoff).await {
             Ok(()) => tracing::warn!(server, "server closed the gateway stream"),
+            Err(SessionError::Stream(status))
+                if matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) =>
+            {
+                tracing::error!(
+                    server,
+                    reason = status.message(),
+                    "the server refused this agent"
+                )
+            }
             Err(e) => tracing::warn!(server, error = %error_chain(&e), "gateway session failed"),
         }
         let delay = backoff.next_delay();
@@ -113,6 +139,7 @@ pub async fn run<D: VmDriver>(
 
 struct Session<'a, D> {
     server: &'a str,
+    transport: &'a Transport,
     node: &'a NodeInfo,
     executor: &'a Executor<D>,
     driver: &'a Arc<D>,
@@ -166,11 +193,19 @@ impl<D: VmDriver> Session<'_, D> {
         while outbox_rx.try_recv().is_ok() {}
 
         let url = self.server.to_string();
-        let mut client =
-            tokio::time::timeout(CONNECT_TIMEOUT, AgentGatewayClient::connect(url.clone()))
-                .await
-                .map_err(|_| SessionError::ConnectTimeout(url.clone()))?
-                .map_err(|source| SessionError::Connect { url, source })?;
+        let mut client = match self.transport {
+            Transport::Plain => {
+                tokio::time::timeout(CONNECT_TIMEOUT, AgentGatewayClient::connect(url.clone()))
+                    .await
+                    .map_err(|_| SessionError::ConnectTimeout(url.clone()))?
+                    .map_err(|source| SessionError::Connect { url, source })?
+            }
+            Transport::Tls(config) => {
+                tokio::time::timeout(CONNECT_TIMEOUT, enroll::connect(&url, config.clone()))
+                    .await
+                    .map_err(|_| SessionError::ConnectTimeout(url.clone()))??
+            }
+        };
         let (tx, rx) = mpsc::channel::<AgentMessage>(256);
         tx.send(self.register_message().await)
             .await

@@ -11,7 +11,7 @@ use otherix_agent::executor::Executor;
 use otherix_agent::host::Accel;
 use otherix_agent::local_driver::LocalDriver;
 use otherix_agent::outbox::Outbox;
-use otherix_agent::session::{self, NodeInfo};
+use otherix_agent::session::{self, NodeInfo, Transport};
 use otherix_agent::vm_registry::{VmRecord, VmRegistry};
 use otherix_api::proto::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use otherix_api::proto::{
@@ -35,6 +35,15 @@ struct FakeGateway {
 #[tonic::async_trait]
 impl AgentGateway for FakeGateway {
     type AttachStream = ReceiverStream<Result<ServerMessage, tonic::Status>>;
+
+    async fn enroll(
+        &self,
+        _request: tonic::Request<otherix_api::proto::EnrollRequest>,
+    ) -> Result<tonic::Response<otherix_api::proto::EnrollResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the fake gateway does not enroll",
+        ))
+    }
 
     async fn attach(
         &self,
@@ -134,6 +143,7 @@ async fn session_registers_routes_tasks_and_reconnects() {
     };
     tokio::spawn(session::run(
         format!("http://{addr}"),
+        Transport::Plain,
         node,
         executor,
         driver,

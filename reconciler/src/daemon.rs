@@ -1,6 +1,9 @@
 //! Wiring: opens the store and builds the sessions, gateway, reconciler and services that
 //! share it. `main` serves what this builds; tests build it on a temp data dir.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,16 +12,34 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::api::nodes::NodeEnrollment;
 use crate::api::{app, AppState};
 use crate::events::TaskEvents;
 use crate::gateway::{Gateway, Sessions};
 use crate::locks::VmLocks;
+use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::Reconciler;
 use crate::service::{
-    ApplyService, ClusterService, EntityService, OpsService, TaskService, VmService,
+    ApplyService, ClusterService, EntityService, IdentityService, OpsService, TaskService,
+    VmService,
 };
 use crate::store::{Store, StoreError};
+
+/// The file in the data dir that receives the first admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("creating the first admin token")]
+    Service(#[from] crate::service::ServiceError),
+    #[error("writing the admin token to {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// How often every live VM is reconciled even without a trigger.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
@@ -40,6 +61,9 @@ pub struct DaemonOptions {
     pub retry_backoff: Backoff,
     /// Purging of old finished tasks and deleted VM rows (`--retention`).
     pub retention: crate::retention::RetentionPolicy,
+    /// The cluster PKI: the gateway runs over TLS (enrollment, agents identified by their
+    /// client certificate). `None` is `--insecure-http` (agents identified by name).
+    pub pki: Option<Arc<Pki>>,
 }
 
 impl Daemon {
@@ -64,7 +88,8 @@ impl Daemon {
             events.clone(),
             trigger,
         )
-        .with_retry_backoff(opts.retry_backoff);
+        .with_retry_backoff(opts.retry_backoff)
+        .with_pki(opts.pki.clone());
         let reconciler = Arc::new(
             Reconciler::new(store.clone(), sessions, locks, events.clone())
                 .with_retry_backoff(opts.retry_backoff),
@@ -74,6 +99,7 @@ impl Daemon {
             reconciler.clone(),
             gateway.clone(),
         ));
+        let cluster = Arc::new(ClusterService::new(store.clone()));
         let state = AppState {
             apply: Arc::new(ApplyService::new(
                 store.clone(),
@@ -82,7 +108,14 @@ impl Daemon {
             )),
             vms,
             tasks: Arc::new(TaskService::new(store.clone(), events.clone())),
-            cluster: Arc::new(ClusterService::new(store.clone())),
+            cluster: cluster.clone(),
+            identity: Arc::new(IdentityService::new(store.clone())),
+            enrollment: Arc::new(NodeEnrollment::new(
+                store.clone(),
+                gateway.sessions().clone(),
+                cluster,
+                opts.pki.clone(),
+            )),
             entities: Arc::new(EntityService::new(store.clone())),
             ops: Arc::new(OpsService::new(
                 store.clone(),
@@ -99,6 +132,34 @@ impl Daemon {
             triggers: Some(triggers),
             retention: opts.retention,
         })
+    }
+
+    /// On the very first start (no API token exists), creates the `admin` token and writes
+    /// its secret to `DATA_DIR/admin.token` (mode 0600, created exclusively). Returns the
+    /// path when it wrote one.
+    pub async fn bootstrap_admin_token(
+        &self,
+        data_dir: &Path,
+    ) -> Result<Option<PathBuf>, BootstrapError> {
+        let Some(secret) = self.state.identity.bootstrap_admin().await? else {
+            return Ok(None);
+        };
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        let write = || -> std::io::Result<()> {
+            let _ = std::fs::remove_file(&path);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(format!("{secret}\n").as_bytes())?;
+            f.sync_all()
+        };
+        write().map_err(|source| BootstrapError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(path))
     }
 
     /// The HTTP API router.

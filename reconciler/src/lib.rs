@@ -3,6 +3,7 @@
 //! scheduler, and the tonic gateway node agents attach to. [`daemon`] wires them up.
 
 pub mod api;
+pub mod auth;
 pub mod cursor;
 pub mod daemon;
 pub mod events;
@@ -10,11 +11,13 @@ pub mod gateway;
 pub mod locks;
 pub mod manifests_dir;
 pub mod model;
+pub mod pki;
 pub mod reconcile;
 pub mod retention;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod tls_listener;
 
 /// "outer: inner: innermost", for logs.
 pub fn error_chain(e: &dyn std::error::Error) -> String {

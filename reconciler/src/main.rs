@@ -1,9 +1,11 @@
-//! otherixd: the otherix control plane binary. Parses flags, opens the store, serves the
-//! HTTP API on `--listen` and the agent gateway on `--agent-listen`.
+//! otherixd: the otherix control plane binary. Parses flags, loads (or creates) the
+//! cluster PKI, opens the store, serves the HTTPS API on `--listen` and the TLS agent
+//! gateway on `--agent-listen` (both plain with `--insecure-http`, loopback only).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -11,8 +13,10 @@ use std::time::Duration;
 
 use otherix_api::duration::parse_duration;
 use otherixd::daemon::{Daemon, DaemonOptions, RESYNC_INTERVAL};
+use otherixd::pki::{self, PkiOptions, SanOptions};
 use otherixd::retention::RetentionPolicy;
 use otherixd::store::default_database_url;
+use otherixd::tls_listener::TlsIncoming;
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// The otherix control plane.
@@ -44,6 +48,22 @@ struct Args {
     /// How often the retention purge runs.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     retention_interval: Duration,
+    /// Another name or IP clients and agents use to reach this server; added to the
+    /// generated server certificate. Repeat for several.
+    #[arg(long = "tls-san", value_name = "NAME|IP")]
+    tls_san: Vec<String>,
+    /// Serve this certificate (PEM chain) on the HTTPS API instead of the generated
+    /// DATA_DIR/tls/server.crt. The cluster CA is still created: it signs node
+    /// certificates, and the agent gateway keeps the generated certificate it signed.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve both listeners in plain HTTP with agents identified by name (tests only).
+    /// Refused unless --listen and --agent-listen are loopback addresses.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_san"])]
+    insecure_http: bool,
 }
 
 #[tokio::main]
@@ -57,32 +77,71 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
+    if args.insecure_http {
+        pki::check_insecure_listen(&[
+            ("--listen", args.listen),
+            ("--agent-listen", args.agent_listen),
+        ])
+        .map_err(anyhow::Error::msg)?;
+    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let pki = if args.insecure_http {
+        None
+    } else {
+        let tls_dir = args.data_dir.join("tls");
+        let opts = PkiOptions {
+            sans: SanOptions {
+                extra: args.tls_san.clone(),
+                host_name: pki::host_name(),
+                listen: vec![args.listen, args.agent_listen],
+            },
+            cert_file: args.tls_cert.clone(),
+            key_file: args.tls_key.clone(),
+        };
+        let (pki, origin) = pki::load_or_create(&tls_dir, &opts)
+            .with_context(|| format!("loading the cluster PKI in {}", tls_dir.display()))?;
+        if origin == pki::PkiOrigin::Created {
+            tracing::info!(dir = %tls_dir.display(), "created the cluster CA");
+        }
+        eprintln!("otherixd: CA fingerprint {}", pki.ca_fingerprint());
+        Some(Arc::new(pki))
+    };
     let database_url = args
         .database_url
         .clone()
         .unwrap_or_else(|| default_database_url(&args.data_dir));
-    let options = DaemonOptions {
-        retention: RetentionPolicy {
-            max_age: args.retention,
-            every: args.retention_interval.max(Duration::from_millis(100)),
-            ..RetentionPolicy::default()
+    let mut daemon = Daemon::open_with(
+        &database_url,
+        DaemonOptions {
+            pki: pki.clone(),
+            retention: RetentionPolicy {
+                max_age: args.retention,
+                every: args.retention_interval.max(Duration::from_millis(100)),
+                ..RetentionPolicy::default()
+            },
+            ..Default::default()
         },
-        ..DaemonOptions::default()
-    };
-    let mut daemon = Daemon::open_with(&database_url, options)
-        .await
-        .context("opening the database")?;
+    )
+    .await
+    .context("opening the database")?;
 
+    if let Some(path) = daemon
+        .bootstrap_admin_token(&args.data_dir)
+        .await
+        .context("bootstrapping the admin token")?
+    {
+        eprintln!("otherixd: admin token written to {}", path.display());
+    }
     let http = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
     let agents = tokio::net::TcpListener::bind(args.agent_listen)
         .await
         .with_context(|| format!("binding --agent-listen {}", args.agent_listen))?;
+    let scheme = if pki.is_some() { "https" } else { "http" };
     eprintln!(
-        "otherixd: api http://{}, agents http://{}, data {}",
+        "otherixd: api {scheme}://{}, agents {scheme}://{}, data {}",
         http.local_addr()?,
         agents.local_addr()?,
         args.data_dir.display()
@@ -97,19 +156,49 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let app = daemon.app();
-    let http_server = async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving the HTTP API")
-    };
     let gateway = daemon.gateway.clone().into_server();
-    let agent_server = async move {
-        tonic::transport::Server::builder()
-            .add_service(gateway)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(agents), shutdown_signal())
-            .await
-            .context("serving the agent gateway")
+    let (http_server, agent_server) = match &pki {
+        Some(pki) => {
+            let https = TlsIncoming::spawn(http, pki.https_config()?)?;
+            let agents = TlsIncoming::spawn(agents, pki.gateway_config()?)?;
+            let http_server: futures::future::BoxFuture<'static, anyhow::Result<()>> =
+                Box::pin(async move {
+                    axum::serve(https, app)
+                        .with_graceful_shutdown(shutdown_signal())
+                        .await
+                        .context("serving the HTTPS API")
+                });
+            let agent_server: futures::future::BoxFuture<'static, anyhow::Result<()>> =
+                Box::pin(async move {
+                    tonic::transport::Server::builder()
+                        .add_service(gateway)
+                        .serve_with_incoming_shutdown(agents.into_stream(), shutdown_signal())
+                        .await
+                        .context("serving the agent gateway")
+                });
+            (http_server, agent_server)
+        }
+        None => {
+            let http_server: futures::future::BoxFuture<'static, anyhow::Result<()>> =
+                Box::pin(async move {
+                    axum::serve(http, app)
+                        .with_graceful_shutdown(shutdown_signal())
+                        .await
+                        .context("serving the HTTP API")
+                });
+            let agent_server: futures::future::BoxFuture<'static, anyhow::Result<()>> =
+                Box::pin(async move {
+                    tonic::transport::Server::builder()
+                        .add_service(gateway)
+                        .serve_with_incoming_shutdown(
+                            TcpListenerStream::new(agents),
+                            shutdown_signal(),
+                        )
+                        .await
+                        .context("serving the agent gateway")
+                });
+            (http_server, agent_server)
+        }
     };
     tokio::try_join!(http_server, agent_server)?;
     if let Some(watcher) = manifests {

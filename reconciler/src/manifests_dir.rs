@@ -4,7 +4,9 @@
 //! [`ApplyTarget`] over the service layer. The watcher is synchronous, so it runs on a
 //! dedicated thread and calls the async services with `Handle::block_on`. The server owns
 //! the directory: objects are stamped with its source annotation and pruned when their
-//! documents are removed.
+//! documents are removed. It acts as an admin: a VM goes to the project its document
+//! names (`metadata.project`), else to `default`; `Project` documents are applied
+//! through the identity service, before everything else.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -12,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use otherix_api::manifest::Kind;
-use otherix_api::{ApiError, ApplyRequest, ErrorCode, Object, TaskStatus};
+use otherix_api::{ApiError, ApplyRequest, ErrorCode, Object, Role, TaskStatus, DEFAULT_PROJECT};
 use otherix_manifests::{
     filter_owned, run_watch, ApplyResult, ApplyTarget, DeleteResult, Error, ObjectRef, StopSignal,
     WatchEvent, WatchOptions,
@@ -23,8 +25,12 @@ use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use crate::api::AppState;
+use crate::auth::Caller;
 use crate::service::entities::ListQuery;
-use crate::service::{ListVmsQuery, ServiceError, MAX_LIMIT};
+use crate::service::{Actor, ListVmsQuery, ServiceError, MAX_LIMIT};
+
+/// The `requested_by` of what the manifests-dir watcher applies.
+pub const MANIFESTS_DIR_ACTOR: &str = "otherixd:manifests-dir";
 
 /// How long pruning waits for a VM's vm.delete before deleting what it used.
 const WAIT_TASK_LIMIT: Duration = Duration::from_secs(600);
@@ -62,6 +68,26 @@ impl ServiceTarget {
         self.rt.block_on(f)
     }
 
+    /// The server acting on its own manifests directory: an admin (of every project; its
+    /// own is the default project).
+    fn caller() -> Caller {
+        Caller {
+            name: MANIFESTS_DIR_ACTOR.to_owned(),
+            role: Role::Admin,
+            project: DEFAULT_PROJECT.to_owned(),
+        }
+    }
+
+    /// The project of a VM document (`None`: the default project).
+    fn project(project: Option<&str>) -> &str {
+        project.unwrap_or(DEFAULT_PROJECT)
+    }
+
+    /// The watcher acting in `project` (`None`: the default project).
+    fn actor(project: Option<&str>) -> Actor {
+        Actor::new(Self::project(project), MANIFESTS_DIR_ACTOR)
+    }
+
     /// Every page of an entity list, as JSON items.
     fn entity_items<T: Serialize>(
         &self,
@@ -87,10 +113,12 @@ impl ServiceTarget {
 }
 
 impl ApplyTarget for ServiceTarget {
-    fn get(&mut self, kind: Kind, name: &str) -> Result<Option<Value>, Error> {
+    fn get(&mut self, object: &ObjectRef) -> Result<Option<Value>, Error> {
         let s = &self.state;
-        let got = match kind {
-            Kind::Vm => as_json(self.block(s.vms.get(name))),
+        let name = object.name.as_str();
+        let got = match object.kind {
+            Kind::Project => as_json(self.block(s.identity.project(&Self::caller(), name))),
+            Kind::Vm => as_json(self.block(s.vms.get(Self::project(object.project()), name))),
             Kind::Pool => as_json(self.block(s.entities.pool(name))),
             Kind::Network => as_json(self.block(s.entities.network(name))),
             Kind::Firmware => as_json(self.block(s.entities.firmware(name))),
@@ -113,8 +141,18 @@ impl ApplyTarget for ServiceTarget {
         let s = &self.state;
         let name = object.name();
         let (outcome, task_id) = match object {
+            Object::Project(m) => self
+                .block(
+                    s.identity
+                        .apply_project(name, m.spec, m.metadata.annotations.clone()),
+                )
+                .map(|(_, outcome)| (outcome, None)),
             Object::Vm(m) => self
-                .block(s.apply.apply_vm(name, req(&m.spec, &m.metadata)))
+                .block(s.apply.apply_vm(
+                    &Self::actor(object.project()),
+                    name,
+                    req(&m.spec, &m.metadata),
+                ))
                 .map(|r| (r.outcome, r.task.map(|t| t.id))),
             Object::Pool(m) => self
                 .block(s.entities.apply_pool(name, req(&m.spec, &m.metadata)))
@@ -133,10 +171,20 @@ impl ApplyTarget for ServiceTarget {
         Ok(ApplyResult { outcome, task_id })
     }
 
-    fn delete(&mut self, kind: Kind, name: &str) -> Result<DeleteResult, Error> {
+    fn delete(&mut self, object: &ObjectRef) -> Result<DeleteResult, Error> {
         let s = &self.state;
-        let done = match kind {
-            Kind::Vm => self.block(s.vms.delete(name)).map(|a| Some(a.task.id)),
+        let name = object.name.as_str();
+        let done = match object.kind {
+            Kind::Project => {
+                // The identity service deletes a missing project silently; say so.
+                match self.block(s.identity.project(&Self::caller(), name)) {
+                    Ok(_) => self.block(s.identity.delete_project(name)).map(|()| None),
+                    Err(e) => Err(e),
+                }
+            }
+            Kind::Vm => self
+                .block(s.vms.delete(&Self::actor(object.project()), name))
+                .map(|a| Some(a.task.id)),
             Kind::Pool => self.block(s.entities.delete_pool(name)).map(|()| None),
             Kind::Network => self.block(s.entities.delete_network(name)).map(|()| None),
             Kind::Firmware => self.block(s.entities.delete_firmware(name)).map(|()| None),
@@ -151,23 +199,38 @@ impl ApplyTarget for ServiceTarget {
         }
     }
 
-    fn list_owned(&mut self, source: &str) -> Result<Vec<ObjectRef>, Error> {
+    fn default_project(&mut self) -> Result<String, Error> {
+        Ok(DEFAULT_PROJECT.to_owned())
+    }
+
+    /// An admin sees every project: VMs are listed across all of them, so a VM is pruned
+    /// even once no document names its project any more.
+    fn list_owned(&mut self, source: &str, _projects: &[String]) -> Result<Vec<ObjectRef>, Error> {
         let s = self.state.clone();
         let mut owned = Vec::new();
         let vms = self.entity_items(|q| {
             self.block(s.vms.list(ListVmsQuery {
+                project: None,
                 limit: q.limit,
                 cursor: q.cursor,
                 ..Default::default()
             }))
         })?;
-        owned.extend(filter_owned(Kind::Vm, &vms, source));
+        owned.extend(filter_owned(Kind::Vm, &vms, source, None));
+        let projects = self.block(s.identity.list_projects(&Self::caller()));
+        let projects: Vec<Value> = projects
+            .map_err(target_err)?
+            .items
+            .iter()
+            .map(json)
+            .collect::<Result<_, _>>()?;
+        owned.extend(filter_owned(Kind::Project, &projects, source, None));
         let pools = self.entity_items(|q| self.block(s.entities.pools(&q)))?;
-        owned.extend(filter_owned(Kind::Pool, &pools, source));
+        owned.extend(filter_owned(Kind::Pool, &pools, source, None));
         let networks = self.entity_items(|q| self.block(s.entities.networks(&q)))?;
-        owned.extend(filter_owned(Kind::Network, &networks, source));
+        owned.extend(filter_owned(Kind::Network, &networks, source, None));
         let firmware = self.entity_items(|q| self.block(s.entities.firmware_list(&q)))?;
-        owned.extend(filter_owned(Kind::Firmware, &firmware, source));
+        owned.extend(filter_owned(Kind::Firmware, &firmware, source, None));
         Ok(owned)
     }
 
@@ -175,7 +238,7 @@ impl ApplyTarget for ServiceTarget {
         let deadline = Instant::now() + WAIT_TASK_LIMIT;
         loop {
             let task = self
-                .block(self.state.tasks.wait(task_id, 30, None))
+                .block(self.state.tasks.wait(&Self::caller(), task_id, 30, None))
                 .map_err(target_err)?;
             match task.status {
                 TaskStatus::Success => return Ok(()),

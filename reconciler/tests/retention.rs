@@ -43,10 +43,13 @@ async fn retention_purges_old_rows_in_batches_and_keeps_live_vms_newest_task() {
         let mut spec = VmSpec::new("http://127.0.0.1:9/img.qcow2", Arch::Amd64);
         spec.memory_mb = 128;
         let acc = vms
-            .create(CreateVmRequest {
-                name: name.into(),
-                spec,
-            })
+            .create(
+                &otherixd::service::Actor::new("default", "test"),
+                CreateVmRequest {
+                    name: name.into(),
+                    spec,
+                },
+            )
             .await
             .unwrap();
         created.push(acc);

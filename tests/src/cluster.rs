@@ -1,12 +1,18 @@
 //! A real single- or multi-node otherix cluster for one test: `otherixd` on an SQLite file
-//! in a temp dir, one `otherix-agent --accel tcg` per node, and the `otherix` CLI pointed at
-//! it. Dropping the cluster kills every process it started, QEMU guests included, and on a
-//! failing test prints the tail of each process log.
+//! in a temp dir serving HTTPS and a TLS gateway (its own CA; plain HTTP only when a test
+//! passes `--insecure-http` in `server_args`), one
+//! `otherix-agent --accel tcg` per node enrolled with a join token, and the `otherix` CLI
+//! pointed at it through a config file (`OTHERIX_CONFIG`). Requests trust only the
+//! cluster's CA and carry the admin token (`DATA/server/admin.token`) when the server
+//! wrote one. Dropping the cluster kills every process it started, QEMU guests included,
+//! and on a failing test prints the tail of each process log.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -160,9 +166,14 @@ impl Cluster {
         }
         let api_addr = free_addr();
         let agent_addr = free_addr();
+        let scheme = if opts.server_args.iter().any(|a| a == "--insecure-http") {
+            "http"
+        } else {
+            "https"
+        };
         let mut cluster = Cluster {
-            api_url: format!("http://{api_addr}"),
-            agent_url: format!("http://{agent_addr}"),
+            api_url: format!("{scheme}://{api_addr}"),
+            agent_url: format!("{scheme}://{agent_addr}"),
             api_addr,
             agent_addr,
             database_url: opts.database_url.clone(),
@@ -212,10 +223,93 @@ impl Cluster {
             .expect("spawn otherixd");
         self.server = Some(child);
         let url = self.api_url.clone();
+        let ca = self.ca_cert_path();
+        let tls = self.is_tls();
         wait::until("otherixd /healthz", Duration::from_secs(30), || {
+            if tls {
+                let pem = std::fs::read(&ca).ok()?;
+                register_ca(&url, &pem);
+            }
             let (status, _) = http_request(&url, "GET", "/healthz", None, &[]).ok()?;
             (status == 200).then_some(())
         });
+        self.write_cli_config();
+    }
+
+    /// Whether the cluster runs over TLS (it does unless started with `--insecure-http`).
+    pub fn is_tls(&self) -> bool {
+        self.api_url.starts_with("https://")
+    }
+
+    /// `DATA/server`, otherixd's data dir.
+    pub fn server_data_dir(&self) -> PathBuf {
+        self.dir.path().join("server")
+    }
+
+    /// The cluster CA otherixd created (`DATA/server/tls/ca.crt`).
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.server_data_dir().join("tls").join("ca.crt")
+    }
+
+    /// The CA fingerprint otherixd printed at start (`otherixd: CA fingerprint <hex>`).
+    pub fn ca_fingerprint(&self) -> String {
+        let log = self.dir.path().join("otherixd.log");
+        wait::until("the CA fingerprint line", Duration::from_secs(30), || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            text.lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("otherixd: CA fingerprint "))
+                .map(|fp| fp.trim().to_owned())
+        })
+    }
+
+    /// The admin token otherixd wrote at first start, if it writes one.
+    pub fn admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.server_data_dir().join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The CLI config file the harness writes (`OTHERIX_CONFIG`).
+    pub fn cli_config_path(&self) -> PathBuf {
+        self.dir.path().join("otherix-config.yaml")
+    }
+
+    /// Writes the CLI config: one remote `local` with the URL, the admin token when known,
+    /// the CA and its fingerprint.
+    fn write_cli_config(&self) {
+        let mut yaml = String::from("current_remote: local\nremotes:\n  local:\n");
+        yaml.push_str(&format!("    url: {}\n", self.api_url));
+        if let Some(token) = self.admin_token() {
+            yaml.push_str(&format!("    token: {token}\n"));
+        }
+        if !self.is_tls() {
+            std::fs::write(self.cli_config_path(), yaml).expect("write the CLI config");
+            return;
+        }
+        let ca = std::fs::read_to_string(self.ca_cert_path()).expect("ca.crt");
+        yaml.push_str("    ca_cert: |\n");
+        for line in ca.lines() {
+            yaml.push_str(&format!("      {line}\n"));
+        }
+        yaml.push_str(&format!("    fingerprint: {}\n", self.ca_fingerprint()));
+        std::fs::write(self.cli_config_path(), yaml).expect("write the CLI config");
+    }
+
+    /// `POST /v1/nodes/{node}/join-token`; the token.
+    pub fn join_token(&self, node: &str, ttl_secs: Option<u64>) -> String {
+        let body = match ttl_secs {
+            Some(t) => serde_json::json!({ "ttl_secs": t }),
+            None => serde_json::json!({}),
+        };
+        let (status, resp) = self.request(
+            "POST",
+            &format!("/v1/nodes/{node}/join-token"),
+            Some(&body.to_string()),
+        );
+        assert_eq!(status, 201, "join token for {node}: {resp}");
+        resp["token"].as_str().expect("token").to_owned()
     }
 
     /// Kills otherixd with SIGKILL (agents and VMs keep running).
@@ -258,17 +352,31 @@ impl Cluster {
             child: None,
             args,
         };
-        proc.child = Some(self.spawn_agent_process(&proc.name, &proc.args));
+        // First start: enroll with a one-time join token; restarts reuse the certificate.
+        let enrolled = self
+            .agent_data_dir(&node.name)
+            .join("tls")
+            .join("node.crt")
+            .exists();
+        let token = (self.is_tls() && !enrolled).then(|| self.join_token(&node.name, None));
+        let mut first_args = proc.args.clone();
+        if let Some(t) = token {
+            first_args.extend(["--join-token".to_owned(), t]);
+        }
+        proc.child = Some(self.spawn_agent_process(&proc.name, &first_args));
         self.agents.push(proc);
     }
 
-    fn spawn_agent_process(&self, name: &str, args: &[String]) -> Child {
+    /// Runs `otherix-agent ARGS` with its output in `agent-<log_name>.log`, not managed by
+    /// the cluster (the caller waits for or kills it; [`Drop`] kills what mentions the
+    /// cluster dir).
+    pub fn spawn_agent_process(&self, log_name: &str, args: &[String]) -> Child {
         Command::new(bin("otherix-agent"))
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(self.log_file(&format!("agent-{name}")))
-            .stderr(self.log_file(&format!("agent-{name}")))
+            .stdout(self.log_file(&format!("agent-{log_name}")))
+            .stderr(self.log_file(&format!("agent-{log_name}")))
             .spawn()
             .expect("spawn otherix-agent")
     }
@@ -318,7 +426,9 @@ impl Cluster {
     pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
         let mut child = Command::new(bin("otherix"))
             .args(args)
-            .env("OTHERIX_SERVER", &self.api_url)
+            .env("OTHERIX_CONFIG", self.cli_config_path())
+            .env_remove("OTHERIX_SERVER")
+            .env_remove("OTHERIX_TOKEN")
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -351,7 +461,9 @@ impl Cluster {
         let err = self.dir.path().join(format!("{name}.err"));
         let child = Command::new(bin("otherix"))
             .args(args)
-            .env("OTHERIX_SERVER", &self.api_url)
+            .env("OTHERIX_CONFIG", self.cli_config_path())
+            .env_remove("OTHERIX_SERVER")
+            .env_remove("OTHERIX_TOKEN")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())
@@ -373,7 +485,30 @@ impl Cluster {
         self.request_with_headers(method, path, body, &[])
     }
 
+    /// A request with extra headers; it carries the admin token unless `headers` has an
+    /// `Authorization` of its own.
     pub fn request_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let bearer = self.admin_token().map(|t| format!("Bearer {t}"));
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if let Some(b) = &bearer {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            {
+                all.push(("Authorization", b));
+            }
+        }
+        self.raw_request(method, path, body, &all)
+    }
+
+    /// A request with exactly `headers` (no token added), e.g. to see a 401.
+    pub fn raw_request(
         &self,
         method: &str,
         path: &str,
@@ -510,7 +645,38 @@ pub fn kill_processes_mentioning(dir: &Path) {
     }
 }
 
-/// A minimal blocking HTTP/1.1 client (Connection: close), enough for JSON APIs.
+/// HTTPS clients per API base URL, each trusting only its cluster's CA.
+fn clients() -> &'static Mutex<HashMap<String, reqwest::blocking::Client>> {
+    static CLIENTS: OnceLock<Mutex<HashMap<String, reqwest::blocking::Client>>> = OnceLock::new();
+    CLIENTS.get_or_init(Default::default)
+}
+
+fn client_builder() -> reqwest::blocking::ClientBuilder {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .connect_timeout(Duration::from_secs(10))
+}
+
+/// Makes [`http_request`] to `base` trust `ca_pem` as its only root.
+pub fn register_ca(base: &str, ca_pem: &[u8]) {
+    let Ok(cert) = reqwest::Certificate::from_pem(ca_pem) else {
+        return; // a half-written file: the caller retries
+    };
+    let client = client_builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(cert)
+        .build()
+        .expect("HTTPS client");
+    clients()
+        .lock()
+        .expect("clients poisoned")
+        .insert(base.to_owned(), client);
+}
+
+/// A blocking request to `base` + `path`: the status and the body text. Over https the
+/// CA registered for `base` ([`register_ca`]) is the only trusted root. A body is sent as
+/// `Content-Type: application/json` unless `headers` name another; `headers` are added
+/// as given.
 pub fn http_request(
     base: &str,
     method: &str,
@@ -518,55 +684,31 @@ pub fn http_request(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> std::io::Result<(u16, String)> {
-    let hostport = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(hostport)?;
-    stream.set_read_timeout(Some(Duration::from_secs(90)))?;
-    let body = body.unwrap_or("");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
+    let client = clients()
+        .lock()
+        .expect("clients poisoned")
+        .get(base)
+        .cloned();
+    let client = match client {
+        Some(c) => c,
+        None => client_builder().build().map_err(std::io::Error::other)?,
+    };
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(std::io::Error::other)?;
+    let mut req = client.request(method, format!("{base}{path}"));
+    if let Some(body) = body.filter(|b| !b.is_empty()) {
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header("Content-Type", "application/json");
+        }
+        req = req.body(body.to_owned());
     }
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(*k, *v);
     }
-    req.push_str("\r\n");
-    req.push_str(body);
-    stream.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("malformed response: {text:?}")))?;
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head:?}")))?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    let body = if chunked {
-        decode_chunked(rest)
-    } else {
-        rest.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn decode_chunked(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size_line, rest)) = s.split_once("\r\n") {
-        let size = usize::from_str_radix(size_line.trim(), 16).unwrap_or(0);
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        s = rest[size..].trim_start_matches("\r\n");
-    }
-    out
+    let resp = req.send().map_err(std::io::Error::other)?;
+    let status = resp.status().as_u16();
+    let text = resp.text().map_err(std::io::Error::other)?;
+    Ok((status, text))
 }

@@ -1,7 +1,10 @@
 //! The agent gateway: the tonic `AgentGateway` server agents attach to. Registration
 //! (node, pools, re-adopted VMs, task redelivery), heartbeats and node liveness, task
 //! updates and unsolicited VM reports folded into the store, and sync-reply routing.
+//! Over TLS ([`Gateway::with_pki`]) agents enroll with a join token ([`identity`]) and are
+//! identified by their client certificate, never by what their messages say.
 
+mod identity;
 mod observe;
 mod sessions;
 #[cfg(test)]
@@ -14,8 +17,8 @@ use std::time::Duration;
 use futures::Stream;
 use otherix_api::proto::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use otherix_api::proto::{
-    agent_message, server_message, AgentMessage, Register, Registered, ServerMessage, TaskState,
-    TaskUpdate, VmReport,
+    agent_message, server_message, AgentMessage, EnrollRequest, EnrollResponse, Register,
+    Registered, ServerMessage, TaskState, TaskUpdate, VmReport,
 };
 use otherix_api::{ErrorBody, ErrorCode, TaskProgress, TaskStatus};
 use tokio::sync::mpsc;
@@ -27,9 +30,11 @@ use uuid::Uuid;
 use crate::error_chain;
 use crate::events::TaskEvents;
 use crate::locks::VmLocks;
+use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::ReconcileTrigger;
 use crate::store::{NodeRegistration, Store, StoreError};
+pub use identity::{check_claim, IdentityError};
 pub use observe::{apply_task_outcome, apply_vm_report, TaskOutcome};
 pub use sessions::{task_assignment, Outbox, Sessions};
 
@@ -47,6 +52,8 @@ pub enum GatewayError {
     SyncTimeout { node: String, secs: u64 },
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("store")]
     Store(#[from] StoreError),
 }
@@ -55,6 +62,7 @@ impl From<GatewayError> for Status {
     fn from(e: GatewayError) -> Status {
         match e {
             GatewayError::Protocol(m) => Status::invalid_argument(m),
+            GatewayError::Identity(e) => Status::new(e.code(), e.to_string()),
             GatewayError::Store(ref inner) => {
                 tracing::error!(error = %error_chain(inner), "gateway store error");
                 Status::internal("internal error")
@@ -74,6 +82,8 @@ pub struct Gateway {
     trigger: ReconcileTrigger,
     /// Delays of retries after failed tasks and crashes.
     backoff: Backoff,
+    /// Set when the gateway runs over TLS: agents enroll and attach with certificates.
+    pki: Option<Arc<Pki>>,
 }
 
 impl Gateway {
@@ -91,7 +101,15 @@ impl Gateway {
             events,
             trigger,
             backoff: Backoff::default(),
+            pki: None,
         }
+    }
+
+    /// Runs the gateway over TLS with this PKI: `Enroll` signs node certificates and
+    /// `Attach` takes the node from the client certificate.
+    pub fn with_pki(mut self, pki: Option<Arc<Pki>>) -> Self {
+        self.pki = pki;
+        self
     }
 
     /// Retries after failed tasks and crashes wait `backoff` (short in tests).
@@ -350,7 +368,17 @@ impl Gateway {
         mut inbound: Streaming<AgentMessage>,
     ) {
         loop {
-            match inbound.message().await {
+            let next = tokio::select! {
+                next = inbound.message() => next,
+                () = self.sessions.kicked(session) => {
+                    tracing::warn!(node, "session closed by the server (credentials revoked)");
+                    break;
+                }
+            };
+            if self.sessions.is_kicked(session) {
+                break;
+            }
+            match next {
                 Ok(Some(msg)) => {
                     if let Err(e) = self.handle_message(&node, msg).await {
                         tracing::warn!(node, error = %error_chain(&e), "agent message rejected");
@@ -407,6 +435,23 @@ impl AgentGateway for Gateway {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let cert_node = match &self.pki {
+            Some(_) => {
+                let certs = request.peer_certs();
+                match self
+                    .authenticate_peer(certs.as_deref().map(|c| &c[..]))
+                    .await
+                {
+                    Ok(node) => Some(node),
+                    Err(e) => return Err(refuse(&peer, None, e)),
+                }
+            }
+            None => None,
+        };
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -417,6 +462,11 @@ impl AgentGateway for Gateway {
                 "the first message must be Register",
             ));
         };
+        if let Some(cert_node) = &cert_node {
+            if let Err(e) = check_claim(cert_node, &reg.node) {
+                return Err(refuse(&peer, Some(&reg.node), e.into()));
+            }
+        }
         let node_id = self.register(&reg).await?;
         let (outbox, rx) = mpsc::channel(sessions::SESSION_OUTBOX_CAPACITY);
         let session = self.open_session(&reg.node, node_id, &outbox).await?;
@@ -426,4 +476,35 @@ impl AgentGateway for Gateway {
         );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        match self.enroll_node(request.get_ref()).await {
+            Ok(resp) => Ok(Response::new(resp)),
+            Err(e) => {
+                if matches!(e, GatewayError::Identity(_)) {
+                    tracing::warn!(peer, reason = %e, "enrollment refused");
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Logs why an agent is refused (with its address and claimed node) and turns the reason
+/// into the status it receives.
+fn refuse(peer: &str, claimed: Option<&str>, e: GatewayError) -> Status {
+    match &e {
+        GatewayError::Identity(reason) => {
+            tracing::warn!(peer, node = claimed.unwrap_or("-"), %reason, "agent refused")
+        }
+        other => tracing::warn!(peer, error = %error_chain(other), "agent authentication failed"),
+    }
+    e.into()
 }

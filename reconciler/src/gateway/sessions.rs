@@ -6,7 +6,7 @@
 //! closed instead of the queue growing; the agent reconnects, registers again and gets
 //! every unfinished task redelivered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use otherix_api::proto::{
     server_message, FirmwareRef, ServerMessage, SyncReply, SyncRequest, TaskAssignment,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -42,6 +42,9 @@ pub struct Sessions {
     nodes: Mutex<HashMap<String, Session>>,
     pending_sync: Mutex<HashMap<String, PendingSync>>,
     next_id: AtomicU64,
+    /// Sessions closed by the server ([`Sessions::kick`]); their reader stops.
+    kicked: Mutex<HashSet<u64>>,
+    kick: Notify,
 }
 
 impl Sessions {
@@ -72,6 +75,49 @@ impl Sessions {
         true
     }
 
+    /// Closes the node's current session from the server side: the agent's stream ends
+    /// with `status`, the session is removed (its pending syncs fail) and its reader stops
+    /// handling messages. Returns whether a session was attached.
+    pub fn kick(&self, node: &str, status: Status) -> bool {
+        let removed = self.nodes.lock().expect("sessions poisoned").remove(node);
+        let Some(session) = removed else {
+            return false;
+        };
+        self.kicked
+            .lock()
+            .expect("kicked poisoned")
+            .insert(session.id);
+        // A full queue cannot take the status; dropping the sender still ends the stream.
+        let _ = session.outbox.try_send(Err(status));
+        self.pending_sync
+            .lock()
+            .expect("pending sync poisoned")
+            .retain(|_, p| p.node != node);
+        self.kick.notify_waiters();
+        true
+    }
+
+    /// Whether `session_id` was closed by [`Sessions::kick`].
+    pub fn is_kicked(&self, session_id: u64) -> bool {
+        self.kicked
+            .lock()
+            .expect("kicked poisoned")
+            .contains(&session_id)
+    }
+
+    /// Resolves once `session_id` is kicked.
+    pub async fn kicked(&self, session_id: u64) {
+        loop {
+            let notified = self.kick.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_kicked(session_id) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub fn is_attached(&self, node: &str) -> bool {
         self.nodes
             .lock()
@@ -98,8 +144,16 @@ impl Sessions {
                     capacity = SESSION_OUTBOX_CAPACITY,
                     "agent is not reading its stream; closing its session"
                 );
-                nodes.remove(node);
+                let removed = nodes.remove(node);
                 drop(nodes);
+                if let Some(session) = removed {
+                    // Like a kick: the reader stops, the stream ends once drained.
+                    self.kicked
+                        .lock()
+                        .expect("kicked poisoned")
+                        .insert(session.id);
+                    self.kick.notify_waiters();
+                }
                 self.pending_sync
                     .lock()
                     .expect("pending sync poisoned")
@@ -295,6 +349,24 @@ mod tests {
             drained += 1;
         }
         assert_eq!(drained, SESSION_OUTBOX_CAPACITY);
+    }
+
+    #[tokio::test]
+    async fn sessions_kick_ends_the_stream_with_the_status_and_wakes_the_reader() {
+        let sessions = std::sync::Arc::new(Sessions::default());
+        let (tx, mut rx) = mpsc::channel(SESSION_OUTBOX_CAPACITY);
+        let id = sessions.attach("n1", tx);
+        let s2 = sessions.clone();
+        let reader = tokio::spawn(async move { s2.kicked(id).await });
+        tokio::task::yield_now().await;
+        assert!(sessions.kick("n1", Status::permission_denied("revoked")));
+        reader.await.unwrap();
+        assert!(sessions.is_kicked(id));
+        assert!(!sessions.is_attached("n1"));
+        let status = rx.recv().await.unwrap().unwrap_err();
+        assert_eq!(status.message(), "revoked");
+        assert!(!sessions.detach("n1", id));
+        assert!(!sessions.kick("n1", Status::permission_denied("again")));
     }
 
     #[tokio::test]

@@ -3,7 +3,9 @@
 //! queries for VMs, tasks, nodes, pools and settings. Every multi-row change is one
 //! transaction.
 
+mod enrollment;
 mod entities;
+mod identity;
 mod nodes;
 mod retention;
 mod rows;
@@ -18,7 +20,9 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
+pub use identity::{ProjectRow, TokenRow};
 pub use nodes::NodeRegistration;
 pub use retention::Purged;
 pub use tasks::TaskPage;
@@ -49,6 +53,10 @@ pub enum StoreError {
     NameTaken(String),
     #[error("vm {0} already has a task in flight")]
     TaskInFlight(uuid::Uuid),
+    #[error("project {0} not found")]
+    ProjectNotFound(String),
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
 }
 
 impl StoreError {
@@ -110,10 +118,12 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store {
+        let store = Store {
             pool,
             clock: Arc::new(AtomicI64::new(0)),
-        })
+        };
+        store.backfill_vm_sizes().await?;
+        Ok(store)
     }
 
     /// The pool, for tests that inspect the connection (PRAGMAs).

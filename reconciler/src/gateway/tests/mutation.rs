@@ -213,7 +213,7 @@ async fn gateway_mutated_agent_messages_never_panic_it() {
     // Messages on a registered stream, about a real VM and its real task.
     let vms = &h.daemon.state.vms;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
-    let acc = vms.create(create_req("mut-1")).await.unwrap();
+    let acc = vms.create(&actor(), create_req("mut-1")).await.unwrap();
     let task = agent.next_task().await;
     let vm_report = report(&task.vm_id, VmPower::Running, 42);
     let good = TaskUpdate {
