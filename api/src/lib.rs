@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod duration;
 pub mod enrollment;
 pub mod error;
+pub mod identity;
 pub mod list;
 pub mod manifest;
 pub mod proto;
@@ -24,6 +25,10 @@ pub use cluster::{
     CachedImage, ClusterSettings, Firmware, LogChunk, Network, Node, NodeStatus, Pool, PoolInstance,
 };
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorEnvelope};
+pub use identity::{
+    CreateTokenRequest, CreatedToken, Project, ProjectSpec, ProjectUsage, Role, Token, WhoAmI,
+    DEFAULT_PROJECT,
+};
 pub use list::ListResponse;
 pub use manifest::{ManifestError, Object, ObjectMeta, ParsedObject, VmManifest, API_VERSION};
 pub use task::{Placement, RejectedNode, Task, TaskAccepted, TaskKind, TaskProgress, TaskStatus};

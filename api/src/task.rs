@@ -125,6 +125,13 @@ pub struct Task {
     pub vm_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_name: Option<String>,
+    /// The project of the task's VM.
+    #[serde(default = "crate::identity::default_project_name")]
+    pub project: String,
+    /// The API token whose request emitted the task (absent for the reconciler's own
+    /// retries and restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

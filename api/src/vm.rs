@@ -348,6 +348,9 @@ pub struct VmStatus {
 pub struct Vm {
     pub id: Uuid,
     pub name: String,
+    /// The project the VM belongs to (names are unique per project).
+    #[serde(default = "crate::identity::default_project_name")]
+    pub project: String,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub annotations: std::collections::BTreeMap<String, String>,
     /// Moves on every spec change, never on status changes.

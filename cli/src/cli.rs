@@ -14,9 +14,6 @@ use otherix_api::vm::{DEFAULT_MEMORY_MB, DEFAULT_VCPUS};
 use otherix_api::{Arch, DiskFormat, PortForward, PortProtocol, RestartPolicy, VmPhase};
 use uuid::Uuid;
 
-/// Where the CLI talks to when neither --server nor OTHERIX_SERVER is set.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7080";
-
 /// The default of every --wait-timeout.
 pub const DEFAULT_WAIT_TIMEOUT: &str = "5m";
 
@@ -24,16 +21,34 @@ pub const DEFAULT_WAIT_TIMEOUT: &str = "5m";
 #[derive(Debug, Parser)]
 #[command(name = "otherix", version, about, propagate_version = true)]
 pub struct Cli {
-    /// otherix server URL.
+    /// otherix server URL [default: the remote's URL, else https://127.0.0.1:7080].
     #[arg(
         long,
         global = true,
         env = "OTHERIX_SERVER",
-        default_value = DEFAULT_SERVER,
         value_name = "URL",
         help_heading = "Global Options"
     )]
-    pub server: String,
+    pub server: Option<String>,
+
+    /// Remote of the config file to use [default: its current remote].
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        help_heading = "Global Options"
+    )]
+    pub remote: Option<String>,
+
+    /// Project of VM and task commands (env OTHERIX_PROJECT) [default: the remote's
+    /// project, else the token's].
+    #[arg(
+        long,
+        global = true,
+        value_name = "PROJECT",
+        help_heading = "Global Options"
+    )]
+    pub project: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -62,6 +77,21 @@ pub enum Command {
     /// Show and change cluster-wide settings.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Manage projects and their quotas (admin).
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show who the server takes this CLI for.
+    Whoami {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TextFormat,
+    },
+    /// Manage the servers this CLI knows (the config file).
+    #[command(subcommand)]
+    Remote(RemoteCommand),
     /// Apply manifests: create or update the objects they declare (kubectl apply).
     Create(ApplyArgs),
     /// Diff manifests against the live objects (exit 0 same, 1 different, 2 error).
@@ -298,6 +328,9 @@ pub struct VmListArgs {
     /// Only VMs in this phase.
     #[arg(long, value_name = "STATUS", value_parser = phase_parser())]
     pub status: Option<VmPhase>,
+    /// VMs of every project (admin); adds a PROJECT column.
+    #[arg(long)]
+    pub all_projects: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: ListFormat,
@@ -378,6 +411,9 @@ pub enum TaskCommand {
         /// Only tasks of this VM.
         #[arg(long, value_name = "NAME")]
         vm: Option<String>,
+        /// Tasks of every project (admin); adds a PROJECT column.
+        #[arg(long)]
+        all_projects: bool,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: TableFormat,
@@ -413,27 +449,139 @@ pub enum NodeCommand {
         #[arg(short, long, value_enum, default_value_t)]
         output: TextFormat,
     },
-    /// Print a one-time join token for a new node's agent (`otherix-agent --join-token`);
-    /// it carries the cluster CA's fingerprint. Admin only.
+    /// Create a one-time token an agent joins as NODE with (admin); prints the token.
     JoinToken {
-        /// The node the certificate will name.
-        name: String,
-        /// How long the token stays valid, e.g. 30m, 1h, 48h (at most 7 days = 168h).
-        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
-        ttl: Duration,
-        /// Output format: the bare token, or the JSON answer with its expiry.
-        #[arg(short, long, value_enum, default_value_t)]
-        output: TextFormat,
+        /// Node name the token is bound to.
+        node: String,
+        /// How long the token stays valid [default: server default (1h)].
+        #[arg(long, value_name = "DURATION", value_parser = parse_whole_secs)]
+        ttl: Option<u64>,
     },
-    /// Revoke a node's certificates: its agent is disconnected at once and cannot attach
-    /// again until it is enrolled with a new join token. Admin only.
+    /// Revoke a node's certificate: its agent is cut off (admin).
     Revoke {
         /// Node name.
+        node: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project, optionally with quotas.
+    Create(ProjectCreateArgs),
+    /// List projects with usage/limit.
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TableFormat,
+    },
+    /// Show one project.
+    Get {
+        /// Project name.
         name: String,
         /// Output format.
         #[arg(short, long, value_enum, default_value_t)]
         output: TextFormat,
     },
+    /// Delete a project that has no VMs.
+    Delete {
+        /// Project name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProjectCreateArgs {
+    /// Project name.
+    pub name: String,
+    /// Most VMs the project may hold [default: unlimited].
+    #[arg(long, value_name = "N")]
+    pub max_vms: Option<u64>,
+    /// Most vCPUs its VMs may have in total [default: unlimited].
+    #[arg(long, value_name = "N")]
+    pub max_vcpus: Option<u64>,
+    /// Most memory (MiB) its VMs may have in total [default: unlimited].
+    #[arg(long, value_name = "N")]
+    pub max_memory_mb: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token; prints its secret once.
+    Create(TokenCreateArgs),
+    /// List API tokens (never their secrets).
+    List {
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t)]
+        output: TableFormat,
+    },
+    /// Revoke an API token; effective on its next request.
+    Revoke {
+        /// Token name.
+        name: String,
+    },
+}
+
+/// `token create`; the token's project is the global `--project` (or the context's).
+#[derive(Debug, Clone, Args)]
+pub struct TokenCreateArgs {
+    /// Token name.
+    pub name: String,
+    /// What the token may do.
+    #[arg(long, value_enum, value_name = "ROLE")]
+    pub role: RoleArg,
+    /// Lifetime, e.g. 12h or 30d [default: never expires].
+    #[arg(long, value_name = "DURATION", value_parser = parse_expires)]
+    pub expires: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Admin,
+    Member,
+    Viewer,
+}
+
+impl RoleArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleArg::Admin => "admin",
+            RoleArg::Member => "member",
+            RoleArg::Viewer => "viewer",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Add a server: shows its CA fingerprint and asks to trust it (the first remote
+    /// becomes the current one; the global --project becomes its default project).
+    Add(RemoteAddArgs),
+    /// List remotes; * marks the current one.
+    List,
+    /// Make a remote the current one.
+    Switch {
+        /// Remote name.
+        name: String,
+    },
+    /// Forget a remote.
+    Remove {
+        /// Remote name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RemoteAddArgs {
+    /// Remote name.
+    pub name: String,
+    /// Server URL, e.g. https://otherix.example:7080.
+    pub url: String,
+    /// File holding the API token (e.g. the server's DATA_DIR/admin.token).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Trust the presented certificate without asking (scripts).
+    #[arg(long)]
+    pub accept_certificate: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -714,6 +862,33 @@ pub fn parse_wait_timeout(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A positive duration in whole seconds, returned as seconds (`--ttl`).
+pub fn parse_whole_secs(s: &str) -> Result<u64, String> {
+    let d = parse_duration(s)?;
+    if d.subsec_nanos() != 0 {
+        return Err("must be whole seconds".into());
+    }
+    if d.is_zero() {
+        return Err("must be greater than 0".into());
+    }
+    Ok(d.as_secs())
+}
+
+/// A token lifetime: a duration, or whole days like `30d`, returned as seconds.
+pub fn parse_expires(s: &str) -> Result<u64, String> {
+    const DAY: u64 = 24 * 3600;
+    match s.trim().strip_suffix('d') {
+        Some(days) if !days.is_empty() && days.bytes().all(|b| b.is_ascii_digit()) => {
+            match days.parse::<u64>().ok().and_then(|d| d.checked_mul(DAY)) {
+                Some(0) => Err("must be greater than 0".into()),
+                Some(secs) => Ok(secs),
+                None => Err(format!("invalid duration {s:?}: number too large")),
+            }
+        }
+        _ => parse_whole_secs(s),
+    }
+}
+
 /// A stop timeout: whole seconds within the API's range, returned as seconds.
 pub fn parse_stop_timeout(s: &str) -> Result<u32, String> {
     let d = parse_duration(s)?;
@@ -935,7 +1110,136 @@ mod tests {
     #[test]
     fn global_server_flag_after_subcommand_is_accepted() {
         let cli = parse(&["otherix", "vm", "list", "--server", "http://h:1"]).unwrap();
-        assert_eq!(cli.server, "http://h:1");
+        assert_eq!(cli.server.as_deref(), Some("http://h:1"));
+    }
+
+    #[test]
+    fn global_remote_and_project_flags_parse_anywhere() {
+        let cli = parse(&[
+            "otherix",
+            "--remote",
+            "lab",
+            "vm",
+            "list",
+            "--project",
+            "dev",
+        ])
+        .unwrap();
+        assert_eq!(cli.remote.as_deref(), Some("lab"));
+        assert_eq!(cli.project.as_deref(), Some("dev"));
+        match cli.command {
+            Command::Vm(VmCommand::List(a)) => assert!(!a.all_projects),
+            other => panic!("{other:?}"),
+        }
+        let cli = parse(&["otherix", "task", "list", "--all-projects"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Task(TaskCommand::List {
+                all_projects: true,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn identity_commands_parse() {
+        let cli = parse(&[
+            "otherix",
+            "token",
+            "create",
+            "ci",
+            "--project",
+            "dev",
+            "--role",
+            "member",
+            "--expires",
+            "30d",
+        ])
+        .unwrap();
+        assert_eq!(cli.project.as_deref(), Some("dev"));
+        match cli.command {
+            Command::Token(TokenCommand::Create(a)) => {
+                assert_eq!((a.name.as_str(), a.role), ("ci", RoleArg::Member));
+                assert_eq!(a.expires, Some(30 * 86400));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["otherix", "token", "create", "ci", "--role", "root"]).is_err());
+        let cli = parse(&[
+            "otherix",
+            "remote",
+            "add",
+            "lab",
+            "https://lab:7080",
+            "--token-file",
+            "t",
+            "--project",
+            "dev",
+            "--accept-certificate",
+        ])
+        .unwrap();
+        assert_eq!(cli.project.as_deref(), Some("dev"));
+        match cli.command {
+            Command::Remote(RemoteCommand::Add(a)) => {
+                assert_eq!(
+                    (a.name.as_str(), a.url.as_str()),
+                    ("lab", "https://lab:7080")
+                );
+                assert!(a.accept_certificate);
+                assert_eq!(a.token_file, Some(PathBuf::from("t")));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["otherix", "node", "join-token", "node-2", "--ttl", "30m"])
+            .unwrap()
+            .command
+        {
+            Command::Node(NodeCommand::JoinToken { node, ttl }) => {
+                assert_eq!((node.as_str(), ttl), ("node-2", Some(1800)))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["otherix", "node", "join-token", "n", "--ttl", "0s"]).is_err());
+        assert!(parse(&[
+            "otherix",
+            "project",
+            "create",
+            "dev",
+            "--max-vms",
+            "10",
+            "--max-vcpus",
+            "16",
+            "--max-memory-mb",
+            "32768"
+        ])
+        .is_ok());
+        assert!(parse(&["otherix", "project", "create", "dev", "--max-vms", "-1"]).is_err());
+        assert!(parse(&["otherix", "whoami", "-o", "json"]).is_ok());
+        assert!(parse(&["otherix", "remote", "list"]).is_ok());
+    }
+
+    #[test]
+    fn parse_expires_table() {
+        let table: &[(&str, Result<u64, &str>)] = &[
+            ("30d", Ok(30 * 86400)),
+            ("1d", Ok(86400)),
+            ("12h", Ok(43200)),
+            ("90", Ok(90)),
+            ("1h30m", Ok(5400)),
+            ("0d", Err("greater than 0")),
+            ("0s", Err("greater than 0")),
+            ("1500ms", Err("whole seconds")),
+            ("d", Err("invalid duration")),
+            ("3w", Err("unknown unit")),
+            ("99999999999999999999d", Err("number too large")),
+        ];
+        for (input, want) in table {
+            match (parse_expires(input), want) {
+                (Ok(got), Ok(w)) => assert_eq!(got, *w, "{input}"),
+                (Err(e), Err(w)) => assert!(e.contains(w), "{input}: {e}"),
+                (got, _) => panic!("{input}: {got:?}"),
+            }
+        }
     }
 
     #[test]
@@ -1059,8 +1363,8 @@ mod entity_tests {
         assert_eq!(
             names,
             [
-                "vm", "task", "node", "pool", "network", "firmware", "cluster", "create", "diff",
-                "delete"
+                "vm", "task", "node", "pool", "network", "firmware", "cluster", "project", "token",
+                "whoami", "remote", "create", "diff", "delete"
             ]
         );
     }

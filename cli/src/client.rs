@@ -4,19 +4,23 @@
 
 use std::time::Duration;
 
-use otherix_api::enrollment::{CreateJoinTokenRequest, JoinTokenResponse};
 use otherix_api::manifest::{ClusterSettingsSpec, FirmwareSpec, NetworkSpec, PoolSpec};
 use otherix_api::{
     ApplyRequest, ApplyResponse, ClusterSettings, CreateObjectRequest, CreateVmRequest, Firmware,
     ListResponse, LogChunk, Network, Node, Pool, Task, TaskAccepted, TaskStatus, Vm, VmPhase,
 };
 use reqwest::blocking::{Client as Http, RequestBuilder};
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use reqwest::{Method, Url};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::wire::Images;
+use crate::tls::{self, MismatchSlot, Pin, PinSource, TlsError};
+use crate::wire::{
+    CreateProjectRequest, CreateTokenRequest, CreatedToken, Images, JoinToken, JoinTokenRequest,
+    Project, Token, Whoami,
+};
 
 /// Longest a single request may take; long-polls ask for far less.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
@@ -54,6 +58,54 @@ pub enum ClientError {
         #[source]
         source: UrlParseError,
     },
+    /// The server's CA is not the one pinned: a hard error, never retried.
+    #[error(
+        "certificate_changed: the server at {server} presents a certificate with fingerprint {presented}, but {pinned_by} pinned {pinned}{hint}",
+        hint = certificate_changed_hint(pinned_by)
+    )]
+    CertificateChanged {
+        server: String,
+        presented: String,
+        pinned: String,
+        pinned_by: PinSource,
+    },
+    #[error("invalid trust settings")]
+    Trust(#[source] TlsError),
+    #[error("the token is not a valid HTTP header value")]
+    BadToken,
+    /// No CA is pinned and the built-in roots do not vouch for the server.
+    #[error(
+        "the server at {server} presents a certificate this CLI does not trust; trust its CA with 'otherix remote add NAME {server} --token-file FILE' (or set OTHERIX_CA_CERT to its ca.crt)"
+    )]
+    UntrustedCertificate {
+        server: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Whether `e` (or an error it wraps, also inside `io::Error`s) is rustls rejecting the
+/// peer's certificate.
+fn is_invalid_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return matches!(tls, rustls::Error::InvalidCertificate(_));
+    }
+    // `io::Error::source` skips the error it wraps; look at that one too.
+    let wrapped = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| is_invalid_certificate(inner));
+    wrapped || e.source().is_some_and(is_invalid_certificate)
+}
+
+/// What to do about a changed certificate, by who pinned the old one.
+fn certificate_changed_hint(pinned_by: &PinSource) -> String {
+    match pinned_by {
+        PinSource::Remote(name) => format!(
+            "; if the server was re-installed, run 'otherix remote remove {name}' and add it again"
+        ),
+        PinSource::CaFile(_) => "; point OTHERIX_CA_CERT at the server's current CA".into(),
+    }
 }
 
 /// The url crate's parse error, named without depending on `url` directly.
@@ -89,6 +141,29 @@ pub struct VmListQuery {
     pub pool: Option<String>,
     pub node: Option<String>,
     pub status: Option<VmPhase>,
+    /// `all_projects=true` (admins).
+    pub all_projects: bool,
+}
+
+/// How a [`Client`] connects: the server URL, the bearer token, the pinned CA (`None`:
+/// the built-in roots; ignored for `http://`) and the project of VM and task routes.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    pub server: String,
+    pub token: Option<String>,
+    pub pin: Option<Pin>,
+    pub project: Option<String>,
+}
+
+impl ClientOptions {
+    /// Plain options: no token, no pin, no project (tests).
+    #[cfg(test)]
+    pub fn plain(server: &str) -> ClientOptions {
+        ClientOptions {
+            server: server.to_owned(),
+            ..ClientOptions::default()
+        }
+    }
 }
 
 /// The error envelope, read leniently so a code this CLI does not know still prints.
@@ -106,28 +181,62 @@ pub struct Client {
     base: Url,
     server: String,
     http: Http,
+    /// `project=P` on VM and task routes.
+    project: Option<String>,
+    /// The pin and where its verifier reports a mismatch.
+    pinned: Option<(Pin, MismatchSlot)>,
 }
 
 impl Client {
+    /// A client without token, pin or project (tests).
+    #[cfg(test)]
     pub fn new(server: &str) -> Result<Client, ClientError> {
+        Client::connect(ClientOptions::plain(server))
+    }
+
+    /// A client for `opts`: `Authorization: Bearer <token>` on every request when a
+    /// token is given; for `https://` with a pin, only chains signed up to the pinned CA
+    /// are accepted (no host name check).
+    pub fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
+        let server = opts.server.as_str();
         let base = Url::parse(server).map_err(|source| ClientError::BadServerUrl {
             url: server.to_owned(),
             source,
         })?;
-        let http = Http::builder()
+        let mut builder = Http::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("otherix/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Unreachable {
-                server: server.to_owned(),
-                source: Box::new(e),
-            })?;
+            .user_agent(concat!("otherix/", env!("CARGO_PKG_VERSION")));
+        if let Some(token) = &opts.token {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::BadToken)?;
+            value.set_sensitive(true);
+            let mut headers = HeaderMap::new();
+            headers.insert(AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        let mut pinned = None;
+        if let (Some(pin), "https") = (opts.pin, base.scheme()) {
+            let (config, slot) = tls::pinned_config(&pin).map_err(ClientError::Trust)?;
+            builder = builder.use_preconfigured_tls(config);
+            pinned = Some((pin, slot));
+        }
+        let http = builder.build().map_err(|e| ClientError::Unreachable {
+            server: server.to_owned(),
+            source: Box::new(e),
+        })?;
         Ok(Client {
             base,
             server: server.trim_end_matches('/').to_owned(),
             http,
+            project: opts.project,
+            pinned,
         })
+    }
+
+    /// The server URL, as given.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// `POST /v1/vms`
@@ -147,6 +256,7 @@ impl Client {
             ("pool", q.pool.as_deref()),
             ("node", q.node.as_deref()),
             ("status", q.status.map(VmPhase::as_str)),
+            ("all_projects", q.all_projects.then_some("true")),
         ];
         for (k, v) in pairs {
             if let Some(v) = v {
@@ -228,9 +338,16 @@ impl Client {
         self.get(&["v1", "tasks", &id.to_string()], &query)
     }
 
-    /// `GET /v1/tasks?vm=NAME`
-    pub fn list_tasks(&self, vm: Option<&str>) -> Result<Fetched<ListResponse<Task>>, ClientError> {
-        let query: Vec<_> = vm.map(|v| ("vm", v.to_owned())).into_iter().collect();
+    /// `GET /v1/tasks?vm=NAME&all_projects=true`
+    pub fn list_tasks(
+        &self,
+        vm: Option<&str>,
+        all_projects: bool,
+    ) -> Result<Fetched<ListResponse<Task>>, ClientError> {
+        let mut query: Vec<_> = vm.map(|v| ("vm", v.to_owned())).into_iter().collect();
+        if all_projects {
+            query.push(("all_projects", "true".to_owned()));
+        }
         self.get(&["v1", "tasks"], &query)
     }
 
@@ -242,26 +359,6 @@ impl Client {
     /// `GET /v1/nodes/{name}`
     pub fn get_node(&self, name: &str) -> Result<Fetched<Node>, ClientError> {
         self.get(&["v1", "nodes", name], &[])
-    }
-
-    /// `POST /v1/nodes/{name}/join-token`
-    pub fn create_join_token(
-        &self,
-        name: &str,
-        ttl_secs: u64,
-    ) -> Result<Fetched<JoinTokenResponse>, ClientError> {
-        let body = CreateJoinTokenRequest {
-            ttl_secs: Some(ttl_secs),
-        };
-        self.send(
-            self.request(Method::POST, &["v1", "nodes", name, "join-token"], &[])
-                .json(&body),
-        )
-    }
-
-    /// `POST /v1/nodes/{name}/revoke`
-    pub fn revoke_node(&self, name: &str) -> Result<Fetched<Node>, ClientError> {
-        self.send(self.request(Method::POST, &["v1", "nodes", name, "revoke"], &[]))
     }
 
     /// `POST /v1/pools`
@@ -381,6 +478,76 @@ impl Client {
         Ok(self.get(&["v1", "vms", name, "logs"], &query)?.value)
     }
 
+    /// `GET /v1/whoami`
+    pub fn whoami(&self) -> Result<Fetched<Whoami>, ClientError> {
+        self.get(&["v1", "whoami"], &[])
+    }
+
+    /// `POST /v1/tokens`: the token and its secret.
+    pub fn create_token(&self, req: &CreateTokenRequest) -> Result<CreatedToken, ClientError> {
+        Ok(self
+            .send(self.request(Method::POST, &["v1", "tokens"], &[]).json(req))?
+            .value)
+    }
+
+    /// `GET /v1/tokens`
+    pub fn list_tokens(&self) -> Result<Fetched<ListResponse<Token>>, ClientError> {
+        self.get(&["v1", "tokens"], &[])
+    }
+
+    /// `DELETE /v1/tokens/{name}`
+    pub fn revoke_token(&self, name: &str) -> Result<(), ClientError> {
+        self.execute(self.request(Method::DELETE, &["v1", "tokens", name], &[]))
+            .map(drop)
+    }
+
+    /// `POST /v1/projects`
+    pub fn create_project(
+        &self,
+        req: &CreateProjectRequest,
+    ) -> Result<Fetched<Project>, ClientError> {
+        self.send(
+            self.request(Method::POST, &["v1", "projects"], &[])
+                .json(req),
+        )
+    }
+
+    /// `GET /v1/projects`
+    pub fn list_projects(&self) -> Result<Fetched<ListResponse<Project>>, ClientError> {
+        self.get(&["v1", "projects"], &[])
+    }
+
+    /// `GET /v1/projects/{name}`
+    pub fn get_project(&self, name: &str) -> Result<Fetched<Project>, ClientError> {
+        self.get(&["v1", "projects", name], &[])
+    }
+
+    /// `DELETE /v1/projects/{name}`
+    pub fn delete_project(&self, name: &str) -> Result<(), ClientError> {
+        self.execute(self.request(Method::DELETE, &["v1", "projects", name], &[]))
+            .map(drop)
+    }
+
+    /// `POST /v1/nodes/{name}/join-token`
+    pub fn node_join_token(
+        &self,
+        node: &str,
+        req: &JoinTokenRequest,
+    ) -> Result<JoinToken, ClientError> {
+        Ok(self
+            .send(
+                self.request(Method::POST, &["v1", "nodes", node, "join-token"], &[])
+                    .json(req),
+            )?
+            .value)
+    }
+
+    /// `POST /v1/nodes/{name}/revoke` (the node it answers is not needed).
+    pub fn revoke_node(&self, node: &str) -> Result<(), ClientError> {
+        self.execute(self.request(Method::POST, &["v1", "nodes", node, "revoke"], &[]))
+            .map(drop)
+    }
+
     fn get<T: DeserializeOwned>(
         &self,
         segments: &[&str],
@@ -408,15 +575,20 @@ impl Client {
         self.http.request(method, self.url(segments, query))
     }
 
-    /// The base URL plus percent-encoded path segments and query pairs.
+    /// The base URL plus percent-encoded path segments and query pairs, plus
+    /// `project=P` on VM and task routes (see [`scoped`]).
     pub fn url(&self, segments: &[&str], query: &[(&str, String)]) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
-        if !query.is_empty() {
-            url.query_pairs_mut()
-                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        let project = scoped(segments, query, self.project.as_deref());
+        if !query.is_empty() || project.is_some() {
+            let mut pairs = url.query_pairs_mut();
+            pairs.extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+            if let Some(p) = project {
+                pairs.append_pair("project", p);
+            }
         }
         url
     }
@@ -431,10 +603,18 @@ impl Client {
             };
         let req = req.build().map_err(|e| unreachable(Box::new(e)))?;
         let route = format!("{} {}", req.method(), req.url().path());
-        let resp = self
-            .http
-            .execute(req)
-            .map_err(|e| unreachable(Box::new(e)))?;
+        let resp = self.http.execute(req).map_err(|e| {
+            if let Some(changed) = self.certificate_changed() {
+                return changed;
+            }
+            if self.pinned.is_none() && is_invalid_certificate(&e) {
+                return ClientError::UntrustedCertificate {
+                    server: self.server.clone(),
+                    source: Box::new(e),
+                };
+            }
+            unreachable(Box::new(e))
+        })?;
         let status = resp.status();
         let body = resp.text().map_err(|e| unreachable(Box::new(e)))?;
         if status.is_success() {
@@ -471,6 +651,32 @@ impl Client {
     fn send<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<Fetched<T>, ClientError> {
         self.decode(self.execute(req)?)
     }
+
+    /// `CertificateChanged` when the pinned verifier rejected the server's CA.
+    fn certificate_changed(&self) -> Option<ClientError> {
+        let (pin, slot) = self.pinned.as_ref()?;
+        let presented = slot.lock().ok()?.take()?;
+        Some(ClientError::CertificateChanged {
+            server: self.server.clone(),
+            presented,
+            pinned: pin.fingerprint.clone(),
+            pinned_by: pin.source.clone(),
+        })
+    }
+}
+
+/// The project to add to a request: `project` on `/v1/vms...` and `/v1/tasks...` routes,
+/// unless the query already selects a project or all of them.
+pub fn scoped<'p>(
+    segments: &[&str],
+    query: &[(&str, String)],
+    project: Option<&'p str>,
+) -> Option<&'p str> {
+    let vm_or_task = matches!(segments, ["v1", "vms" | "tasks", ..]);
+    let chosen = query
+        .iter()
+        .any(|(k, _)| *k == "project" || *k == "all_projects");
+    project.filter(|_| vm_or_task && !chosen)
 }
 
 /// The first line of a body, shortened, for an error message.
@@ -501,6 +707,69 @@ mod tests {
             url.as_str(),
             "http://127.0.0.1:7080/v1/vms/a%20b%2Fc?status=running&cursor=x%26y"
         );
+    }
+
+    #[test]
+    fn scoped_adds_project_to_vm_and_task_routes_only() {
+        let q = |k: &'static str| vec![(k, "x".to_owned())];
+        type Row<'a> = (&'a [&'a str], Vec<(&'a str, String)>, Option<&'a str>);
+        let table: &[Row] = &[
+            (&["v1", "vms"], vec![], Some("dev")),
+            (
+                &["v1", "vms", "web-1", "stop"],
+                q("timeout_secs"),
+                Some("dev"),
+            ),
+            (&["v1", "tasks", "id"], vec![], Some("dev")),
+            (&["v1", "vms"], q("all_projects"), None),
+            (&["v1", "vms"], q("project"), None),
+            (&["v1", "pools"], vec![], None),
+            (&["v1", "nodes", "n", "join-token"], vec![], None),
+            (&["v1", "tokens"], vec![], None),
+            (&["v1", "projects", "dev"], vec![], None),
+            (&["v1", "whoami"], vec![], None),
+        ];
+        for (segments, query, want) in table {
+            assert_eq!(scoped(segments, query, Some("dev")), *want, "{segments:?}");
+            assert_eq!(scoped(segments, query, None), None, "{segments:?}");
+        }
+    }
+
+    #[test]
+    fn client_with_project_sends_it_and_all_projects_overrides() {
+        let c = Client::connect(ClientOptions {
+            project: Some("dev".into()),
+            ..ClientOptions::plain("https://h:7080")
+        })
+        .unwrap();
+        assert_eq!(
+            c.url(&["v1", "vms", "web-1"], &[]).as_str(),
+            "https://h:7080/v1/vms/web-1?project=dev"
+        );
+        assert_eq!(
+            c.url(&["v1", "tasks"], &[("vm", "web-1".into())]).as_str(),
+            "https://h:7080/v1/tasks?vm=web-1&project=dev"
+        );
+        assert_eq!(
+            c.url(&["v1", "vms"], &[("all_projects", "true".into())])
+                .as_str(),
+            "https://h:7080/v1/vms?all_projects=true"
+        );
+        assert_eq!(
+            c.url(&["v1", "nodes"], &[]).as_str(),
+            "https://h:7080/v1/nodes"
+        );
+    }
+
+    #[test]
+    fn client_token_with_newline_is_rejected() {
+        let err = Client::connect(ClientOptions {
+            token: Some("otx_a\nb".into()),
+            ..ClientOptions::plain("https://h:7080")
+        })
+        .err()
+        .unwrap();
+        assert!(matches!(err, ClientError::BadToken), "{err:?}");
     }
 
     #[test]

@@ -2,13 +2,18 @@
 //! and owns every exit code.
 //!
 //! Exit codes: 0 success (including a closed stdout pipe), 1 error or failed task,
-//! 2 usage error, 124 `--wait-timeout` reached; `diff -f`: 0 same, 1 different, 2 error.
+//! 2 usage error (also `vm delete` without --force and `remote add` without
+//! --accept-certificate when stdin is not a terminal), 124 `--wait-timeout` reached;
+//! `diff -f`: 0 same, 1 different, 2 error. A changed server certificate
+//! (`certificate_changed`) is 1.
 
 mod cli;
 mod client;
 mod commands;
+mod config;
 mod http_target;
 mod output;
+mod tls;
 mod wait;
 mod wire;
 
@@ -51,7 +56,9 @@ fn report(e: &CommandError) -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
         CommandError::Wait(WaitError::TimedOut { .. }) => EXIT_TIMEOUT,
-        CommandError::NeedsForce { .. } | CommandError::Usage(_) => EXIT_USAGE,
+        CommandError::NeedsForce { .. }
+        | CommandError::NeedsAcceptCertificate { .. }
+        | CommandError::Usage(_) => EXIT_USAGE,
         CommandError::Manifests(otherix_manifests::Error::Invalid(errors)) => {
             for e in errors {
                 eprintln!("error: {e}");

@@ -105,6 +105,7 @@ pub(crate) mod fake {
     pub struct FakeServer {
         pub url: String,
         requests: Arc<Mutex<Vec<String>>>,
+        auths: Arc<Mutex<Vec<Option<String>>>>,
     }
 
     impl FakeServer {
@@ -114,6 +115,8 @@ pub(crate) mod fake {
             let url = format!("http://{}", listener.local_addr().unwrap());
             let requests = Arc::new(Mutex::new(vec![]));
             let seen = Arc::clone(&requests);
+            let auths = Arc::new(Mutex::new(vec![]));
+            let seen_auth = Arc::clone(&auths);
             thread::spawn(move || {
                 for (n, conn) in listener.incoming().enumerate() {
                     let Ok(mut conn) = conn else { return };
@@ -121,6 +124,7 @@ pub(crate) mod fake {
                     let mut line = String::new();
                     reader.read_line(&mut line).unwrap();
                     let mut len = 0usize;
+                    let mut auth = None;
                     loop {
                         let mut h = String::new();
                         reader.read_line(&mut h).unwrap();
@@ -129,6 +133,9 @@ pub(crate) mod fake {
                         }
                         if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
                             len = v.trim().parse().unwrap();
+                        }
+                        if h.to_ascii_lowercase().starts_with("authorization:") {
+                            auth = Some(h["authorization:".len()..].trim().to_owned());
                         }
                     }
                     let mut body = vec![0; len];
@@ -139,6 +146,7 @@ pub(crate) mod fake {
                         req.push_str(&String::from_utf8_lossy(&body));
                     }
                     seen.lock().unwrap().push(req);
+                    seen_auth.lock().unwrap().push(auth);
                     let (status, body) = &answers[n.min(answers.len() - 1)];
                     let resp = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -147,7 +155,16 @@ pub(crate) mod fake {
                     let _ = conn.write_all(resp.as_bytes());
                 }
             });
-            FakeServer { url, requests }
+            FakeServer {
+                url,
+                requests,
+                auths,
+            }
+        }
+
+        /// The `Authorization` header of each request seen so far.
+        pub fn auths(&self) -> Vec<Option<String>> {
+            self.auths.lock().unwrap().clone()
         }
 
         /// Request lines seen so far: `GET /path?query` (plus ` body` when there is one).

@@ -1,6 +1,9 @@
 //! Wiring: opens the store and builds the sessions, gateway, reconciler and services that
 //! share it. `main` serves what this builds; tests build it on a temp data dir.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +21,25 @@ use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::Reconciler;
 use crate::service::{
-    ApplyService, ClusterService, EntityService, OpsService, TaskService, VmService,
+    ApplyService, ClusterService, EntityService, IdentityService, OpsService, TaskService,
+    VmService,
 };
 use crate::store::{Store, StoreError};
+
+/// The file in the data dir that receives the first admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("creating the first admin token")]
+    Service(#[from] crate::service::ServiceError),
+    #[error("writing the admin token to {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// How often every live VM is reconciled even without a trigger.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
@@ -87,6 +106,7 @@ impl Daemon {
             vms,
             tasks: Arc::new(TaskService::new(store.clone(), events.clone())),
             cluster: cluster.clone(),
+            identity: Arc::new(IdentityService::new(store.clone())),
             enrollment: Arc::new(NodeEnrollment::new(
                 store.clone(),
                 gateway.sessions().clone(),
@@ -108,6 +128,34 @@ impl Daemon {
             state,
             triggers: Some(triggers),
         })
+    }
+
+    /// On the very first start (no API token exists), creates the `admin` token and writes
+    /// its secret to `DATA_DIR/admin.token` (mode 0600, created exclusively). Returns the
+    /// path when it wrote one.
+    pub async fn bootstrap_admin_token(
+        &self,
+        data_dir: &Path,
+    ) -> Result<Option<PathBuf>, BootstrapError> {
+        let Some(secret) = self.state.identity.bootstrap_admin().await? else {
+            return Ok(None);
+        };
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        let write = || -> std::io::Result<()> {
+            let _ = std::fs::remove_file(&path);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(format!("{secret}\n").as_bytes())?;
+            f.sync_all()
+        };
+        write().map_err(|source| BootstrapError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(path))
     }
 
     /// The HTTP API router.

@@ -3,6 +3,7 @@
 //! scheduler, and the tonic gateway node agents attach to. [`daemon`] wires them up.
 
 pub mod api;
+pub mod auth;
 pub mod cursor;
 pub mod daemon;
 pub mod events;

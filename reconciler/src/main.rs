@@ -110,6 +110,13 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("opening the database")?;
 
+    if let Some(path) = daemon
+        .bootstrap_admin_token(&args.data_dir)
+        .await
+        .context("bootstrapping the admin token")?
+    {
+        eprintln!("otherixd: admin token written to {}", path.display());
+    }
     let http = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;

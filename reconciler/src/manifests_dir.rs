@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use otherix_api::manifest::Kind;
-use otherix_api::{ApiError, ApplyRequest, ErrorCode, Object, TaskStatus};
+use otherix_api::{ApiError, ApplyRequest, ErrorCode, Object, Role, TaskStatus, DEFAULT_PROJECT};
 use otherix_manifests::{
     filter_owned, run_watch, ApplyResult, ApplyTarget, DeleteResult, Error, ObjectRef, StopSignal,
     WatchEvent, WatchOptions,
@@ -23,8 +23,12 @@ use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use crate::api::AppState;
+use crate::auth::Caller;
 use crate::service::entities::ListQuery;
-use crate::service::{ListVmsQuery, ServiceError, MAX_LIMIT};
+use crate::service::{Actor, ListVmsQuery, ServiceError, MAX_LIMIT};
+
+/// The `requested_by` of what the manifests-dir watcher applies.
+pub const MANIFESTS_DIR_ACTOR: &str = "otherixd:manifests-dir";
 
 /// How long pruning waits for a VM's vm.delete before deleting what it used.
 const WAIT_TASK_LIMIT: Duration = Duration::from_secs(600);
@@ -62,6 +66,19 @@ impl ServiceTarget {
         self.rt.block_on(f)
     }
 
+    /// The server acting on its own manifests directory: an admin in the default project.
+    fn caller() -> Caller {
+        Caller {
+            name: MANIFESTS_DIR_ACTOR.to_owned(),
+            role: Role::Admin,
+            project: DEFAULT_PROJECT.to_owned(),
+        }
+    }
+
+    fn actor() -> Actor {
+        Actor::new(DEFAULT_PROJECT, MANIFESTS_DIR_ACTOR)
+    }
+
     /// Every page of an entity list, as JSON items.
     fn entity_items<T: Serialize>(
         &self,
@@ -90,7 +107,7 @@ impl ApplyTarget for ServiceTarget {
     fn get(&mut self, kind: Kind, name: &str) -> Result<Option<Value>, Error> {
         let s = &self.state;
         let got = match kind {
-            Kind::Vm => as_json(self.block(s.vms.get(name))),
+            Kind::Vm => as_json(self.block(s.vms.get(DEFAULT_PROJECT, name))),
             Kind::Pool => as_json(self.block(s.entities.pool(name))),
             Kind::Network => as_json(self.block(s.entities.network(name))),
             Kind::Firmware => as_json(self.block(s.entities.firmware(name))),
@@ -114,7 +131,10 @@ impl ApplyTarget for ServiceTarget {
         let name = object.name();
         let (outcome, task_id) = match object {
             Object::Vm(m) => self
-                .block(s.apply.apply_vm(name, req(&m.spec, &m.metadata)))
+                .block(
+                    s.apply
+                        .apply_vm(&Self::actor(), name, req(&m.spec, &m.metadata)),
+                )
                 .map(|r| (r.outcome, r.task.map(|t| t.id))),
             Object::Pool(m) => self
                 .block(s.entities.apply_pool(name, req(&m.spec, &m.metadata)))
@@ -136,7 +156,9 @@ impl ApplyTarget for ServiceTarget {
     fn delete(&mut self, kind: Kind, name: &str) -> Result<DeleteResult, Error> {
         let s = &self.state;
         let done = match kind {
-            Kind::Vm => self.block(s.vms.delete(name)).map(|a| Some(a.task.id)),
+            Kind::Vm => self
+                .block(s.vms.delete(&Self::actor(), name))
+                .map(|a| Some(a.task.id)),
             Kind::Pool => self.block(s.entities.delete_pool(name)).map(|()| None),
             Kind::Network => self.block(s.entities.delete_network(name)).map(|()| None),
             Kind::Firmware => self.block(s.entities.delete_firmware(name)).map(|()| None),
@@ -156,6 +178,7 @@ impl ApplyTarget for ServiceTarget {
         let mut owned = Vec::new();
         let vms = self.entity_items(|q| {
             self.block(s.vms.list(ListVmsQuery {
+                project: Some(DEFAULT_PROJECT.to_owned()),
                 limit: q.limit,
                 cursor: q.cursor,
                 ..Default::default()
@@ -175,7 +198,7 @@ impl ApplyTarget for ServiceTarget {
         let deadline = Instant::now() + WAIT_TASK_LIMIT;
         loop {
             let task = self
-                .block(self.state.tasks.wait(task_id, 30, None))
+                .block(self.state.tasks.wait(&Self::caller(), task_id, 30, None))
                 .map_err(target_err)?;
             match task.status {
                 TaskStatus::Success => return Ok(()),

@@ -49,6 +49,8 @@ impl RequestedOp {
 pub struct VmRecord {
     pub id: Uuid,
     pub name: String,
+    /// The project the VM belongs to; names are unique per project.
+    pub project: String,
     pub spec: VmSpec,
     pub generation: i64,
     pub observed_generation: i64,
@@ -83,6 +85,9 @@ pub struct VmRecord {
     pub retry_kind: Option<TaskKind>,
     pub retry_attempts: u32,
     pub retry_at_ms: Option<i64>,
+    /// The API token whose request last changed the desired state; the next task the
+    /// reconciler emits carries it (`Task.requested_by`) and it is cleared.
+    pub requested_by: Option<String>,
 }
 
 /// A firmware as a VM boots with it (the agent's `FirmwareRef`).
@@ -104,6 +109,7 @@ impl VmRecord {
         VmRecord {
             id: Uuid::new_v4(),
             name,
+            project: otherix_api::DEFAULT_PROJECT.to_owned(),
             spec,
             generation: 1,
             observed_generation: 0,
@@ -129,6 +135,7 @@ impl VmRecord {
             retry_kind: None,
             retry_attempts: 0,
             retry_at_ms: None,
+            requested_by: None,
         }
     }
 
@@ -141,6 +148,7 @@ impl VmRecord {
         Vm {
             id: self.id,
             name: self.name.clone(),
+            project: self.project.clone(),
             annotations: self.annotations.clone(),
             generation: self.generation,
             spec: self.spec.clone(),
@@ -181,6 +189,8 @@ pub struct TaskRecord {
     pub kind: TaskKind,
     pub vm_id: Option<Uuid>,
     pub vm_name: Option<String>,
+    pub project: String,
+    pub requested_by: Option<String>,
     pub node: Option<String>,
     pub status: TaskStatus,
     pub progress: Option<TaskProgress>,
@@ -202,6 +212,8 @@ impl TaskRecord {
             kind,
             vm_id: Some(vm.id),
             vm_name: Some(vm.name.clone()),
+            project: vm.project.clone(),
+            requested_by: vm.requested_by.clone(),
             node,
             status: TaskStatus::Pending,
             progress: None,
@@ -222,6 +234,8 @@ impl TaskRecord {
             status: self.status,
             vm_id: self.vm_id,
             vm_name: self.vm_name.clone(),
+            project: self.project.clone(),
+            requested_by: self.requested_by.clone(),
             node: self.node.clone(),
             progress: self.progress.clone(),
             error: self.error.clone(),

@@ -631,6 +631,7 @@ async fn stop_timeout_task_keeps_its_last_phase_across_reopen() {
         app,
         dir,
         database_url,
+        ..
     } = s;
     drop(app);
     daemon.store.close().await;
@@ -650,6 +651,7 @@ async fn tasks_survive_reopening_the_database() {
         app,
         dir,
         database_url,
+        ..
     } = s;
     drop(app);
     daemon.store.close().await;
@@ -757,13 +759,28 @@ async fn real_socket_create_get_and_error_envelope_over_tcp() {
     let s = server_with_node().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = s.app.clone();
+    let app = s.raw_app.clone();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
 
+    // A body that is not declared JSON is refused before it is read (no form posts).
     let resp = client
         .post(format!("{base}/v1/vms"))
+        .bearer_auth(&s.admin_token)
+        .header("content-type", "text/plain")
+        .body(vm_body("web-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unsupported_media_type");
+
+    let resp = client
+        .post(format!("{base}/v1/vms"))
+        .bearer_auth(&s.admin_token)
+        .header("content-type", "application/json")
         .body(vm_body("web-1"))
         .send()
         .await
@@ -774,6 +791,7 @@ async fn real_socket_create_get_and_error_envelope_over_tcp() {
 
     let vm: Value = client
         .get(format!("{base}/v1/vms/web-1"))
+        .bearer_auth(&s.admin_token)
         .send()
         .await
         .unwrap()
@@ -784,6 +802,7 @@ async fn real_socket_create_get_and_error_envelope_over_tcp() {
 
     let resp = client
         .post(format!("{base}/v1/vms"))
+        .bearer_auth(&s.admin_token)
         .header("content-type", "application/json")
         .body(r#"{"name":"web-2","spec":{"image_url":"http://x/i","arch":"amd64","vcpus":0}}"#)
         .send()

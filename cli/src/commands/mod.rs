@@ -9,12 +9,16 @@ pub mod firmware;
 pub mod network;
 pub mod node;
 pub mod pool;
+pub mod project;
+pub mod remote;
 pub mod task;
+pub mod token;
 pub mod vm_create;
 pub mod vm_get;
 pub mod vm_list;
 pub mod vm_logs;
 pub mod vm_ops;
+pub mod whoami;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -22,9 +26,11 @@ use std::time::Duration;
 
 use otherix_api::{ApiError, Task, TaskAccepted, TaskKind};
 
-use crate::cli::{Cli, Command, VmCommand, WaitArgs};
-use crate::client::{Client, ClientError};
+use crate::cli::{Cli, Command, TaskCommand, VmCommand, WaitArgs};
+use crate::client::{Client, ClientError, ClientOptions};
+use crate::config::{self, Config, ConfigError, Env, Flags, Resolved, Trust};
 use crate::output;
+use crate::tls::{Pin, TlsError};
 use crate::wait::{self, WaitError};
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +73,16 @@ pub enum CommandError {
     /// A flag combination clap cannot check (exit 2).
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(
+        "refusing to trust the certificate of {url} (fingerprint {fingerprint}) without confirmation: stdin is not a terminal; re-run with --accept-certificate to trust it non-interactively"
+    )]
+    NeedsAcceptCertificate { url: String, fingerprint: String },
+    #[error("certificate of {url} not trusted; nothing saved")]
+    CertificateNotTrusted { url: String },
 }
 
 /// What every command gets: the client and where to print.
@@ -78,9 +94,26 @@ pub struct Ctx<'a> {
     pub err: &'a mut dyn Write,
 }
 
-/// Runs the parsed command line.
+/// Runs the parsed command line: `remote` commands edit the config file; the others
+/// resolve a server, token, trust and project from flags, environment and config file.
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), CommandError> {
-    let client = Client::new(&cli.server)?;
+    let env = Env::from_process();
+    if let Command::Remote(cmd) = cli.command {
+        return remote::run(cmd, &config::path(&env)?, cli.project, out, err);
+    }
+    // Without a config location (no HOME), flags and environment still work.
+    let config = match config::path(&env) {
+        Ok(path) => config::load(&path)?,
+        Err(_) => Config::default(),
+    };
+    check_all_projects(&cli)?;
+    let flags = Flags {
+        server: cli.server.clone(),
+        remote: cli.remote.clone(),
+        project: cli.project.clone(),
+    };
+    let resolved = config::resolve(&config, &flags, &env)?;
+    let client = Client::connect(client_options(&resolved)?)?;
     let mut ctx = Ctx {
         client: &client,
         out,
@@ -108,6 +141,10 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
         },
         Command::Task(cmd) => task::run(&mut ctx, cmd),
         Command::Node(cmd) => node::run(&mut ctx, cmd),
+        Command::Project(cmd) => project::run(&mut ctx, cmd),
+        Command::Token(cmd) => token::run(&mut ctx, cmd, resolved.project.as_deref()),
+        Command::Whoami { output } => whoami::run(&mut ctx, output),
+        Command::Remote(_) => unreachable_remote(),
         Command::Pool(cmd) => pool::run(&mut ctx, cmd),
         Command::Network(cmd) => network::run(&mut ctx, cmd),
         Command::Firmware(cmd) => firmware::run(&mut ctx, cmd),
@@ -116,6 +153,59 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
         Command::Diff(a) => diff::run(&mut ctx, &a.filename, &mut io::stdin()),
         Command::Delete(a) => delete_files::run(&mut ctx, a.into(), &mut io::stdin()),
     }
+}
+
+/// `remote` commands return before a client exists.
+fn unreachable_remote() -> Result<(), CommandError> {
+    Err(CommandError::Usage(
+        "remote commands do not talk to a server".into(),
+    ))
+}
+
+/// `--all-projects` and an explicit `--project` contradict each other (a project from
+/// `OTHERIX_PROJECT` or the remote yields to `--all-projects`).
+fn check_all_projects(cli: &Cli) -> Result<(), CommandError> {
+    let all = match &cli.command {
+        Command::Vm(VmCommand::List(a)) => a.all_projects,
+        Command::Task(TaskCommand::List { all_projects, .. }) => *all_projects,
+        _ => false,
+    };
+    match (&cli.project, all) {
+        (Some(p), true) => Err(CommandError::Usage(format!(
+            "--all-projects lists every project; it cannot be combined with --project {p}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The client settings of a resolved context; reads the `OTHERIX_CA_CERT` file.
+pub fn client_options(r: &Resolved) -> Result<ClientOptions, CommandError> {
+    let pin = match &r.trust {
+        Trust::System => None,
+        Trust::CaFile(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|source| CommandError::ReadInput {
+                flag: "OTHERIX_CA_CERT",
+                path: path.clone(),
+                source,
+            })?;
+            Some(Pin::from_ca_file(&path.display().to_string(), &pem)?)
+        }
+        Trust::Pinned {
+            remote,
+            fingerprint,
+            ca_cert,
+        } => Some(Pin::from_remote(
+            remote,
+            fingerprint.as_deref(),
+            ca_cert.as_deref(),
+        )?),
+    };
+    Ok(ClientOptions {
+        server: r.url.clone(),
+        token: r.token.clone(),
+        pin,
+        project: r.project.clone(),
+    })
 }
 
 /// `Some(timeout)` when `--wait` was given.
@@ -284,3 +374,6 @@ mod tests {
         assert_eq!(server.requests().len(), 1);
     }
 }
+
+#[cfg(test)]
+mod remote_tls_tests;

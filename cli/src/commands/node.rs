@@ -1,9 +1,10 @@
-//! `otherix node list|get`: the nodes agents registered; `node join-token` and `node
-//! revoke`: enrolling and cutting off agents (admin).
+//! `otherix node list|get|join-token|revoke`: the nodes agents registered, one-time join
+//! tokens for new agents, and cutting a node off (the last two admin only).
 
 use super::{CommandError, Ctx};
 use crate::cli::{NodeCommand, TableFormat, TextFormat};
 use crate::output;
+use crate::wire::JoinTokenRequest;
 
 pub fn run(ctx: &mut Ctx<'_>, cmd: NodeCommand) -> Result<(), CommandError> {
     let text = match cmd {
@@ -21,20 +22,21 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: NodeCommand) -> Result<(), CommandError> {
                 TextFormat::Json => output::json::pretty(&node.raw),
             }
         }
-        NodeCommand::JoinToken { name, ttl, output } => {
-            let token = ctx.client.create_join_token(&name, ttl.as_secs().max(1))?;
-            match output {
-                // The bare token, so `$(otherix node join-token NODE)` is usable.
-                TextFormat::Text => format!("{}\n", token.value.token),
-                TextFormat::Json => output::json::pretty(&token.raw),
-            }
+        NodeCommand::JoinToken { node, ttl } => {
+            let join = ctx
+                .client
+                .node_join_token(&node, &JoinTokenRequest { ttl_secs: ttl })?;
+            // stdout is just the token, so `T=$(otherix node join-token n)` works.
+            let _ = writeln!(
+                ctx.err,
+                "{}",
+                output::join_token_note(&join.node, join.expires_at.as_deref())
+            );
+            format!("{}\n", join.token)
         }
-        NodeCommand::Revoke { name, output } => {
-            let node = ctx.client.revoke_node(&name)?;
-            match output {
-                TextFormat::Text => output::view::node(&node.value),
-                TextFormat::Json => output::json::pretty(&node.raw),
-            }
+        NodeCommand::Revoke { node } => {
+            ctx.client.revoke_node(&node)?;
+            format!("node {node} revoked\n")
         }
     };
     ctx.out.write_all(text.as_bytes())?;
@@ -43,14 +45,11 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: NodeCommand) -> Result<(), CommandError> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::client::Client;
     use crate::wait::fake::FakeServer;
-    use serde_json::json;
 
-    fn run_cmd(server: &FakeServer, cmd: NodeCommand) -> (Result<(), CommandError>, String) {
+    fn run_cmd(server: &FakeServer, cmd: NodeCommand) -> (String, String) {
         let client = Client::new(&server.url).unwrap();
         let (mut out, mut err) = (vec![], vec![]);
         let mut ctx = Ctx {
@@ -58,44 +57,61 @@ mod tests {
             out: &mut out,
             err: &mut err,
         };
-        let r = run(&mut ctx, cmd);
-        (r, String::from_utf8(out).unwrap())
+        run(&mut ctx, cmd).unwrap();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
     }
 
     #[test]
-    fn node_join_token_prints_the_bare_token_and_sends_the_ttl() {
+    fn join_token_prints_only_token_on_stdout_and_expiry_on_stderr() {
         let token = format!("otxj_{}_{}", "a".repeat(32), "b".repeat(64));
-        let answer =
-            json!({"node": "node-2", "token": token, "expires_at": "2026-01-01T00:00:00.000Z"});
-        let server = FakeServer::start(vec![(201, answer.to_string())]);
-        let (r, out) = run_cmd(
+        let server = FakeServer::start(vec![(
+            201,
+            format!(r#"{{"node":"node-2","token":"{token}","expires_at":"2026-05-01T11:00:00Z"}}"#),
+        )]);
+        let (out, err) = run_cmd(
             &server,
             NodeCommand::JoinToken {
-                name: "node-2".into(),
-                ttl: Duration::from_secs(1800),
-                output: TextFormat::Text,
+                node: "node-2".into(),
+                ttl: Some(600),
             },
         );
-        r.unwrap();
         assert_eq!(out, format!("{token}\n"));
         assert_eq!(
+            err,
+            "join token for node node-2 expires at 2026-05-01T11:00:00Z (one use)\n"
+        );
+        assert_eq!(
             server.requests(),
-            [r#"POST /v1/nodes/node-2/join-token {"ttl_secs":1800}"#]
+            [r#"POST /v1/nodes/node-2/join-token {"ttl_secs":600}"#]
         );
     }
 
     #[test]
-    fn node_revoke_unknown_node_surfaces_not_found() {
-        let nf = r#"{"error":{"code":"not_found","message":"node nope not found"}}"#;
-        let server = FakeServer::start(vec![(404, nf.into())]);
-        let (r, _) = run_cmd(
+    fn join_token_without_ttl_sends_empty_body_and_revoke_posts() {
+        let server = FakeServer::start(vec![
+            (
+                201,
+                r#"{"node":"n","token":"otxj_x","expires_at":null}"#.into(),
+            ),
+            (200, "{}".into()),
+        ]);
+        let (out, err) = run_cmd(
             &server,
-            NodeCommand::Revoke {
-                name: "nope".into(),
-                output: TextFormat::Text,
+            NodeCommand::JoinToken {
+                node: "n".into(),
+                ttl: None,
             },
         );
-        assert_eq!(r.unwrap_err().to_string(), "not_found: node nope not found");
-        assert_eq!(server.requests(), ["POST /v1/nodes/nope/revoke"]);
+        assert_eq!(out, "otxj_x\n");
+        assert_eq!(err, "join token for node n created (one use)\n");
+        let (out, _) = run_cmd(&server, NodeCommand::Revoke { node: "n".into() });
+        assert_eq!(out, "node n revoked\n");
+        assert_eq!(
+            server.requests(),
+            ["POST /v1/nodes/n/join-token {}", "POST /v1/nodes/n/revoke"]
+        );
     }
 }

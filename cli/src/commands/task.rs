@@ -2,21 +2,33 @@
 
 use super::{wait_and_report, CommandError, Ctx};
 use crate::cli::{TableFormat, TaskCommand, TextFormat};
-use crate::output;
+use crate::{output, wire};
 
 pub fn run(ctx: &mut Ctx<'_>, cmd: TaskCommand) -> Result<(), CommandError> {
     match cmd {
         TaskCommand::Get { id, output } => {
             let task = ctx.client.get_task(id, None)?;
             let text = match output {
-                TextFormat::Text => output::view::task(&task.value),
+                TextFormat::Text => output::view::task(
+                    &task.value,
+                    wire::field(&task.raw, "project").as_deref(),
+                    wire::field(&task.raw, "requested_by").as_deref(),
+                ),
                 TextFormat::Json => output::json::pretty(&task.raw),
             };
             ctx.out.write_all(text.as_bytes())?;
         }
-        TaskCommand::List { vm, output } => {
-            let page = ctx.client.list_tasks(vm.as_deref())?;
+        TaskCommand::List {
+            vm,
+            all_projects,
+            output,
+        } => {
+            let page = ctx.client.list_tasks(vm.as_deref(), all_projects)?;
             let text = match output {
+                TableFormat::Table if all_projects => output::table::tasks_in_projects(
+                    &page.value.items,
+                    &wire::item_projects(&page.raw),
+                ),
                 TableFormat::Table => output::table::tasks(&page.value.items),
                 TableFormat::Json => output::json::pretty(&page.raw),
             };

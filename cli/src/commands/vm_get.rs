@@ -22,7 +22,11 @@ impl From<VmGetArgs> for Options {
 pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
     let vm = ctx.client.get_vm(&opts.name)?;
     let text = match opts.format {
-        GetFormat::Text => output::view::vm(&vm.value, wire::restart_pending(&vm.raw)),
+        GetFormat::Text => output::view::vm(
+            &vm.value,
+            wire::restart_pending(&vm.raw),
+            wire::field(&vm.raw, "project").as_deref(),
+        ),
         GetFormat::Json => output::json::pretty(&vm.raw),
         GetFormat::Yaml => output::yaml::vm_manifest(&vm.value)?,
     };

@@ -4,7 +4,7 @@
 use super::{CommandError, Ctx};
 use crate::cli::{ListFormat, VmListArgs};
 use crate::client::VmListQuery;
-use crate::output;
+use crate::{output, wire};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -22,6 +22,7 @@ impl From<VmListArgs> for Options {
                 pool: a.pool,
                 node: a.node,
                 status: a.status,
+                all_projects: a.all_projects,
             },
             show_ids: a.show_ids,
             format: a.output,
@@ -32,6 +33,11 @@ impl From<VmListArgs> for Options {
 pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
     let page = ctx.client.list_vms(&opts.query)?;
     let text = match opts.format {
+        ListFormat::Table if opts.query.all_projects => output::table::vms_in_projects(
+            &page.value.items,
+            &wire::item_projects(&page.raw),
+            opts.show_ids,
+        ),
         ListFormat::Table => output::table::vms(&page.value.items, opts.show_ids),
         ListFormat::Json => output::json::pretty(&page.raw),
         ListFormat::Yaml => output::yaml::to_string(&page.value)?,
@@ -51,6 +57,34 @@ mod tests {
     use crate::output::fixtures as fx;
     use crate::wait::fake::FakeServer;
     use otherix_api::{ListResponse, VmPhase};
+
+    #[test]
+    fn all_projects_asks_for_them_and_adds_project_column() {
+        let mut item = serde_json::to_value(fx::vm()).unwrap();
+        item["project"] = "dev".into();
+        let page = serde_json::json!({"items": [item], "next_cursor": null});
+        let server = FakeServer::start(vec![(200, page.to_string())]);
+        let client = Client::new(&server.url).unwrap();
+        let (mut out, mut err) = (vec![], vec![]);
+        let mut ctx = Ctx {
+            client: &client,
+            out: &mut out,
+            err: &mut err,
+        };
+        let opts = Options {
+            query: VmListQuery {
+                all_projects: true,
+                ..Default::default()
+            },
+            show_ids: false,
+            format: ListFormat::Table,
+        };
+        run(&mut ctx, opts).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.starts_with("PROJECT  NAME"), "{out}");
+        assert!(out.contains("\ndev      web-1"), "{out}");
+        assert_eq!(server.requests(), ["GET /v1/vms?all_projects=true"]);
+    }
 
     #[test]
     fn run_with_next_cursor_prints_table_and_stderr_hint() {

@@ -176,7 +176,11 @@ pub fn run_sync(ctx: &mut Ctx<'_>, op: SyncOp, opts: SyncOptions) -> Result<(), 
         SyncOp::Reset => c.reset_vm(&opts.name)?,
     };
     let text = match opts.format {
-        TextFormat::Text => output::view::vm(&vm.value, wire::restart_pending(&vm.raw)),
+        TextFormat::Text => output::view::vm(
+            &vm.value,
+            wire::restart_pending(&vm.raw),
+            wire::field(&vm.raw, "project").as_deref(),
+        ),
         TextFormat::Json => output::json::pretty(&vm.raw),
     };
     ctx.out.write_all(text.as_bytes())?;

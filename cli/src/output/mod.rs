@@ -91,6 +91,24 @@ pub fn pruned_text(pool: &str, removed: &[CachedImage]) -> String {
     out
 }
 
+/// `token <name> created; secret (shown once): <secret>`.
+pub fn token_created_line(name: &str, secret: &str) -> String {
+    format!("token {name} created; secret (shown once): {secret}")
+}
+
+/// The stderr note of `node join-token` (stdout carries only the token).
+pub fn join_token_note(node: &str, expires_at: Option<&str>) -> String {
+    match expires_at {
+        Some(at) => format!("join token for node {node} expires at {at} (one use)"),
+        None => format!("join token for node {node} created (one use)"),
+    }
+}
+
+/// `Certificate fingerprint: <hex>`, what `remote add` shows before asking.
+pub fn fingerprint_line(fingerprint: &str) -> String {
+    format!("Certificate fingerprint: {fingerprint}")
+}
+
 /// The first 12 hex digits of a sha256, as image tools print it.
 pub fn short_sha(sha256: &str) -> &str {
     sha256.get(..12).unwrap_or(sha256)
@@ -164,6 +182,7 @@ pub(crate) mod fixtures {
         Vm {
             id: Uuid::parse_str(VM_ID).unwrap(),
             name: "web-1".into(),
+            project: "default".into(),
             annotations: Default::default(),
             generation: 1,
             spec,
@@ -191,6 +210,7 @@ pub(crate) mod fixtures {
         Vm {
             id: Uuid::parse_str(VM2_ID).unwrap(),
             name: "database-primary".into(),
+            project: "default".into(),
             annotations: Default::default(),
             generation: 2,
             spec,
@@ -220,6 +240,8 @@ pub(crate) mod fixtures {
             status,
             vm_id: Some(Uuid::parse_str(VM_ID).unwrap()),
             vm_name: Some("web-1".into()),
+            project: "default".into(),
+            requested_by: None,
             node: None,
             progress: None,
             error: None,

@@ -3,6 +3,9 @@
 
 use otherix_api::{CachedImage, Firmware, Network, Node, Pool, Task, Vm};
 
+use crate::config::Config;
+use crate::wire::{Project, Token};
+
 use super::{human_size, or_none, short_sha, NONE};
 
 /// Spaces between columns.
@@ -51,6 +54,26 @@ fn render(columns: &[Column], rows: &[Vec<String>]) -> String {
 /// `vm list`: `NAME STATUS ARCH NODE POOL NETWORK`, with `ID` first when `show_ids`.
 /// NODE and POOL are where the agent reports the VM, NETWORK the requested network.
 pub fn vms(vms: &[Vm], show_ids: bool) -> String {
+    vm_table(vms, show_ids, None)
+}
+
+/// `vm list --all-projects`: [`vms`] with a `PROJECT` column first (`projects[i]` is the
+/// project of `vms[i]`).
+pub fn vms_in_projects(vms: &[Vm], projects: &[String], show_ids: bool) -> String {
+    vm_table(vms, show_ids, Some(projects))
+}
+
+/// `PROJECT` as the first column, when listing across projects.
+fn with_projects(columns: &mut Vec<Column>, rows: &mut [Vec<String>], projects: Option<&[String]>) {
+    let Some(projects) = projects else { return };
+    columns.insert(0, col("PROJECT", 0));
+    for (i, row) in rows.iter_mut().enumerate() {
+        let p = projects.get(i).map_or(NONE, String::as_str);
+        row.insert(0, p.to_owned());
+    }
+}
+
+fn vm_table(vms: &[Vm], show_ids: bool, projects: Option<&[String]>) -> String {
     // Minimum widths keep short names aligned like the documented example.
     let mut columns = vec![
         col("NAME", 9),
@@ -63,7 +86,7 @@ pub fn vms(vms: &[Vm], show_ids: bool) -> String {
     if show_ids {
         columns.insert(0, col("ID", 0));
     }
-    let rows: Vec<Vec<String>> = vms
+    let mut rows: Vec<Vec<String>> = vms
         .iter()
         .map(|vm| {
             let mut row = vec![
@@ -80,12 +103,22 @@ pub fn vms(vms: &[Vm], show_ids: bool) -> String {
             row
         })
         .collect();
+    with_projects(&mut columns, &mut rows, projects);
     render(&columns, &rows)
 }
 
 /// `task list`: `ID KIND STATUS VM NODE CREATED`.
 pub fn tasks(tasks: &[Task]) -> String {
-    let columns = [
+    task_table(tasks, None)
+}
+
+/// `task list --all-projects`: [`tasks`] with a `PROJECT` column first.
+pub fn tasks_in_projects(tasks: &[Task], projects: &[String]) -> String {
+    task_table(tasks, Some(projects))
+}
+
+fn task_table(tasks: &[Task], projects: Option<&[String]>) -> String {
+    let mut columns = vec![
         col("ID", 0),
         col("KIND", 0),
         col("STATUS", 0),
@@ -93,7 +126,7 @@ pub fn tasks(tasks: &[Task]) -> String {
         col("NODE", 0),
         col("CREATED", 0),
     ];
-    let rows: Vec<Vec<String>> = tasks
+    let mut rows: Vec<Vec<String>> = tasks
         .iter()
         .map(|t| {
             vec![
@@ -106,6 +139,7 @@ pub fn tasks(tasks: &[Task]) -> String {
             ]
         })
         .collect();
+    with_projects(&mut columns, &mut rows, projects);
     render(&columns, &rows)
 }
 
@@ -222,6 +256,89 @@ pub fn firmware(firmware: &[Firmware]) -> String {
     render(&columns, &rows)
 }
 
+/// `token list`: `NAME PROJECT ROLE EXPIRES CREATED-BY`.
+pub fn tokens(tokens: &[Token]) -> String {
+    let columns = [
+        col("NAME", 0),
+        col("PROJECT", 0),
+        col("ROLE", 0),
+        col("EXPIRES", 0),
+        col("CREATED-BY", 0),
+    ];
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.project.clone(),
+                t.role.clone(),
+                or_none(t.expires_at.as_deref()),
+                or_none(t.created_by.as_deref()),
+            ]
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
+/// `usage/limit`, `-` for no limit: `2/10`, `4/-`.
+pub fn usage_of(usage: u64, limit: Option<u64>) -> String {
+    format!("{usage}/{}", or_none(limit))
+}
+
+/// Memory `usage/limit` in MiB like `node list`: `2048/4096MiB`, `2048/-` when unlimited.
+fn memory_usage(usage: u64, limit: Option<u64>) -> String {
+    match limit {
+        Some(l) => format!("{usage}/{l}MiB"),
+        None => usage_of(usage, None),
+    }
+}
+
+/// `project list`: `NAME VMS VCPUS MEMORY`, each `usage/limit` (memory in MiB).
+pub fn projects(projects: &[Project]) -> String {
+    let columns = [
+        col("NAME", 0),
+        col("VMS", 0),
+        col("VCPUS", 0),
+        col("MEMORY", 0),
+    ];
+    let rows: Vec<Vec<String>> = projects
+        .iter()
+        .map(|p| {
+            vec![
+                p.name.clone(),
+                usage_of(p.usage.vms, p.spec.max_vms),
+                usage_of(p.usage.vcpus, p.spec.max_vcpus),
+                memory_usage(p.usage.memory_mb, p.spec.max_memory_mb),
+            ]
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
+/// `remote list`: `NAME URL PROJECT CURRENT`, `*` marking the current remote.
+pub fn remotes(config: &Config) -> String {
+    let columns = [
+        col("NAME", 0),
+        col("URL", 0),
+        col("PROJECT", 0),
+        col("CURRENT", 0),
+    ];
+    let rows: Vec<Vec<String>> = config
+        .remotes
+        .iter()
+        .map(|(name, r)| {
+            let current = config.current_remote.as_deref() == Some(name.as_str());
+            vec![
+                name.clone(),
+                r.url.clone(),
+                or_none(r.project.as_deref()),
+                if current { "*" } else { "" }.to_owned(),
+            ]
+        })
+        .collect();
+    render(&columns, &rows)
+}
+
 /// `a,b,c`, or `-` when empty.
 pub fn join_or_none(items: &[String]) -> String {
     if items.is_empty() {
@@ -268,6 +385,57 @@ mod tests {
                  {VM2_ID}  database-primary  pending  amd64  -         -         br-lan\n"
             )
         );
+    }
+
+    #[test]
+    fn vms_in_projects_prints_project_column_first() {
+        assert_eq!(
+            vms_in_projects(&[vm(), vm2()], &["default".into(), "dev".into()], false),
+            "PROJECT  NAME              STATUS   ARCH   NODE      POOL      NETWORK\n\
+             default  web-1             running  arm64  node-1    default   -\n\
+             dev      database-primary  pending  amd64  -         -         br-lan\n"
+        );
+        // A missing project (older server) shows as none rather than shifting columns.
+        assert!(vms_in_projects(&[vm()], &[], true).starts_with("PROJECT  ID "));
+        assert!(vms_in_projects(&[vm()], &[], false).contains("\n-        web-1"));
+    }
+
+    #[test]
+    fn tasks_in_projects_prints_project_column_first() {
+        let t = task(TaskStatus::Success);
+        assert_eq!(
+            tasks_in_projects(&[t], &["dev".into()]),
+            format!(
+                "PROJECT  ID                                    KIND       STATUS   VM     NODE  CREATED\n\
+                 dev      {TASK_ID}  vm.create  success  web-1  -     2026-05-01T10:00:00Z\n"
+            )
+        );
+    }
+
+    #[test]
+    fn remotes_mark_current_with_star() {
+        let mut c = Config::default();
+        let r = |url: &str| crate::config::Remote {
+            url: url.into(),
+            ..Default::default()
+        };
+        assert_eq!(remotes(&c), "NAME  URL  PROJECT  CURRENT\n");
+        c.add_remote("b", r("https://b:7080")).unwrap();
+        c.add_remote("a", r("http://127.0.0.1:7080")).unwrap();
+        assert_eq!(
+            remotes(&c),
+            "NAME  URL                    PROJECT  CURRENT\n\
+             a     http://127.0.0.1:7080  -\n\
+             b     https://b:7080         -        *\n"
+        );
+    }
+
+    #[test]
+    fn usage_of_shows_limit_or_none() {
+        assert_eq!(usage_of(2, Some(10)), "2/10");
+        assert_eq!(usage_of(4, None), "4/-");
+        assert_eq!(memory_usage(2048, Some(4096)), "2048/4096MiB");
+        assert_eq!(memory_usage(2048, None), "2048/-");
     }
 
     #[test]

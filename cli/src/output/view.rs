@@ -8,8 +8,9 @@ use otherix_api::{
     ClusterSettings, ErrorBody, Firmware, Network, Node, Pool, Task, TaskProgress, Vm, VmSpec,
 };
 
-use super::table::join_or_none;
+use super::table::{join_or_none, usage_of};
 use super::{firmware_type, network_type, or_none, port_text, yes_no, NONE};
+use crate::wire::{Project, Whoami};
 
 /// Renders `key:` rows with the values aligned one column past the longest key.
 fn render(rows: &[(&str, String)]) -> String {
@@ -54,15 +55,18 @@ fn annotation_rows(annotations: &BTreeMap<String, String>) -> Vec<(&'static str,
 }
 
 /// The `vm get` / `vm pause|resume|reset` text view; `restart_pending` is the server's
-/// `status.restart_pending`, shown only when it sent one.
-pub fn vm(vm: &Vm, restart_pending: Option<bool>) -> String {
+/// `status.restart_pending` and `project` the VM's project, each shown only when the
+/// server sent one.
+pub fn vm(vm: &Vm, restart_pending: Option<bool>, project: Option<&str>) -> String {
     let s = &vm.spec;
     let st = &vm.status;
     let firmware = s.firmware.as_deref().or(s.firmware_id.as_deref());
     let ports: Vec<String> = s.ports.iter().map(port_text).collect();
-    let mut rows = vec![
-        ("name", vm.name.clone()),
-        ("id", vm.id.to_string()),
+    let mut rows = vec![("name", vm.name.clone()), ("id", vm.id.to_string())];
+    if let Some(p) = project {
+        rows.push(("project", p.to_owned()));
+    }
+    rows.extend([
         ("status", st.phase.to_string()),
         ("arch", s.arch.to_string()),
         ("node", or_none(st.node.as_deref())),
@@ -82,7 +86,7 @@ pub fn vm(vm: &Vm, restart_pending: Option<bool>) -> String {
         ("pid", or_none(st.pid)),
         ("serial_log", or_none(st.serial_log.as_deref())),
         ("desired_phase", s.desired_phase.as_str().to_owned()),
-    ];
+    ]);
     if let Some(pending) = restart_pending {
         rows.push(("restart_pending", pending.to_string()));
     }
@@ -112,7 +116,8 @@ fn progress_text(p: &TaskProgress) -> String {
 
 /// The `task get` text view: progress while it runs, and for a vm.create the placement
 /// (chosen node, pool, path) with one `rejected` row per node the scheduler passed over.
-pub fn task(t: &Task) -> String {
+/// `project:` and `requested_by:` follow `status` when the server sent them.
+pub fn task(t: &Task, project: Option<&str>, requested_by: Option<&str>) -> String {
     let progress = t.progress.as_ref().map(progress_text);
     let placement = t
         .placement
@@ -122,13 +127,21 @@ pub fn task(t: &Task) -> String {
         ("id", t.id.to_string()),
         ("kind", t.kind.to_string()),
         ("status", t.status.to_string()),
+    ];
+    if let Some(p) = project {
+        rows.push(("project", p.to_owned()));
+    }
+    if let Some(r) = requested_by {
+        rows.push(("requested_by", r.to_owned()));
+    }
+    rows.extend([
         ("vm", or_none(t.vm_name.as_deref())),
         ("vm_id", or_none(t.vm_id)),
         ("node", or_none(t.node.as_deref())),
         ("progress", or_none(progress)),
         ("error", error_text(t.error.as_ref())),
         ("placement", or_none(placement)),
-    ];
+    ]);
     if let Some(p) = &t.placement {
         for r in &p.rejected {
             rows.push(("rejected", format!("{}: {}", r.node, r.reason)));
@@ -208,6 +221,32 @@ pub fn firmware(f: &Firmware) -> String {
     render(&rows)
 }
 
+/// The `project get` text view: quotas as `usage/limit` (`-`: unlimited).
+pub fn project(p: &Project) -> String {
+    let mut rows = vec![
+        ("name", p.name.clone()),
+        ("id", or_none(p.id.as_deref())),
+        ("vms", usage_of(p.usage.vms, p.spec.max_vms)),
+        ("vcpus", usage_of(p.usage.vcpus, p.spec.max_vcpus)),
+        (
+            "memory_mb",
+            usage_of(p.usage.memory_mb, p.spec.max_memory_mb),
+        ),
+    ];
+    rows.extend(annotation_rows(&p.annotations));
+    render(&rows)
+}
+
+/// The `whoami` text view: the token's name, role and project, and the server asked.
+pub fn whoami(w: &Whoami, server: &str) -> String {
+    render(&[
+        ("name", w.name.clone()),
+        ("role", w.role.clone()),
+        ("project", w.project.clone()),
+        ("server", server.to_owned()),
+    ])
+}
+
 /// The `cluster get` text view.
 pub fn cluster(c: &ClusterSettings) -> String {
     let mut rows = vec![
@@ -263,7 +302,7 @@ created_at:          2026-05-01T10:00:00Z
 updated_at:          2026-05-01T10:01:00Z
 "
         );
-        assert_eq!(vm(&fx::vm(), None), want);
+        assert_eq!(vm(&fx::vm(), None, None), want);
     }
 
     #[test]
@@ -282,7 +321,7 @@ updated_at:          2026-05-01T10:01:00Z
                 protocol: PortProtocol::Udp,
             },
         ];
-        let text = vm(&v, Some(true));
+        let text = vm(&v, Some(true), None);
         assert!(
             text.contains(
                 "\nstop_timeout:        60s\n\
@@ -299,13 +338,73 @@ updated_at:          2026-05-01T10:01:00Z
             ),
             "{text}"
         );
-        assert!(vm(&v, Some(false)).contains("\nrestart_pending:     false\n"));
-        assert!(!vm(&v, None).contains("restart_pending"));
+        assert!(vm(&v, Some(false), None).contains("\nrestart_pending:     false\n"));
+        assert!(!vm(&v, None, None).contains("restart_pending"));
+    }
+
+    #[test]
+    fn vm_with_project_prints_it_after_id() {
+        let text = vm(&fx::vm(), None, Some("dev"));
+        assert!(
+            text.starts_with(&format!(
+                "name:                web-1\n\
+                 id:                  {VM_ID}\n\
+                 project:             dev\n\
+                 status:              running\n"
+            )),
+            "{text}"
+        );
+        assert!(!vm(&fx::vm(), None, None).contains("project"));
+    }
+
+    #[test]
+    fn task_with_project_and_requested_by_prints_them_after_status() {
+        let text = task(&fx::task(TaskStatus::Pending), Some("dev"), Some("alice"));
+        assert!(
+            text.starts_with(&format!(
+                "id:           {TASK_ID}\n\
+                 kind:         vm.create\n\
+                 status:       pending\n\
+                 project:      dev\n\
+                 requested_by: alice\n\
+                 vm:           web-1\n"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn whoami_and_project_views() {
+        let me = Whoami {
+            name: "ci".into(),
+            role: "viewer".into(),
+            project: "dev".into(),
+        };
+        assert_eq!(
+            whoami(&me, "https://h:7080"),
+            "name:    ci\nrole:    viewer\nproject: dev\nserver:  https://h:7080\n"
+        );
+        let p = Project {
+            id: None,
+            name: "default".into(),
+            annotations: [("team".to_owned(), "infra".to_owned())].into(),
+            spec: Default::default(),
+            usage: Default::default(),
+        };
+        assert_eq!(
+            project(&p),
+            "name:       default\n\
+             id:         -\n\
+             vms:        0/-\n\
+             vcpus:      0/-\n\
+             memory_mb:  0/-\n\
+             annotation: team=infra\n"
+        );
     }
 
     #[test]
     fn vm_failed_last_error_prints_code_and_message() {
-        let text = vm(&fx::vm2(), None);
+        let text = vm(&fx::vm2(), None, None);
         assert!(
             text.contains(
                 "\nlast_error:          no_node_available: no ready node runs amd64 guests\n"
@@ -342,7 +441,7 @@ updated_at:          2026-05-01T10:01:00Z
         });
         t.started_at = Some("2026-05-01T10:00:01Z".into());
         assert_eq!(
-            task(&t),
+            task(&t, None, None),
             format!(
                 "\
 id:          {TASK_ID}
@@ -391,7 +490,7 @@ finished_at: -
 
     #[test]
     fn task_pending_without_progress_or_placement_prints_dashes() {
-        let text = task(&fx::task(TaskStatus::Pending));
+        let text = task(&fx::task(TaskStatus::Pending), None, None);
         assert!(text.contains("\nprogress:    -\n"), "{text}");
         assert!(text.contains("\nplacement:   -\n"), "{text}");
         assert!(!text.contains("rejected"), "{text}");

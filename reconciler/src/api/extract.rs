@@ -1,6 +1,8 @@
 //! Extractors that turn requests into typed values and every rejection into a 400
 //! `validation_failed` envelope (never axum's plain-text rejections): JSON bodies (unknown
-//! fields, wrong types, missing fields, bad JSON), query strings, VM names, task ids.
+//! fields, wrong types, missing fields, bad JSON; a body not declared
+//! `Content-Type: application/json` is 415, so no browser form can reach a JSON route),
+//! query strings, VM names, task ids.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
@@ -19,11 +21,32 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = HttpError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if !is_json_content_type(content_type) {
+            return Err(ApiError::new(
+                otherix_api::ErrorCode::UnsupportedMediaType,
+                format!(
+                    "request body: Content-Type must be application/json (got {})",
+                    content_type.unwrap_or("none")
+                ),
+            )
+            .into());
+        }
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| ApiError::validation(format!("request body: {}", e.body_text())))?;
         parse_json(&bytes).map(JsonBody).map_err(HttpError::from)
     }
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+pub fn is_json_content_type(value: Option<&str>) -> bool {
+    value
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// Deserializes JSON, naming the field path in the error (`spec.vcpus: invalid type ...`).
@@ -106,6 +129,22 @@ async fn path_segment<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<St
 mod tests {
     use super::*;
     use otherix_api::CreateVmRequest;
+
+    #[test]
+    fn is_json_content_type_accepts_json_only() {
+        let table = [
+            (Some("application/json"), true),
+            (Some("Application/JSON; charset=utf-8"), true),
+            (Some("text/plain"), false),
+            (Some("application/x-www-form-urlencoded"), false),
+            (Some("multipart/form-data; boundary=x"), false),
+            (Some("application/jsonx"), false),
+            (None, false),
+        ];
+        for (value, ok) in table {
+            assert_eq!(is_json_content_type(value), ok, "{value:?}");
+        }
+    }
 
     #[test]
     fn parse_json_errors_name_the_field() {

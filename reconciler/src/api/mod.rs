@@ -3,10 +3,12 @@
 //! [`error`]; request parsing lives in [`extract`].
 
 mod apply;
+pub mod auth;
 mod cluster;
 mod entities;
 pub mod error;
 pub mod extract;
+mod identity;
 pub mod nodes;
 mod ops;
 mod tasks;
@@ -14,12 +16,13 @@ mod vms;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use otherix_api::ApiError;
 
 use crate::service::{
-    ApplyService, ClusterService, EntityService, OpsService, TaskService, VmService,
+    ApplyService, ClusterService, EntityService, IdentityService, OpsService, TaskService,
+    VmService,
 };
 use error::HttpError;
 
@@ -32,12 +35,61 @@ pub struct AppState {
     pub entities: Arc<EntityService>,
     pub ops: Arc<OpsService>,
     pub apply: Arc<ApplyService>,
+    pub identity: Arc<IdentityService>,
     pub enrollment: Arc<nodes::NodeEnrollment>,
+}
+
+/// The router under construction and every path registered on it, so the route list
+/// tests walk is the server's own (a new route cannot be missed by them).
+struct Routes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    fn new() -> Self {
+        Routes {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    fn route(mut self, path: &'static str, methods: MethodRouter<AppState>) -> Self {
+        self.paths.push(path);
+        self.router = self.router.route(path, methods);
+        self
+    }
+}
+
+/// Every route path of the API (axum patterns, e.g. `/v1/vms/{name}`), in registration
+/// order. Which methods each path takes is found by asking the router.
+pub fn route_paths() -> Vec<&'static str> {
+    routes().paths
 }
 
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    routes()
+        .router
+        .fallback(not_found)
+        // Layers run bottom-up: authenticate (every request but /healthz), then routing,
+        // then authorize (the matched route against the caller's role), then the
+        // Idempotency-Key replay, so a replay is only ever served to a caller allowed to
+        // make the request.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            ops::idempotency,
+        ))
+        .route_layer(axum::middleware::from_fn(auth::authorize))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .with_state(state)
+}
+
+fn routes() -> Routes {
+    Routes::new()
         .route("/healthz", get(healthz))
         .route("/v1/vms", post(vms::create).get(vms::list))
         .route(
@@ -95,12 +147,22 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/v1/tasks/{id}/cancel", post(ops::cancel_task))
         .route("/v1/vms/{name}/logs", get(ops::vm_logs))
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            ops::idempotency,
-        ))
-        .with_state(state)
+        .route("/v1/whoami", get(identity::whoami))
+        .route(
+            "/v1/tokens",
+            get(identity::list_tokens).post(identity::create_token),
+        )
+        .route("/v1/tokens/{name}", delete(identity::revoke_token))
+        .route(
+            "/v1/projects",
+            get(identity::list_projects).post(identity::create_project),
+        )
+        .route(
+            "/v1/projects/{name}",
+            get(identity::get_project)
+                .put(identity::apply_project)
+                .delete(identity::delete_project),
+        )
 }
 
 async fn healthz() -> &'static str {

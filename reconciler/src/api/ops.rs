@@ -11,9 +11,11 @@ use axum::Json;
 use otherix_api::{ApiError, CachedImage, ListResponse, LogChunk, Task, TaskAccepted};
 use serde::Deserialize;
 
+use super::auth::Scope;
 use super::error::HttpError;
 use super::extract::{ApiQuery, NameOrId, TaskId, VmName};
 use super::AppState;
+use crate::auth::Caller;
 use crate::error_chain;
 use crate::service::ops::{request_fingerprint, validate_idempotency_key};
 
@@ -24,9 +26,10 @@ const MAX_BUFFERED: usize = 4 * 1024 * 1024;
 
 pub async fn cancel_task(
     State(s): State<AppState>,
+    caller: Caller,
     TaskId(id): TaskId,
 ) -> Result<Json<Task>, HttpError> {
-    Ok(Json(s.ops.cancel_task(id).await?))
+    Ok(Json(s.ops.cancel_task(&caller, id).await?))
 }
 
 #[derive(Deserialize)]
@@ -37,10 +40,15 @@ pub struct LogParams {
 
 pub async fn vm_logs(
     State(s): State<AppState>,
+    scope: Scope,
     VmName(name): VmName,
     ApiQuery(p): ApiQuery<LogParams>,
 ) -> Result<Json<LogChunk>, HttpError> {
-    Ok(Json(s.ops.vm_logs(&name, p.offset, p.max_bytes).await?))
+    Ok(Json(
+        s.ops
+            .vm_logs(scope.project()?, &name, p.offset, p.max_bytes)
+            .await?,
+    ))
 }
 
 pub async fn pool_images(
@@ -75,6 +83,11 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
     if let Err(e) = validate_idempotency_key(&key) {
         return HttpError::from(e).into_response();
     }
+    let caller = req
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BUFFERED).await {
         Ok(b) => b,
@@ -89,7 +102,7 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
         .map(|p| p.as_str())
         .unwrap_or("/");
     let fingerprint = request_fingerprint(parts.method.as_str(), path, &bytes);
-    match s.ops.idempotent_replay(&key, &fingerprint).await {
+    match s.ops.idempotent_replay(&caller, &key, &fingerprint).await {
         Ok(Some(accepted)) => return (StatusCode::ACCEPTED, Json(accepted)).into_response(),
         Ok(None) => {}
         Err(e) => return HttpError::from(e).into_response(),
@@ -113,7 +126,7 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
         Ok(accepted) => {
             if let Err(e) = s
                 .ops
-                .record_idempotency(accepted.task.id, &key, &fingerprint)
+                .record_idempotency(accepted.task.id, &caller, &key, &fingerprint)
                 .await
             {
                 // The task exists; only a retry with this key would run again.

@@ -5,9 +5,11 @@ use axum::Json;
 use otherix_api::{ListResponse, Task};
 use serde::Deserialize;
 
+use super::auth::Scope;
 use super::error::HttpError;
 use super::extract::{ApiQuery, TaskId};
 use super::AppState;
+use crate::auth::Caller;
 
 #[derive(Deserialize)]
 pub struct GetParams {
@@ -17,12 +19,13 @@ pub struct GetParams {
 
 pub async fn get(
     State(s): State<AppState>,
+    caller: Caller,
     TaskId(id): TaskId,
     ApiQuery(p): ApiQuery<GetParams>,
 ) -> Result<Json<Task>, HttpError> {
     let task = match p.wait_secs {
-        Some(secs) => s.tasks.wait(id, secs, p.status.as_deref()).await?,
-        None => s.tasks.get(id).await?,
+        Some(secs) => s.tasks.wait(&caller, id, secs, p.status.as_deref()).await?,
+        None => s.tasks.get(&caller, id).await?,
     };
     Ok(Json(task))
 }
@@ -36,11 +39,17 @@ pub struct ListParams {
 
 pub async fn list(
     State(s): State<AppState>,
+    scope: Scope,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<ListResponse<Task>>, HttpError> {
     Ok(Json(
         s.tasks
-            .list(p.vm.as_deref(), p.limit, p.cursor.as_deref())
+            .list(
+                scope.projects.filter(),
+                p.vm.as_deref(),
+                p.limit,
+                p.cursor.as_deref(),
+            )
             .await?,
     ))
 }

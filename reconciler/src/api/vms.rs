@@ -6,6 +6,7 @@ use axum::Json;
 use otherix_api::{CreateVmRequest, ListResponse, TaskAccepted, Vm};
 use serde::Deserialize;
 
+use super::auth::Scope;
 use super::error::HttpError;
 use super::extract::{ApiQuery, JsonBody, VmName};
 use super::AppState;
@@ -19,9 +20,10 @@ fn accepted(t: TaskAccepted) -> (StatusCode, Json<TaskAccepted>) {
 
 pub async fn create(
     State(s): State<AppState>,
+    scope: Scope,
     JsonBody(req): JsonBody<CreateVmRequest>,
 ) -> Accepted {
-    Ok(accepted(s.vms.create(req).await?))
+    Ok(accepted(s.vms.create(&scope.actor()?, req).await?))
 }
 
 #[derive(Deserialize)]
@@ -35,9 +37,11 @@ pub struct ListParams {
 
 pub async fn list(
     State(s): State<AppState>,
+    scope: Scope,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<ListResponse<Vm>>, HttpError> {
     let q = ListVmsQuery {
+        project: scope.projects.filter().map(str::to_owned),
         limit: p.limit,
         cursor: p.cursor,
         pool: p.pool,
@@ -47,16 +51,20 @@ pub async fn list(
     Ok(Json(s.vms.list(q).await?))
 }
 
-pub async fn get(State(s): State<AppState>, VmName(name): VmName) -> Result<Json<Vm>, HttpError> {
-    Ok(Json(s.vms.get(&name).await?))
+pub async fn get(
+    State(s): State<AppState>,
+    scope: Scope,
+    VmName(name): VmName,
+) -> Result<Json<Vm>, HttpError> {
+    Ok(Json(s.vms.get(scope.project()?, &name).await?))
 }
 
-pub async fn delete(State(s): State<AppState>, VmName(name): VmName) -> Accepted {
-    Ok(accepted(s.vms.delete(&name).await?))
+pub async fn delete(State(s): State<AppState>, scope: Scope, VmName(name): VmName) -> Accepted {
+    Ok(accepted(s.vms.delete(&scope.actor()?, &name).await?))
 }
 
-pub async fn start(State(s): State<AppState>, VmName(name): VmName) -> Accepted {
-    Ok(accepted(s.vms.start(&name).await?))
+pub async fn start(State(s): State<AppState>, scope: Scope, VmName(name): VmName) -> Accepted {
+    Ok(accepted(s.vms.start(&scope.actor()?, &name).await?))
 }
 
 #[derive(Deserialize)]
@@ -66,31 +74,43 @@ pub struct StopParams {
 
 pub async fn stop(
     State(s): State<AppState>,
+    scope: Scope,
     VmName(name): VmName,
     ApiQuery(p): ApiQuery<StopParams>,
 ) -> Accepted {
-    Ok(accepted(s.vms.stop(&name, p.timeout_secs).await?))
+    Ok(accepted(
+        s.vms.stop(&scope.actor()?, &name, p.timeout_secs).await?,
+    ))
 }
 
-pub async fn poweroff(State(s): State<AppState>, VmName(name): VmName) -> Accepted {
-    Ok(accepted(s.vms.poweroff(&name).await?))
+pub async fn poweroff(State(s): State<AppState>, scope: Scope, VmName(name): VmName) -> Accepted {
+    Ok(accepted(s.vms.poweroff(&scope.actor()?, &name).await?))
 }
 
-pub async fn reboot(State(s): State<AppState>, VmName(name): VmName) -> Accepted {
-    Ok(accepted(s.vms.reboot(&name).await?))
+pub async fn reboot(State(s): State<AppState>, scope: Scope, VmName(name): VmName) -> Accepted {
+    Ok(accepted(s.vms.reboot(&scope.actor()?, &name).await?))
 }
 
-pub async fn pause(State(s): State<AppState>, VmName(name): VmName) -> Result<Json<Vm>, HttpError> {
-    Ok(Json(s.vms.pause(&name).await?))
+pub async fn pause(
+    State(s): State<AppState>,
+    scope: Scope,
+    VmName(name): VmName,
+) -> Result<Json<Vm>, HttpError> {
+    Ok(Json(s.vms.pause(scope.project()?, &name).await?))
 }
 
 pub async fn resume(
     State(s): State<AppState>,
+    scope: Scope,
     VmName(name): VmName,
 ) -> Result<Json<Vm>, HttpError> {
-    Ok(Json(s.vms.resume(&name).await?))
+    Ok(Json(s.vms.resume(scope.project()?, &name).await?))
 }
 
-pub async fn reset(State(s): State<AppState>, VmName(name): VmName) -> Result<Json<Vm>, HttpError> {
-    Ok(Json(s.vms.reset(&name).await?))
+pub async fn reset(
+    State(s): State<AppState>,
+    scope: Scope,
+    VmName(name): VmName,
+) -> Result<Json<Vm>, HttpError> {
+    Ok(Json(s.vms.reset(scope.project()?, &name).await?))
 }

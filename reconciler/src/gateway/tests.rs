@@ -149,6 +149,20 @@ fn report(vm_id: &str, power: VmPower, pid: u32) -> VmReport {
     }
 }
 
+/// The project and requester the tests act as.
+fn actor() -> crate::service::Actor {
+    crate::service::Actor::new("default", "test")
+}
+
+/// An admin caller, for reads that check visibility.
+fn admin() -> crate::auth::Caller {
+    crate::auth::Caller {
+        name: "test".into(),
+        role: otherix_api::Role::Admin,
+        project: "default".into(),
+    }
+}
+
 fn create_req(name: &str) -> CreateVmRequest {
     CreateVmRequest {
         name: name.into(),
@@ -160,13 +174,26 @@ impl Harness {
     /// Waits for the task to reach a terminal status.
     async fn finished(&self, task_id: &str) -> otherix_api::Task {
         let id = task_id.parse().unwrap();
-        let t = self.daemon.state.tasks.wait(id, 5, None).await.unwrap();
+        let t = self
+            .daemon
+            .state
+            .tasks
+            .wait(&admin(), id, 5, None)
+            .await
+            .unwrap();
         assert!(t.status.is_terminal(), "task {task_id} still {}", t.status);
         t
     }
 
     async fn phase(&self, name: &str) -> VmPhase {
-        self.daemon.state.vms.get(name).await.unwrap().status.phase
+        self.daemon
+            .state
+            .vms
+            .get("default", name)
+            .await
+            .unwrap()
+            .status
+            .phase
     }
 
     async fn eventually_phase(&self, name: &str, want: VmPhase) {
@@ -197,7 +224,7 @@ async fn gateway_full_lifecycle_drives_phases_through_agent() {
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
 
     // create -> vm.create dispatched with the placement
-    let acc = vms.create(create_req("web-1")).await.unwrap();
+    let acc = vms.create(&actor(), create_req("web-1")).await.unwrap();
     assert_eq!(acc.task.status, TaskStatus::Pending);
     assert_eq!(acc.vm.as_ref().unwrap().status.phase, VmPhase::Creating);
     let t = agent.next_task().await;
@@ -225,14 +252,14 @@ async fn gateway_full_lifecycle_drives_phases_through_agent() {
         .daemon
         .state
         .tasks
-        .wait(acc.task.id, 5, Some("pending"))
+        .wait(&admin(), acc.task.id, 5, Some("pending"))
         .await
         .unwrap();
     assert_eq!(running.status, TaskStatus::Running);
     assert_eq!(running.progress.unwrap().bytes_total, Some(100));
     let tasks = h.daemon.state.tasks.clone();
     let id = acc.task.id;
-    let poll = tokio::spawn(async move { tasks.wait(id, 10, None).await.unwrap() });
+    let poll = tokio::spawn(async move { tasks.wait(&admin(), id, 10, None).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(50)).await;
     agent
         .update(
@@ -243,22 +270,22 @@ async fn gateway_full_lifecycle_drives_phases_through_agent() {
         .await;
     let done = poll.await.unwrap();
     assert_eq!(done.status, TaskStatus::Success);
-    let vm = vms.get("web-1").await.unwrap();
+    let vm = vms.get("default", "web-1").await.unwrap();
     assert_eq!(vm.status.phase, VmPhase::Running);
     assert_eq!(vm.status.pid, Some(100));
     assert_eq!(vm.status.node.as_deref(), Some("node-1"));
 
     // start of a running vm: already-succeeded task, nothing sent to the agent
-    let acc = vms.start("web-1").await.unwrap();
+    let acc = vms.start(&actor(), "web-1").await.unwrap();
     assert_eq!(acc.task.status, TaskStatus::Success);
     assert_eq!(acc.task.kind, otherix_api::TaskKind::VmStart);
 
     // stop with a timeout override
-    let acc = vms.stop("web-1", Some(5)).await.unwrap();
+    let acc = vms.stop(&actor(), "web-1", Some(5)).await.unwrap();
     assert_eq!(acc.vm.as_ref().unwrap().status.phase, VmPhase::Stopping);
     let t = agent.next_task().await;
     assert_eq!((t.kind.as_str(), t.stop_timeout_ms), ("vm.stop", 5000));
-    assert!(conflict(vms.stop("web-1", None).await.unwrap_err()).contains("is stopping"));
+    assert!(conflict(vms.stop(&actor(), "web-1", None).await.unwrap_err()).contains("is stopping"));
     agent
         .update(
             &t,
@@ -267,13 +294,13 @@ async fn gateway_full_lifecycle_drives_phases_through_agent() {
         )
         .await;
     h.finished(&t.task_id).await;
-    let vm = vms.get("web-1").await.unwrap();
+    let vm = vms.get("default", "web-1").await.unwrap();
     assert_eq!(vm.status.phase, VmPhase::Stopped);
     assert_eq!(vm.status.pid, None);
     assert_eq!(vm.spec.desired_phase, DesiredPhase::Stopped);
 
     // start
-    vms.start("web-1").await.unwrap();
+    vms.start(&actor(), "web-1").await.unwrap();
     let t = agent.next_task().await;
     assert_eq!(t.kind, "vm.start");
     agent
@@ -288,7 +315,7 @@ async fn gateway_full_lifecycle_drives_phases_through_agent() {
 
     // pause (sync) and pausing again is a conflict
     let vms2 = h.daemon.state.vms.clone();
-    let pause = tokio::spawn(async move { vms2.pause("web-1").await });
+    let pause = tokio::spawn(async move { vms2.pause("default", "web-1").await });
     let server_message::Body::SyncRequest(req) = agent.next().await else {
         panic!("expected a sync request")
     };
@@ -306,11 +333,13 @@ async fn gateway_full_lifecycle_drives_phases_through_agent() {
         (vm.status.phase, vm.status.pid),
         (VmPhase::Paused, Some(101))
     );
-    assert!(conflict(vms.pause("web-1").await.unwrap_err()).contains("pause needs running"));
+    assert!(
+        conflict(vms.pause("default", "web-1").await.unwrap_err()).contains("pause needs running")
+    );
 
     // resume: the agent refuses with a conflict -> 409
     let vms2 = h.daemon.state.vms.clone();
-    let resume = tokio::spawn(async move { vms2.resume("web-1").await });
+    let resume = tokio::spawn(async move { vms2.resume("default", "web-1").await });
     let server_message::Body::SyncRequest(req) = agent.next().await else {
         panic!("expected a sync request")
     };
@@ -326,7 +355,7 @@ async fn gateway_full_lifecycle_drives_phases_through_agent() {
     conflict(resume.await.unwrap().unwrap_err());
 
     // poweroff from paused
-    vms.poweroff("web-1").await.unwrap();
+    vms.poweroff(&actor(), "web-1").await.unwrap();
     let t = agent.next_task().await;
     assert_eq!(t.kind, "vm.poweroff");
     agent
@@ -340,7 +369,7 @@ async fn gateway_full_lifecycle_drives_phases_through_agent() {
     assert_eq!(h.phase("web-1").await, VmPhase::Stopped);
 
     // delete -> soft-deleted, name free again
-    let acc = vms.delete("web-1").await.unwrap();
+    let acc = vms.delete(&actor(), "web-1").await.unwrap();
     assert_eq!(acc.vm.as_ref().unwrap().status.phase, VmPhase::Deleting);
     let t = agent.next_task().await;
     assert_eq!(t.kind, "vm.delete");
@@ -352,11 +381,11 @@ async fn gateway_full_lifecycle_drives_phases_through_agent() {
         )
         .await;
     h.finished(&t.task_id).await;
-    match vms.get("web-1").await.unwrap_err() {
+    match vms.get("default", "web-1").await.unwrap_err() {
         ServiceError::Api(a) => assert_eq!(a.code, ErrorCode::NotFound),
         other => panic!("{other:?}"),
     }
-    let again = vms.create(create_req("web-1")).await.unwrap();
+    let again = vms.create(&actor(), create_req("web-1")).await.unwrap();
     assert_ne!(again.vm.unwrap().id.to_string(), t.vm_id);
     let t = agent.next_task().await;
     assert_eq!(t.kind, "vm.create");
@@ -367,7 +396,7 @@ async fn gateway_failed_stop_keeps_running_without_retry() {
     let h = harness().await;
     let vms = &h.daemon.state.vms;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
-    vms.create(create_req("db")).await.unwrap();
+    vms.create(&actor(), create_req("db")).await.unwrap();
     let t = agent.next_task().await;
     agent
         .update(
@@ -378,7 +407,7 @@ async fn gateway_failed_stop_keeps_running_without_retry() {
         .await;
     h.finished(&t.task_id).await;
 
-    vms.stop("db", None).await.unwrap();
+    vms.stop(&actor(), "db", None).await.unwrap();
     let t = agent.next_task().await;
     assert_eq!(t.stop_timeout_ms, 60_000);
     agent
@@ -393,12 +422,18 @@ async fn gateway_failed_stop_keeps_running_without_retry() {
         .await;
     let task = h.finished(&t.task_id).await;
     assert_eq!(task.error.unwrap().code, ErrorCode::StopTimeout);
-    let vm = vms.get("db").await.unwrap();
+    let vm = vms.get("default", "db").await.unwrap();
     assert_eq!(vm.status.phase, VmPhase::Running);
     assert_eq!(vm.status.last_error.unwrap().code, ErrorCode::StopTimeout);
     // Two resyncs later, still no new task.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(vms.get("db").await.unwrap().status.current_task.is_none());
+    assert!(vms
+        .get("default", "db")
+        .await
+        .unwrap()
+        .status
+        .current_task
+        .is_none());
 }
 
 #[tokio::test]
@@ -406,7 +441,7 @@ async fn gateway_reconnect_redelivers_open_task_and_restores_phase() {
     let h = harness().await;
     let vms = &h.daemon.state.vms;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
-    vms.create(create_req("app")).await.unwrap();
+    vms.create(&actor(), create_req("app")).await.unwrap();
     let t = agent.next_task().await;
     agent
         .update(
@@ -425,7 +460,7 @@ async fn gateway_reconnect_redelivers_open_task_and_restores_phase() {
     h.eventually_phase("app", VmPhase::Unknown).await;
     let node = h.daemon.state.cluster.node("node-1").await.unwrap();
     assert_eq!(node.status, NodeStatus::NotReady);
-    conflict(vms.stop("app", None).await.unwrap_err());
+    conflict(vms.stop(&actor(), "app", None).await.unwrap_err());
 
     // It comes back reporting the VM running: phase restored, node ready.
     let vm_id = t.vm_id.clone();
@@ -438,7 +473,7 @@ async fn gateway_reconnect_redelivers_open_task_and_restores_phase() {
     assert_eq!(h.phase("app").await, VmPhase::Running);
 
     // A task emitted while detached is redelivered on the next attach.
-    let acc = vms.reboot("app").await.unwrap();
+    let acc = vms.reboot(&actor(), "app").await.unwrap();
     let t = agent.next_task().await;
     assert_eq!(t.kind, "vm.reboot");
     drop(agent);
@@ -454,7 +489,7 @@ async fn gateway_reconnect_redelivers_open_task_and_restores_phase() {
         )
         .await;
     h.finished(&t.task_id).await;
-    let vm = vms.get("app").await.unwrap();
+    let vm = vms.get("default", "app").await.unwrap();
     assert_eq!(
         (vm.status.phase, vm.status.pid),
         (VmPhase::Running, Some(10))
@@ -466,7 +501,7 @@ async fn gateway_guest_poweroff_report_sets_stopped_and_desired_stopped() {
     let h = harness().await;
     let vms = &h.daemon.state.vms;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
-    vms.create(create_req("guest")).await.unwrap();
+    vms.create(&actor(), create_req("guest")).await.unwrap();
     let t = agent.next_task().await;
     agent
         .update(
@@ -483,11 +518,11 @@ async fn gateway_guest_poweroff_report_sets_stopped_and_desired_stopped() {
         }))
         .await;
     h.eventually_phase("guest", VmPhase::Stopped).await;
-    let vm = vms.get("guest").await.unwrap();
+    let vm = vms.get("default", "guest").await.unwrap();
     assert_eq!(vm.spec.desired_phase, DesiredPhase::Stopped);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(vms
-        .get("guest")
+        .get("default", "guest")
         .await
         .unwrap()
         .status
@@ -500,7 +535,7 @@ async fn gateway_failed_create_marks_failed_and_delete_cleans_up() {
     let h = harness().await;
     let vms = &h.daemon.state.vms;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
-    vms.create(create_req("bad")).await.unwrap();
+    vms.create(&actor(), create_req("bad")).await.unwrap();
     let t = agent.next_task().await;
     agent
         .send(agent_message::Body::TaskUpdate(TaskUpdate {
@@ -513,15 +548,21 @@ async fn gateway_failed_create_marks_failed_and_delete_cleans_up() {
         }))
         .await;
     h.finished(&t.task_id).await;
-    let vm = vms.get("bad").await.unwrap();
+    let vm = vms.get("default", "bad").await.unwrap();
     assert_eq!(vm.status.phase, VmPhase::Failed);
     assert_eq!(
         vm.status.last_error.unwrap().code,
         ErrorCode::ImageChecksumMismatch
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(vms.get("bad").await.unwrap().status.current_task.is_none());
-    vms.delete("bad").await.unwrap();
+    assert!(vms
+        .get("default", "bad")
+        .await
+        .unwrap()
+        .status
+        .current_task
+        .is_none());
+    vms.delete(&actor(), "bad").await.unwrap();
     let t = agent.next_task().await;
     assert_eq!(t.kind, "vm.delete");
 }

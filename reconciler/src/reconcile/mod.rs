@@ -100,7 +100,7 @@ impl Reconciler {
             other => unreachable!("a new vm always plans a create, got {other:?}"),
         };
         let (vm, task) = self.prepare_task(vm, kind).await?;
-        self.store.insert_vm_with_task(&vm, &task).await?;
+        self.store.insert_vm_with_task_in_quota(&vm, &task).await?;
         self.publish(&task, &vm);
         Ok(task)
     }
@@ -161,6 +161,7 @@ impl Reconciler {
                 task.finished_at_ms = Some(now);
                 vm.phase = VmPhase::Deleted;
                 vm.deleted_at_ms = Some(now);
+                vm.requested_by = None;
                 self.store.save_vm_with_new_task(&vm, &task).await?;
                 self.events.task_changed(task.id);
                 tracing::info!(vm = %vm.name, "vm never reached a node; deleted");
@@ -241,6 +242,7 @@ impl Reconciler {
             );
         }
         vm.requested_op = None;
+        vm.requested_by = None;
         vm.phase = transitional_phase(kind);
         vm.current_task = Some(task.id);
         Ok((vm, task))

@@ -12,7 +12,7 @@ use otherix_api::{
 };
 
 use super::apply_diff::{immutable_changes, immutable_error};
-use super::{ServiceError, VmService};
+use super::{Actor, ServiceError, VmService};
 use crate::reconcile::Reconciler;
 use crate::store::Store;
 
@@ -34,6 +34,7 @@ impl ApplyService {
     /// `PUT /v1/vms/{name}`.
     pub async fn apply_vm(
         &self,
+        actor: &Actor,
         name: &str,
         req: ApplyRequest<VmSpec>,
     ) -> Result<ApplyResponse<Vm>, ServiceError> {
@@ -44,12 +45,15 @@ impl ApplyService {
                 return Err(ApiError::validation("annotations: keys must not be empty").into());
             }
         }
-        let Some(existing) = self.store.vm_by_name(name).await? else {
+        let Some(existing) = self.store.vm_by_name(&actor.project, name).await? else {
             let create = CreateVmRequest {
                 name: name.to_owned(),
                 spec: req.spec,
             };
-            let accepted = self.vms.create_annotated(create, req.annotations).await?;
+            let accepted = self
+                .vms
+                .create_annotated(actor, create, req.annotations)
+                .await?;
             let object = accepted
                 .vm
                 .ok_or_else(|| ApiError::internal(format!("vm {name} vanished after create")))?;
@@ -94,7 +98,9 @@ impl ApplyService {
         }
         vm.spec = req.spec;
         vm.annotations = req.annotations;
-        self.store.save_vm(&vm).await?;
+        vm.requested_by = Some(actor.requested_by.clone());
+        // A spec that grows vcpus or memory_mb must still fit the project's quota.
+        self.store.save_vm_in_quota(&vm).await?;
         let task = self.reconciler.reconcile_locked(vm.id, &guard).await?;
         drop(guard);
         let object = self

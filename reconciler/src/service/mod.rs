@@ -6,6 +6,7 @@ pub mod apply;
 pub mod apply_diff;
 pub mod cluster;
 pub mod entities;
+pub mod identity;
 pub mod ops;
 pub mod state_machine;
 pub mod tasks;
@@ -20,9 +21,28 @@ use crate::store::StoreError;
 pub use apply::ApplyService;
 pub use cluster::ClusterService;
 pub use entities::{resolve_vm_refs, EntityService, VmAttachments};
+pub use identity::IdentityService;
 pub use ops::OpsService;
 pub use tasks::TaskService;
 pub use vms::{ListVmsQuery, VmService};
+
+/// Who asks, and in which project: resolved by the HTTP layer from the caller's token and
+/// `?project=` (the manifests-dir watcher acts as `otherixd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub project: String,
+    /// The API token's name, recorded as `requested_by` on the tasks the request emits.
+    pub requested_by: String,
+}
+
+impl Actor {
+    pub fn new(project: impl Into<String>, requested_by: impl Into<String>) -> Self {
+        Actor {
+            project: project.into(),
+            requested_by: requested_by.into(),
+        }
+    }
+}
 
 /// Default and maximum page sizes of list endpoints.
 pub const DEFAULT_LIMIT: u32 = 100;
@@ -48,6 +68,12 @@ impl From<StoreError> for ServiceError {
             }
             StoreError::TaskInFlight(id) => {
                 ApiError::conflict(format!("vm {id} already has a task in flight")).into()
+            }
+            StoreError::ProjectNotFound(p) => {
+                ApiError::not_found(format!("project {p} not found")).into()
+            }
+            StoreError::QuotaExceeded(why) => {
+                ApiError::new(ErrorCode::QuotaExceeded, format!("quota exceeded: {why}")).into()
             }
             other => ServiceError::Store(other),
         }

@@ -15,12 +15,20 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::ServiceError;
+use crate::auth::policy::may_see;
+use crate::auth::Caller;
 use crate::error_chain;
 use crate::events::TaskEvents;
 use crate::gateway::Sessions;
 use crate::model::{rfc3339, VmRecord};
 use crate::reconcile::Reconciler;
 use crate::store::Store;
+
+/// Idempotency keys are per API token: another caller's request never replays (or
+/// reveals) a task someone else created with the same key.
+fn scoped_idempotency_key(caller: &str, key: &str) -> String {
+    format!("{caller}/{key}")
+}
 
 /// How long a logs request waits for the agent.
 pub const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,8 +67,11 @@ impl OpsService {
     /// Cancels a task. Pending: cancelled at once (the VM settles back to the phase it had,
     /// `failed` for a VM never created) and, if the agent may have it, `CancelTask` is sent.
     /// Running: `CancelTask` is sent and the agent reports `CANCELLED`. Terminal: 409.
-    pub async fn cancel_task(&self, id: Uuid) -> Result<Task, ServiceError> {
+    pub async fn cancel_task(&self, caller: &Caller, id: Uuid) -> Result<Task, ServiceError> {
         let peek = self.task(id).await?;
+        if !may_see(caller, &peek.project) {
+            return Err(ApiError::not_found(format!("task {id} not found")).into());
+        }
         let _guard = match peek.vm_id {
             Some(vm_id) => Some(self.reconciler.locks().lock(vm_id).await),
             None => None,
@@ -137,10 +148,12 @@ impl OpsService {
     /// was used for a different request (`fingerprint` from [`request_fingerprint`]).
     pub async fn idempotent_replay(
         &self,
+        caller: &str,
         key: &str,
         fingerprint: &str,
     ) -> Result<Option<TaskAccepted>, ServiceError> {
-        let Some((task, used_for)) = self.store.task_by_idempotency_key(key).await? else {
+        let stored = scoped_idempotency_key(caller, key);
+        let Some((task, used_for)) = self.store.task_by_idempotency_key(&stored).await? else {
             return Ok(None);
         };
         if used_for.as_deref() != Some(fingerprint) {
@@ -165,11 +178,12 @@ impl OpsService {
     pub async fn record_idempotency(
         &self,
         task_id: Uuid,
+        caller: &str,
         key: &str,
         fingerprint: &str,
     ) -> Result<(), ServiceError> {
         self.store
-            .set_task_idempotency(task_id, key, fingerprint)
+            .set_task_idempotency(task_id, &scoped_idempotency_key(caller, key), fingerprint)
             .await?;
         Ok(())
     }
@@ -179,6 +193,7 @@ impl OpsService {
     /// A slice of the VM's serial console log from its node's agent.
     pub async fn vm_logs(
         &self,
+        project: &str,
         name: &str,
         offset: Option<u64>,
         max_bytes: Option<u64>,
@@ -197,7 +212,7 @@ impl OpsService {
         let offset = offset.unwrap_or(0);
         let vm = self
             .store
-            .vm_by_name(name)
+            .vm_by_name(project, name)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("vm {name} not found")))?;
         let node = vm.node.clone().ok_or_else(|| {

@@ -9,6 +9,8 @@ use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 use super::{check_limit, ServiceError};
+use crate::auth::policy::may_see;
+use crate::auth::Caller;
 use crate::cursor::{decode_cursor, encode_cursor};
 use crate::events::TaskEvents;
 use crate::model::TaskRecord;
@@ -27,14 +29,15 @@ impl TaskService {
         TaskService { store, events }
     }
 
-    pub async fn get(&self, id: Uuid) -> Result<Task, ServiceError> {
-        Ok(self.task(id).await?.to_api())
+    pub async fn get(&self, caller: &Caller, id: Uuid) -> Result<Task, ServiceError> {
+        Ok(self.task(caller, id).await?.to_api())
     }
 
     /// Answers as soon as the task's status differs from `unless_status` (or, without
     /// it, is terminal), or after `wait_secs` (at most [`MAX_WAIT_SECS`]).
     pub async fn wait(
         &self,
+        caller: &Caller,
         id: Uuid,
         wait_secs: u64,
         unless_status: Option<&str>,
@@ -54,16 +57,16 @@ impl TaskService {
         let mut changes = self.events.subscribe();
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(wait_secs.min(MAX_WAIT_SECS));
-        let mut task = self.task(id).await?;
+        let mut task = self.task(caller, id).await?;
         while !done(&task) {
             tokio::select! {
                 changed = changes.recv() => match changed {
                     Ok(changed_id) if changed_id != id => continue,
-                    Ok(_) | Err(RecvError::Lagged(_)) => task = self.task(id).await?,
+                    Ok(_) | Err(RecvError::Lagged(_)) => task = self.task(caller, id).await?,
                     Err(RecvError::Closed) => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
-                    task = self.task(id).await?;
+                    task = self.task(caller, id).await?;
                     break;
                 }
             }
@@ -71,9 +74,11 @@ impl TaskService {
         Ok(task.to_api())
     }
 
-    /// Tasks newest first, optionally of the VMs named `vm` (live or deleted).
+    /// Tasks newest first, of one project (`None` = every project), optionally of the VMs
+    /// named `vm` (live or deleted).
     pub async fn list(
         &self,
+        project: Option<&str>,
         vm: Option<&str>,
         limit: Option<u32>,
         cursor: Option<&str>,
@@ -83,17 +88,19 @@ impl TaskService {
         }
         let limit = check_limit(limit)?;
         let before = cursor.map(decode_cursor).transpose()?;
-        let page = self.store.list_tasks(vm, before, limit).await?;
+        let page = self.store.list_tasks(project, vm, before, limit).await?;
         Ok(ListResponse {
             items: page.items.iter().map(TaskRecord::to_api).collect(),
             next_cursor: page.next.map(encode_cursor),
         })
     }
 
-    async fn task(&self, id: Uuid) -> Result<TaskRecord, ServiceError> {
+    /// A task the caller may see; another project's task is 404 like a missing one.
+    async fn task(&self, caller: &Caller, id: Uuid) -> Result<TaskRecord, ServiceError> {
         self.store
             .task(id)
             .await?
+            .filter(|t| may_see(caller, &t.project))
             .ok_or_else(|| ApiError::not_found(format!("task {id} not found")).into())
     }
 }

@@ -14,7 +14,7 @@ use otherix_api::{
 use uuid::Uuid;
 
 use super::state_machine::{valid_transition, VmOp};
-use super::{check_limit, ServiceError};
+use super::{check_limit, Actor, ServiceError};
 use crate::cursor::{decode_cursor, encode_cursor};
 use crate::gateway::Gateway;
 use crate::model::{RequestedOp, TaskRecord, VmRecord};
@@ -27,6 +27,8 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// `GET /v1/vms` parameters.
 #[derive(Debug, Clone, Default)]
 pub struct ListVmsQuery {
+    /// Only this project's VMs; `None` = every project.
+    pub project: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
     pub pool: Option<String>,
@@ -49,31 +51,46 @@ impl VmService {
         }
     }
 
-    pub async fn create(&self, req: CreateVmRequest) -> Result<TaskAccepted, ServiceError> {
-        self.create_annotated(req, Default::default()).await
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        req: CreateVmRequest,
+    ) -> Result<TaskAccepted, ServiceError> {
+        self.create_annotated(actor, req, Default::default()).await
     }
 
     /// [`VmService::create`] storing `metadata.annotations` too (declarative apply).
     pub async fn create_annotated(
         &self,
+        actor: &Actor,
         req: CreateVmRequest,
         annotations: std::collections::BTreeMap<String, String>,
     ) -> Result<TaskAccepted, ServiceError> {
         validate_create_vm(&req)?;
-        if self.store.vm_by_name(&req.name).await?.is_some() {
+        if self.store.project(&actor.project).await?.is_none() {
+            return Err(ApiError::not_found(format!("project {} not found", actor.project)).into());
+        }
+        if self
+            .store
+            .vm_by_name(&actor.project, &req.name)
+            .await?
+            .is_some()
+        {
             return Err(ApiError::conflict(format!("vm {} already exists", req.name)).into());
         }
         let attachments = super::resolve_vm_refs(&self.store, &req.spec).await?;
         let mut vm = VmRecord::new(req.name, req.spec, self.store.now_ms());
         attachments.apply_to(&mut vm);
         vm.annotations = annotations;
+        vm.project = actor.project.clone();
+        vm.requested_by = Some(actor.requested_by.clone());
         let id = vm.id;
         let task = self.reconciler.create_vm(vm).await?;
         self.accepted(task, id).await
     }
 
-    pub async fn get(&self, name: &str) -> Result<Vm, ServiceError> {
-        Ok(self.live_vm(name).await?.to_api())
+    pub async fn get(&self, project: &str, name: &str) -> Result<Vm, ServiceError> {
+        Ok(self.live_vm(project, name).await?.to_api())
     }
 
     pub async fn list(&self, q: ListVmsQuery) -> Result<ListResponse<Vm>, ServiceError> {
@@ -87,6 +104,7 @@ impl VmService {
                 })?),
             };
         let filter = VmFilter {
+            project: q.project,
             pool: q.pool,
             node: q.node,
             phase,
@@ -99,11 +117,12 @@ impl VmService {
     }
 
     /// Boots a stopped VM; a running VM gets an already-succeeded task.
-    pub async fn start(&self, name: &str) -> Result<TaskAccepted, ServiceError> {
-        let id = self.live_vm(name).await?.id;
+    pub async fn start(&self, actor: &Actor, name: &str) -> Result<TaskAccepted, ServiceError> {
+        let id = self.live_vm(&actor.project, name).await?.id;
         let guard = self.reconciler.locks().lock(id).await;
         let mut vm = self.live_vm_by_id(id, name).await?;
         valid_transition(&vm.name, vm.effective_phase(), VmOp::Start)?;
+        vm.requested_by = Some(actor.requested_by.clone());
         if vm.phase == VmPhase::Running {
             let now = self.store.now_ms();
             let mut task = TaskRecord::pending(TaskKind::VmStart, &vm, vm.node.clone(), now);
@@ -123,6 +142,7 @@ impl VmService {
     /// Graceful stop; `timeout_secs` overrides `spec.stop_timeout_secs` for this call.
     pub async fn stop(
         &self,
+        actor: &Actor,
         name: &str,
         timeout_secs: Option<u32>,
     ) -> Result<TaskAccepted, ServiceError> {
@@ -135,7 +155,7 @@ impl VmService {
                 .into());
             }
         }
-        self.async_op(name, VmOp::Stop, |vm| {
+        self.async_op(actor, name, VmOp::Stop, |vm| {
             let secs = timeout_secs.unwrap_or(vm.spec.stop_timeout_secs());
             set_desired(vm, DesiredPhase::Stopped);
             vm.requested_op = Some(RequestedOp::Stop {
@@ -145,16 +165,16 @@ impl VmService {
         .await
     }
 
-    pub async fn poweroff(&self, name: &str) -> Result<TaskAccepted, ServiceError> {
-        self.async_op(name, VmOp::Poweroff, |vm| {
+    pub async fn poweroff(&self, actor: &Actor, name: &str) -> Result<TaskAccepted, ServiceError> {
+        self.async_op(actor, name, VmOp::Poweroff, |vm| {
             set_desired(vm, DesiredPhase::Stopped);
             vm.requested_op = Some(RequestedOp::Poweroff);
         })
         .await
     }
 
-    pub async fn reboot(&self, name: &str) -> Result<TaskAccepted, ServiceError> {
-        self.async_op(name, VmOp::Reboot, |vm| {
+    pub async fn reboot(&self, actor: &Actor, name: &str) -> Result<TaskAccepted, ServiceError> {
+        self.async_op(actor, name, VmOp::Reboot, |vm| {
             vm.requested_op = Some(RequestedOp::Reboot {
                 timeout_ms: u64::from(vm.spec.stop_timeout_secs()) * 1000,
             });
@@ -162,35 +182,38 @@ impl VmService {
         .await
     }
 
-    pub async fn delete(&self, name: &str) -> Result<TaskAccepted, ServiceError> {
-        self.async_op(name, VmOp::Delete, |vm| vm.deletion_requested = true)
+    pub async fn delete(&self, actor: &Actor, name: &str) -> Result<TaskAccepted, ServiceError> {
+        self.async_op(actor, name, VmOp::Delete, |vm| vm.deletion_requested = true)
             .await
     }
 
-    pub async fn pause(&self, name: &str) -> Result<Vm, ServiceError> {
-        self.sync_op(name, VmOp::Pause, Some(VmPhase::Paused)).await
-    }
-
-    pub async fn resume(&self, name: &str) -> Result<Vm, ServiceError> {
-        self.sync_op(name, VmOp::Resume, Some(VmPhase::Running))
+    pub async fn pause(&self, project: &str, name: &str) -> Result<Vm, ServiceError> {
+        self.sync_op(project, name, VmOp::Pause, Some(VmPhase::Paused))
             .await
     }
 
-    pub async fn reset(&self, name: &str) -> Result<Vm, ServiceError> {
-        self.sync_op(name, VmOp::Reset, None).await
+    pub async fn resume(&self, project: &str, name: &str) -> Result<Vm, ServiceError> {
+        self.sync_op(project, name, VmOp::Resume, Some(VmPhase::Running))
+            .await
+    }
+
+    pub async fn reset(&self, project: &str, name: &str) -> Result<Vm, ServiceError> {
+        self.sync_op(project, name, VmOp::Reset, None).await
     }
 
     async fn async_op(
         &self,
+        actor: &Actor,
         name: &str,
         op: VmOp,
         change: impl FnOnce(&mut VmRecord),
     ) -> Result<TaskAccepted, ServiceError> {
-        let id = self.live_vm(name).await?.id;
+        let id = self.live_vm(&actor.project, name).await?.id;
         let guard = self.reconciler.locks().lock(id).await;
         let mut vm = self.live_vm_by_id(id, name).await?;
         valid_transition(&vm.name, vm.effective_phase(), op)?;
         change(&mut vm);
+        vm.requested_by = Some(actor.requested_by.clone());
         self.write_and_reconcile(vm, guard).await
     }
 
@@ -215,11 +238,12 @@ impl VmService {
 
     async fn sync_op(
         &self,
+        project: &str,
         name: &str,
         op: VmOp,
         phase_after: Option<VmPhase>,
     ) -> Result<Vm, ServiceError> {
-        let vm = self.live_vm(name).await?;
+        let vm = self.live_vm(project, name).await?;
         valid_transition(&vm.name, vm.effective_phase(), op)?;
         let node = vm
             .node
@@ -250,7 +274,7 @@ impl VmService {
                 }
             }
         }
-        self.get(name).await
+        self.get(project, name).await
     }
 
     async fn accepted(&self, task: TaskRecord, vm_id: Uuid) -> Result<TaskAccepted, ServiceError> {
@@ -262,10 +286,10 @@ impl VmService {
     }
 
     /// The live VM named by a path segment (a UUID literal is 400).
-    async fn live_vm(&self, name: &str) -> Result<VmRecord, ServiceError> {
+    async fn live_vm(&self, project: &str, name: &str) -> Result<VmRecord, ServiceError> {
         validate_name("name", name)?;
         self.store
-            .vm_by_name(name)
+            .vm_by_name(project, name)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("vm {name} not found")).into())
     }

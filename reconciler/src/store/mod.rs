@@ -5,6 +5,7 @@
 
 mod enrollment;
 mod entities;
+mod identity;
 mod nodes;
 mod rows;
 mod tasks;
@@ -20,6 +21,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
+pub use identity::{ProjectRow, TokenRow};
 pub use nodes::NodeRegistration;
 pub use tasks::TaskPage;
 pub use vms::{VmFilter, VmPage};
@@ -49,6 +51,10 @@ pub enum StoreError {
     NameTaken(String),
     #[error("vm {0} already has a task in flight")]
     TaskInFlight(uuid::Uuid),
+    #[error("project {0} not found")]
+    ProjectNotFound(String),
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
 }
 
 impl StoreError {
@@ -110,10 +116,12 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store {
+        let store = Store {
             pool,
             clock: Arc::new(AtomicI64::new(0)),
-        })
+        };
+        store.backfill_vm_sizes().await?;
+        Ok(store)
     }
 
     /// The pool, for tests that inspect the connection (PRAGMAs).

@@ -14,13 +14,14 @@ pub(super) const VM_SELECT: &str = "SELECT v.id, v.name, v.spec, v.generation, \
     v.requested_op, v.last_error_code, v.last_error_message, v.deletion_requested, \
     v.created_at, v.updated_at, v.deleted_at, v.bridge, v.firmware, n.status AS node_status, \
     v.annotations, v.booted_spec, v.booted_at, v.retry_kind, v.retry_attempts, v.retry_at, \
+    v.project, v.requested_by, \
     (SELECT t.id FROM tasks t WHERE t.vm_id = v.id AND t.status IN ('pending', 'running') \
     LIMIT 1) AS current_task \
     FROM vms v LEFT JOIN nodes n ON n.name = v.node";
 
 pub(super) const TASK_COLUMNS: &str = "id, kind, vm_id, vm_name, node, status, phase, \
     bytes_done, bytes_total, error_code, error_message, placement, idempotency_key, \
-    stop_timeout_ms, created_at, started_at, finished_at";
+    stop_timeout_ms, created_at, started_at, finished_at, project, requested_by";
 
 fn corrupt(table: &'static str, id: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
@@ -56,6 +57,7 @@ pub(super) fn vm_from_row(row: &AnyRow) -> Result<VmRecord, StoreError> {
     Ok(VmRecord {
         id: parse_uuid("vms", &id)?,
         name: row.try_get("name")?,
+        project: row.try_get("project")?,
         spec: serde_json::from_str(&spec).map_err(|e| corrupt("vms", &id, e))?,
         generation: row.try_get("generation")?,
         observed_generation: row.try_get("observed_generation")?,
@@ -95,6 +97,7 @@ pub(super) fn vm_from_row(row: &AnyRow) -> Result<VmRecord, StoreError> {
             .transpose()?,
         retry_attempts: u32::try_from(row.try_get::<i64, _>("retry_attempts")?).unwrap_or(0),
         retry_at_ms: row.try_get("retry_at")?,
+        requested_by: row.try_get("requested_by")?,
     })
 }
 
@@ -113,6 +116,8 @@ pub(super) fn task_from_row(row: &AnyRow) -> Result<TaskRecord, StoreError> {
         kind: TaskKind::parse(&kind).ok_or_else(|| corrupt("tasks", &id, "kind"))?,
         vm_id: vm_id.map(|v| parse_uuid("tasks", &v)).transpose()?,
         vm_name: row.try_get("vm_name")?,
+        project: row.try_get("project")?,
+        requested_by: row.try_get("requested_by")?,
         node: row.try_get("node")?,
         status: TaskStatus::parse(&status).ok_or_else(|| corrupt("tasks", &id, "status"))?,
         progress: phase.map(|phase| TaskProgress {

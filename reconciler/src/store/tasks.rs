@@ -47,15 +47,21 @@ impl Store {
         rows.iter().map(task_from_row).collect()
     }
 
-    /// Tasks newest first, optionally only those of VMs named `vm_name`.
+    /// Tasks newest first, optionally only those of one project (`None` = all) and of VMs
+    /// named `vm_name`.
     pub async fn list_tasks(
         &self,
+        project: Option<&str>,
         vm_name: Option<&str>,
         before: Option<(i64, Uuid)>,
         limit: u32,
     ) -> Result<TaskPage, StoreError> {
         let mut conds = vec!["1 = 1".to_owned()];
         let mut binds = Vec::new();
+        if let Some(project) = project {
+            binds.push(Bind::Text(project.to_owned()));
+            conds.push(format!("project = ${}", binds.len()));
+        }
         if let Some(name) = vm_name {
             binds.push(Bind::Text(name.to_owned()));
             conds.push(format!("vm_name = ${}", binds.len()));
@@ -115,7 +121,7 @@ pub(super) async fn insert_task(
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17)"
+         $11, $12, $13, $14, $15, $16, $17, $18, $19)"
     );
     sqlx::query(&sql)
         .bind(t.id.to_string())
@@ -145,6 +151,8 @@ pub(super) async fn insert_task(
         .bind(t.created_at_ms)
         .bind(t.started_at_ms)
         .bind(t.finished_at_ms)
+        .bind(t.project.clone())
+        .bind(t.requested_by.clone())
         .execute(conn)
         .await?;
     Ok(())

@@ -29,6 +29,8 @@ fn effective_phase_sql() -> String {
 /// Server-side filters of `GET /v1/vms`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VmFilter {
+    /// Only this project's VMs; `None` = every project.
+    pub project: Option<String>,
     pub pool: Option<String>,
     pub node: Option<String>,
     pub phase: Option<VmPhase>,
@@ -61,10 +63,16 @@ pub(super) fn bind_all<'q>(
 }
 
 impl Store {
-    /// The live VM with this name.
-    pub async fn vm_by_name(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
-        let sql = format!("{VM_SELECT} WHERE v.name = $1 AND v.deleted_at IS NULL");
+    /// The live VM with this name in `project`.
+    pub async fn vm_by_name(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> Result<Option<VmRecord>, StoreError> {
+        let sql =
+            format!("{VM_SELECT} WHERE v.project = $1 AND v.name = $2 AND v.deleted_at IS NULL");
         let row = sqlx::query(&sql)
+            .bind(project)
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -94,6 +102,10 @@ impl Store {
             binds.push(b);
             format!("${}", binds.len())
         };
+        if let Some(project) = &filter.project {
+            let p = param(&mut binds, Bind::Text(project.clone()));
+            conds.push(format!("v.project = {p}"));
+        }
         if let Some(pool) = &filter.pool {
             let p = param(&mut binds, Bind::Text(pool.clone()));
             conds.push(format!("v.pool = {p}"));
@@ -157,24 +169,6 @@ impl Store {
             .collect()
     }
 
-    /// Inserts a new VM and its first task in one transaction. A live VM with the same
-    /// name is [`StoreError::NameTaken`].
-    pub async fn insert_vm_with_task(
-        &self,
-        vm: &VmRecord,
-        task: &TaskRecord,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_vm(&mut tx, vm)
-            .await
-            .map_err(|e| StoreError::from_insert(e, || StoreError::NameTaken(vm.name.clone())))?;
-        insert_task(&mut tx, task)
-            .await
-            .map_err(|e| StoreError::from_insert(e, || StoreError::TaskInFlight(vm.id)))?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Writes every mutable column of `vm`.
     pub async fn save_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
         let now = self.now_ms();
@@ -215,14 +209,15 @@ impl Store {
     }
 }
 
-async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result<(), sqlx::Error> {
+pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO vms (id, name, spec, generation, observed_generation, phase, node, pool, \
          pool_path, pid, serial_log, requested_op, last_error_code, last_error_message, \
          deletion_requested, created_at, updated_at, deleted_at, bridge, firmware, \
-         annotations, booted_spec, booted_at, retry_kind, retry_attempts, retry_at) \
+         annotations, booted_spec, booted_at, retry_kind, retry_attempts, retry_at, project, \
+         vcpus, memory_mb, requested_by) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26)",
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)",
     )
     .bind(vm.id.to_string())
     .bind(vm.name.clone())
@@ -254,18 +249,27 @@ async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result<(), sqlx::
     .bind(vm.retry_kind.map(|k| k.as_str().to_owned()))
     .bind(i64::from(vm.retry_attempts))
     .bind(vm.retry_at_ms)
+    .bind(vm.project.clone())
+    .bind(i64::from(vm.spec.vcpus))
+    .bind(i64::from(vm.spec.memory_mb))
+    .bind(vm.requested_by.clone())
     .execute(conn)
     .await?;
     Ok(())
 }
 
-async fn update_vm(conn: &mut AnyConnection, vm: &VmRecord, now_ms: i64) -> Result<(), StoreError> {
+pub(super) async fn update_vm(
+    conn: &mut AnyConnection,
+    vm: &VmRecord,
+    now_ms: i64,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE vms SET spec = $2, generation = $3, observed_generation = $4, phase = $5, \
          node = $6, pool = $7, pool_path = $8, pid = $9, serial_log = $10, requested_op = $11, \
          last_error_code = $12, last_error_message = $13, deletion_requested = $14, \
          updated_at = $15, deleted_at = $16, annotations = $17, booted_spec = $18, \
-         booted_at = $19, retry_kind = $20, retry_attempts = $21, retry_at = $22 WHERE id = $1",
+         booted_at = $19, retry_kind = $20, retry_attempts = $21, retry_at = $22, vcpus = $23, \
+         memory_mb = $24, requested_by = $25 WHERE id = $1",
     )
     .bind(vm.id.to_string())
     .bind(spec_json(vm))
@@ -289,6 +293,9 @@ async fn update_vm(conn: &mut AnyConnection, vm: &VmRecord, now_ms: i64) -> Resu
     .bind(vm.retry_kind.map(|k| k.as_str().to_owned()))
     .bind(i64::from(vm.retry_attempts))
     .bind(vm.retry_at_ms)
+    .bind(i64::from(vm.spec.vcpus))
+    .bind(i64::from(vm.spec.memory_mb))
+    .bind(vm.requested_by.clone())
     .execute(conn)
     .await?;
     Ok(())

@@ -10,7 +10,13 @@ use sqlx::{Connection, Executor};
 
 pub struct TestServer {
     pub daemon: Daemon,
+    /// The app with the bootstrap admin token added to every request that has none: what
+    /// the API suites drive (through the real authentication middleware).
     pub app: Router,
+    /// The app as served: no token added (for 401/403/404 tests).
+    pub raw_app: Router,
+    /// The secret of the `admin` token created at first open.
+    pub admin_token: String,
     pub dir: tempfile::TempDir,
     pub database_url: String,
 }
@@ -30,6 +36,22 @@ pub async fn fresh_database_url(dir: &std::path::Path) -> String {
     format!("{server}/{name}")
 }
 
+/// `app` with `Authorization: Bearer SECRET` added to requests that carry none.
+pub fn with_token(app: Router, secret: &str) -> Router {
+    let value = axum::http::HeaderValue::from_str(&format!("Bearer {secret}")).unwrap();
+    app.layer(axum::middleware::map_request(
+        move |mut req: axum::extract::Request| {
+            let value = value.clone();
+            async move {
+                req.headers_mut()
+                    .entry(axum::http::header::AUTHORIZATION)
+                    .or_insert(value);
+                req
+            }
+        },
+    ))
+}
+
 /// A server on a fresh database in `dir`.
 pub async fn open(dir: tempfile::TempDir) -> TestServer {
     let database_url = fresh_database_url(dir.path()).await;
@@ -39,10 +61,20 @@ pub async fn open(dir: tempfile::TempDir) -> TestServer {
 /// A server on an existing database (e.g. after dropping the previous server).
 pub async fn reopen(dir: tempfile::TempDir, database_url: String) -> TestServer {
     let daemon = Daemon::open(&database_url).await.unwrap();
-    let app = daemon.app();
+    let admin_token = match daemon.bootstrap_admin_token(dir.path()).await.unwrap() {
+        Some(path) => std::fs::read_to_string(path).unwrap().trim().to_owned(),
+        None => std::fs::read_to_string(dir.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned(),
+    };
+    let raw_app = daemon.app();
+    let app = with_token(raw_app.clone(), &admin_token);
     TestServer {
         daemon,
         app,
+        raw_app,
+        admin_token,
         dir,
         database_url,
     }

@@ -9,7 +9,7 @@ use otherix_api::proto::{
 };
 use otherix_api::{CreateObjectRequest, ErrorCode, TaskStatus, VmPhase};
 
-use super::{create_req, harness, report, FakeAgent, Harness};
+use super::{actor, admin, create_req, harness, report, FakeAgent, Harness};
 
 async fn bridge_network(h: &Harness, name: &str, bridge: &str) {
     h.daemon
@@ -36,7 +36,7 @@ async fn gateway_dispatch_vm_with_network_and_firmware_carries_bridge_and_firmwa
     let mut req = create_req("uefi");
     req.spec.network = Some("lan".into());
     req.spec.firmware = Some("ovmf".into());
-    h.daemon.state.vms.create(req).await.unwrap();
+    h.daemon.state.vms.create(&actor(), req).await.unwrap();
     let t = agent.next_task().await;
     assert_eq!(t.bridge, "br0");
     let fw = t.firmware.expect("firmware sent");
@@ -59,7 +59,7 @@ async fn gateway_dispatch_vm_with_network_and_firmware_carries_bridge_and_firmwa
     h.daemon
         .state
         .vms
-        .create(create_req("plain"))
+        .create(&actor(), create_req("plain"))
         .await
         .unwrap();
     let plain = agent.next_task().await;
@@ -81,7 +81,13 @@ async fn gateway_dispatch_vm_with_network_and_firmware_carries_bridge_and_firmwa
 async fn gateway_cancel_running_task_sends_cancel_task_and_agent_settles_it() {
     let h = harness().await;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
-    let acc = h.daemon.state.vms.create(create_req("big")).await.unwrap();
+    let acc = h
+        .daemon
+        .state
+        .vms
+        .create(&actor(), create_req("big"))
+        .await
+        .unwrap();
     let t = agent.next_task().await;
     agent
         .send(agent_message::Body::TaskUpdate(TaskUpdate {
@@ -97,12 +103,18 @@ async fn gateway_cancel_running_task_sends_cancel_task_and_agent_settles_it() {
         .daemon
         .state
         .tasks
-        .wait(acc.task.id, 5, Some("pending"))
+        .wait(&admin(), acc.task.id, 5, Some("pending"))
         .await
         .unwrap();
     assert_eq!(running.status, TaskStatus::Running);
 
-    let answered = h.daemon.state.ops.cancel_task(acc.task.id).await.unwrap();
+    let answered = h
+        .daemon
+        .state
+        .ops
+        .cancel_task(&admin(), acc.task.id)
+        .await
+        .unwrap();
     assert_eq!(answered.status, TaskStatus::Running);
     match agent.next().await {
         server_message::Body::Cancel(c) => assert_eq!(c.task_id, t.task_id),
@@ -125,7 +137,7 @@ async fn gateway_cancel_running_task_sends_cancel_task_and_agent_settles_it() {
         .daemon
         .state
         .ops
-        .cancel_task(acc.task.id)
+        .cancel_task(&admin(), acc.task.id)
         .await
         .unwrap_err();
     assert!(super::conflict(err).contains("is already cancelled"));
@@ -139,11 +151,17 @@ async fn gateway_cancel_dispatched_pending_task_cancels_at_once_and_tells_agent(
         .daemon
         .state
         .vms
-        .create(create_req("quick"))
+        .create(&actor(), create_req("quick"))
         .await
         .unwrap();
     let t = agent.next_task().await;
-    let task = h.daemon.state.ops.cancel_task(acc.task.id).await.unwrap();
+    let task = h
+        .daemon
+        .state
+        .ops
+        .cancel_task(&admin(), acc.task.id)
+        .await
+        .unwrap();
     assert_eq!(task.status, TaskStatus::Cancelled);
     match agent.next().await {
         server_message::Body::Cancel(c) => assert_eq!(c.task_id, t.task_id),
@@ -159,7 +177,12 @@ async fn gateway_cancel_dispatched_pending_task_cancels_at_once_and_tells_agent(
 async fn gateway_vm_logs_round_trip_through_sync_request() {
     let h = harness().await;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
-    h.daemon.state.vms.create(create_req("con")).await.unwrap();
+    h.daemon
+        .state
+        .vms
+        .create(&actor(), create_req("con"))
+        .await
+        .unwrap();
     let t = agent.next_task().await;
     agent
         .update(
@@ -171,7 +194,8 @@ async fn gateway_vm_logs_round_trip_through_sync_request() {
     h.finished(&t.task_id).await;
 
     let ops = h.daemon.state.ops.clone();
-    let logs = tokio::spawn(async move { ops.vm_logs("con", Some(10), Some(4096)).await });
+    let logs =
+        tokio::spawn(async move { ops.vm_logs("default", "con", Some(10), Some(4096)).await });
     let server_message::Body::SyncRequest(req) = agent.next().await else {
         panic!("expected a sync request")
     };
@@ -202,7 +226,7 @@ async fn gateway_vm_logs_round_trip_through_sync_request() {
 
     // An agent error keeps its code.
     let ops = h.daemon.state.ops.clone();
-    let logs = tokio::spawn(async move { ops.vm_logs("con", None, None).await });
+    let logs = tokio::spawn(async move { ops.vm_logs("default", "con", None, None).await });
     let server_message::Body::SyncRequest(req) = agent.next().await else {
         panic!("expected a sync request")
     };

@@ -32,7 +32,7 @@ async fn running_vm(
 ) -> String {
     let mut req = create_req(name);
     req.spec.restart_policy = policy;
-    h.daemon.state.vms.create(req).await.unwrap();
+    h.daemon.state.vms.create(&actor(), req).await.unwrap();
     let t = agent.next_task().await;
     assert_eq!(t.kind, "vm.create");
     agent
@@ -71,7 +71,7 @@ async fn restart_policy_on_failure_crash_restarts_after_backoff_and_shows_why() 
     let crashed_at = Instant::now();
     stopped_on_its_own(&agent, &vm_id, false).await;
     h.eventually_phase("web", VmPhase::Stopped).await;
-    let vm = h.daemon.state.vms.get("web").await.unwrap();
+    let vm = h.daemon.state.vms.get("default", "web").await.unwrap();
     assert_eq!(vm.spec.desired_phase, DesiredPhase::Running);
     let err = vm.status.last_error.unwrap();
     assert_eq!(err.code, ErrorCode::QemuFailed);
@@ -92,7 +92,7 @@ async fn restart_policy_on_failure_crash_restarts_after_backoff_and_shows_why() 
         )
         .await;
     h.finished(&t.task_id).await;
-    let vm = h.daemon.state.vms.get("web").await.unwrap();
+    let vm = h.daemon.state.vms.get("default", "web").await.unwrap();
     assert_eq!(
         (vm.status.phase, vm.status.pid),
         (VmPhase::Running, Some(11))
@@ -105,10 +105,17 @@ async fn restart_policy_on_failure_clean_guest_poweroff_stays_stopped() {
     let h = short_backoff_harness().await;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
     let vm_id = running_vm(&h, &mut agent, "web", RestartPolicy::OnFailure).await;
-    let gen = h.daemon.state.vms.get("web").await.unwrap().generation;
+    let gen = h
+        .daemon
+        .state
+        .vms
+        .get("default", "web")
+        .await
+        .unwrap()
+        .generation;
     stopped_on_its_own(&agent, &vm_id, true).await;
     h.eventually_phase("web", VmPhase::Stopped).await;
-    let vm = h.daemon.state.vms.get("web").await.unwrap();
+    let vm = h.daemon.state.vms.get("default", "web").await.unwrap();
     assert_eq!(vm.spec.desired_phase, DesiredPhase::Stopped);
     assert_eq!(vm.generation, gen + 1, "desired_phase is spec");
     assert!(vm.status.last_error.is_none());
@@ -123,7 +130,7 @@ async fn restart_policy_always_clean_guest_poweroff_is_restarted() {
     stopped_on_its_own(&agent, &vm_id, true).await;
     let t = agent.next_task().await;
     assert_eq!(t.kind, "vm.start");
-    let vm = h.daemon.state.vms.get("web").await.unwrap();
+    let vm = h.daemon.state.vms.get("default", "web").await.unwrap();
     assert_eq!(vm.spec.desired_phase, DesiredPhase::Running);
 }
 
@@ -134,7 +141,7 @@ async fn restart_policy_never_crash_stays_stopped() {
     let vm_id = running_vm(&h, &mut agent, "web", RestartPolicy::Never).await;
     stopped_on_its_own(&agent, &vm_id, false).await;
     h.eventually_phase("web", VmPhase::Stopped).await;
-    let vm = h.daemon.state.vms.get("web").await.unwrap();
+    let vm = h.daemon.state.vms.get("default", "web").await.unwrap();
     assert_eq!(vm.spec.desired_phase, DesiredPhase::Stopped);
     no_message_for(&mut agent, BASE * 3).await;
 }
@@ -156,13 +163,18 @@ async fn fail(agent: &FakeAgent, t: &TaskAssignment, code: &str, power: VmPower)
 async fn failed_create_is_retried_with_growing_backoff_not_in_a_tight_loop() {
     let h = short_backoff_harness().await;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
-    h.daemon.state.vms.create(create_req("bad")).await.unwrap();
+    h.daemon
+        .state
+        .vms
+        .create(&actor(), create_req("bad"))
+        .await
+        .unwrap();
     let mut t = agent.next_task().await;
     for attempt in 1..=2u32 {
         let failed_at = Instant::now();
         fail(&agent, &t, "image_download_failed", VmPower::Absent).await;
         h.finished(&t.task_id).await;
-        let vm = h.daemon.state.vms.get("bad").await.unwrap();
+        let vm = h.daemon.state.vms.get("default", "bad").await.unwrap();
         assert_eq!(vm.status.phase, VmPhase::Failed);
         let err = vm.status.last_error.unwrap();
         assert_eq!(err.code, ErrorCode::ImageDownloadFailed);
@@ -190,14 +202,14 @@ async fn failed_create_is_retried_with_growing_backoff_not_in_a_tight_loop() {
         )
         .await;
     h.finished(&t.task_id).await;
-    let vm = h.daemon.state.vms.get("bad").await.unwrap();
+    let vm = h.daemon.state.vms.get("default", "bad").await.unwrap();
     assert_eq!(vm.status.phase, VmPhase::Running);
     assert!(vm.status.last_error.is_none());
     let tasks = h
         .daemon
         .state
         .tasks
-        .list(Some("bad"), None, None)
+        .list(Some("default"), Some("bad"), None, None)
         .await
         .unwrap();
     let kinds: Vec<TaskKind> = tasks.items.iter().map(|t| t.kind).collect();
@@ -209,7 +221,12 @@ async fn failed_start_is_retried_and_desired_stays_running() {
     let h = short_backoff_harness().await;
     let mut agent = FakeAgent::attach(h.agent_addr, "node-1", vec![]).await;
     running_vm(&h, &mut agent, "web", RestartPolicy::OnFailure).await;
-    h.daemon.state.vms.stop("web", None).await.unwrap();
+    h.daemon
+        .state
+        .vms
+        .stop(&actor(), "web", None)
+        .await
+        .unwrap();
     let t = agent.next_task().await;
     agent
         .update(
@@ -219,12 +236,12 @@ async fn failed_start_is_retried_and_desired_stays_running() {
         )
         .await;
     h.finished(&t.task_id).await;
-    h.daemon.state.vms.start("web").await.unwrap();
+    h.daemon.state.vms.start(&actor(), "web").await.unwrap();
     let t = agent.next_task().await;
     assert_eq!(t.kind, "vm.start");
     fail(&agent, &t, "qemu_failed", VmPower::Stopped).await;
     h.finished(&t.task_id).await;
-    let vm = h.daemon.state.vms.get("web").await.unwrap();
+    let vm = h.daemon.state.vms.get("default", "web").await.unwrap();
     assert_eq!(vm.status.phase, VmPhase::Stopped);
     assert_eq!(vm.spec.desired_phase, DesiredPhase::Running);
     let t = agent.next_task().await;

@@ -1,0 +1,344 @@
+//! API tokens (by the sha256 of their secret) and projects: rows, usage sums, and the
+//! quota-checked VM writes. A quota check locks the project row first (an UPDATE that
+//! touches it: a row lock on PostgreSQL, the write lock on SQLite), so concurrent creates in
+//! one project are serialized and can never together exceed a limit.
+
+use std::collections::BTreeMap;
+
+use otherix_api::{ProjectSpec, ProjectUsage, Role};
+use sqlx::{AnyConnection, Row};
+use uuid::Uuid;
+
+use super::rows::parse_uuid;
+use super::tasks::insert_task;
+use super::vms::{insert_vm, update_vm};
+use super::{Store, StoreError};
+use crate::model::{TaskRecord, VmRecord};
+
+/// One `api_tokens` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub name: String,
+    pub secret_sha256: String,
+    pub project: String,
+    pub role: Role,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+    pub created_by: String,
+}
+
+/// One `projects` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRow {
+    pub id: Uuid,
+    pub name: String,
+    pub spec: ProjectSpec,
+    pub annotations: BTreeMap<String, String>,
+}
+
+const TOKEN_COLUMNS: &str =
+    "name, secret_sha256, project, role, created_at_ms, expires_at_ms, created_by";
+
+fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenRow, StoreError> {
+    let name: String = row.try_get("name")?;
+    let role: String = row.try_get("role")?;
+    Ok(TokenRow {
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt {
+            table: "api_tokens",
+            id: name.clone(),
+            detail: format!("role {role:?}"),
+        })?,
+        name,
+        secret_sha256: row.try_get("secret_sha256")?,
+        project: row.try_get("project")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        created_by: row.try_get("created_by")?,
+    })
+}
+
+fn project_from_row(row: &sqlx::any::AnyRow) -> Result<ProjectRow, StoreError> {
+    let id: String = row.try_get("id")?;
+    let spec: String = row.try_get("spec")?;
+    let annotations: String = row.try_get("annotations")?;
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt {
+        table: "projects",
+        id: id.clone(),
+        detail: e.to_string(),
+    };
+    Ok(ProjectRow {
+        id: parse_uuid("projects", &id)?,
+        name: row.try_get("name")?,
+        spec: serde_json::from_str(&spec).map_err(corrupt)?,
+        annotations: serde_json::from_str(&annotations).map_err(corrupt)?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+impl Store {
+    // ---- tokens ----
+
+    /// The token whose secret hashes to `secret_sha256`, if any.
+    pub async fn token_by_hash(&self, secret_sha256: &str) -> Result<Option<TokenRow>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE secret_sha256 = $1");
+        let row = sqlx::query(&sql)
+            .bind(secret_sha256)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
+    /// Inserts a token; a taken name is `StoreError::NameTaken`.
+    pub async fn insert_token(&self, t: &TokenRow) -> Result<(), StoreError> {
+        let sql =
+            format!("INSERT INTO api_tokens ({TOKEN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
+        sqlx::query(&sql)
+            .bind(t.name.clone())
+            .bind(t.secret_sha256.clone())
+            .bind(t.project.clone())
+            .bind(t.role.as_str())
+            .bind(t.created_at_ms)
+            .bind(t.expires_at_ms)
+            .bind(t.created_by.clone())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::NameTaken(t.name.clone())
+                } else {
+                    StoreError::Database(e)
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Every token, by name.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    /// Deletes a token; false when there was none. The next request with it is 401.
+    pub async fn delete_token(&self, name: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn count_tokens(&self) -> Result<i64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM api_tokens")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    // ---- projects ----
+
+    pub async fn project(&self, name: &str) -> Result<Option<ProjectRow>, StoreError> {
+        let row = sqlx::query("SELECT id, name, spec, annotations FROM projects WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(project_from_row).transpose()
+    }
+
+    pub async fn list_projects(&self) -> Result<Vec<ProjectRow>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, spec, annotations FROM projects ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(project_from_row).collect()
+    }
+
+    /// Inserts a project; a taken name is `StoreError::NameTaken`.
+    pub async fn insert_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        sqlx::query(
+            "INSERT INTO projects (id, name, spec, annotations, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $5)",
+        )
+        .bind(p.id.to_string())
+        .bind(p.name.clone())
+        .bind(serde_json::to_string(&p.spec).expect("ProjectSpec serializes"))
+        .bind(serde_json::to_string(&p.annotations).expect("annotations serialize"))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::NameTaken(p.name.clone())
+            } else {
+                StoreError::Database(e)
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Rewrites a project's spec and annotations. Limits below the current usage are
+    /// allowed (like a Kubernetes ResourceQuota): they only stop further growth.
+    pub async fn update_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE projects SET spec = $2, annotations = $3, updated_at_ms = $4 WHERE name = $1",
+        )
+        .bind(p.name.clone())
+        .bind(serde_json::to_string(&p.spec).expect("ProjectSpec serializes"))
+        .bind(serde_json::to_string(&p.annotations).expect("annotations serialize"))
+        .bind(self.now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes a project that holds no live VM, with the member and viewer tokens bound to
+    /// it, in one transaction. `Ok(Some(n))` = refused, `n` live VMs remain.
+    pub async fn delete_project(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lock_project(&mut tx, name, self.now_ms()).await?;
+        let usage = usage_in(&mut tx, name).await?;
+        if usage.vms > 0 {
+            return Ok(Some(usage.vms));
+        }
+        sqlx::query("DELETE FROM api_tokens WHERE project = $1 AND role <> 'admin'")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM projects WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    /// What the live VMs of a project hold.
+    pub async fn project_usage(&self, name: &str) -> Result<ProjectUsage, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        usage_in(&mut conn, name).await
+    }
+
+    /// Inserts a new VM and its first task in one transaction, with the VM's project quota
+    /// checked in it: `StoreError::QuotaExceeded` (or `NameTaken` for a live VM of the same
+    /// name in the project) leaves nothing behind.
+    pub async fn insert_vm_with_task_in_quota(
+        &self,
+        vm: &VmRecord,
+        task: &TaskRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let spec = lock_project(&mut tx, &vm.project, self.now_ms()).await?;
+        let before = usage_in(&mut tx, &vm.project).await?;
+        insert_vm(&mut tx, vm)
+            .await
+            .map_err(|e| StoreError::from_insert(e, || StoreError::NameTaken(vm.name.clone())))?;
+        check_quota(&mut tx, &vm.project, &spec, &before).await?;
+        insert_task(&mut tx, task)
+            .await
+            .map_err(|e| StoreError::from_insert(e, || StoreError::TaskInFlight(vm.id)))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes `vm` (whose spec may have grown) with its project quota checked in the same
+    /// transaction.
+    pub async fn save_vm_in_quota(&self, vm: &VmRecord) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
+        let spec = lock_project(&mut tx, &vm.project, now).await?;
+        let before = usage_in(&mut tx, &vm.project).await?;
+        update_vm(&mut tx, vm, now).await?;
+        check_quota(&mut tx, &vm.project, &spec, &before).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Fills the vcpus/memory_mb columns of rows written before they existed.
+    pub(super) async fn backfill_vm_sizes(&self) -> Result<(), StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, spec FROM vms WHERE vcpus IS NULL OR memory_mb IS NULL")
+                .fetch_all(&self.pool)
+                .await?;
+        for (id, spec) in rows {
+            let spec: otherix_api::VmSpec =
+                serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
+                    table: "vms",
+                    id: id.clone(),
+                    detail: e.to_string(),
+                })?;
+            sqlx::query("UPDATE vms SET vcpus = $2, memory_mb = $3 WHERE id = $1")
+                .bind(id)
+                .bind(i64::from(spec.vcpus))
+                .bind(i64::from(spec.memory_mb))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Locks the project row for this transaction and returns its limits.
+async fn lock_project(
+    conn: &mut AnyConnection,
+    name: &str,
+    now_ms: i64,
+) -> Result<ProjectSpec, StoreError> {
+    let touched = sqlx::query("UPDATE projects SET updated_at_ms = $2 WHERE name = $1")
+        .bind(name)
+        .bind(now_ms)
+        .execute(&mut *conn)
+        .await?;
+    if touched.rows_affected() == 0 {
+        return Err(StoreError::ProjectNotFound(name.to_owned()));
+    }
+    let (spec,): (String,) = sqlx::query_as("SELECT spec FROM projects WHERE name = $1")
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
+    serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
+        table: "projects",
+        id: name.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+async fn usage_in(conn: &mut AnyConnection, project: &str) -> Result<ProjectUsage, StoreError> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus, \
+         CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS memory_mb \
+         FROM vms WHERE project = $1 AND deleted_at IS NULL",
+    )
+    .bind(project)
+    .fetch_one(&mut *conn)
+    .await?;
+    let get = |col: &str| -> Result<u64, StoreError> {
+        let v: i64 = row.try_get(col)?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    };
+    Ok(ProjectUsage {
+        vms: get("n")?,
+        vcpus: get("vcpus")?,
+        memory_mb: get("memory_mb")?,
+    })
+}
+
+async fn check_quota(
+    conn: &mut AnyConnection,
+    project: &str,
+    spec: &ProjectSpec,
+    before: &ProjectUsage,
+) -> Result<(), StoreError> {
+    if *spec == ProjectSpec::default() {
+        return Ok(());
+    }
+    let after = usage_in(conn, project).await?;
+    match otherix_api::identity::quota_violation(spec, before, &after) {
+        Some(why) => Err(StoreError::QuotaExceeded(format!(
+            "project {project}: {why}"
+        ))),
+        None => Ok(()),
+    }
+}
