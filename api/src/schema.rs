@@ -6,12 +6,14 @@ use schemars::schema::RootSchema;
 use schemars::schema_for;
 
 use crate::manifest::{
-    ClusterSettingsManifest, FirmwareManifest, Kind, NetworkManifest, PoolManifest, VmManifest,
+    ClusterSettingsManifest, FirmwareManifest, Kind, NetworkManifest, PoolManifest,
+    ProjectManifest, VmManifest,
 };
 
 /// The schema of one kind, with `kind` and `apiVersion` pinned to their only values.
 pub fn schema_of(kind: Kind) -> serde_json::Value {
     let root: RootSchema = match kind {
+        Kind::Project => schema_for!(ProjectManifest),
         Kind::Vm => schema_for!(VmManifest),
         Kind::Pool => schema_for!(PoolManifest),
         Kind::Network => schema_for!(NetworkManifest),
@@ -28,6 +30,16 @@ pub fn schema_of(kind: Kind) -> serde_json::Value {
             "apiVersion".into(),
             serde_json::json!({"type": "string", "enum": [crate::manifest::API_VERSION]}),
         );
+    }
+    // Only VMs live in a project: the other kinds' schemas refuse `metadata.project` (as
+    // the parser does), so an editor flags it too.
+    if !kind.in_project() {
+        if let Some(props) = value
+            .pointer_mut("/definitions/ObjectMeta/properties")
+            .and_then(|p| p.as_object_mut())
+        {
+            props.remove("project");
+        }
     }
     value["title"] = serde_json::Value::String(format!("otherix {}", kind.as_str()));
     value
@@ -119,8 +131,32 @@ mod example_tests {
             }
             assert!(!objs.is_empty(), "{name} declares nothing");
         }
-        for k in ["vm", "pool", "network", "cluster"] {
+        for k in ["vm", "pool", "network", "cluster", "project"] {
             assert!(kinds_seen.contains(k), "no example of kind {k}");
+        }
+    }
+
+    #[test]
+    fn schema_metadata_project_only_on_vms() {
+        let doc = |kind: &str, spec: serde_json::Value| {
+            serde_json::json!({
+                "apiVersion": "otherix.dev/v1", "kind": kind,
+                "metadata": {"name": "a", "project": "team-a"}, "spec": spec
+            })
+        };
+        let vm = doc(
+            "VM",
+            serde_json::json!({"image_url": "http://x/y", "arch": "amd64"}),
+        );
+        assert!(jsonschema::validator_for(&schema_of(Kind::Vm))
+            .unwrap()
+            .is_valid(&vm));
+        for kind in [Kind::Project, Kind::Pool, Kind::ClusterSettings] {
+            let validator = jsonschema::validator_for(&schema_of(kind)).unwrap();
+            assert!(
+                !validator.is_valid(&doc(kind.as_str(), serde_json::json!({}))),
+                "{kind:?}"
+            );
         }
     }
 

@@ -177,6 +177,7 @@ struct WireError {
     message: String,
 }
 
+#[derive(Clone)]
 pub struct Client {
     base: Url,
     server: String,
@@ -237,6 +238,20 @@ impl Client {
     /// The server URL, as given.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The project VM and task routes name (`--project`, `OTHERIX_PROJECT`, the
+    /// remote's), or `None` when the server uses the token's.
+    pub fn project(&self) -> Option<&str> {
+        self.project.as_deref()
+    }
+
+    /// The same client with `project` as its project (one connection pool, one pin).
+    pub fn in_project(&self, project: &str) -> Client {
+        Client {
+            project: Some(project.to_owned()),
+            ..self.clone()
+        }
     }
 
     /// `POST /v1/vms`

@@ -1,7 +1,13 @@
 //! The CLI's [`ApplyTarget`]: the manifest routes of the otherixd HTTP API (`GET`/`PUT`/
-//! `DELETE /v1/{vms,pools,networks,firmware}/{name}`, `/v1/cluster`, and the list routes
-//! for `--prune`), sent through [`Client::execute`] so requests and the error envelope
-//! are handled in one place. Task waits go through [`crate::wait`].
+//! `DELETE /v1/{projects,vms,pools,networks,firmware}/{name}`, `/v1/cluster`, and the list
+//! routes for `--prune`), sent through [`Client::execute`] so requests and the error
+//! envelope are handled in one place. Task waits go through [`crate::wait`].
+//!
+//! A VM whose document names `metadata.project` is addressed with `?project=P` (which wins
+//! over the CLI's resolved project, see [`crate::client::scoped`]); other VMs go to the
+//! resolved project as every VM command does. `--prune` lists VMs of every project with
+//! `all_projects=true` and, when the token may not (403: a member or viewer), of the
+//! resolved project and each project the documents name.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -23,8 +29,8 @@ use crate::wait::{self, WaitError};
 
 /// Page size of the list calls behind `--prune`.
 const LIST_LIMIT: &str = "1000";
-/// The kinds `--prune` lists, each with its collection path segment.
-const LISTED: [Kind; 4] = [Kind::Vm, Kind::Pool, Kind::Network, Kind::Firmware];
+/// The cluster-wide kinds `--prune` lists (VMs are listed per project).
+const LISTED: [Kind; 4] = [Kind::Project, Kind::Pool, Kind::Network, Kind::Firmware];
 
 /// The list envelope, with items kept as JSON (ownership is read from `annotations`).
 #[derive(Deserialize)]
@@ -39,8 +45,11 @@ pub struct HttpTarget<'a> {
     wait_timeout: Duration,
     /// Where task waits print their progress dots.
     progress: &'a mut dyn Write,
-    /// Tasks the server returned, so waiting starts without fetching them.
-    tasks: HashMap<Uuid, Task>,
+    /// Tasks the server returned, so waiting starts without fetching them, each with the
+    /// project its request named (`None`: the CLI's).
+    tasks: HashMap<Uuid, (Task, Option<String>)>,
+    /// The project documents without `metadata.project` go to, once asked.
+    default_project: Option<String>,
 }
 
 /// The collection path segment of a kind (`vms`, `pools`, ...).
@@ -51,7 +60,17 @@ fn collection(kind: Kind) -> &'static str {
         Kind::Network => "networks",
         Kind::Firmware => "firmware",
         Kind::ClusterSettings => "cluster",
+        Kind::Project => "projects",
     }
+}
+
+/// `project=P` for an object whose document names its project.
+fn project_query(project: Option<&str>) -> Vec<(&'static str, &str)> {
+    project.map(|p| ("project", p)).into_iter().collect()
+}
+
+fn is_forbidden(e: &ClientError) -> bool {
+    matches!(e, ClientError::Api { status: 403, .. })
 }
 
 /// The object path of `kind`/`name`; cluster settings are the singleton `/v1/cluster`.
@@ -74,6 +93,7 @@ fn apply_body(object: &Object) -> Result<Value, serde_json::Error> {
         })
     }
     match object {
+        Object::Project(m) => body(&m.spec, &m.metadata),
         Object::Vm(m) => body(&m.spec, &m.metadata),
         Object::Pool(m) => body(&m.spec, &m.metadata),
         Object::Network(m) => body(&m.spec, &m.metadata),
@@ -95,16 +115,44 @@ impl<'a> HttpTarget<'a> {
             wait_timeout,
             progress,
             tasks: HashMap::new(),
+            default_project: None,
         }
     }
 
-    /// Waits for a task this target saw (or any task by id) with the CLI's waiter.
+    /// Waits for a task this target saw (or any task by id) with the CLI's waiter. A task
+    /// of a VM whose document named its project is polled in that project.
     pub fn wait(&mut self, id: Uuid) -> Result<Task, WaitError> {
-        let task = match self.tasks.remove(&id) {
+        let (task, project) = match self.tasks.remove(&id) {
             Some(t) => t,
-            None => self.client.get_task(id, None)?.value,
+            None => (self.client.get_task(id, None)?.value, None),
         };
-        wait::wait_for_task(self.client, task, self.wait_timeout, self.progress)
+        match project {
+            Some(p) => {
+                let client = self.client.in_project(&p);
+                wait::wait_for_task(&client, task, self.wait_timeout, self.progress)
+            }
+            None => wait::wait_for_task(self.client, task, self.wait_timeout, self.progress),
+        }
+    }
+
+    /// Every page of `GET /v1/<collection>` with `query`.
+    fn list_all(&self, kind: Kind, query: &[(&str, &str)]) -> Result<Vec<Value>, ClientError> {
+        let mut items = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut q = vec![("limit", LIST_LIMIT)];
+            q.extend_from_slice(query);
+            if let Some(c) = &cursor {
+                q.push(("cursor", c));
+            }
+            let answer = self.send(Method::GET, &["v1", collection(kind)], &q, None)?;
+            let page: Page = self.decode(answer)?;
+            items.extend(page.items);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(items),
+            }
+        }
     }
 
     #[cfg(test)]
@@ -132,17 +180,20 @@ impl<'a> HttpTarget<'a> {
         self.client.decode(answer).map(|f| f.value)
     }
 
-    fn remember(&mut self, task: Option<Task>) -> Option<Uuid> {
+    /// Keeps a task the server returned for a request to `project` (`None`: the CLI's).
+    fn remember(&mut self, task: Option<Task>, project: Option<&str>) -> Option<Uuid> {
         let task = task?;
         let id = task.id;
-        self.tasks.insert(id, task);
+        self.tasks.insert(id, (task, project.map(str::to_owned)));
         Some(id)
     }
 }
 
 impl ApplyTarget for HttpTarget<'_> {
-    fn get(&mut self, kind: Kind, name: &str) -> Result<Option<Value>, ManifestsError> {
-        match self.send(Method::GET, &object_path(kind, name), &[], None) {
+    fn get(&mut self, object: &ObjectRef) -> Result<Option<Value>, ManifestsError> {
+        let path = object_path(object.kind, &object.name);
+        let query = project_query(object.project());
+        match self.send(Method::GET, &path, &query, None) {
             Ok(answer) => Ok(Some(self.decode(answer).map_err(ManifestsError::target)?)),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(ManifestsError::target(e)),
@@ -152,18 +203,21 @@ impl ApplyTarget for HttpTarget<'_> {
     fn apply(&mut self, object: &Object) -> Result<ApplyResult, ManifestsError> {
         let path = object_path(object.kind(), object.name());
         let body = apply_body(object).map_err(ManifestsError::target)?;
+        let query = project_query(object.project());
         let answer = self
-            .send(Method::PUT, &path, &[], Some(&body))
+            .send(Method::PUT, &path, &query, Some(&body))
             .map_err(ManifestsError::target)?;
         let resp: ApplyResponse<Value> = self.decode(answer).map_err(ManifestsError::target)?;
         Ok(ApplyResult {
             outcome: resp.outcome,
-            task_id: self.remember(resp.task),
+            task_id: self.remember(resp.task, object.project()),
         })
     }
 
-    fn delete(&mut self, kind: Kind, name: &str) -> Result<DeleteResult, ManifestsError> {
-        match self.send(Method::DELETE, &object_path(kind, name), &[], None) {
+    fn delete(&mut self, object: &ObjectRef) -> Result<DeleteResult, ManifestsError> {
+        let path = object_path(object.kind, &object.name);
+        let query = project_query(object.project());
+        match self.send(Method::DELETE, &path, &query, None) {
             Ok(answer) => {
                 // A VM answers `TaskAccepted {task, ...}`; other kinds may answer anything.
                 let task = serde_json::from_str::<Value>(&answer.body)
@@ -171,7 +225,7 @@ impl ApplyTarget for HttpTarget<'_> {
                     .and_then(|v| v.get("task").cloned())
                     .and_then(|t| serde_json::from_value::<Task>(t).ok());
                 Ok(DeleteResult::Deleted {
-                    task_id: self.remember(task),
+                    task_id: self.remember(task, object.project()),
                 })
             }
             Err(e) if is_not_found(&e) => Ok(DeleteResult::NotFound),
@@ -179,25 +233,37 @@ impl ApplyTarget for HttpTarget<'_> {
         }
     }
 
-    fn list_owned(&mut self, source: &str) -> Result<Vec<ObjectRef>, ManifestsError> {
+    /// The CLI's resolved project, else the token's (`GET /v1/whoami`, asked once).
+    fn default_project(&mut self) -> Result<String, ManifestsError> {
+        if let Some(p) = self.client.project().or(self.default_project.as_deref()) {
+            return Ok(p.to_owned());
+        }
+        let me = self.client.whoami().map_err(ManifestsError::target)?.value;
+        self.default_project = Some(me.project.clone());
+        Ok(me.project)
+    }
+
+    fn list_owned(
+        &mut self,
+        source: &str,
+        projects: &[String],
+    ) -> Result<Vec<ObjectRef>, ManifestsError> {
         let mut owned = Vec::new();
-        for kind in LISTED {
-            let mut cursor: Option<String> = None;
-            loop {
-                let mut query = vec![("limit", LIST_LIMIT)];
-                if let Some(c) = &cursor {
-                    query.push(("cursor", c));
-                }
-                let answer = self
-                    .send(Method::GET, &["v1", collection(kind)], &query, None)
-                    .map_err(ManifestsError::target)?;
-                let page: Page = self.decode(answer).map_err(ManifestsError::target)?;
-                owned.extend(filter_owned(kind, &page.items, source));
-                match page.next_cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
+        match self.list_all(Kind::Vm, &[("all_projects", "true")]) {
+            Ok(vms) => owned.extend(filter_owned(Kind::Vm, &vms, source, None)),
+            Err(e) if is_forbidden(&e) => {
+                for project in projects {
+                    let vms = self
+                        .list_all(Kind::Vm, &[("project", project)])
+                        .map_err(ManifestsError::target)?;
+                    owned.extend(filter_owned(Kind::Vm, &vms, source, Some(project)));
                 }
             }
+            Err(e) => return Err(ManifestsError::target(e)),
+        }
+        for kind in LISTED {
+            let items = self.list_all(kind, &[]).map_err(ManifestsError::target)?;
+            owned.extend(filter_owned(kind, &items, source, None));
         }
         Ok(owned)
     }
@@ -239,6 +305,7 @@ mod tests {
             (Kind::Network, "lan", "/v1/networks/lan"),
             (Kind::Firmware, "ovmf", "/v1/firmware/ovmf"),
             (Kind::ClusterSettings, "cluster", "/v1/cluster"),
+            (Kind::Project, "team-a", "/v1/projects/team-a"),
         ];
         let client = Client::new("http://h:1/").unwrap();
         let mut sink = std::io::sink();
@@ -249,11 +316,12 @@ mod tests {
     }
 
     #[test]
-    fn list_owned_pages_and_filters_on_annotations() {
+    fn list_owned_admin_lists_vms_of_all_projects_pages_and_filters_on_annotations() {
         let mine = json!({"otherix.dev/source": "/m"});
         let server = FakeServer::start(vec![
-            (200, json!({"items": [{"name": "a", "annotations": mine}, {"name": "b"}], "next_cursor": "c2"}).to_string()),
-            (200, json!({"items": [{"name": "c", "annotations": mine}]}).to_string()),
+            (200, json!({"items": [{"name": "a", "project": "team-a", "annotations": mine}, {"name": "b", "project": "default"}], "next_cursor": "c2"}).to_string()),
+            (200, json!({"items": [{"name": "c", "project": "default", "annotations": mine}]}).to_string()),
+            (200, json!({"items": [{"name": "default", "annotations": mine}, {"name": "team-a", "annotations": mine}]}).to_string()),
             (200, json!({"items": [{"name": "p", "annotations": {"otherix.dev/source": "/x"}}]}).to_string()),
             (200, json!({"items": [{"name": "n", "annotations": mine}]}).to_string()),
             (200, json!({"items": [{"name": "ovmf", "builtin": true, "annotations": mine}]}).to_string()),
@@ -261,25 +329,131 @@ mod tests {
         let client = Client::new(&server.url).unwrap();
         let mut sink = std::io::sink();
         let mut t = HttpTarget::new(&client, Duration::ZERO, &mut sink);
-        let owned = t.list_owned("/m").unwrap();
+        let owned = t.list_owned("/m", &["default".into()]).unwrap();
         assert_eq!(
             owned,
             [
-                (Kind::Vm, "a".to_owned()),
-                (Kind::Vm, "c".to_owned()),
-                (Kind::Network, "n".to_owned())
+                ObjectRef::in_project(Kind::Vm, Some("team-a"), "a"),
+                ObjectRef::in_project(Kind::Vm, Some("default"), "c"),
+                ObjectRef::new(Kind::Project, "team-a"),
+                ObjectRef::new(Kind::Network, "n"),
             ]
         );
         assert_eq!(
             server.requests(),
             [
-                "GET /v1/vms?limit=1000",
-                "GET /v1/vms?limit=1000&cursor=c2",
+                "GET /v1/vms?limit=1000&all_projects=true",
+                "GET /v1/vms?limit=1000&all_projects=true&cursor=c2",
+                "GET /v1/projects?limit=1000",
                 "GET /v1/pools?limit=1000",
                 "GET /v1/networks?limit=1000",
                 "GET /v1/firmware?limit=1000",
             ]
         );
+    }
+
+    #[test]
+    fn list_owned_member_refused_all_projects_lists_each_named_project() {
+        let mine = json!({"otherix.dev/source": "/m"});
+        let empty = (200, json!({"items": []}).to_string());
+        let server = FakeServer::start(vec![
+            (
+                403,
+                json!({"error": {"code": "forbidden", "message": "token dev (member) may not list all projects"}}).to_string(),
+            ),
+            (200, json!({"items": [{"name": "a", "project": "dev", "annotations": mine}]}).to_string()),
+            empty.clone(),
+            empty.clone(),
+            empty.clone(),
+            empty.clone(),
+            empty,
+        ]);
+        let client = Client::connect(crate::client::ClientOptions {
+            project: Some("dev".into()),
+            ..crate::client::ClientOptions::plain(&server.url)
+        })
+        .unwrap();
+        let mut sink = std::io::sink();
+        let mut t = HttpTarget::new(&client, Duration::ZERO, &mut sink);
+        assert_eq!(t.default_project().unwrap(), "dev");
+        let owned = t.list_owned("/m", &["dev".into(), "ops".into()]).unwrap();
+        assert_eq!(owned, [ObjectRef::in_project(Kind::Vm, Some("dev"), "a")]);
+        assert_eq!(
+            server.requests(),
+            [
+                "GET /v1/vms?limit=1000&all_projects=true",
+                "GET /v1/vms?limit=1000&project=dev",
+                "GET /v1/vms?limit=1000&project=ops",
+                "GET /v1/projects?limit=1000",
+                "GET /v1/pools?limit=1000",
+                "GET /v1/networks?limit=1000",
+                "GET /v1/firmware?limit=1000",
+            ]
+        );
+    }
+
+    #[test]
+    fn vm_with_metadata_project_is_sent_to_that_project_others_to_the_resolved_one() {
+        let vm = |project: &str| {
+            let project = if project.is_empty() {
+                String::new()
+            } else {
+                format!("  project: {project}\n")
+            };
+            let text = format!("apiVersion: otherix.dev/v1\nkind: VM\nmetadata:\n  name: web-1\n{project}spec: {{image_url: http://i/x, arch: amd64}}\n");
+            otherix_manifests::load_stdin(&text)
+                .unwrap()
+                .remove(0)
+                .object
+        };
+        let project = otherix_manifests::load_stdin(
+            "apiVersion: otherix.dev/v1\nkind: Project\nmetadata: {name: team-a}\nspec: {max_vms: 2}\n",
+        )
+        .unwrap()
+        .remove(0)
+        .object;
+        let applied = json!({"outcome": "created", "object": {}}).to_string();
+        let server = FakeServer::start(vec![(200, applied)]);
+        let client = Client::connect(crate::client::ClientOptions {
+            project: Some("dev".into()),
+            ..crate::client::ClientOptions::plain(&server.url)
+        })
+        .unwrap();
+        let mut sink = std::io::sink();
+        let mut t = HttpTarget::new(&client, Duration::ZERO, &mut sink);
+        t.apply(&project).unwrap();
+        t.apply(&vm("team-a")).unwrap();
+        t.apply(&vm("")).unwrap();
+        t.get(&ObjectRef::of(&vm("team-a"))).unwrap();
+        t.delete(&ObjectRef::of(&vm("team-a"))).unwrap();
+        t.delete(&ObjectRef::of(&vm(""))).unwrap();
+        let spec =
+            r#"{"spec":{"arch":"amd64","image_url":"http://i/x","memory_mb":2048,"vcpus":2}}"#;
+        assert_eq!(
+            server.requests(),
+            [
+                r#"PUT /v1/projects/team-a {"spec":{"max_vms":2}}"#.to_owned(),
+                format!("PUT /v1/vms/web-1?project=team-a {spec}"),
+                format!("PUT /v1/vms/web-1?project=dev {spec}"),
+                "GET /v1/vms/web-1?project=team-a".to_owned(),
+                "DELETE /v1/vms/web-1?project=team-a".to_owned(),
+                "DELETE /v1/vms/web-1?project=dev".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn default_project_without_a_resolved_one_is_the_tokens_asked_once() {
+        let server = FakeServer::start(vec![(
+            200,
+            json!({"name": "ci", "role": "member", "project": "team-a"}).to_string(),
+        )]);
+        let client = Client::new(&server.url).unwrap();
+        let mut sink = std::io::sink();
+        let mut t = HttpTarget::new(&client, Duration::ZERO, &mut sink);
+        assert_eq!(t.default_project().unwrap(), "team-a");
+        assert_eq!(t.default_project().unwrap(), "team-a");
+        assert_eq!(server.requests(), ["GET /v1/whoami"]);
     }
 
     #[test]
@@ -297,15 +471,17 @@ mod tests {
         let client = Client::new(&server.url).unwrap();
         let mut sink = std::io::sink();
         let mut t = HttpTarget::new(&client, Duration::ZERO, &mut sink);
-        assert_eq!(t.get(Kind::Vm, "web-1").unwrap(), None);
-        assert_eq!(t.delete(Kind::Vm, "web-1").unwrap(), DeleteResult::NotFound);
-        let err = CommandError::from(t.delete(Kind::Pool, "fast").unwrap_err());
+        let vm = ObjectRef::new(Kind::Vm, "web-1");
+        let pool = ObjectRef::new(Kind::Pool, "fast");
+        assert_eq!(t.get(&vm).unwrap(), None);
+        assert_eq!(t.delete(&vm).unwrap(), DeleteResult::NotFound);
+        let err = CommandError::from(t.delete(&pool).unwrap_err());
         assert!(
             matches!(err, CommandError::Client(ClientError::Api { .. })),
             "{err:?}"
         );
         assert_eq!(err.to_string(), "conflict: pool fast is used by vm web-1");
-        let err = t.get(Kind::Pool, "fast").unwrap_err();
+        let err = t.get(&pool).unwrap_err();
         assert!(
             err.to_string().starts_with("cannot reach otherix server"),
             "{err}"

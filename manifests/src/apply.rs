@@ -1,5 +1,5 @@
-//! Applying objects in dependency order (pools, networks, firmware, cluster settings, then
-//! VMs), stamping the source annotation when one is given, stopping at the first error.
+//! Applying objects in dependency order (projects, pools, networks, firmware, cluster
+//! settings, then VMs), stamping the source annotation when one is given, stopping at the first error.
 
 use std::fmt;
 
@@ -7,7 +7,7 @@ use otherix_api::manifest::{Kind, ObjectMeta};
 use otherix_api::{ApplyOutcome, Object, SOURCE_ANNOTATION};
 use uuid::Uuid;
 
-use crate::{reference, ApplyTarget, Error};
+use crate::{ApplyTarget, Error, ObjectRef};
 
 /// `object` with `otherix.dev/source: <source>` added when `source` is given.
 pub fn stamp_source(object: &Object, source: Option<&str>) -> Object {
@@ -20,8 +20,9 @@ pub fn stamp_source(object: &Object, source: Option<&str>) -> Object {
     object
 }
 
-fn metadata_mut(object: &mut Object) -> &mut ObjectMeta {
+pub(crate) fn metadata_mut(object: &mut Object) -> &mut ObjectMeta {
     match object {
+        Object::Project(m) => &mut m.metadata,
         Object::Vm(m) => &mut m.metadata,
         Object::Pool(m) => &mut m.metadata,
         Object::Network(m) => &mut m.metadata,
@@ -30,18 +31,24 @@ fn metadata_mut(object: &mut Object) -> &mut ObjectMeta {
     }
 }
 
-/// One applied object: `vm/web-1 created task=<id>`, `pool/fast unchanged`.
+/// One applied object: `vm/web-1 created task=<id>`, `pool/fast unchanged`,
+/// `vm/team-a/ci-1 created task=<id>` for a document naming its project.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApplyLine {
     pub kind: Kind,
+    /// The project the document named (VMs only).
+    pub project: Option<String>,
     pub name: String,
     pub outcome: ApplyOutcome,
     pub task_id: Option<Uuid>,
 }
 
 impl ApplyLine {
+    pub fn object(&self) -> ObjectRef {
+        ObjectRef::in_project(self.kind, self.project.as_deref(), &self.name)
+    }
     pub fn reference(&self) -> String {
-        reference(self.kind, &self.name)
+        self.object().to_string()
     }
 }
 
@@ -59,13 +66,23 @@ impl fmt::Display for ApplyLine {
 #[derive(Debug)]
 pub struct ApplyFailure {
     pub kind: Kind,
+    /// The project the document named (VMs only).
+    pub project: Option<String>,
     pub name: String,
     pub error: Error,
 }
 
 impl ApplyFailure {
+    pub fn new(object: &ObjectRef, error: Error) -> Self {
+        ApplyFailure {
+            kind: object.kind,
+            project: object.project.clone(),
+            name: object.name.clone(),
+            error,
+        }
+    }
     pub fn reference(&self) -> String {
-        reference(self.kind, &self.name)
+        ObjectRef::in_project(self.kind, self.project.as_deref(), &self.name).to_string()
     }
 }
 
@@ -98,15 +115,12 @@ pub fn apply_one(
         .apply(&object)
         .map(|r| ApplyLine {
             kind: object.kind(),
+            project: object.project().map(str::to_owned),
             name: object.name().to_owned(),
             outcome: r.outcome,
             task_id: r.task_id,
         })
-        .map_err(|error| ApplyFailure {
-            kind: object.kind(),
-            name: object.name().to_owned(),
-            error,
-        })
+        .map_err(|error| ApplyFailure::new(&ObjectRef::of(&object), error))
 }
 
 /// Objects in apply order (dependencies first, otherwise as given).

@@ -5,9 +5,9 @@
 use otherix_api::Object;
 use similar::TextDiff;
 
-use crate::apply::stamp_source;
-use crate::project::{project_live, to_yaml};
-use crate::{ApplyTarget, Error};
+use crate::apply::{metadata_mut, stamp_source};
+use crate::project::{live_to_object, to_yaml};
+use crate::{ApplyTarget, Error, ObjectRef};
 
 /// Lines of context around each change.
 pub const CONTEXT_LINES: usize = 3;
@@ -56,15 +56,21 @@ impl ObjectDiff {
     }
 }
 
-/// The live projection of `object`'s counterpart, `None` if there is none.
+/// The live projection of `object`'s counterpart, `None` if there is none. It was looked
+/// up where the document points (its `metadata.project`, else the target's project), so
+/// it carries the document's `metadata.project`: where a VM lives is not a difference.
 pub fn live_projection(
     target: &mut dyn ApplyTarget,
     object: &Object,
 ) -> Result<Option<String>, Error> {
     let kind = object.kind();
     target
-        .get(kind, object.name())?
-        .map(|live| project_live(kind, &live))
+        .get(&ObjectRef::of(object))?
+        .map(|live| {
+            let mut projected = live_to_object(kind, &live)?;
+            metadata_mut(&mut projected).project = object.metadata().project.clone();
+            to_yaml(&projected)
+        })
         .transpose()
 }
 
@@ -90,7 +96,6 @@ mod tests {
     use super::*;
     use crate::fake::{live_json, FakeTarget};
     use crate::load::load_path;
-    use crate::project::live_to_object;
     use otherix_api::manifest::Kind;
 
     fn examples() -> std::path::PathBuf {
@@ -128,10 +133,15 @@ mod tests {
             for parsed in objects {
                 let object = parsed.object;
                 let live = live_json(&object);
-                let back = live_to_object(object.kind(), &live).unwrap();
+                // The project is where the object was found, not content.
+                let mut back = live_to_object(object.kind(), &live).unwrap();
+                assert_eq!(back.project(), None);
+                metadata_mut(&mut back).project = object.metadata().project.clone();
                 assert_eq!(back, object, "{}", file.display());
-                let projected = project_live(object.kind(), &live).unwrap();
-                let d = ObjectDiff::new(&object, Some(projected)).unwrap();
+                let mut target = FakeTarget::default();
+                target.put_live_in(object.kind(), object.project(), object.name(), live);
+                let projected = live_projection(&mut target, &object).unwrap();
+                let d = ObjectDiff::new(&object, projected).unwrap();
                 assert!(d.is_same(), "{}: {}", file.display(), d.diff);
                 seen += 1;
             }

@@ -25,16 +25,63 @@ pub use error::{Error, TargetError};
 pub use load::{load_path, load_stdin, load_texts, source_id};
 pub use project::{live_to_object, project_live, to_yaml};
 pub use prune::{
-    delete_all, filter_owned, is_owned, plan_delete, plan_prune, DeleteLine, DeleteReport,
-    DeleteVerb,
+    declared_refs, delete_all, filter_owned, is_owned, owned_refs, plan_delete, plan_prune,
+    DeleteLine, DeleteReport, DeleteVerb,
 };
 pub use target::{ApplyResult, ApplyTarget, DeleteResult};
 pub use watch::{run_watch, StopSignal, WatchEvent, WatchOptions};
 
-/// A kind and name pair, e.g. `(Kind::Vm, "web-1")`.
-pub type ObjectRef = (otherix_api::manifest::Kind, String);
+use otherix_api::manifest::{object_reference, Kind};
+use otherix_api::Object;
 
-/// `vm/web-1`, as every output line names an object.
-pub fn reference(kind: otherix_api::manifest::Kind, name: &str) -> String {
-    format!("{}/{name}", kind.short())
+/// One object a target holds: its kind, its name and, for a VM, the project a document
+/// named (`None`: the target's own project, [`ApplyTarget::default_project`]). Objects
+/// of cluster-wide kinds never have a project.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub kind: Kind,
+    pub project: Option<String>,
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// An object in the target's own project, or a cluster-wide one.
+    pub fn new(kind: Kind, name: impl Into<String>) -> Self {
+        ObjectRef {
+            kind,
+            project: None,
+            name: name.into(),
+        }
+    }
+
+    /// A VM in `project` (`None`: the target's own).
+    pub fn in_project(kind: Kind, project: Option<&str>, name: impl Into<String>) -> Self {
+        ObjectRef {
+            kind,
+            project: project.map(str::to_owned),
+            name: name.into(),
+        }
+    }
+
+    /// What a document declares.
+    pub fn of(object: &Object) -> Self {
+        ObjectRef::in_project(object.kind(), object.project(), object.name())
+    }
+
+    /// The project this object's requests name, if any.
+    pub fn project(&self) -> Option<&str> {
+        self.project.as_deref()
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    /// `vm/web-1`, `vm/team-a/web-1`, as every output line names an object.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&object_reference(self.kind, self.project(), &self.name))
+    }
+}
+
+/// `vm/web-1`, as every output line names an object (of the target's own project).
+pub fn reference(kind: Kind, name: &str) -> String {
+    object_reference(kind, None, name)
 }

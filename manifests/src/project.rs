@@ -14,6 +14,9 @@ use crate::{reference, Error};
 
 /// The typed manifest object a live object corresponds to. A missing `annotations` is
 /// empty; a missing `spec` is `{}` (which only kinds with all-optional specs accept).
+/// A live VM's `project` is where it was found, not content: `metadata.project` is left
+/// out, and a caller that looked the object up for a document sets it to the document's
+/// (see [`crate::diff::live_projection`]).
 pub fn live_to_object(kind: Kind, live: &Value) -> Result<Object, Error> {
     let name = match live.get("name").and_then(Value::as_str) {
         Some(n) => n.to_owned(),
@@ -41,6 +44,7 @@ pub fn live_to_object(kind: Kind, live: &Value) -> Result<Object, Error> {
         .unwrap_or_else(|| Value::Object(Default::default()));
     let metadata = ObjectMeta {
         name: name.clone(),
+        project: None,
         annotations,
     };
     fn typed<S: DeserializeOwned>(
@@ -57,6 +61,7 @@ pub fn live_to_object(kind: Kind, live: &Value) -> Result<Object, Error> {
     }
     let spec_err = |e: serde_json::Error| fail(format!("spec: {e}"));
     Ok(match kind {
+        Kind::Project => Object::Project(typed(kind, metadata, spec).map_err(spec_err)?),
         Kind::Vm => {
             let m: Manifest<otherix_api::VmSpec> = typed(kind, metadata, spec).map_err(spec_err)?;
             Object::Vm(Box::new(VmManifest {
@@ -78,6 +83,7 @@ pub fn live_to_object(kind: Kind, live: &Value) -> Result<Object, Error> {
 /// The canonical manifest YAML of a typed object.
 pub fn to_yaml(object: &Object) -> Result<String, Error> {
     Ok(match object {
+        Object::Project(m) => serde_yaml::to_string(m)?,
         Object::Vm(m) => serde_yaml::to_string(m)?,
         Object::Pool(m) => serde_yaml::to_string(m)?,
         Object::Network(m) => serde_yaml::to_string(m)?,
@@ -141,6 +147,16 @@ spec:
                 Kind::Firmware,
                 json!({"name": "ovmf", "spec": {"arch": "amd64", "type": "uefi", "code": "/c.fd"}, "builtin": true}),
                 "kind: Firmware\nmetadata:\n  name: ovmf\nspec:\n  arch: amd64\n  type: uefi\n  code: /c.fd\n",
+            ),
+            (
+                Kind::Project,
+                json!({"id": "x", "name": "team-a", "annotations": {}, "spec": {"max_vms": 2}, "usage": {"vms": 1, "vcpus": 1, "memory_mb": 256}}),
+                "kind: Project\nmetadata:\n  name: team-a\nspec:\n  max_vms: 2\n",
+            ),
+            (
+                Kind::Vm,
+                json!({"name": "ci-1", "project": "team-a", "spec": {"image_url": "http://i/x", "arch": "amd64"}}),
+                "kind: VM\nmetadata:\n  name: ci-1\nspec:\n  image_url: http://i/x\n  arch: amd64\n  vcpus: 2\n  memory_mb: 2048\n",
             ),
             (
                 Kind::ClusterSettings,

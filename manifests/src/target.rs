@@ -2,7 +2,6 @@
 //! (`PUT/GET/DELETE /v1/<kind>/{name}`), otherixd over its service. It is synchronous; a
 //! server runs the code that drives it (e.g. [`crate::run_watch`]) on a blocking thread.
 
-use otherix_api::manifest::Kind;
 use otherix_api::{ApplyOutcome, Object};
 use uuid::Uuid;
 
@@ -30,19 +29,26 @@ pub enum DeleteResult {
 pub trait ApplyTarget {
     /// The live object as `GET /v1/<kind>/{name}` returns it (`name`, `annotations`,
     /// `spec`, ...), or `None` if there is none. For `ClusterSettings` the name is
-    /// `cluster`.
-    fn get(&mut self, kind: Kind, name: &str) -> Result<Option<serde_json::Value>, Error>;
+    /// `cluster`. A VM is looked up in `object.project` (else the target's project).
+    fn get(&mut self, object: &ObjectRef) -> Result<Option<serde_json::Value>, Error>;
 
     /// Server-side upsert of the object's desired state: its spec and its annotations
-    /// (which replace the stored ones), as `PUT /v1/<kind>/{name}`.
+    /// (which replace the stored ones), as `PUT /v1/<kind>/{name}`; a VM goes to its
+    /// `metadata.project` (else the target's project).
     fn apply(&mut self, object: &Object) -> Result<ApplyResult, Error>;
 
     /// Deletes one object (`DELETE /v1/<kind>/{name}`).
-    fn delete(&mut self, kind: Kind, name: &str) -> Result<DeleteResult, Error>;
+    fn delete(&mut self, object: &ObjectRef) -> Result<DeleteResult, Error>;
 
-    /// Every live pool, network, firmware and VM whose `otherix.dev/source` annotation is
-    /// exactly `source` (see [`crate::filter_owned`]).
-    fn list_owned(&mut self, source: &str) -> Result<Vec<ObjectRef>, Error>;
+    /// The project documents without `metadata.project` go to (the CLI's resolved
+    /// project, else the token's; `default` for the server's own directory).
+    fn default_project(&mut self) -> Result<String, Error>;
+
+    /// Every live project, pool, network, firmware, and every VM of `projects` (at least:
+    /// a target that may see every project lists every project's VMs), whose
+    /// `otherix.dev/source` annotation is exactly `source` (see [`crate::filter_owned`]);
+    /// each VM with the project it lives in.
+    fn list_owned(&mut self, source: &str, projects: &[String]) -> Result<Vec<ObjectRef>, Error>;
 
     /// Blocks until the task is terminal; an error if it did not succeed (or took too
     /// long, by the target's own limit). Used between a VM's delete and the delete of
@@ -51,17 +57,20 @@ pub trait ApplyTarget {
 }
 
 impl<T: ApplyTarget + ?Sized> ApplyTarget for &mut T {
-    fn get(&mut self, kind: Kind, name: &str) -> Result<Option<serde_json::Value>, Error> {
-        (**self).get(kind, name)
+    fn get(&mut self, object: &ObjectRef) -> Result<Option<serde_json::Value>, Error> {
+        (**self).get(object)
     }
     fn apply(&mut self, object: &Object) -> Result<ApplyResult, Error> {
         (**self).apply(object)
     }
-    fn delete(&mut self, kind: Kind, name: &str) -> Result<DeleteResult, Error> {
-        (**self).delete(kind, name)
+    fn delete(&mut self, object: &ObjectRef) -> Result<DeleteResult, Error> {
+        (**self).delete(object)
     }
-    fn list_owned(&mut self, source: &str) -> Result<Vec<ObjectRef>, Error> {
-        (**self).list_owned(source)
+    fn default_project(&mut self) -> Result<String, Error> {
+        (**self).default_project()
+    }
+    fn list_owned(&mut self, source: &str, projects: &[String]) -> Result<Vec<ObjectRef>, Error> {
+        (**self).list_owned(source, projects)
     }
     fn wait_task(&mut self, task_id: Uuid) -> Result<(), Error> {
         (**self).wait_task(task_id)

@@ -18,7 +18,7 @@ use otherix_api::{ApplyOutcome, ManifestError, Object};
 use crate::apply::{apply_one, in_apply_order, stamp_source, ApplyFailure, ApplyLine};
 use crate::diff::{live_projection, ObjectDiff};
 use crate::load::{is_manifest_file_name, load_path, source_id};
-use crate::prune::{delete_all, plan_prune, DeleteLine, DeleteVerb};
+use crate::prune::{declared_refs, delete_all, owned_refs, plan_prune, DeleteLine, DeleteVerb};
 use crate::{ApplyTarget, Error, ObjectRef};
 
 /// How often a waiting watcher looks at its [`StopSignal`].
@@ -174,11 +174,10 @@ fn reload(
         let live = match live_projection(target, &stamped) {
             Ok(live) => live,
             Err(error) => {
-                on_event(WatchEvent::Failed(ApplyFailure {
-                    kind: object.kind(),
-                    name: object.name().to_owned(),
+                on_event(WatchEvent::Failed(ApplyFailure::new(
+                    &ObjectRef::of(object),
                     error,
-                }));
+                )));
                 return;
             }
         };
@@ -204,17 +203,14 @@ fn reload(
         }
     }
     if opts.prune {
-        let owned = match target.list_owned(source) {
+        let (owned, default_project) = match owned_refs(target, source, &objects) {
             Ok(owned) => owned,
             Err(e) => {
                 on_event(WatchEvent::Error(e));
                 return;
             }
         };
-        let declared: Vec<ObjectRef> = objects
-            .iter()
-            .map(|o| (o.kind(), o.name().to_owned()))
-            .collect();
+        let declared = declared_refs(&objects, &default_project);
         let report = delete_all(
             &plan_prune(&declared, &owned),
             target,

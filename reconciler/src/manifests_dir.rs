@@ -4,7 +4,9 @@
 //! [`ApplyTarget`] over the service layer. The watcher is synchronous, so it runs on a
 //! dedicated thread and calls the async services with `Handle::block_on`. The server owns
 //! the directory: objects are stamped with its source annotation and pruned when their
-//! documents are removed.
+//! documents are removed. It acts as an admin: a VM goes to the project its document
+//! names (`metadata.project`), else to `default`; `Project` documents are applied
+//! through the identity service, before everything else.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -66,7 +68,8 @@ impl ServiceTarget {
         self.rt.block_on(f)
     }
 
-    /// The server acting on its own manifests directory: an admin in the default project.
+    /// The server acting on its own manifests directory: an admin (of every project; its
+    /// own is the default project).
     fn caller() -> Caller {
         Caller {
             name: MANIFESTS_DIR_ACTOR.to_owned(),
@@ -75,8 +78,14 @@ impl ServiceTarget {
         }
     }
 
-    fn actor() -> Actor {
-        Actor::new(DEFAULT_PROJECT, MANIFESTS_DIR_ACTOR)
+    /// The project of a VM document (`None`: the default project).
+    fn project(project: Option<&str>) -> &str {
+        project.unwrap_or(DEFAULT_PROJECT)
+    }
+
+    /// The watcher acting in `project` (`None`: the default project).
+    fn actor(project: Option<&str>) -> Actor {
+        Actor::new(Self::project(project), MANIFESTS_DIR_ACTOR)
     }
 
     /// Every page of an entity list, as JSON items.
@@ -104,10 +113,12 @@ impl ServiceTarget {
 }
 
 impl ApplyTarget for ServiceTarget {
-    fn get(&mut self, kind: Kind, name: &str) -> Result<Option<Value>, Error> {
+    fn get(&mut self, object: &ObjectRef) -> Result<Option<Value>, Error> {
         let s = &self.state;
-        let got = match kind {
-            Kind::Vm => as_json(self.block(s.vms.get(DEFAULT_PROJECT, name))),
+        let name = object.name.as_str();
+        let got = match object.kind {
+            Kind::Project => as_json(self.block(s.identity.project(&Self::caller(), name))),
+            Kind::Vm => as_json(self.block(s.vms.get(Self::project(object.project()), name))),
             Kind::Pool => as_json(self.block(s.entities.pool(name))),
             Kind::Network => as_json(self.block(s.entities.network(name))),
             Kind::Firmware => as_json(self.block(s.entities.firmware(name))),
@@ -130,11 +141,18 @@ impl ApplyTarget for ServiceTarget {
         let s = &self.state;
         let name = object.name();
         let (outcome, task_id) = match object {
-            Object::Vm(m) => self
+            Object::Project(m) => self
                 .block(
-                    s.apply
-                        .apply_vm(&Self::actor(), name, req(&m.spec, &m.metadata)),
+                    s.identity
+                        .apply_project(name, m.spec, m.metadata.annotations.clone()),
                 )
+                .map(|(_, outcome)| (outcome, None)),
+            Object::Vm(m) => self
+                .block(s.apply.apply_vm(
+                    &Self::actor(object.project()),
+                    name,
+                    req(&m.spec, &m.metadata),
+                ))
                 .map(|r| (r.outcome, r.task.map(|t| t.id))),
             Object::Pool(m) => self
                 .block(s.entities.apply_pool(name, req(&m.spec, &m.metadata)))
@@ -153,11 +171,19 @@ impl ApplyTarget for ServiceTarget {
         Ok(ApplyResult { outcome, task_id })
     }
 
-    fn delete(&mut self, kind: Kind, name: &str) -> Result<DeleteResult, Error> {
+    fn delete(&mut self, object: &ObjectRef) -> Result<DeleteResult, Error> {
         let s = &self.state;
-        let done = match kind {
+        let name = object.name.as_str();
+        let done = match object.kind {
+            Kind::Project => {
+                // The identity service deletes a missing project silently; say so.
+                match self.block(s.identity.project(&Self::caller(), name)) {
+                    Ok(_) => self.block(s.identity.delete_project(name)).map(|()| None),
+                    Err(e) => Err(e),
+                }
+            }
             Kind::Vm => self
-                .block(s.vms.delete(&Self::actor(), name))
+                .block(s.vms.delete(&Self::actor(object.project()), name))
                 .map(|a| Some(a.task.id)),
             Kind::Pool => self.block(s.entities.delete_pool(name)).map(|()| None),
             Kind::Network => self.block(s.entities.delete_network(name)).map(|()| None),
@@ -173,24 +199,38 @@ impl ApplyTarget for ServiceTarget {
         }
     }
 
-    fn list_owned(&mut self, source: &str) -> Result<Vec<ObjectRef>, Error> {
+    fn default_project(&mut self) -> Result<String, Error> {
+        Ok(DEFAULT_PROJECT.to_owned())
+    }
+
+    /// An admin sees every project: VMs are listed across all of them, so a VM is pruned
+    /// even once no document names its project any more.
+    fn list_owned(&mut self, source: &str, _projects: &[String]) -> Result<Vec<ObjectRef>, Error> {
         let s = self.state.clone();
         let mut owned = Vec::new();
         let vms = self.entity_items(|q| {
             self.block(s.vms.list(ListVmsQuery {
-                project: Some(DEFAULT_PROJECT.to_owned()),
+                project: None,
                 limit: q.limit,
                 cursor: q.cursor,
                 ..Default::default()
             }))
         })?;
-        owned.extend(filter_owned(Kind::Vm, &vms, source));
+        owned.extend(filter_owned(Kind::Vm, &vms, source, None));
+        let projects = self.block(s.identity.list_projects(&Self::caller()));
+        let projects: Vec<Value> = projects
+            .map_err(target_err)?
+            .items
+            .iter()
+            .map(json)
+            .collect::<Result<_, _>>()?;
+        owned.extend(filter_owned(Kind::Project, &projects, source, None));
         let pools = self.entity_items(|q| self.block(s.entities.pools(&q)))?;
-        owned.extend(filter_owned(Kind::Pool, &pools, source));
+        owned.extend(filter_owned(Kind::Pool, &pools, source, None));
         let networks = self.entity_items(|q| self.block(s.entities.networks(&q)))?;
-        owned.extend(filter_owned(Kind::Network, &networks, source));
+        owned.extend(filter_owned(Kind::Network, &networks, source, None));
         let firmware = self.entity_items(|q| self.block(s.entities.firmware_list(&q)))?;
-        owned.extend(filter_owned(Kind::Firmware, &firmware, source));
+        owned.extend(filter_owned(Kind::Firmware, &firmware, source, None));
         Ok(owned)
     }
 

@@ -485,3 +485,116 @@ async fn manifests_dir_apply_that_fails_before_any_node_attached_is_retried() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn put_project_then_vm_in_it_and_get_both_back() {
+    let s = server_with_node().await;
+    let project = json!({"spec": {"max_vms": 2, "max_vcpus": 4}, "annotations": {"team": "a"}});
+    let (status, v) = call(&s.app, Method::PUT, "/v1/projects/team-a", Some(&project)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["outcome"], "created", "{v}");
+    assert_eq!(v["object"]["spec"], json!({"max_vms": 2, "max_vcpus": 4}));
+    let (_, v) = call(&s.app, Method::PUT, "/v1/projects/team-a", Some(&project)).await;
+    assert_eq!(v["outcome"], "unchanged", "{v}");
+
+    // The VM goes to the project its query names (what a document's metadata.project
+    // becomes), not the token's.
+    let body = json!({"spec": spec(), "annotations": {"otherix.dev/source": "/srv/m"}});
+    let (status, v) = call(
+        &s.app,
+        Method::PUT,
+        "/v1/vms/web?project=team-a",
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["outcome"], "created", "{v}");
+    assert_eq!(v["task"]["project"], "team-a", "{v}");
+    let (status, vm) = call(&s.app, Method::GET, "/v1/vms/web?project=team-a", None).await;
+    assert_eq!(status, StatusCode::OK, "{vm}");
+    assert_eq!(vm["project"], "team-a");
+    assert_eq!(vm["annotations"], body["annotations"]);
+    let (status, _) = call(&s.app, Method::GET, "/v1/vms/web", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "not in the token's project");
+
+    // Re-applying what GET shows is unchanged; the project counts the VM.
+    let (_, v) = call(
+        &s.app,
+        Method::PUT,
+        "/v1/vms/web?project=team-a",
+        Some(&reapply_body(&vm)),
+    )
+    .await;
+    assert_eq!(v["outcome"], "unchanged", "{v}");
+    let (status, p) = call(&s.app, Method::GET, "/v1/projects/team-a", None).await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["annotations"], json!({"team": "a"}));
+    assert_eq!(p["usage"]["vms"], 1, "{p}");
+
+    // The same manifest text the CLI would send parses to these bodies.
+    let text = "apiVersion: otherix.dev/v1\nkind: Project\nmetadata: {name: team-a, annotations: {team: a}}\nspec: {max_vms: 2, max_vcpus: 4}\n";
+    let parsed = otherix_api::manifest::parse_manifests("p.yaml", text).unwrap();
+    let otherix_api::Object::Project(m) = &parsed[0].object else {
+        panic!("not a project")
+    };
+    assert_eq!(serde_json::to_value(m.spec).unwrap(), project["spec"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_dir_applies_project_and_vms_in_named_projects_and_prunes_there() {
+    let s = server_with_node().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let project =
+        "apiVersion: otherix.dev/v1\nkind: Project\nmetadata: {name: team-a}\nspec: {max_vms: 3}\n";
+    let in_team =
+        vm_manifest("web", 1).replace("  name: web\n", "  name: web\n  project: team-a\n");
+    // The project's document comes after its VM's: projects are applied first anyway.
+    std::fs::write(dir.join("a-vm.yaml"), &in_team).unwrap();
+    std::fs::write(dir.join("b-project.yaml"), project).unwrap();
+    std::fs::write(dir.join("c-web.yaml"), vm_manifest("web", 1)).unwrap();
+
+    let watcher =
+        otherixd::manifests_dir::ManifestsWatcher::spawn(dir.clone(), s.daemon.state.clone())
+            .unwrap();
+    let source = otherix_manifests::source_id(&dir).unwrap();
+    let team_vm = eventually(
+        &s.app,
+        "web?project=team-a",
+        "created in team-a",
+        |st, _| st == StatusCode::OK,
+    )
+    .await;
+    assert_eq!(team_vm["project"], "team-a");
+    assert_eq!(
+        team_vm["annotations"]["otherix.dev/source"],
+        source.as_str()
+    );
+    let default_vm = eventually(&s.app, "web", "created in default", |st, _| {
+        st == StatusCode::OK
+    })
+    .await;
+    assert_eq!(default_vm["project"], "default");
+    assert_ne!(default_vm["id"], team_vm["id"]);
+    let (_, p) = call(&s.app, Method::GET, "/v1/projects/team-a", None).await;
+    assert_eq!(p["spec"], json!({"max_vms": 3}), "{p}");
+    assert_eq!(
+        p["annotations"]["otherix.dev/source"],
+        source.as_str(),
+        "{p}"
+    );
+
+    // Removing team-a's VM document prunes that VM only, not default's web.
+    let create = json!({"id": team_vm["status"]["current_task"], "vm_id": team_vm["id"]});
+    agent_finishes(&s, &create, VmPower::Running).await;
+    std::fs::remove_file(dir.join("a-vm.yaml")).unwrap();
+    eventually(&s.app, "web?project=team-a", "pruned", |_, v| {
+        v["status"]["phase"] == "deleting"
+    })
+    .await;
+    assert_eq!(get_vm(&s.app, "web").await["status"]["phase"], "creating");
+
+    tokio::task::spawn_blocking(move || watcher.stop())
+        .await
+        .unwrap();
+}

@@ -1,5 +1,5 @@
-//! The manifest kinds users write: `VM`, `Pool`, `Network`, `Firmware`, `ClusterSettings`,
-//! each a kubectl-like envelope (`apiVersion`, `kind`, `metadata`, `spec`) whose spec field
+//! The manifest kinds users write: `Project`, `VM`, `Pool`, `Network`, `Firmware`,
+//! `ClusterSettings`, each a kubectl-like envelope (`apiVersion`, `kind`, `metadata`, `spec`) whose spec field
 //! names are the same as the HTTP API's.
 
 use std::collections::BTreeMap;
@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{ProjectSpec, DEFAULT_PROJECT};
 use crate::vm::{Arch, Vm, VmSpec};
 
 /// The one API version manifests carry today.
@@ -17,6 +18,11 @@ pub const API_VERSION: &str = "otherix.dev/v1";
 #[serde(deny_unknown_fields)]
 pub struct ObjectMeta {
     pub name: String,
+    /// The project a `kind: VM` belongs to; absent = the client's project (the CLI's
+    /// `--project`/remote, else the token's; `default` for `otherixd --manifests-dir`).
+    /// Every other kind is cluster-wide and refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
@@ -33,12 +39,19 @@ pub struct VmManifest {
 
 impl VmManifest {
     /// Projects a live VM back into the manifest that would re-create it.
+    ///
+    /// `metadata.project` is written for every project but `default` and left out for
+    /// `default`: the manifest then re-creates the VM in the same project when applied
+    /// as the project's own documents were (a VM of `team-a` names `team-a`, whoever
+    /// applies it), while VMs of `default` print exactly as before projects existed, so
+    /// older manifests and `vm get -o yaml` outputs stay byte-for-byte the same.
     pub fn from_vm(vm: &Vm) -> Self {
         VmManifest {
             api_version: API_VERSION.to_owned(),
             kind: "VM".to_owned(),
             metadata: ObjectMeta {
                 name: vm.name.clone(),
+                project: (vm.project != DEFAULT_PROJECT).then(|| vm.project.clone()),
                 annotations: vm.annotations.clone(),
             },
             spec: vm.spec.clone(),
@@ -112,14 +125,17 @@ pub struct Manifest<S> {
     pub spec: S,
 }
 
+pub type ProjectManifest = Manifest<ProjectSpec>;
 pub type PoolManifest = Manifest<PoolSpec>;
 pub type NetworkManifest = Manifest<NetworkSpec>;
 pub type FirmwareManifest = Manifest<FirmwareSpec>;
 pub type ClusterSettingsManifest = Manifest<ClusterSettingsSpec>;
 
-/// The kinds, in the order `create -f` applies them (dependencies first).
+/// The kinds, in the order `create -f` applies them (dependencies first: a project
+/// before the VMs in it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
+    Project,
     Pool,
     Network,
     Firmware,
@@ -128,7 +144,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
+        Kind::Project,
         Kind::Pool,
         Kind::Network,
         Kind::Firmware,
@@ -139,6 +156,7 @@ impl Kind {
     /// The `kind:` value in a manifest.
     pub fn as_str(self) -> &'static str {
         match self {
+            Kind::Project => "Project",
             Kind::Pool => "Pool",
             Kind::Network => "Network",
             Kind::Firmware => "Firmware",
@@ -150,6 +168,7 @@ impl Kind {
     /// The lowercase name used in `vm/web-1 created` lines and schema file names.
     pub fn short(self) -> &'static str {
         match self {
+            Kind::Project => "project",
             Kind::Pool => "pool",
             Kind::Network => "network",
             Kind::Firmware => "firmware",
@@ -161,11 +180,18 @@ impl Kind {
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
     }
+
+    /// Whether objects of this kind live in a project (only VMs); every other kind is
+    /// cluster-wide.
+    pub fn in_project(self) -> bool {
+        self == Kind::Vm
+    }
 }
 
 /// One parsed, typed manifest object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
+    Project(ProjectManifest),
     Vm(Box<VmManifest>),
     Pool(PoolManifest),
     Network(NetworkManifest),
@@ -176,6 +202,7 @@ pub enum Object {
 impl Object {
     pub fn kind(&self) -> Kind {
         match self {
+            Object::Project(_) => Kind::Project,
             Object::Vm(_) => Kind::Vm,
             Object::Pool(_) => Kind::Pool,
             Object::Network(_) => Kind::Network,
@@ -186,6 +213,7 @@ impl Object {
 
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
+            Object::Project(m) => &m.metadata,
             Object::Vm(m) => &m.metadata,
             Object::Pool(m) => &m.metadata,
             Object::Network(m) => &m.metadata,
@@ -198,8 +226,23 @@ impl Object {
         &self.metadata().name
     }
 
-    /// `vm/web-1`, as apply and diff print it.
+    /// `metadata.project`, as written (`None`: the client's project).
+    pub fn project(&self) -> Option<&str> {
+        self.metadata().project.as_deref()
+    }
+
+    /// `vm/web-1`, as apply and diff print it; `vm/team-a/web-1` for a document that
+    /// names its project (see [`object_reference`]).
     pub fn reference(&self) -> String {
-        format!("{}/{}", self.kind().short(), self.name())
+        object_reference(self.kind(), self.project(), self.name())
+    }
+}
+
+/// How output lines name an object: `kind/name`, or `kind/project/name` when a project
+/// is named (names cannot contain `/`, so the two forms never collide).
+pub fn object_reference(kind: Kind, project: Option<&str>, name: &str) -> String {
+    match project {
+        Some(p) => format!("{}/{p}/{name}", kind.short()),
+        None => format!("{}/{name}", kind.short()),
     }
 }

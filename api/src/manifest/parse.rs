@@ -172,6 +172,7 @@ fn parse_object(ctx: &DocContext, value: serde_yaml::Value) -> Result<Object, Ve
         }
     }
     let object = match kind {
+        Kind::Project => Object::Project(typed(ctx, value)?),
         Kind::Vm => Object::Vm(Box::new(typed(ctx, value)?)),
         Kind::Pool => Object::Pool(typed(ctx, value)?),
         Kind::Network => Object::Network(typed(ctx, value)?),
@@ -212,6 +213,15 @@ fn validate_object(object: &Object) -> Result<(), String> {
         }
         _ => validate_name("metadata.name", name).map_err(|e| e.message)?,
     }
+    if let Some(project) = object.project() {
+        if !object.kind().in_project() {
+            return Err(format!(
+                "metadata.project: {} is cluster-wide; only VM documents belong to a project",
+                object.kind().as_str()
+            ));
+        }
+        validate_name("metadata.project", project).map_err(|e| e.message)?;
+    }
     match object {
         Object::Vm(vm) => validate_vm_spec("spec", &vm.spec).map_err(|e| e.message),
         Object::Network(net) => validate_network_spec("spec", &net.spec).map_err(|e| e.message),
@@ -226,16 +236,18 @@ fn validate_object(object: &Object) -> Result<(), String> {
             Some(p) => validate_name("spec.default_pool", p).map_err(|e| e.message),
             None => Ok(()),
         },
-        Object::Pool(_) => Ok(()),
+        Object::Pool(_) | Object::Project(_) => Ok(()),
     }
 }
 
-/// Errors for objects declared twice (same kind and name) in one set of documents.
+/// Errors for objects declared twice (same kind, project and name) in one set of
+/// documents. A VM of the same name in two projects is two objects.
 pub fn check_duplicates(objects: &[ParsedObject]) -> Vec<ManifestError> {
-    let mut seen: std::collections::HashMap<(Kind, &str), &ParsedObject> = Default::default();
+    type Key<'a> = (Kind, Option<&'a str>, &'a str);
+    let mut seen: std::collections::HashMap<Key, &ParsedObject> = Default::default();
     let mut errors = Vec::new();
     for obj in objects {
-        let key = (obj.object.kind(), obj.object.name());
+        let key = (obj.object.kind(), obj.object.project(), obj.object.name());
         if let Some(first) = seen.get(&key) {
             errors.push(ManifestError {
                 file: obj.file.clone(),
@@ -255,8 +267,8 @@ pub fn check_duplicates(objects: &[ParsedObject]) -> Vec<ManifestError> {
     errors
 }
 
-/// Orders objects so dependencies come first (pools, networks, firmware, cluster settings,
-/// then VMs), keeping file order within a kind.
+/// Orders objects so dependencies come first (projects, pools, networks, firmware, cluster
+/// settings, then VMs), keeping file order within a kind.
 pub fn sort_for_apply(objects: &mut [ParsedObject]) {
     objects.sort_by_key(|o| o.object.kind());
 }
@@ -378,6 +390,134 @@ spec:
         sort_for_apply(&mut objs);
         let refs: Vec<String> = objs.iter().map(|o| o.object.reference()).collect();
         assert_eq!(refs, ["pool/fast", "network/lan", "vm/web-1"]);
+        let project =
+            "apiVersion: otherix.dev/v1\nkind: Project\nmetadata: {name: team-a}\nspec: {}\n";
+        let mut objs = parse_manifests("env.yaml", &format!("{text}---\n{project}")).unwrap();
+        sort_for_apply(&mut objs);
+        assert_eq!(objs[0].object.reference(), "project/team-a");
+    }
+
+    const POOL: &str = "\
+apiVersion: otherix.dev/v1
+kind: Pool
+metadata:
+  name: fast
+  project: team-a
+spec: {}
+";
+
+    #[test]
+    fn parse_manifests_metadata_project_table() {
+        let with_project = VM.replace("  name: web-1\n", "  name: web-1\n  project: team-a\n");
+        // (text, Ok(project of the first object) or Err(error prefix))
+        let table: Vec<(String, Result<Option<&str>, &str>)> = vec![
+            (VM.to_owned(), Ok(None)),
+            (with_project.clone(), Ok(Some("team-a"))),
+            (
+                POOL.to_owned(),
+                Err("web.yaml:5:3: metadata.project: Pool is cluster-wide; only VM documents belong to a project"),
+            ),
+            (
+                POOL.replace("kind: Pool", "kind: Network")
+                    .replace("spec: {}", "spec: {type: nat}"),
+                Err("web.yaml:5:3: metadata.project: Network is cluster-wide"),
+            ),
+            (
+                POOL.replace("kind: Pool", "kind: Project"),
+                Err("web.yaml:5:3: metadata.project: Project is cluster-wide"),
+            ),
+            (
+                POOL.replace("kind: Pool", "kind: ClusterSettings")
+                    .replace("name: fast", "name: cluster"),
+                Err("web.yaml:5:3: metadata.project: ClusterSettings is cluster-wide"),
+            ),
+            (
+                with_project.replace("team-a", "Team_A"),
+                Err("web.yaml:5:3: metadata.project: \"Team_A\" is not a valid name"),
+            ),
+            (
+                with_project.replace("project: team-a", "project: [a]"),
+                Err("web.yaml:5:3: metadata.project: invalid type"),
+            ),
+        ];
+        for (text, want) in table {
+            match (parse_manifests("web.yaml", &text), want) {
+                (Ok(objs), Ok(project)) => assert_eq!(objs[0].object.project(), project),
+                (Err(errs), Err(prefix)) => {
+                    let errs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+                    assert!(
+                        errs.iter().any(|e| e.starts_with(prefix)),
+                        "want prefix {prefix:?}, got {errs:?}"
+                    );
+                }
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parse_manifests_project_kind_parses_with_quotas() {
+        let text = "apiVersion: otherix.dev/v1\nkind: Project\nmetadata: {name: team-a}\nspec: {max_vms: 3, max_vcpus: 8}\n";
+        let objs = parse_manifests("p.yaml", text).unwrap();
+        let Object::Project(p) = &objs[0].object else {
+            panic!("not a Project: {objs:?}")
+        };
+        assert_eq!(p.spec.max_vms, Some(3));
+        assert_eq!(p.spec.max_vcpus, Some(8));
+        assert_eq!(p.spec.max_memory_mb, None);
+        assert_eq!(objs[0].object.reference(), "project/team-a");
+        let errs = errors(&text.replace("max_vms", "max_vm"));
+        assert!(
+            errs[0].starts_with("web.yaml:4:8: spec.max_vm: unknown field"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn parse_manifests_same_vm_name_in_two_projects_is_two_objects() {
+        let a = VM.replace("  name: web-1\n", "  name: web-1\n  project: team-a\n");
+        let b = VM.replace("  name: web-1\n", "  name: web-1\n  project: team-b\n");
+        let objs = parse_manifests("web.yaml", &format!("{a}---\n{b}---\n{VM}")).unwrap();
+        let refs: Vec<String> = objs.iter().map(|o| o.object.reference()).collect();
+        assert_eq!(refs, ["vm/team-a/web-1", "vm/team-b/web-1", "vm/web-1"]);
+        let errs = errors(&format!("{a}---\n{a}"));
+        assert!(
+            errs[0].contains("vm/team-a/web-1 is declared twice (first at web.yaml:1)"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn vm_manifest_from_vm_non_default_project_round_trips_through_yaml() {
+        let objs = parse_manifests("web.yaml", VM).unwrap();
+        let Object::Vm(parsed) = &objs[0].object else {
+            panic!("not a VM")
+        };
+        for (project, want_line) in [("team-a", Some("  project: team-a\n")), ("default", None)] {
+            let vm = crate::vm::Vm {
+                project: project.to_owned(),
+                ..serde_json::from_value(serde_json::json!({
+                    "id": "6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11",
+                    "name": "web-1",
+                    "spec": serde_json::to_value(&parsed.spec).unwrap(),
+                    "generation": 1,
+                    "status": {"phase": "running", "observed_generation": 1},
+                    "created_at": "2026-01-01T00:00:00Z",
+                    "updated_at": "2026-01-01T00:00:00Z",
+                }))
+                .unwrap()
+            };
+            let manifest = VmManifest::from_vm(&vm);
+            let yaml = serde_yaml::to_string(&manifest).unwrap();
+            assert_eq!(yaml.contains("project:"), want_line.is_some(), "{yaml}");
+            if let Some(line) = want_line {
+                assert!(yaml.contains(&format!("  name: web-1\n{line}")), "{yaml}");
+            }
+            let back = parse_manifests("back.yaml", &yaml).unwrap();
+            assert_eq!(back[0].object, Object::Vm(Box::new(manifest)), "{yaml}");
+            let want_project = (project != "default").then_some(project);
+            assert_eq!(back[0].object.project(), want_project);
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `otherix create -f PATH [--wait] [--watch [--prune]]`: applies manifests (a file, a
 //! directory's `*.yaml`/`*.yml`, or `-` for stdin) as server-side upserts, dependencies
-//! first, one `<kind>/<name> created|configured|unchanged [task=<id>]` line per object.
-//! Nothing is sent unless every document loads. Objects from a directory carry its
+//! first (projects before the VMs in them), one `<kind>/<name> created|configured|
+//! unchanged [task=<id>]` line per object (`vm/<project>/<name>` for a VM whose document
+//! names its `metadata.project`; it is sent to that project). Nothing is sent unless every document loads. Objects from a directory carry its
 //! source annotation (its canonical path), so `--watch --prune` can tell what it owns.
 
 use std::io::{Read, Write};
@@ -99,13 +100,14 @@ pub fn run(ctx: &mut Ctx<'_>, opts: Options, stdin: &mut dyn Read) -> Result<(),
         for line in report.lines.iter().filter(|l| l.task_id.is_some()) {
             let task = target.wait(line.task_id.expect("filtered"))?;
             let phase = match line.kind {
-                Kind::Vm => ctx
-                    .client
-                    .get_vm(&line.name)?
-                    .value
-                    .status
-                    .phase
-                    .to_string(),
+                Kind::Vm => match &line.project {
+                    Some(p) => ctx.client.in_project(p).get_vm(&line.name)?,
+                    None => ctx.client.get_vm(&line.name)?,
+                }
+                .value
+                .status
+                .phase
+                .to_string(),
                 _ => task.status.to_string(),
             };
             writeln!(ctx.out, "{} {phase} task={}", line.reference(), task.id)?;

@@ -1,6 +1,6 @@
 //! `otherix delete -f PATH [--wait]`: deletes what the manifests declare, VMs first (and
-//! their delete tasks finished before the pools and networks they used), then firmware,
-//! networks, pools: `vm/web-1 deleted task=<id>`, `vm/web-1 not found` (not an error).
+//! their delete tasks finished before the pools, networks and projects they used), then
+//! firmware, networks, pools, projects (a VM in the project its document names): `vm/web-1 deleted task=<id>`, `vm/web-1 not found` (not an error).
 //! Cluster settings cannot be deleted: `cluster/cluster skipped`.
 
 use std::io::Read;
@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use otherix_api::manifest::Kind;
-use otherix_manifests::{delete_all, reference, DeleteVerb, ObjectRef};
+use otherix_manifests::{delete_all, DeleteVerb, ObjectRef};
 
 use super::apply::load;
 use super::{wait_timeout, CommandError, Ctx};
@@ -32,13 +32,9 @@ impl From<DeleteFilesArgs> for Options {
 
 pub fn run(ctx: &mut Ctx<'_>, opts: Options, stdin: &mut dyn Read) -> Result<(), CommandError> {
     let loaded = load(&opts.path, stdin)?;
-    let refs: Vec<ObjectRef> = loaded
-        .objects
-        .iter()
-        .map(|o| (o.kind(), o.name().to_owned()))
-        .collect();
-    for (kind, name) in refs.iter().filter(|(k, _)| *k == Kind::ClusterSettings) {
-        writeln!(ctx.out, "{} skipped", reference(*kind, name))?;
+    let refs: Vec<ObjectRef> = loaded.objects.iter().map(ObjectRef::of).collect();
+    for r in refs.iter().filter(|r| r.kind == Kind::ClusterSettings) {
+        writeln!(ctx.out, "{r} skipped")?;
     }
     let timeout = opts.wait.unwrap_or_else(|| {
         crate::cli::parse_wait_timeout(DEFAULT_WAIT_TIMEOUT).expect("valid default")

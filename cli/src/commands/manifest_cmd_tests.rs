@@ -232,6 +232,56 @@ fn create_f_server_error_stops_after_applied_objects_exit_1() {
     assert_eq!(r.exit(), ExitCode::from(1));
 }
 
+const PROJECT_VM: &str = "\
+apiVersion: otherix.dev/v1
+kind: VM
+metadata:
+  name: ci-1
+  project: team-a
+spec:
+  image_url: http://i/x.qcow2
+  arch: amd64
+---
+apiVersion: otherix.dev/v1
+kind: Project
+metadata:
+  name: team-a
+spec:
+  max_vms: 2
+";
+
+#[test]
+fn create_f_wait_project_first_and_vm_polled_in_its_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_file(dir.path(), "team.yaml", PROJECT_VM);
+    let server = FakeServer::start(vec![
+        applied("created", None),
+        applied("created", Some(TaskStatus::Pending)),
+        (
+            200,
+            serde_json::to_string(&fx::task(TaskStatus::Success)).unwrap(),
+        ),
+        (200, serde_json::to_string(&fx::vm()).unwrap()),
+    ]);
+    let r = run_verb(&server, Verb::Create(Some(Duration::from_secs(10))), &file);
+    r.result.as_ref().unwrap();
+    assert_eq!(
+        r.out,
+        format!(
+            "project/team-a created\nvm/team-a/ci-1 created task={TASK_ID}\nvm/team-a/ci-1 running task={TASK_ID}\n"
+        )
+    );
+    assert_eq!(
+        server.requests(),
+        [
+            r#"PUT /v1/projects/team-a {"spec":{"max_vms":2}}"#.to_owned(),
+            r#"PUT /v1/vms/ci-1?project=team-a {"spec":{"arch":"amd64","image_url":"http://i/x.qcow2","memory_mb":2048,"vcpus":2}}"#.to_owned(),
+            format!("GET /v1/tasks/{TASK_ID}?wait_secs=1&status=pending&project=team-a"),
+            "GET /v1/vms/ci-1?project=team-a".to_owned(),
+        ]
+    );
+}
+
 #[test]
 fn create_f_wait_waits_for_each_task_and_prints_phase() {
     let dir = tempfile::tempdir().unwrap();
@@ -407,6 +457,7 @@ fn print_event_routes_results_to_out_and_errors_to_err() {
     let (mut out, mut err) = (vec![], vec![]);
     let line = ApplyLine {
         kind: Kind::Vm,
+        project: None,
         name: "web-1".into(),
         outcome: ApplyOutcome::Configured,
         task_id: None,

@@ -22,6 +22,7 @@ pub fn cluster_manifest(c: &ClusterSettings) -> Result<String, serde_yaml::Error
         kind: Kind::ClusterSettings.as_str().to_owned(),
         metadata: ObjectMeta {
             name: c.name.clone(),
+            project: None,
             annotations: c.annotations.clone(),
         },
         spec: c.spec.clone(),
@@ -64,6 +65,25 @@ spec:
             assert_eq!(back.metadata.name, vm.name);
             assert_eq!(back, VmManifest::from_vm(&vm));
         }
+    }
+
+    #[test]
+    fn vm_manifest_non_default_project_is_written_and_parses_back_to_it() {
+        let vm = Vm {
+            project: "team-a".into(),
+            ..fixtures::vm()
+        };
+        let text = vm_manifest(&vm).unwrap();
+        assert!(
+            text.starts_with("apiVersion: otherix.dev/v1\nkind: VM\nmetadata:\n  name: web-1\n  project: team-a\nspec:\n"),
+            "{text}"
+        );
+        let parsed = otherix_api::manifest::parse_manifests("vm.yaml", &text).unwrap();
+        assert_eq!(parsed[0].object.project(), Some("team-a"));
+        assert_eq!(
+            parsed[0].object,
+            otherix_api::Object::Vm(Box::new(VmManifest::from_vm(&vm)))
+        );
     }
 
     #[test]
