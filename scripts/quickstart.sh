@@ -6,8 +6,10 @@
 #   bash scripts/quickstart.sh         start (or restart) everything and boot `example`
 #   bash scripts/quickstart.sh stop    stop the cluster and its VMs
 #
-# State lives in .otherix/ at the repo root. Ports: API 7080, agents 7081, images 7090.
-# The agent uses TCG by default (OTHERIX_ACCEL=kvm|auto to change).
+# State lives in .otherix/ at the repo root. Ports: API 7080 (HTTPS), agents 7081 (TLS),
+# images 7090. The agent uses TCG by default (OTHERIX_ACCEL=kvm|auto to change). The CLI
+# gets a remote `quickstart` (with the admin token and the cluster CA) in
+# ~/.config/otherix/config.yaml ($OTHERIX_CONFIG), so `otherix ...` needs no exports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -48,13 +50,30 @@ echo $! >"$state/image-server.pid"
 nohup "$bin/otherixd" --listen "$api" --agent-listen "$agents" --data-dir "$state/server" \
   >"$state/otherixd.log" 2>&1 &
 echo $! >"$state/otherixd.pid"
+for _ in $(seq 1 100); do
+  if grep -q '^otherixd: api ' "$state/otherixd.log" 2>/dev/null; then break; fi
+  sleep 0.1
+done
+grep '^otherixd: ' "$state/otherixd.log"
 
-nohup "$bin/otherix-agent" --server "http://$agents" --node node-1 --data-dir "$state/agent" \
-  --pool "default=$state/pool-default" --accel "${OTHERIX_ACCEL:-tcg}" \
-  >"$state/otherix-agent.log" 2>&1 &
+# A CLI remote for this cluster: the server was started just above on loopback, so its
+# certificate is accepted without asking.
+"$bin/otherix" remote remove quickstart >/dev/null 2>&1 || true
+"$bin/otherix" remote add quickstart "https://$api" \
+  --token-file "$state/server/admin.token" --accept-certificate
+"$bin/otherix" remote switch quickstart >/dev/null
+
+# The agent enrolls with a one-time join token on its first start, then uses its
+# certificate (in .otherix/agent/tls/).
+join=()
+if [ ! -s "$state/agent/tls/node.crt" ]; then
+  join=(--join-token "$("$bin/otherix" node join-token node-1 2>/dev/null)")
+fi
+nohup "$bin/otherix-agent" --server "https://$agents" ${join[@]+"${join[@]}"} --node node-1 \
+  --data-dir "$state/agent" --pool "default=$state/pool-default" \
+  --accel "${OTHERIX_ACCEL:-tcg}" >"$state/otherix-agent.log" 2>&1 &
 echo $! >"$state/otherix-agent.pid"
 
-export OTHERIX_SERVER="http://$api"
 for _ in $(seq 1 100); do
   if "$bin/otherix" node get node-1 -o json 2>/dev/null | grep -q '"status": *"ready"'; then break; fi
   sleep 0.2
@@ -71,7 +90,7 @@ fi
 cat <<NEXT
 
 otherix is running (logs in .otherix/). Try:
-  export OTHERIX_SERVER=http://$api PATH=$bin:\$PATH
+  export PATH=$bin:\$PATH
   otherix vm get example
   tail -f \$(otherix vm get example -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["serial_log"])')
   otherix vm stop example --wait

@@ -424,11 +424,27 @@ impl Cluster {
 
     /// Runs `otherix ARGS` feeding `stdin`.
     pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> CliOutput {
-        let mut child = Command::new(bin("otherix"))
-            .args(args)
+        self.cli_env(args, stdin, &[])
+    }
+
+    /// Runs `otherix ARGS` with another API token (`OTHERIX_TOKEN`), same server and CA.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> CliOutput {
+        self.cli_env(args, None, &[("OTHERIX_TOKEN", token)])
+    }
+
+    /// Runs `otherix ARGS` with extra environment variables (they win over the config).
+    pub fn cli_env(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> CliOutput {
+        let mut cmd = Command::new(bin("otherix"));
+        cmd.args(args)
             .env("OTHERIX_CONFIG", self.cli_config_path())
             .env_remove("OTHERIX_SERVER")
             .env_remove("OTHERIX_TOKEN")
+            .env_remove("OTHERIX_PROJECT")
+            .env_remove("OTHERIX_CA_CERT");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
             .stdin(if stdin.is_some() {
                 Stdio::piped()
             } else {
