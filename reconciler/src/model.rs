@@ -88,6 +88,8 @@ pub struct VmRecord {
     /// The API token whose request last changed the desired state; the next task the
     /// reconciler emits carries it (`Task.requested_by`) and it is cleared.
     pub requested_by: Option<String>,
+    /// Bumped on every write of the row; writes are compare-and-swap on it.
+    pub resource_version: i64,
 }
 
 /// A firmware as a VM boots with it (the agent's `FirmwareRef`).
@@ -136,6 +138,7 @@ impl VmRecord {
             retry_attempts: 0,
             retry_at_ms: None,
             requested_by: None,
+            resource_version: 1,
         }
     }
 
@@ -151,6 +154,7 @@ impl VmRecord {
             project: self.project.clone(),
             annotations: self.annotations.clone(),
             generation: self.generation,
+            resource_version: self.resource_version,
             spec: self.spec.clone(),
             status: VmStatus {
                 phase: self.effective_phase(),

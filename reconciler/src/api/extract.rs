@@ -177,3 +177,23 @@ mod tests {
         }
     }
 }
+
+/// The `If-Match` header as the VM resource_version a write is conditional on (absent:
+/// unconditional); not a resource_version is 400.
+pub struct IfMatch(pub Option<i64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(raw) = parts.headers.get(axum::http::header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let raw = raw
+            .to_str()
+            .map_err(|_| ApiError::validation("If-Match: must be ASCII"))?;
+        Ok(IfMatch(Some(crate::service::precondition::parse_if_match(
+            raw,
+        )?)))
+    }
+}

@@ -24,7 +24,7 @@ use crate::gateway::Sessions;
 use crate::locks::{VmGuard, VmLocks};
 use crate::model::{TaskRecord, VmRecord};
 use crate::scheduler::schedule;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, CAS_ATTEMPTS};
 use plan::{plan, transitional_phase, Action, PlanInput};
 use queue::{RunResult, WorkQueue};
 use retry::{clear_retry, schedule_retry, Backoff};
@@ -99,10 +99,29 @@ impl Reconciler {
             Action::Emit(kind) => kind,
             other => unreachable!("a new vm always plans a create, got {other:?}"),
         };
-        let (vm, task) = self.prepare_task(vm, kind).await?;
-        self.store.insert_vm_with_task_in_quota(&vm, &task).await?;
-        self.publish(&task, &vm);
-        Ok(task)
+        // A failed placement claim (a concurrent create took the room) schedules again
+        // on fresh allocations: the next candidate node, or insufficient_capacity.
+        let mut attempt = 1;
+        loop {
+            let (placed, task) = self.prepare_task(vm.clone(), kind).await?;
+            match self
+                .store
+                .insert_vm_with_task_in_quota(&placed, &task)
+                .await
+            {
+                Ok(()) => {
+                    self.publish(&task, &placed);
+                    return Ok(task);
+                }
+                Err(StoreError::InsufficientCapacity { node, detail })
+                    if attempt < CAS_ATTEMPTS =>
+                {
+                    tracing::info!(vm = %placed.name, node, detail, attempt, "placement claim lost; scheduling again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Reconciles one VM; returns the task it emitted, if any.
@@ -120,8 +139,31 @@ impl Reconciler {
         Ok(self.reconcile_run(vm_id, guard).await?.task)
     }
 
-    /// One reconcile run under the held lock.
+    /// One reconcile run under the held lock. A write that lost a compare-and-swap race
+    /// (another replica changed the VM) or a placement claim that found the node full
+    /// starts the run again from a fresh read, at most [`CAS_ATTEMPTS`] times.
     async fn reconcile_run(
+        &self,
+        vm_id: Uuid,
+        guard: &VmGuard,
+    ) -> Result<Reconciled, ReconcileError> {
+        let mut attempt = 1;
+        loop {
+            match self.reconcile_once(vm_id, guard).await {
+                Err(ReconcileError::Store(e))
+                    if attempt < CAS_ATTEMPTS
+                        && (e.is_conflict()
+                            || matches!(e, StoreError::InsufficientCapacity { .. })) =>
+                {
+                    tracing::info!(vm = %vm_id, error = %e, attempt, "reconcile write lost a race; reading again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn reconcile_once(
         &self,
         vm_id: Uuid,
         _guard: &VmGuard,
@@ -137,7 +179,7 @@ impl Reconciler {
             && vm.spec.desired_phase == otherix_api::DesiredPhase::Stopped
         {
             clear_retry(&mut vm);
-            self.store.save_vm(&vm).await?;
+            self.store.save_vm(&mut vm).await?;
         }
         let now = self.store.now_ms();
         let in_flight = self.store.in_flight_task(vm_id).await?;
@@ -162,7 +204,7 @@ impl Reconciler {
                 vm.phase = VmPhase::Deleted;
                 vm.deleted_at_ms = Some(now);
                 vm.requested_by = None;
-                self.store.save_vm_with_new_task(&vm, &task).await?;
+                self.store.save_vm_with_new_task(&mut vm, &task).await?;
                 self.events.task_changed(task.id);
                 tracing::info!(vm = %vm.name, "vm never reached a node; deleted");
                 Some(task)
@@ -174,13 +216,13 @@ impl Reconciler {
                     // Still owed until it succeeds, but no longer waiting.
                     vm.retry_at_ms = None;
                 }
-                let (vm, task) = match self.prepare_task(vm.clone(), kind).await {
+                let (mut vm, task) = match self.prepare_task(vm.clone(), kind).await {
                     Ok(prepared) => prepared,
                     Err(ReconcileError::Unschedulable(e)) if retrying => {
                         // Placement of a retried create failed: visible, and retried later.
                         vm.last_error = Some(e.body());
                         schedule_retry(&mut vm, kind, now, &self.backoff);
-                        self.store.save_vm(&vm).await?;
+                        self.store.save_vm(&mut vm).await?;
                         tracing::warn!(vm = %vm.name, error = %e, attempt = vm.retry_attempts, "retry cannot be placed");
                         let wait = self.backoff.delay(vm.retry_attempts);
                         return Ok(Reconciled {
@@ -190,7 +232,7 @@ impl Reconciler {
                     }
                     Err(e) => return Err(e),
                 };
-                self.store.save_vm_with_new_task(&vm, &task).await?;
+                self.store.save_vm_with_new_task(&mut vm, &task).await?;
                 self.publish(&task, &vm);
                 Some(task)
             }

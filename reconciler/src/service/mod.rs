@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod entities;
 pub mod identity;
 pub mod ops;
+pub mod precondition;
 pub mod state_machine;
 pub mod tasks;
 pub mod vms;
@@ -33,6 +34,9 @@ pub struct Actor {
     pub project: String,
     /// The API token's name, recorded as `requested_by` on the tasks the request emits.
     pub requested_by: String,
+    /// The request's `If-Match`: the VM's resource_version the write is conditional on.
+    /// Without it a write that loses a race is retried on a fresh read.
+    pub if_match: Option<i64>,
 }
 
 impl Actor {
@@ -40,7 +44,14 @@ impl Actor {
         Actor {
             project: project.into(),
             requested_by: requested_by.into(),
+            if_match: None,
         }
+    }
+
+    /// The actor with the request's `If-Match` precondition.
+    pub fn with_if_match(mut self, if_match: Option<i64>) -> Self {
+        self.if_match = if_match;
+        self
     }
 }
 
@@ -75,6 +86,15 @@ impl From<StoreError> for ServiceError {
             StoreError::QuotaExceeded(why) => {
                 ApiError::new(ErrorCode::QuotaExceeded, format!("quota exceeded: {why}")).into()
             }
+            StoreError::Conflict {
+                vm,
+                expected,
+                actual,
+            } => precondition::stale(&vm, expected, actual).into(),
+            e @ StoreError::InsufficientCapacity { .. } => {
+                ApiError::new(ErrorCode::InsufficientCapacity, e.to_string()).into()
+            }
+            e @ StoreError::IdempotencyKeyTaken(_) => ApiError::conflict(e.to_string()).into(),
             other => ServiceError::Store(other),
         }
     }
