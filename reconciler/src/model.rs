@@ -44,6 +44,14 @@ impl RequestedOp {
     }
 }
 
+/// The Idempotency-Key of a task-creating request, scoped to the caller's token
+/// (`{token}/{key}`), and the fingerprint of the request (method, path, query, body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyStamp {
+    pub key: String,
+    pub request: String,
+}
+
 /// One row of `vms`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmRecord {
@@ -201,6 +209,8 @@ pub struct TaskRecord {
     pub error: Option<ErrorBody>,
     pub placement: Option<Placement>,
     pub idempotency_key: Option<String>,
+    /// The fingerprint of the request that carried the key (see `IdempotencyStamp`).
+    pub idempotency_request: Option<String>,
     /// For vm.stop and vm.reboot: how long the agent waits for the guest.
     pub stop_timeout_ms: Option<u64>,
     pub created_at_ms: i64,
@@ -224,10 +234,20 @@ impl TaskRecord {
             error: None,
             placement: None,
             idempotency_key: None,
+            idempotency_request: None,
             stop_timeout_ms: None,
             created_at_ms: now_ms,
             started_at_ms: None,
             finished_at_ms: None,
+        }
+    }
+
+    /// Records the Idempotency-Key of the request that creates this task (stored with the
+    /// task in its transaction; the unique index refuses a second task with it).
+    pub fn stamp(&mut self, stamp: Option<&IdempotencyStamp>) {
+        if let Some(s) = stamp {
+            self.idempotency_key = Some(s.key.clone());
+            self.idempotency_request = Some(s.request.clone());
         }
     }
 

@@ -350,3 +350,89 @@ async fn create_vm_twenty_concurrent_on_room_for_ten_places_exactly_ten() {
     let _ = &r.s;
     assert!(node.is_object(), "{node}");
 }
+
+#[tokio::test]
+async fn create_vm_ten_concurrent_posts_with_one_key_make_one_vm_and_ten_identical_answers() {
+    let r = replicas(64, 262_144).await;
+    let mut joins = Vec::new();
+    for i in 0..10 {
+        let app = r.apps[i % 2].clone();
+        joins.push(tokio::spawn(async move {
+            let body = json!({"name": "web-1", "spec": spec()});
+            call(
+                &app,
+                Method::POST,
+                "/v1/vms",
+                &[("idempotency-key", "create-web-1".to_owned())],
+                Some(&body),
+            )
+            .await
+        }));
+    }
+    let mut answers = Vec::new();
+    for j in joins {
+        let (status, v) = j.await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        answers.push(v);
+    }
+    for a in &answers[1..] {
+        assert_eq!(
+            a, &answers[0],
+            "every duplicate gets the first request's answer"
+        );
+    }
+    assert_eq!(answers[0]["task"]["kind"], "vm.create");
+    let (_, vms) = call(&r.apps[0], Method::GET, "/v1/vms", &[], None).await;
+    assert_eq!(vms["items"].as_array().unwrap().len(), 1, "{vms}");
+    let (_, tasks) = call(&r.apps[1], Method::GET, "/v1/tasks", &[], None).await;
+    assert_eq!(tasks["items"].as_array().unwrap().len(), 1, "{tasks}");
+
+    // The same key on another request is still 409.
+    let (status, v) = call(
+        &r.apps[1],
+        Method::POST,
+        "/v1/vms",
+        &[("idempotency-key", "create-web-1".to_owned())],
+        Some(&json!({"name": "web-2", "spec": spec()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+}
+
+#[tokio::test]
+async fn op_concurrent_posts_with_one_key_make_one_task() {
+    let r = replicas(64, 262_144).await;
+    let (status, v) = call(
+        &r.apps[0],
+        Method::POST,
+        "/v1/vms",
+        &[],
+        Some(&json!({"name": "web-1", "spec": spec()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    agent_finishes(&r.s, &v["task"]).await;
+    let mut joins = Vec::new();
+    for i in 0..6 {
+        let app = r.apps[i % 2].clone();
+        joins.push(tokio::spawn(async move {
+            call(
+                &app,
+                Method::POST,
+                "/v1/vms/web-1/stop",
+                &[("idempotency-key", "stop-1".to_owned())],
+                None,
+            )
+            .await
+        }));
+    }
+    let mut ids = Vec::new();
+    for j in joins {
+        let (status, v) = j.await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        assert_eq!(v["task"]["kind"], "vm.stop", "{v}");
+        ids.push(v["task"]["id"].clone());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one stop task: {ids:?}");
+}

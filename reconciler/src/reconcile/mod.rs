@@ -22,7 +22,7 @@ use crate::error_chain;
 use crate::events::TaskEvents;
 use crate::gateway::Sessions;
 use crate::locks::{VmGuard, VmLocks};
-use crate::model::{TaskRecord, VmRecord};
+use crate::model::{IdempotencyStamp, TaskRecord, VmRecord};
 use crate::scheduler::schedule;
 use crate::store::{Store, StoreError, CAS_ATTEMPTS};
 use plan::{plan, transitional_phase, Action, PlanInput};
@@ -92,8 +92,13 @@ impl Reconciler {
     }
 
     /// Accepts a new VM: schedules it, inserts the VM and its vm.create task in one
-    /// transaction, dispatches the task. A taken name is `StoreError::NameTaken`.
-    pub async fn create_vm(&self, vm: VmRecord) -> Result<TaskRecord, ReconcileError> {
+    /// transaction (with the request's Idempotency-Key, if any), dispatches the task. A
+    /// taken name is `StoreError::NameTaken`, a taken key `IdempotencyKeyTaken`.
+    pub async fn create_vm(
+        &self,
+        vm: VmRecord,
+        stamp: Option<&IdempotencyStamp>,
+    ) -> Result<TaskRecord, ReconcileError> {
         let _guard = self.locks.lock(vm.id).await;
         let kind = match plan(&PlanInput::from_vm(&vm, None, self.store.now_ms())) {
             Action::Emit(kind) => kind,
@@ -103,7 +108,8 @@ impl Reconciler {
         // on fresh allocations: the next candidate node, or insufficient_capacity.
         let mut attempt = 1;
         loop {
-            let (placed, task) = self.prepare_task(vm.clone(), kind).await?;
+            let (placed, mut task) = self.prepare_task(vm.clone(), kind).await?;
+            task.stamp(stamp);
             match self
                 .store
                 .insert_vm_with_task_in_quota(&placed, &task)
@@ -127,16 +133,18 @@ impl Reconciler {
     /// Reconciles one VM; returns the task it emitted, if any.
     pub async fn reconcile_vm(&self, vm_id: Uuid) -> Result<Option<TaskRecord>, ReconcileError> {
         let guard = self.locks.lock(vm_id).await;
-        self.reconcile_locked(vm_id, &guard).await
+        self.reconcile_locked(vm_id, &guard, None).await
     }
 
-    /// [`Reconciler::reconcile_vm`] for a caller that already holds the VM's lock.
+    /// [`Reconciler::reconcile_vm`] for a caller that already holds the VM's lock; the
+    /// task it emits carries the request's Idempotency-Key (`stamp`), stored with it.
     pub async fn reconcile_locked(
         &self,
         vm_id: Uuid,
         guard: &VmGuard,
+        stamp: Option<&IdempotencyStamp>,
     ) -> Result<Option<TaskRecord>, ReconcileError> {
-        Ok(self.reconcile_run(vm_id, guard).await?.task)
+        Ok(self.reconcile_run(vm_id, guard, stamp).await?.task)
     }
 
     /// One reconcile run under the held lock. A write that lost a compare-and-swap race
@@ -146,10 +154,11 @@ impl Reconciler {
         &self,
         vm_id: Uuid,
         guard: &VmGuard,
+        stamp: Option<&IdempotencyStamp>,
     ) -> Result<Reconciled, ReconcileError> {
         let mut attempt = 1;
         loop {
-            match self.reconcile_once(vm_id, guard).await {
+            match self.reconcile_once(vm_id, guard, stamp).await {
                 Err(ReconcileError::Store(e))
                     if attempt < CAS_ATTEMPTS
                         && (e.is_conflict()
@@ -167,6 +176,7 @@ impl Reconciler {
         &self,
         vm_id: Uuid,
         _guard: &VmGuard,
+        stamp: Option<&IdempotencyStamp>,
     ) -> Result<Reconciled, ReconcileError> {
         let Some(mut vm) = self.store.vm_by_id(vm_id).await? else {
             return Ok(Reconciled::default());
@@ -201,6 +211,7 @@ impl Reconciler {
                 task.status = TaskStatus::Success;
                 task.started_at_ms = Some(now);
                 task.finished_at_ms = Some(now);
+                task.stamp(stamp);
                 vm.phase = VmPhase::Deleted;
                 vm.deleted_at_ms = Some(now);
                 vm.requested_by = None;
@@ -216,7 +227,7 @@ impl Reconciler {
                     // Still owed until it succeeds, but no longer waiting.
                     vm.retry_at_ms = None;
                 }
-                let (mut vm, task) = match self.prepare_task(vm.clone(), kind).await {
+                let (mut vm, mut task) = match self.prepare_task(vm.clone(), kind).await {
                     Ok(prepared) => prepared,
                     Err(ReconcileError::Unschedulable(e)) if retrying => {
                         // Placement of a retried create failed: visible, and retried later.
@@ -232,6 +243,7 @@ impl Reconciler {
                     }
                     Err(e) => return Err(e),
                 };
+                task.stamp(stamp);
                 self.store.save_vm_with_new_task(&mut vm, &task).await?;
                 self.publish(&task, &vm);
                 Some(task)
@@ -302,7 +314,7 @@ impl Reconciler {
     /// One run from the work queue: errors are logged and retried with backoff.
     async fn reconcile_queued(&self, vm_id: Uuid) -> RunResult {
         let guard = self.locks.lock(vm_id).await;
-        match self.reconcile_run(vm_id, &guard).await {
+        match self.reconcile_run(vm_id, &guard, None).await {
             Ok(Reconciled {
                 requeue_after: Some(d),
                 ..

@@ -115,7 +115,10 @@ impl ApplyService {
             }
             break vm;
         };
-        let task = self.reconciler.reconcile_locked(vm.id, &guard).await?;
+        let task = self
+            .reconciler
+            .reconcile_locked(vm.id, &guard, None)
+            .await?;
         drop(guard);
         let object = self
             .store

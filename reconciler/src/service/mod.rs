@@ -16,6 +16,7 @@ pub mod vms;
 use otherix_api::{ApiError, ErrorCode};
 
 use crate::gateway::GatewayError;
+use crate::model::IdempotencyStamp;
 use crate::reconcile::ReconcileError;
 use crate::store::StoreError;
 
@@ -37,6 +38,9 @@ pub struct Actor {
     /// The request's `If-Match`: the VM's resource_version the write is conditional on.
     /// Without it a write that loses a race is retried on a fresh read.
     pub if_match: Option<i64>,
+    /// The request's Idempotency-Key: stored on the task the request creates, in the
+    /// transaction that inserts it.
+    pub idempotency: Option<IdempotencyStamp>,
 }
 
 impl Actor {
@@ -45,6 +49,7 @@ impl Actor {
             project: project.into(),
             requested_by: requested_by.into(),
             if_match: None,
+            idempotency: None,
         }
     }
 

@@ -20,7 +20,7 @@ use crate::auth::Caller;
 use crate::error_chain;
 use crate::events::TaskEvents;
 use crate::gateway::Sessions;
-use crate::model::{rfc3339, VmRecord};
+use crate::model::{rfc3339, IdempotencyStamp, VmRecord};
 use crate::reconcile::Reconciler;
 use crate::store::{Store, CAS_ATTEMPTS};
 
@@ -28,6 +28,14 @@ use crate::store::{Store, CAS_ATTEMPTS};
 /// reveals) a task someone else created with the same key.
 fn scoped_idempotency_key(caller: &str, key: &str) -> String {
     format!("{caller}/{key}")
+}
+
+/// What a request with an Idempotency-Key stamps on the task it creates.
+pub fn idempotency_stamp(caller: &str, key: &str, fingerprint: &str) -> IdempotencyStamp {
+    IdempotencyStamp {
+        key: scoped_idempotency_key(caller, key),
+        request: fingerprint.to_owned(),
+    }
 }
 
 /// How long a logs request waits for the agent.

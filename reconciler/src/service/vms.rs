@@ -86,7 +86,10 @@ impl VmService {
         vm.project = actor.project.clone();
         vm.requested_by = Some(actor.requested_by.clone());
         let id = vm.id;
-        let task = self.reconciler.create_vm(vm).await?;
+        let task = self
+            .reconciler
+            .create_vm(vm, actor.idempotency.as_ref())
+            .await?;
         self.accepted(task, id).await
     }
 
@@ -133,6 +136,7 @@ impl VmService {
                 task.status = TaskStatus::Success;
                 task.started_at_ms = Some(now);
                 task.finished_at_ms = Some(now);
+                task.stamp(actor.idempotency.as_ref());
                 self.store.insert_task(&task).await?;
                 drop(guard);
                 return self.accepted(task, id).await;
@@ -144,7 +148,7 @@ impl VmService {
                 Err(e) if retry_write(&e, actor, &mut attempt) => continue,
                 r => r?,
             }
-            return self.reconcile_written(vm, guard).await;
+            return self.reconcile_written(vm, guard, actor).await;
         }
     }
 
@@ -232,17 +236,22 @@ impl VmService {
                 Err(e) if retry_write(&e, actor, &mut attempt) => continue,
                 r => r?,
             }
-            return self.reconcile_written(vm, guard).await;
+            return self.reconcile_written(vm, guard, actor).await;
         }
     }
 
-    /// Reconciles the VM whose desired state was just written, under the held lock.
+    /// Reconciles the VM whose desired state was just written, under the held lock; the
+    /// task it emits carries the actor's Idempotency-Key.
     async fn reconcile_written(
         &self,
         vm: VmRecord,
         guard: crate::locks::VmGuard,
+        actor: &Actor,
     ) -> Result<TaskAccepted, ServiceError> {
-        let task = self.reconciler.reconcile_locked(vm.id, &guard).await?;
+        let task = self
+            .reconciler
+            .reconcile_locked(vm.id, &guard, actor.idempotency.as_ref())
+            .await?;
         drop(guard);
         match task {
             Some(task) => self.accepted(task, vm.id).await,

@@ -21,7 +21,8 @@ pub(super) const VM_SELECT: &str = "SELECT v.id, v.name, v.spec, v.generation, \
 
 pub(super) const TASK_COLUMNS: &str = "id, kind, vm_id, vm_name, node, status, phase, \
     bytes_done, bytes_total, error_code, error_message, placement, idempotency_key, \
-    stop_timeout_ms, created_at, started_at, finished_at, project, requested_by";
+    stop_timeout_ms, created_at, started_at, finished_at, project, requested_by, \
+    idempotency_request";
 
 fn corrupt(table: &'static str, id: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
@@ -132,6 +133,7 @@ pub(super) fn task_from_row(row: &AnyRow) -> Result<TaskRecord, StoreError> {
             .transpose()
             .map_err(|e| corrupt("tasks", &id, e))?,
         idempotency_key: row.try_get("idempotency_key")?,
+        idempotency_request: row.try_get("idempotency_request")?,
         stop_timeout_ms: stop_timeout_ms.map(|t| t as u64),
         created_at_ms: row.try_get("created_at")?,
         started_at_ms: row.try_get("started_at")?,
