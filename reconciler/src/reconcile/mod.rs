@@ -21,11 +21,12 @@ use uuid::Uuid;
 use crate::error_chain;
 use crate::events::TaskEvents;
 use crate::gateway::Sessions;
+use crate::lifecycle::transitional_phase;
 use crate::locks::{VmGuard, VmLocks};
 use crate::model::{IdempotencyStamp, TaskRecord, VmRecord};
 use crate::scheduler::schedule;
 use crate::store::{Store, StoreError, CAS_ATTEMPTS};
-use plan::{plan, transitional_phase, Action, PlanInput};
+use plan::{plan, Action, PlanInput};
 use queue::{RunResult, WorkQueue};
 use retry::{clear_retry, schedule_retry, Backoff};
 

@@ -9,7 +9,6 @@ pub mod entities;
 pub mod identity;
 pub mod ops;
 pub mod precondition;
-pub mod state_machine;
 pub mod tasks;
 pub mod vms;
 

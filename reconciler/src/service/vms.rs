@@ -14,10 +14,10 @@ use otherix_api::{
 use uuid::Uuid;
 
 use super::precondition::check_resource_version;
-use super::state_machine::{valid_transition, VmOp};
 use super::{check_limit, Actor, ServiceError};
 use crate::cursor::{decode_cursor, encode_cursor};
 use crate::gateway::Gateway;
+use crate::lifecycle::{valid_transition, VmOp};
 use crate::model::{RequestedOp, TaskRecord, VmRecord};
 use crate::reconcile::Reconciler;
 use crate::store::{Store, StoreError, VmFilter, CAS_ATTEMPTS};
