@@ -355,6 +355,11 @@ pub struct Vm {
     pub annotations: std::collections::BTreeMap<String, String>,
     /// Moves on every spec change, never on status changes.
     pub generation: i64,
+    /// Moves on every write of the stored object (spec or status): the optimistic
+    /// concurrency token that `If-Match` on `PUT /v1/vms/{name}` and the op routes names
+    /// (Kubernetes' `metadata.resourceVersion`). 0 in JSON from servers that predate it.
+    #[serde(default)]
+    pub resource_version: i64,
     pub spec: VmSpec,
     pub status: VmStatus,
     /// RFC 3339 timestamps.

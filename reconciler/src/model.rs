@@ -44,6 +44,24 @@ impl RequestedOp {
     }
 }
 
+/// The Idempotency-Key of a task-creating request, scoped to the caller's token
+/// (`{token}/{key}`), and the fingerprint of the request (method, path, query, body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyStamp {
+    pub key: String,
+    pub request: String,
+}
+
+/// Whether a field QEMU reads at boot differs: vcpus, memory, cloud-init, port forwards.
+/// (desired_phase, restart_policy and stop_timeout_secs act without a reboot.)
+pub fn boot_fields_differ(booted: &VmSpec, spec: &VmSpec) -> bool {
+    booted.vcpus != spec.vcpus
+        || booted.memory_mb != spec.memory_mb
+        || booted.user_data != spec.user_data
+        || booted.network_config != spec.network_config
+        || booted.ports != spec.ports
+}
+
 /// One row of `vms`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VmRecord {
@@ -88,6 +106,8 @@ pub struct VmRecord {
     /// The API token whose request last changed the desired state; the next task the
     /// reconciler emits carries it (`Task.requested_by`) and it is cleared.
     pub requested_by: Option<String>,
+    /// Bumped on every write of the row; writes are compare-and-swap on it.
+    pub resource_version: i64,
 }
 
 /// A firmware as a VM boots with it (the agent's `FirmwareRef`).
@@ -136,7 +156,39 @@ impl VmRecord {
             retry_attempts: 0,
             retry_at_ms: None,
             requested_by: None,
+            resource_version: 1,
         }
+    }
+
+    /// `status.last_error` as users see it: while a retry is pending, the message says
+    /// which attempt comes when, e.g.
+    /// `qemu exited (retry 3: vm.start at 2025-01-01T00:00:08.000Z)`.
+    pub fn last_error_with_retry(&self) -> Option<ErrorBody> {
+        let mut error = self.last_error.clone()?;
+        if let (Some(kind), Some(at)) = (self.retry_kind, self.retry_at_ms) {
+            error.message = format!(
+                "{} (retry {}: {kind} at {})",
+                error.message,
+                self.retry_attempts,
+                rfc3339(at)
+            );
+        }
+        Some(error)
+    }
+
+    /// `status.restart_pending`: QEMU is up and was booted from a spec whose boot-time
+    /// fields have changed since; cleared by the next boot (create, start, reboot).
+    pub fn restart_pending(&self) -> bool {
+        let qemu_up = matches!(
+            self.phase,
+            VmPhase::Running | VmPhase::Paused | VmPhase::Stopping | VmPhase::Rebooting
+        );
+        qemu_up
+            && self.observed_generation < self.generation
+            && self
+                .booted_spec
+                .as_ref()
+                .is_some_and(|b| boot_fields_differ(b, &self.spec))
     }
 
     /// The phase users see: `unknown` while the VM's node is not ready.
@@ -151,6 +203,7 @@ impl VmRecord {
             project: self.project.clone(),
             annotations: self.annotations.clone(),
             generation: self.generation,
+            resource_version: self.resource_version,
             spec: self.spec.clone(),
             status: VmStatus {
                 phase: self.effective_phase(),
@@ -159,9 +212,9 @@ impl VmRecord {
                 pid: self.pid,
                 serial_log: self.serial_log.clone(),
                 current_task: self.current_task,
-                last_error: crate::reconcile::retry::last_error_with_retry(self),
+                last_error: self.last_error_with_retry(),
                 observed_generation: self.observed_generation,
-                restart_pending: crate::service::apply_diff::restart_pending(self),
+                restart_pending: self.restart_pending(),
             },
             created_at: rfc3339(self.created_at_ms),
             updated_at: rfc3339(self.updated_at_ms),
@@ -197,6 +250,8 @@ pub struct TaskRecord {
     pub error: Option<ErrorBody>,
     pub placement: Option<Placement>,
     pub idempotency_key: Option<String>,
+    /// The fingerprint of the request that carried the key (see `IdempotencyStamp`).
+    pub idempotency_request: Option<String>,
     /// For vm.stop and vm.reboot: how long the agent waits for the guest.
     pub stop_timeout_ms: Option<u64>,
     pub created_at_ms: i64,
@@ -220,10 +275,20 @@ impl TaskRecord {
             error: None,
             placement: None,
             idempotency_key: None,
+            idempotency_request: None,
             stop_timeout_ms: None,
             created_at_ms: now_ms,
             started_at_ms: None,
             finished_at_ms: None,
+        }
+    }
+
+    /// Records the Idempotency-Key of the request that creates this task (stored with the
+    /// task in its transaction; the unique index refuses a second task with it).
+    pub fn stamp(&mut self, stamp: Option<&IdempotencyStamp>) {
+        if let Some(s) = stamp {
+            self.idempotency_key = Some(s.key.clone());
+            self.idempotency_request = Some(s.request.clone());
         }
     }
 
@@ -331,5 +396,53 @@ mod tests {
     #[test]
     fn rfc3339_epoch_ms_renders_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    fn spec() -> VmSpec {
+        VmSpec::new("http://x/a.img", otherix_api::Arch::Amd64)
+    }
+
+    #[test]
+    fn last_error_with_retry_names_the_pending_attempt() {
+        let mut vm = VmRecord::new("web-1".into(), spec(), 1);
+        assert_eq!(vm.last_error_with_retry(), None);
+        vm.last_error = Some(ErrorBody {
+            code: otherix_api::ErrorCode::Internal,
+            message: "qemu exited".into(),
+        });
+        assert_eq!(vm.last_error_with_retry().unwrap().message, "qemu exited");
+        vm.retry_kind = Some(TaskKind::VmStart);
+        vm.retry_attempts = 3;
+        vm.retry_at_ms = Some(8000);
+        assert_eq!(
+            vm.last_error_with_retry().unwrap().message,
+            "qemu exited (retry 3: vm.start at 1970-01-01T00:00:08.000Z)"
+        );
+    }
+
+    #[test]
+    fn restart_pending_only_while_qemu_runs_an_older_boot_spec() {
+        use otherix_api::DesiredPhase;
+        let mut vm = VmRecord::new("web-1".into(), spec(), 1);
+        vm.phase = VmPhase::Running;
+        vm.booted_spec = Some(spec());
+        vm.observed_generation = 1;
+        assert!(!vm.restart_pending(), "booted with the current spec");
+        vm.spec.vcpus = 4;
+        vm.generation = 2;
+        assert!(vm.restart_pending(), "vcpus changed while running");
+        vm.phase = VmPhase::Stopped;
+        assert!(
+            !vm.restart_pending(),
+            "a stopped vm boots with the new spec"
+        );
+        vm.phase = VmPhase::Running;
+        vm.spec.vcpus = 2;
+        vm.spec.desired_phase = DesiredPhase::Stopped;
+        vm.generation = 3;
+        assert!(!vm.restart_pending(), "desired_phase is not boot-time");
+        vm.booted_spec = None;
+        vm.spec.vcpus = 4;
+        assert!(!vm.restart_pending(), "unknown boot spec");
     }
 }

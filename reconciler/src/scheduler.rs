@@ -10,6 +10,41 @@ use crate::model::NodeRecord;
 /// them, more cautiously; memory is never overcommitted.
 pub const CPU_ALLOCATION_RATIO: u32 = 4;
 
+/// vCPUs (host cores, or committed guest vCPUs) and memory in MiB of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub vcpus: u64,
+    pub memory_mb: u64,
+}
+
+/// Whether `allocated` (everything placed on a node, the VM being claimed included) fits
+/// the node's `capacity` under the same rule [`schedule`] applies: vCPUs up to
+/// [`CPU_ALLOCATION_RATIO`] per core, memory never overcommitted. The store checks it in
+/// the transaction that claims a node, so concurrent creates cannot overcommit it.
+pub fn fits(capacity: Capacity, allocated: Capacity) -> Result<(), String> {
+    let schedulable_vcpus = capacity
+        .vcpus
+        .saturating_mul(u64::from(CPU_ALLOCATION_RATIO));
+    let mut short = Vec::new();
+    if allocated.vcpus > schedulable_vcpus {
+        short.push(format!(
+            "{} vCPUs committed, {schedulable_vcpus} schedulable ({} cores x allocation ratio {CPU_ALLOCATION_RATIO})",
+            allocated.vcpus, capacity.vcpus
+        ));
+    }
+    if allocated.memory_mb > capacity.memory_mb {
+        short.push(format!(
+            "{} MiB memory committed, {} MiB on the node",
+            allocated.memory_mb, capacity.memory_mb
+        ));
+    }
+    if short.is_empty() {
+        Ok(())
+    } else {
+        Err(short.join(", "))
+    }
+}
+
 /// Why one node cannot take the VM, in the order the checks run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rejection {
@@ -203,6 +238,30 @@ mod tests {
     use crate::model::NodePool;
     use otherix_api::Arch;
     use uuid::Uuid;
+
+    #[test]
+    fn fits_table() {
+        let cap = |vcpus, memory_mb| Capacity { vcpus, memory_mb };
+        // (capacity, allocated, fits)
+        let cases = [
+            (cap(4, 8192), cap(0, 0), true),
+            (cap(4, 8192), cap(16, 8192), true), // exactly 4 cores x ratio 4, all memory
+            (cap(4, 8192), cap(17, 1024), false), // one vCPU over the ratio
+            (cap(4, 8192), cap(1, 8193), false), // memory is never overcommitted
+            (cap(0, 0), cap(1, 0), false),
+            (cap(u64::MAX, u64::MAX), cap(u64::MAX, u64::MAX), true),
+        ];
+        for (capacity, allocated, want) in cases {
+            assert_eq!(
+                fits(capacity, allocated).is_ok(),
+                want,
+                "{capacity:?} {allocated:?}"
+            );
+        }
+        let why = fits(cap(1, 100), cap(5, 200)).unwrap_err();
+        assert!(why.contains("5 vCPUs committed, 4 schedulable"), "{why}");
+        assert!(why.contains("200 MiB memory committed, 100 MiB"), "{why}");
+    }
 
     fn node(name: &str) -> NodeRecord {
         NodeRecord {

@@ -185,6 +185,7 @@ pub(crate) mod fixtures {
             project: "default".into(),
             annotations: Default::default(),
             generation: 1,
+            resource_version: 3,
             spec,
             status: VmStatus {
                 phase: VmPhase::Running,
@@ -213,6 +214,7 @@ pub(crate) mod fixtures {
             project: "default".into(),
             annotations: Default::default(),
             generation: 2,
+            resource_version: 7,
             spec,
             status: VmStatus {
                 phase: VmPhase::Pending,

@@ -6,14 +6,16 @@ use otherix_api::{ApplyRequest, ApplyResponse, Vm, VmSpec};
 
 use super::auth::Scope;
 use super::error::HttpError;
-use super::extract::{JsonBody, VmName};
+use super::extract::{IfMatch, JsonBody, VmName};
 use super::AppState;
 
 pub async fn put_vm(
     State(s): State<AppState>,
     scope: Scope,
     VmName(name): VmName,
+    IfMatch(if_match): IfMatch,
     JsonBody(req): JsonBody<ApplyRequest<VmSpec>>,
 ) -> Result<Json<ApplyResponse<Vm>>, HttpError> {
-    Ok(Json(s.apply.apply_vm(&scope.actor()?, &name, req).await?))
+    let actor = scope.actor()?.with_if_match(if_match);
+    Ok(Json(s.apply.apply_vm(&actor, &name, req).await?))
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::error::HttpError;
 use super::AppState;
 use crate::auth::{self, Caller, ProjectScope};
+use crate::model::IdempotencyStamp;
 use crate::service::Actor;
 
 /// Routes that answer without a token.
@@ -94,6 +95,8 @@ struct ScopeParams {
 pub struct Scope {
     pub caller: Caller,
     pub projects: ProjectScope,
+    /// The Idempotency-Key of the request, as the idempotency middleware stamped it.
+    pub idempotency: Option<IdempotencyStamp>,
 }
 
 impl Scope {
@@ -104,7 +107,9 @@ impl Scope {
 
     /// The caller acting in the request's one project.
     pub fn actor(&self) -> Result<Actor, HttpError> {
-        Ok(Actor::new(self.project()?, self.caller.name.clone()))
+        let mut actor = Actor::new(self.project()?, self.caller.name.clone());
+        actor.idempotency = self.idempotency.clone();
+        Ok(actor)
     }
 }
 
@@ -121,6 +126,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Scope {
             params.project.as_deref(),
             params.all_projects.unwrap_or(false),
         )?;
-        Ok(Scope { caller, projects })
+        let idempotency = parts.extensions.get::<IdempotencyStamp>().cloned();
+        Ok(Scope {
+            caller,
+            projects,
+            idempotency,
+        })
     }
 }

@@ -125,6 +125,26 @@ async fn path_segment<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<St
         .map_err(|e| ApiError::validation(format!("path: {}", e.body_text())).into())
 }
 
+/// The `If-Match` header as the VM resource_version a write is conditional on (absent:
+/// unconditional); not a resource_version is 400.
+pub struct IfMatch(pub Option<i64>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IfMatch {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let Some(raw) = parts.headers.get(axum::http::header::IF_MATCH) else {
+            return Ok(IfMatch(None));
+        };
+        let raw = raw
+            .to_str()
+            .map_err(|_| ApiError::validation("If-Match: must be ASCII"))?;
+        Ok(IfMatch(Some(crate::service::precondition::parse_if_match(
+            raw,
+        )?)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

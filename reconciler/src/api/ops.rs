@@ -17,7 +17,7 @@ use super::extract::{ApiQuery, NameOrId, TaskId, VmName};
 use super::AppState;
 use crate::auth::Caller;
 use crate::error_chain;
-use crate::service::ops::{request_fingerprint, validate_idempotency_key};
+use crate::service::ops::{idempotency_stamp, request_fingerprint, validate_idempotency_key};
 
 /// The request header that makes a retried task-creating request safe.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -67,8 +67,12 @@ pub async fn prune_pool_images(
 
 /// Idempotency-Key on POST and DELETE: a request whose key already created a task gets
 /// that task's `TaskAccepted` again (202) instead of running twice; the same key on a
-/// different request (method, path, query, body) is 409. A 202 answer records the key on
-/// its task. Requests without the header pass through untouched.
+/// different request (method, path, query, body) is 409. The key (scoped to the caller's
+/// token) is handed to the handler as a `model::IdempotencyStamp` request extension and
+/// stored with the task in the transaction that inserts it; a unique index refuses a
+/// second task with it. A request that fails because a concurrent duplicate got there
+/// first (the key, the VM name or the VM's one in-flight task already taken) answers that
+/// duplicate's task. Requests without the header pass through untouched.
 pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) -> Response {
     if !matches!(*req.method(), Method::POST | Method::DELETE) {
         return next.run(req).await;
@@ -107,10 +111,24 @@ pub async fn idempotency(State(s): State<AppState>, req: Request, next: Next) ->
         Ok(None) => {}
         Err(e) => return HttpError::from(e).into_response(),
     }
+    let mut parts = parts;
+    parts
+        .extensions
+        .insert(idempotency_stamp(&caller, &key, &fingerprint));
     let resp = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
     if resp.status() != StatusCode::ACCEPTED {
+        if resp.status().is_client_error() {
+            // Lost a race with a concurrent duplicate that committed first: its answer.
+            match s.ops.idempotent_replay(&caller, &key, &fingerprint).await {
+                Ok(Some(accepted)) => {
+                    return (StatusCode::ACCEPTED, Json(accepted)).into_response()
+                }
+                Ok(None) => {}
+                Err(e) => return HttpError::from(e).into_response(),
+            }
+        }
         return resp;
     }
     let (parts, body) = resp.into_parts();

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::auth::Scope;
 use super::error::HttpError;
-use super::extract::{ApiQuery, JsonBody, VmName};
+use super::extract::{ApiQuery, IfMatch, JsonBody, VmName};
 use super::AppState;
 use crate::service::ListVmsQuery;
 
@@ -59,12 +59,24 @@ pub async fn get(
     Ok(Json(s.vms.get(scope.project()?, &name).await?))
 }
 
-pub async fn delete(State(s): State<AppState>, scope: Scope, VmName(name): VmName) -> Accepted {
-    Ok(accepted(s.vms.delete(&scope.actor()?, &name).await?))
+pub async fn delete(
+    State(s): State<AppState>,
+    scope: Scope,
+    VmName(name): VmName,
+    IfMatch(if_match): IfMatch,
+) -> Accepted {
+    let actor = scope.actor()?.with_if_match(if_match);
+    Ok(accepted(s.vms.delete(&actor, &name).await?))
 }
 
-pub async fn start(State(s): State<AppState>, scope: Scope, VmName(name): VmName) -> Accepted {
-    Ok(accepted(s.vms.start(&scope.actor()?, &name).await?))
+pub async fn start(
+    State(s): State<AppState>,
+    scope: Scope,
+    VmName(name): VmName,
+    IfMatch(if_match): IfMatch,
+) -> Accepted {
+    let actor = scope.actor()?.with_if_match(if_match);
+    Ok(accepted(s.vms.start(&actor, &name).await?))
 }
 
 #[derive(Deserialize)]
@@ -76,19 +88,31 @@ pub async fn stop(
     State(s): State<AppState>,
     scope: Scope,
     VmName(name): VmName,
+    IfMatch(if_match): IfMatch,
     ApiQuery(p): ApiQuery<StopParams>,
 ) -> Accepted {
-    Ok(accepted(
-        s.vms.stop(&scope.actor()?, &name, p.timeout_secs).await?,
-    ))
+    let actor = scope.actor()?.with_if_match(if_match);
+    Ok(accepted(s.vms.stop(&actor, &name, p.timeout_secs).await?))
 }
 
-pub async fn poweroff(State(s): State<AppState>, scope: Scope, VmName(name): VmName) -> Accepted {
-    Ok(accepted(s.vms.poweroff(&scope.actor()?, &name).await?))
+pub async fn poweroff(
+    State(s): State<AppState>,
+    scope: Scope,
+    VmName(name): VmName,
+    IfMatch(if_match): IfMatch,
+) -> Accepted {
+    let actor = scope.actor()?.with_if_match(if_match);
+    Ok(accepted(s.vms.poweroff(&actor, &name).await?))
 }
 
-pub async fn reboot(State(s): State<AppState>, scope: Scope, VmName(name): VmName) -> Accepted {
-    Ok(accepted(s.vms.reboot(&scope.actor()?, &name).await?))
+pub async fn reboot(
+    State(s): State<AppState>,
+    scope: Scope,
+    VmName(name): VmName,
+    IfMatch(if_match): IfMatch,
+) -> Accepted {
+    let actor = scope.actor()?.with_if_match(if_match);
+    Ok(accepted(s.vms.reboot(&actor, &name).await?))
 }
 
 pub async fn pause(

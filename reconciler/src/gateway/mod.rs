@@ -33,7 +33,7 @@ use crate::locks::VmLocks;
 use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::ReconcileTrigger;
-use crate::store::{NodeRegistration, Store, StoreError};
+use crate::store::{NodeRegistration, Store, StoreError, CAS_ATTEMPTS};
 pub use identity::{check_claim, IdentityError};
 pub use observe::{apply_task_outcome, apply_vm_report, TaskOutcome};
 pub use sessions::{task_assignment, Outbox, Sessions};
@@ -235,24 +235,34 @@ impl Gateway {
                 if let TaskOutcome::Failed(e) = &outcome {
                     task.error = Some(e.clone());
                 }
-                let vm = match task.vm_id {
-                    Some(id) => self.store.vm_by_id(id).await?,
-                    None => None,
-                };
-                match vm {
-                    Some(mut vm) => {
-                        apply_task_outcome(
-                            &mut vm,
-                            task.kind,
-                            &outcome,
-                            u.vm.as_ref(),
-                            now,
-                            &self.backoff,
-                        );
-                        self.store.save_vm_and_task(&vm, &task).await?;
-                        tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, status = %task.status, phase = %vm.phase, "task finished");
+                // Compare-and-swap on the VM: a write another replica made since the
+                // read is read again and the outcome folded into it.
+                let mut attempt = 1;
+                loop {
+                    let vm = match task.vm_id {
+                        Some(id) => self.store.vm_by_id(id).await?,
+                        None => None,
+                    };
+                    let Some(mut vm) = vm else {
+                        self.store.save_task(&task).await?;
+                        break;
+                    };
+                    apply_task_outcome(
+                        &mut vm,
+                        task.kind,
+                        &outcome,
+                        u.vm.as_ref(),
+                        now,
+                        &self.backoff,
+                    );
+                    match self.store.save_vm_and_task(&mut vm, &task).await {
+                        Err(e) if e.is_conflict() && attempt < CAS_ATTEMPTS => attempt += 1,
+                        Err(e) => return Err(e.into()),
+                        Ok(()) => {
+                            tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, status = %task.status, phase = %vm.phase, "task finished");
+                            break;
+                        }
                     }
-                    None => self.store.save_task(&task).await?,
                 }
             }
         }
@@ -273,22 +283,32 @@ impl Gateway {
             )));
         };
         let _guard = self.locks.lock(vm_id).await;
-        let Some(mut vm) = self.store.vm_by_id(vm_id).await? else {
-            tracing::warn!(node, vm = %vm_id, "report for a vm this server does not know");
-            return Ok(());
-        };
-        if vm.deleted_at_ms.is_some()
-            || vm.node.as_deref() != Some(node)
-            || vm.current_task.is_some()
-        {
-            return Ok(());
+        let mut attempt = 1;
+        loop {
+            let Some(mut vm) = self.store.vm_by_id(vm_id).await? else {
+                tracing::warn!(node, vm = %vm_id, "report for a vm this server does not know");
+                return Ok(());
+            };
+            if vm.deleted_at_ms.is_some()
+                || vm.node.as_deref() != Some(node)
+                || vm.current_task.is_some()
+            {
+                return Ok(());
+            }
+            if !apply_vm_report(&mut vm, report, self.store.now_ms(), &self.backoff) {
+                return Ok(());
+            }
+            match self.store.save_vm(&mut vm).await {
+                // Another replica wrote the VM since the read: fold the report into that.
+                Err(e) if e.is_conflict() && attempt < CAS_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e.into()),
+                Ok(()) => {
+                    tracing::info!(vm = %vm.name, node, phase = %vm.phase, "vm report applied");
+                    let _ = self.trigger.send(vm_id);
+                    return Ok(());
+                }
+            }
         }
-        if apply_vm_report(&mut vm, report, self.store.now_ms(), &self.backoff) {
-            self.store.save_vm(&vm).await?;
-            tracing::info!(vm = %vm.name, node, phase = %vm.phase, "vm report applied");
-            let _ = self.trigger.send(vm_id);
-        }
-        Ok(())
     }
 
     /// Marks nodes that missed [`MISSED_HEARTBEATS`] heartbeats not ready, every interval.

@@ -5,6 +5,7 @@
 use otherix_api::proto::{VmPower, VmReport};
 use otherix_api::{DesiredPhase, ErrorBody, ErrorCode, TaskKind, VmPhase};
 
+use crate::lifecycle::phase_of;
 use crate::model::VmRecord;
 use crate::reconcile::retry::{
     clear_retry, restart_decision, schedule_retry, Backoff, StopReaction,
@@ -24,16 +25,6 @@ pub enum TaskOutcome {
     Succeeded,
     /// Failed or cancelled, with the error the task carries.
     Failed(ErrorBody),
-}
-
-/// The phase a power state means, when it means one.
-fn phase_of(power: VmPower) -> Option<VmPhase> {
-    match power {
-        VmPower::Running => Some(VmPhase::Running),
-        VmPower::Paused => Some(VmPhase::Paused),
-        VmPower::Stopped => Some(VmPhase::Stopped),
-        VmPower::Absent | VmPower::Unspecified => None,
-    }
 }
 
 fn apply_runtime(vm: &mut VmRecord, report: &VmReport) {

@@ -21,11 +21,12 @@ use uuid::Uuid;
 use crate::error_chain;
 use crate::events::TaskEvents;
 use crate::gateway::Sessions;
+use crate::lifecycle::transitional_phase;
 use crate::locks::{VmGuard, VmLocks};
-use crate::model::{TaskRecord, VmRecord};
+use crate::model::{IdempotencyStamp, TaskRecord, VmRecord};
 use crate::scheduler::schedule;
-use crate::store::{Store, StoreError};
-use plan::{plan, transitional_phase, Action, PlanInput};
+use crate::store::{Store, StoreError, CAS_ATTEMPTS};
+use plan::{plan, Action, PlanInput};
 use queue::{RunResult, WorkQueue};
 use retry::{clear_retry, schedule_retry, Backoff};
 
@@ -92,39 +93,91 @@ impl Reconciler {
     }
 
     /// Accepts a new VM: schedules it, inserts the VM and its vm.create task in one
-    /// transaction, dispatches the task. A taken name is `StoreError::NameTaken`.
-    pub async fn create_vm(&self, vm: VmRecord) -> Result<TaskRecord, ReconcileError> {
+    /// transaction (with the request's Idempotency-Key, if any), dispatches the task. A
+    /// taken name is `StoreError::NameTaken`, a taken key `IdempotencyKeyTaken`.
+    pub async fn create_vm(
+        &self,
+        vm: VmRecord,
+        stamp: Option<&IdempotencyStamp>,
+    ) -> Result<TaskRecord, ReconcileError> {
         let _guard = self.locks.lock(vm.id).await;
         let kind = match plan(&PlanInput::from_vm(&vm, None, self.store.now_ms())) {
             Action::Emit(kind) => kind,
             other => unreachable!("a new vm always plans a create, got {other:?}"),
         };
-        let (vm, task) = self.prepare_task(vm, kind).await?;
-        self.store.insert_vm_with_task_in_quota(&vm, &task).await?;
-        self.publish(&task, &vm);
-        Ok(task)
+        // A failed placement claim (a concurrent create took the room) schedules again
+        // on fresh allocations: the next candidate node, or insufficient_capacity.
+        let mut attempt = 1;
+        loop {
+            let (placed, mut task) = self.prepare_task(vm.clone(), kind).await?;
+            task.stamp(stamp);
+            match self
+                .store
+                .insert_vm_with_task_in_quota(&placed, &task)
+                .await
+            {
+                Ok(()) => {
+                    self.publish(&task, &placed);
+                    return Ok(task);
+                }
+                Err(StoreError::InsufficientCapacity { node, detail })
+                    if attempt < CAS_ATTEMPTS =>
+                {
+                    tracing::info!(vm = %placed.name, node, detail, attempt, "placement claim lost; scheduling again");
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Reconciles one VM; returns the task it emitted, if any.
     pub async fn reconcile_vm(&self, vm_id: Uuid) -> Result<Option<TaskRecord>, ReconcileError> {
         let guard = self.locks.lock(vm_id).await;
-        self.reconcile_locked(vm_id, &guard).await
+        self.reconcile_locked(vm_id, &guard, None).await
     }
 
-    /// [`Reconciler::reconcile_vm`] for a caller that already holds the VM's lock.
+    /// [`Reconciler::reconcile_vm`] for a caller that already holds the VM's lock; the
+    /// task it emits carries the request's Idempotency-Key (`stamp`), stored with it.
     pub async fn reconcile_locked(
         &self,
         vm_id: Uuid,
         guard: &VmGuard,
+        stamp: Option<&IdempotencyStamp>,
     ) -> Result<Option<TaskRecord>, ReconcileError> {
-        Ok(self.reconcile_run(vm_id, guard).await?.task)
+        Ok(self.reconcile_run(vm_id, guard, stamp).await?.task)
     }
 
-    /// One reconcile run under the held lock.
+    /// One reconcile run under the held lock. A write that lost a compare-and-swap race
+    /// (another replica changed the VM) or a placement claim that found the node full
+    /// starts the run again from a fresh read, at most [`CAS_ATTEMPTS`] times.
     async fn reconcile_run(
         &self,
         vm_id: Uuid,
+        guard: &VmGuard,
+        stamp: Option<&IdempotencyStamp>,
+    ) -> Result<Reconciled, ReconcileError> {
+        let mut attempt = 1;
+        loop {
+            match self.reconcile_once(vm_id, guard, stamp).await {
+                Err(ReconcileError::Store(e))
+                    if attempt < CAS_ATTEMPTS
+                        && (e.is_conflict()
+                            || matches!(e, StoreError::InsufficientCapacity { .. })) =>
+                {
+                    tracing::info!(vm = %vm_id, error = %e, attempt, "reconcile write lost a race; reading again");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn reconcile_once(
+        &self,
+        vm_id: Uuid,
         _guard: &VmGuard,
+        stamp: Option<&IdempotencyStamp>,
     ) -> Result<Reconciled, ReconcileError> {
         let Some(mut vm) = self.store.vm_by_id(vm_id).await? else {
             return Ok(Reconciled::default());
@@ -137,7 +190,7 @@ impl Reconciler {
             && vm.spec.desired_phase == otherix_api::DesiredPhase::Stopped
         {
             clear_retry(&mut vm);
-            self.store.save_vm(&vm).await?;
+            self.store.save_vm(&mut vm).await?;
         }
         let now = self.store.now_ms();
         let in_flight = self.store.in_flight_task(vm_id).await?;
@@ -159,10 +212,11 @@ impl Reconciler {
                 task.status = TaskStatus::Success;
                 task.started_at_ms = Some(now);
                 task.finished_at_ms = Some(now);
+                task.stamp(stamp);
                 vm.phase = VmPhase::Deleted;
                 vm.deleted_at_ms = Some(now);
                 vm.requested_by = None;
-                self.store.save_vm_with_new_task(&vm, &task).await?;
+                self.store.save_vm_with_new_task(&mut vm, &task).await?;
                 self.events.task_changed(task.id);
                 tracing::info!(vm = %vm.name, "vm never reached a node; deleted");
                 Some(task)
@@ -174,13 +228,13 @@ impl Reconciler {
                     // Still owed until it succeeds, but no longer waiting.
                     vm.retry_at_ms = None;
                 }
-                let (vm, task) = match self.prepare_task(vm.clone(), kind).await {
+                let (mut vm, mut task) = match self.prepare_task(vm.clone(), kind).await {
                     Ok(prepared) => prepared,
                     Err(ReconcileError::Unschedulable(e)) if retrying => {
                         // Placement of a retried create failed: visible, and retried later.
                         vm.last_error = Some(e.body());
                         schedule_retry(&mut vm, kind, now, &self.backoff);
-                        self.store.save_vm(&vm).await?;
+                        self.store.save_vm(&mut vm).await?;
                         tracing::warn!(vm = %vm.name, error = %e, attempt = vm.retry_attempts, "retry cannot be placed");
                         let wait = self.backoff.delay(vm.retry_attempts);
                         return Ok(Reconciled {
@@ -190,7 +244,8 @@ impl Reconciler {
                     }
                     Err(e) => return Err(e),
                 };
-                self.store.save_vm_with_new_task(&vm, &task).await?;
+                task.stamp(stamp);
+                self.store.save_vm_with_new_task(&mut vm, &task).await?;
                 self.publish(&task, &vm);
                 Some(task)
             }
@@ -260,7 +315,7 @@ impl Reconciler {
     /// One run from the work queue: errors are logged and retried with backoff.
     async fn reconcile_queued(&self, vm_id: Uuid) -> RunResult {
         let guard = self.locks.lock(vm_id).await;
-        match self.reconcile_run(vm_id, &guard).await {
+        match self.reconcile_run(vm_id, &guard, None).await {
             Ok(Reconciled {
                 requeue_after: Some(d),
                 ..

@@ -98,17 +98,6 @@ pub fn plan(vm: &PlanInput) -> Action {
     }
 }
 
-/// The phase a VM shows while a task of this kind is in flight.
-pub fn transitional_phase(kind: TaskKind) -> VmPhase {
-    match kind {
-        TaskKind::VmCreate => VmPhase::Creating,
-        TaskKind::VmStart => VmPhase::Starting,
-        TaskKind::VmStop | TaskKind::VmPoweroff => VmPhase::Stopping,
-        TaskKind::VmReboot => VmPhase::Rebooting,
-        TaskKind::VmDelete => VmPhase::Deleting,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,12 +333,5 @@ mod tests {
             setup(&mut input);
             assert_eq!(plan(&input), *want, "{name}");
         }
-    }
-
-    #[test]
-    fn transitional_phase_per_kind() {
-        assert_eq!(transitional_phase(TaskKind::VmCreate), VmPhase::Creating);
-        assert_eq!(transitional_phase(TaskKind::VmPoweroff), VmPhase::Stopping);
-        assert_eq!(transitional_phase(TaskKind::VmDelete), VmPhase::Deleting);
     }
 }

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use otherix_api::{ErrorBody, RestartPolicy, TaskKind};
+use otherix_api::{RestartPolicy, TaskKind};
 
-use crate::model::{rfc3339, VmRecord};
+use crate::model::VmRecord;
 
 /// Exponential backoff: `base`, doubling per consecutive attempt, capped at `cap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,21 +75,6 @@ pub fn schedule_retry(vm: &mut VmRecord, kind: TaskKind, now_ms: i64, backoff: &
 pub fn clear_retry(vm: &mut VmRecord) {
     vm.retry_kind = None;
     vm.retry_at_ms = None;
-}
-
-/// `status.last_error` as users see it: while a retry is pending, the message says which
-/// attempt comes when, e.g. `qemu exited (retry 3: vm.start at 2025-01-01T00:00:08.000Z)`.
-pub fn last_error_with_retry(vm: &VmRecord) -> Option<ErrorBody> {
-    let mut error = vm.last_error.clone()?;
-    if let (Some(kind), Some(at)) = (vm.retry_kind, vm.retry_at_ms) {
-        error.message = format!(
-            "{} (retry {}: {kind} at {})",
-            error.message,
-            vm.retry_attempts,
-            rfc3339(at)
-        );
-    }
-    Some(error)
 }
 
 /// What to do about a VM that was running and stopped without being asked to.

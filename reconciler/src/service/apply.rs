@@ -12,6 +12,8 @@ use otherix_api::{
 };
 
 use super::apply_diff::{immutable_changes, immutable_error};
+use super::precondition::{check_resource_version, stale};
+use super::vms::retry_write;
 use super::{Actor, ServiceError, VmService};
 use crate::reconcile::Reconciler;
 use crate::store::Store;
@@ -46,6 +48,9 @@ impl ApplyService {
             }
         }
         let Some(existing) = self.store.vm_by_name(&actor.project, name).await? else {
+            if let Some(expected) = actor.if_match {
+                return Err(stale(name, expected, None).into());
+            }
             let create = CreateVmRequest {
                 name: name.to_owned(),
                 spec: req.spec,
@@ -65,43 +70,55 @@ impl ApplyService {
         };
 
         let guard = self.reconciler.locks().lock(existing.id).await;
-        let mut vm = match self.store.vm_by_id(existing.id).await? {
-            Some(vm) if vm.deleted_at_ms.is_none() => vm,
-            _ => {
+        let mut attempt = 1;
+        let vm = loop {
+            let mut vm = match self.store.vm_by_id(existing.id).await? {
+                Some(vm) if vm.deleted_at_ms.is_none() => vm,
+                _ => {
+                    return Err(ApiError::conflict(format!(
+                        "vm {name} was deleted while this apply ran; apply again"
+                    ))
+                    .into())
+                }
+            };
+            check_resource_version(name, actor.if_match, vm.resource_version)?;
+            if vm.deletion_requested || vm.phase == VmPhase::Deleting {
                 return Err(ApiError::conflict(format!(
-                    "vm {name} was deleted while this apply ran; apply again"
+                    "vm {name} is deleting; apply again once it is gone"
                 ))
-                .into())
+                .into());
             }
+            let changes = immutable_changes(&vm.spec, &req.spec);
+            if !changes.is_empty() {
+                return Err(immutable_error(&changes).into());
+            }
+            if vm.spec == req.spec && vm.annotations == req.annotations {
+                return Ok(ApplyResponse {
+                    outcome: ApplyOutcome::Unchanged,
+                    object: vm.to_api(),
+                    task: None,
+                });
+            }
+            if vm.spec != req.spec {
+                vm.generation += 1;
+                // A user change is worth trying at once rather than after a retry's backoff.
+                vm.retry_at_ms = None;
+            }
+            vm.spec = req.spec.clone();
+            vm.annotations = req.annotations.clone();
+            vm.requested_by = Some(actor.requested_by.clone());
+            // A spec that grows vcpus or memory_mb must still fit the project's quota; the
+            // write is compare-and-swap on the version just read (and checked).
+            match self.store.save_vm_in_quota(&mut vm).await {
+                Err(e) if retry_write(&e, actor, &mut attempt) => continue,
+                r => r?,
+            }
+            break vm;
         };
-        if vm.deletion_requested || vm.phase == VmPhase::Deleting {
-            return Err(ApiError::conflict(format!(
-                "vm {name} is deleting; apply again once it is gone"
-            ))
-            .into());
-        }
-        let changes = immutable_changes(&vm.spec, &req.spec);
-        if !changes.is_empty() {
-            return Err(immutable_error(&changes).into());
-        }
-        if vm.spec == req.spec && vm.annotations == req.annotations {
-            return Ok(ApplyResponse {
-                outcome: ApplyOutcome::Unchanged,
-                object: vm.to_api(),
-                task: None,
-            });
-        }
-        if vm.spec != req.spec {
-            vm.generation += 1;
-            // A user change is worth trying at once rather than after a retry's backoff.
-            vm.retry_at_ms = None;
-        }
-        vm.spec = req.spec;
-        vm.annotations = req.annotations;
-        vm.requested_by = Some(actor.requested_by.clone());
-        // A spec that grows vcpus or memory_mb must still fit the project's quota.
-        self.store.save_vm_in_quota(&vm).await?;
-        let task = self.reconciler.reconcile_locked(vm.id, &guard).await?;
+        let task = self
+            .reconciler
+            .reconcile_locked(vm.id, &guard, None)
+            .await?;
         drop(guard);
         let object = self
             .store

@@ -1,10 +1,8 @@
-//! Pure comparisons of two VM specs for declarative apply: which immutable fields a
-//! change touches (409 `immutable_field`), and whether the boot-time fields of the running
-//! QEMU differ from the spec (`status.restart_pending`).
+//! Pure comparison of two VM specs for declarative apply: which immutable fields a change
+//! touches (409 `immutable_field`). Whether the running QEMU's boot-time fields differ
+//! (`status.restart_pending`) is `VmRecord::restart_pending` in `model.rs`.
 
-use otherix_api::{ApiError, ErrorCode, VmPhase, VmSpec};
-
-use crate::model::VmRecord;
+use otherix_api::{ApiError, ErrorCode, VmSpec};
 
 /// One immutable field whose value an apply tried to change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,31 +71,6 @@ pub fn immutable_error(changes: &[FieldChange]) -> ApiError {
         ErrorCode::ImmutableField,
         format!("immutable fields changed: {}", list.join("; ")),
     )
-}
-
-/// Whether a field QEMU reads at boot differs: vcpus, memory, cloud-init, port forwards.
-/// (desired_phase, restart_policy and stop_timeout_secs act without a reboot.)
-pub fn boot_fields_differ(booted: &VmSpec, spec: &VmSpec) -> bool {
-    booted.vcpus != spec.vcpus
-        || booted.memory_mb != spec.memory_mb
-        || booted.user_data != spec.user_data
-        || booted.network_config != spec.network_config
-        || booted.ports != spec.ports
-}
-
-/// `status.restart_pending`: QEMU is up and was booted from a spec whose boot-time fields
-/// have changed since; cleared by the next boot (create, start, reboot).
-pub fn restart_pending(vm: &VmRecord) -> bool {
-    let qemu_up = matches!(
-        vm.phase,
-        VmPhase::Running | VmPhase::Paused | VmPhase::Stopping | VmPhase::Rebooting
-    );
-    qemu_up
-        && vm.observed_generation < vm.generation
-        && vm
-            .booted_spec
-            .as_ref()
-            .is_some_and(|b| boot_fields_differ(b, &vm.spec))
 }
 
 #[cfg(test)]
@@ -175,30 +148,5 @@ mod tests {
             immutable_error(&immutable_changes(&new, &unset)).message,
             "immutable fields changed: spec.pool: fast -> (unset)"
         );
-    }
-
-    #[test]
-    fn restart_pending_only_while_qemu_runs_an_older_boot_spec() {
-        let mut vm = VmRecord::new("web-1".into(), spec(), 1);
-        vm.phase = VmPhase::Running;
-        vm.booted_spec = Some(spec());
-        vm.observed_generation = 1;
-        assert!(!restart_pending(&vm), "booted with the current spec");
-        vm.spec.vcpus = 4;
-        vm.generation = 2;
-        assert!(restart_pending(&vm), "vcpus changed while running");
-        vm.phase = VmPhase::Stopped;
-        assert!(
-            !restart_pending(&vm),
-            "a stopped vm boots with the new spec"
-        );
-        vm.phase = VmPhase::Running;
-        vm.spec.vcpus = 2;
-        vm.spec.desired_phase = DesiredPhase::Stopped;
-        vm.generation = 3;
-        assert!(!restart_pending(&vm), "desired_phase is not boot-time");
-        vm.booted_spec = None;
-        vm.spec.vcpus = 4;
-        assert!(!restart_pending(&vm), "unknown boot spec");
     }
 }

@@ -8,13 +8,14 @@ pub mod cluster;
 pub mod entities;
 pub mod identity;
 pub mod ops;
-pub mod state_machine;
+pub mod precondition;
 pub mod tasks;
 pub mod vms;
 
 use otherix_api::{ApiError, ErrorCode};
 
 use crate::gateway::GatewayError;
+use crate::model::IdempotencyStamp;
 use crate::reconcile::ReconcileError;
 use crate::store::StoreError;
 
@@ -33,6 +34,12 @@ pub struct Actor {
     pub project: String,
     /// The API token's name, recorded as `requested_by` on the tasks the request emits.
     pub requested_by: String,
+    /// The request's `If-Match`: the VM's resource_version the write is conditional on.
+    /// Without it a write that loses a race is retried on a fresh read.
+    pub if_match: Option<i64>,
+    /// The request's Idempotency-Key: stored on the task the request creates, in the
+    /// transaction that inserts it.
+    pub idempotency: Option<IdempotencyStamp>,
 }
 
 impl Actor {
@@ -40,7 +47,15 @@ impl Actor {
         Actor {
             project: project.into(),
             requested_by: requested_by.into(),
+            if_match: None,
+            idempotency: None,
         }
+    }
+
+    /// The actor with the request's `If-Match` precondition.
+    pub fn with_if_match(mut self, if_match: Option<i64>) -> Self {
+        self.if_match = if_match;
+        self
     }
 }
 
@@ -75,6 +90,15 @@ impl From<StoreError> for ServiceError {
             StoreError::QuotaExceeded(why) => {
                 ApiError::new(ErrorCode::QuotaExceeded, format!("quota exceeded: {why}")).into()
             }
+            StoreError::Conflict {
+                vm,
+                expected,
+                actual,
+            } => precondition::stale(&vm, expected, actual).into(),
+            e @ StoreError::InsufficientCapacity { .. } => {
+                ApiError::new(ErrorCode::InsufficientCapacity, e.to_string()).into()
+            }
+            e @ StoreError::IdempotencyKeyTaken(_) => ApiError::conflict(e.to_string()).into(),
             other => ServiceError::Store(other),
         }
     }

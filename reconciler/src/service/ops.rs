@@ -20,14 +20,22 @@ use crate::auth::Caller;
 use crate::error_chain;
 use crate::events::TaskEvents;
 use crate::gateway::Sessions;
-use crate::model::{rfc3339, VmRecord};
+use crate::model::{rfc3339, IdempotencyStamp, VmRecord};
 use crate::reconcile::Reconciler;
-use crate::store::Store;
+use crate::store::{Store, CAS_ATTEMPTS};
 
 /// Idempotency keys are per API token: another caller's request never replays (or
 /// reveals) a task someone else created with the same key.
 fn scoped_idempotency_key(caller: &str, key: &str) -> String {
     format!("{caller}/{key}")
+}
+
+/// What a request with an Idempotency-Key stamps on the task it creates.
+pub fn idempotency_stamp(caller: &str, key: &str, fingerprint: &str) -> IdempotencyStamp {
+    IdempotencyStamp {
+        key: scoped_idempotency_key(caller, key),
+        request: fingerprint.to_owned(),
+    }
 }
 
 /// How long a logs request waits for the agent.
@@ -105,15 +113,22 @@ impl OpsService {
                 task.started_at_ms.get_or_insert(now);
                 task.finished_at_ms = Some(now);
                 task.error = Some(error.clone());
-                match task.vm_id {
-                    Some(vm_id) => match self.store.vm_by_id(vm_id).await? {
-                        Some(mut vm) => {
-                            settle_cancelled(&mut vm, task.kind, error);
-                            self.store.save_vm_and_task(&vm, &task).await?;
-                        }
-                        None => self.store.save_task(&task).await?,
-                    },
-                    None => self.store.save_task(&task).await?,
+                let mut attempt = 1;
+                loop {
+                    let vm = match task.vm_id {
+                        Some(vm_id) => self.store.vm_by_id(vm_id).await?,
+                        None => None,
+                    };
+                    let Some(mut vm) = vm else {
+                        self.store.save_task(&task).await?;
+                        break;
+                    };
+                    settle_cancelled(&mut vm, task.kind, error.clone());
+                    match self.store.save_vm_and_task(&mut vm, &task).await {
+                        // Another replica wrote the VM since the read: settle that.
+                        Err(e) if e.is_conflict() && attempt < CAS_ATTEMPTS => attempt += 1,
+                        r => break r?,
+                    }
                 }
                 self.events.task_changed(id);
                 if let Some(node) = &task.node {

@@ -13,13 +13,14 @@ use otherix_api::{
 };
 use uuid::Uuid;
 
-use super::state_machine::{valid_transition, VmOp};
+use super::precondition::check_resource_version;
 use super::{check_limit, Actor, ServiceError};
 use crate::cursor::{decode_cursor, encode_cursor};
 use crate::gateway::Gateway;
+use crate::lifecycle::{valid_transition, VmOp};
 use crate::model::{RequestedOp, TaskRecord, VmRecord};
 use crate::reconcile::Reconciler;
-use crate::store::{Store, VmFilter};
+use crate::store::{Store, StoreError, VmFilter, CAS_ATTEMPTS};
 
 /// How long a sync op waits for the agent's reply.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,7 +86,10 @@ impl VmService {
         vm.project = actor.project.clone();
         vm.requested_by = Some(actor.requested_by.clone());
         let id = vm.id;
-        let task = self.reconciler.create_vm(vm).await?;
+        let task = self
+            .reconciler
+            .create_vm(vm, actor.idempotency.as_ref())
+            .await?;
         self.accepted(task, id).await
     }
 
@@ -120,23 +124,32 @@ impl VmService {
     pub async fn start(&self, actor: &Actor, name: &str) -> Result<TaskAccepted, ServiceError> {
         let id = self.live_vm(&actor.project, name).await?.id;
         let guard = self.reconciler.locks().lock(id).await;
-        let mut vm = self.live_vm_by_id(id, name).await?;
-        valid_transition(&vm.name, vm.effective_phase(), VmOp::Start)?;
-        vm.requested_by = Some(actor.requested_by.clone());
-        if vm.phase == VmPhase::Running {
-            let now = self.store.now_ms();
-            let mut task = TaskRecord::pending(TaskKind::VmStart, &vm, vm.node.clone(), now);
-            task.status = TaskStatus::Success;
-            task.started_at_ms = Some(now);
-            task.finished_at_ms = Some(now);
-            self.store.insert_task(&task).await?;
-            drop(guard);
-            return self.accepted(task, id).await;
+        let mut attempt = 1;
+        loop {
+            let mut vm = self.live_vm_by_id(id, name).await?;
+            check_resource_version(&vm.name, actor.if_match, vm.resource_version)?;
+            valid_transition(&vm.name, vm.effective_phase(), VmOp::Start)?;
+            vm.requested_by = Some(actor.requested_by.clone());
+            if vm.phase == VmPhase::Running {
+                let now = self.store.now_ms();
+                let mut task = TaskRecord::pending(TaskKind::VmStart, &vm, vm.node.clone(), now);
+                task.status = TaskStatus::Success;
+                task.started_at_ms = Some(now);
+                task.finished_at_ms = Some(now);
+                task.stamp(actor.idempotency.as_ref());
+                self.store.insert_task(&task).await?;
+                drop(guard);
+                return self.accepted(task, id).await;
+            }
+            set_desired(&mut vm, DesiredPhase::Running);
+            // An explicit start does not wait out a pending retry's backoff.
+            vm.retry_at_ms = None;
+            match self.store.save_vm(&mut vm).await {
+                Err(e) if retry_write(&e, actor, &mut attempt) => continue,
+                r => r?,
+            }
+            return self.reconcile_written(vm, guard, actor).await;
         }
-        set_desired(&mut vm, DesiredPhase::Running);
-        // An explicit start does not wait out a pending retry's backoff.
-        vm.retry_at_ms = None;
-        self.write_and_reconcile(vm, guard).await
     }
 
     /// Graceful stop; `timeout_secs` overrides `spec.stop_timeout_secs` for this call.
@@ -201,30 +214,44 @@ impl VmService {
         self.sync_op(project, name, VmOp::Reset, None).await
     }
 
+    /// Writes the op's desired state (compare-and-swap on the VM, checked against the
+    /// actor's `If-Match`) and runs the reconciler under the VM's lock.
     async fn async_op(
         &self,
         actor: &Actor,
         name: &str,
         op: VmOp,
-        change: impl FnOnce(&mut VmRecord),
+        change: impl Fn(&mut VmRecord),
     ) -> Result<TaskAccepted, ServiceError> {
         let id = self.live_vm(&actor.project, name).await?.id;
         let guard = self.reconciler.locks().lock(id).await;
-        let mut vm = self.live_vm_by_id(id, name).await?;
-        valid_transition(&vm.name, vm.effective_phase(), op)?;
-        change(&mut vm);
-        vm.requested_by = Some(actor.requested_by.clone());
-        self.write_and_reconcile(vm, guard).await
+        let mut attempt = 1;
+        loop {
+            let mut vm = self.live_vm_by_id(id, name).await?;
+            check_resource_version(&vm.name, actor.if_match, vm.resource_version)?;
+            valid_transition(&vm.name, vm.effective_phase(), op)?;
+            change(&mut vm);
+            vm.requested_by = Some(actor.requested_by.clone());
+            match self.store.save_vm(&mut vm).await {
+                Err(e) if retry_write(&e, actor, &mut attempt) => continue,
+                r => r?,
+            }
+            return self.reconcile_written(vm, guard, actor).await;
+        }
     }
 
-    /// Saves the desired state and reconciles the VM under the held lock.
-    async fn write_and_reconcile(
+    /// Reconciles the VM whose desired state was just written, under the held lock; the
+    /// task it emits carries the actor's Idempotency-Key.
+    async fn reconcile_written(
         &self,
         vm: VmRecord,
         guard: crate::locks::VmGuard,
+        actor: &Actor,
     ) -> Result<TaskAccepted, ServiceError> {
-        self.store.save_vm(&vm).await?;
-        let task = self.reconciler.reconcile_locked(vm.id, &guard).await?;
+        let task = self
+            .reconciler
+            .reconcile_locked(vm.id, &guard, actor.idempotency.as_ref())
+            .await?;
         drop(guard);
         match task {
             Some(task) => self.accepted(task, vm.id).await,
@@ -268,9 +295,15 @@ impl VmService {
             None => {
                 if let Some(phase) = phase_after {
                     let _guard = self.reconciler.locks().lock(vm.id).await;
-                    let mut fresh = self.live_vm_by_id(vm.id, name).await?;
-                    fresh.phase = phase;
-                    self.store.save_vm(&fresh).await?;
+                    let mut attempt = 1;
+                    loop {
+                        let mut fresh = self.live_vm_by_id(vm.id, name).await?;
+                        fresh.phase = phase;
+                        match self.store.save_vm(&mut fresh).await {
+                            Err(e) if e.is_conflict() && attempt < CAS_ATTEMPTS => attempt += 1,
+                            r => break r?,
+                        }
+                    }
                 }
             }
         }
@@ -299,6 +332,18 @@ impl VmService {
             Some(vm) if vm.deleted_at_ms.is_none() => Ok(vm),
             _ => Err(ApiError::not_found(format!("vm {name} not found")).into()),
         }
+    }
+}
+
+/// Whether a VM write that failed with `e` is tried again on a fresh read: only a lost
+/// compare-and-swap race, only when the request named no `If-Match` (then the 409 is the
+/// answer), and at most [`CAS_ATTEMPTS`] times.
+pub(super) fn retry_write(e: &StoreError, actor: &Actor, attempt: &mut u32) -> bool {
+    if e.is_conflict() && actor.if_match.is_none() && *attempt < CAS_ATTEMPTS {
+        *attempt += 1;
+        true
+    } else {
+        false
     }
 }
 

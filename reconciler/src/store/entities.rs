@@ -257,7 +257,7 @@ impl Store {
         key: &str,
     ) -> Result<Option<(TaskRecord, Option<String>)>, StoreError> {
         let sql = format!(
-            "SELECT {TASK_COLUMNS}, idempotency_request FROM tasks WHERE idempotency_key = $1 \
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = $1 \
              ORDER BY created_at DESC, id DESC LIMIT 1"
         );
         let row = sqlx::query(&sql)
@@ -265,16 +265,17 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         match row {
-            Some(r) => Ok(Some((
-                task_from_row(&r)?,
-                r.try_get("idempotency_request")?,
-            ))),
+            Some(r) => {
+                let task = task_from_row(&r)?;
+                let request = task.idempotency_request.clone();
+                Ok(Some((task, request)))
+            }
             None => Ok(None),
         }
     }
 
     /// Records the Idempotency-Key and request fingerprint of the request that created a
-    /// task.
+    /// task, unless the task already carries one (stamped when it was inserted).
     pub async fn set_task_idempotency(
         &self,
         task_id: Uuid,
@@ -282,7 +283,8 @@ impl Store {
         request: &str,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE tasks SET idempotency_key = $2, idempotency_request = $3 WHERE id = $1",
+            "UPDATE tasks SET idempotency_key = $2, idempotency_request = $3 \
+             WHERE id = $1 AND idempotency_key IS NULL",
         )
         .bind(task_id.to_string())
         .bind(key)

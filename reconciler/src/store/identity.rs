@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::rows::parse_uuid;
 use super::tasks::insert_task;
-use super::vms::{insert_vm, update_vm};
+use super::vms::{claim_node, insert_vm, update_vm};
 use super::{Store, StoreError};
 use crate::model::{TaskRecord, VmRecord};
 
@@ -222,8 +222,9 @@ impl Store {
     }
 
     /// Inserts a new VM and its first task in one transaction, with the VM's project quota
-    /// checked in it: `StoreError::QuotaExceeded` (or `NameTaken` for a live VM of the same
-    /// name in the project) leaves nothing behind.
+    /// checked and its node's capacity claimed in it: `StoreError::QuotaExceeded`,
+    /// `InsufficientCapacity` (or `NameTaken` for a live VM of the same name in the
+    /// project, `IdempotencyKeyTaken` for a key already used) leaves nothing behind.
     pub async fn insert_vm_with_task_in_quota(
         &self,
         vm: &VmRecord,
@@ -236,23 +237,27 @@ impl Store {
             .await
             .map_err(|e| StoreError::from_insert(e, || StoreError::NameTaken(vm.name.clone())))?;
         check_quota(&mut tx, &vm.project, &spec, &before).await?;
+        if let Some(node) = &vm.node {
+            claim_node(&mut tx, node).await?;
+        }
         insert_task(&mut tx, task)
             .await
-            .map_err(|e| StoreError::from_insert(e, || StoreError::TaskInFlight(vm.id)))?;
+            .map_err(|e| StoreError::from_task_insert(e, vm.id, task))?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// Writes `vm` (whose spec may have grown) with its project quota checked in the same
-    /// transaction.
-    pub async fn save_vm_in_quota(&self, vm: &VmRecord) -> Result<(), StoreError> {
+    /// Writes `vm` (whose spec may have grown; compare-and-swap as `save_vm`) with its
+    /// project quota checked in the same transaction.
+    pub async fn save_vm_in_quota(&self, vm: &mut VmRecord) -> Result<(), StoreError> {
         let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
         let spec = lock_project(&mut tx, &vm.project, now).await?;
         let before = usage_in(&mut tx, &vm.project).await?;
-        update_vm(&mut tx, vm, now).await?;
+        let version = update_vm(&mut tx, vm, now).await?;
         check_quota(&mut tx, &vm.project, &spec, &before).await?;
         tx.commit().await?;
+        vm.resource_version = version;
         Ok(())
     }
 

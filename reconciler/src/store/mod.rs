@@ -20,6 +20,8 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
+use crate::model::TaskRecord;
+
 pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
 pub use identity::{ProjectRow, TokenRow};
@@ -57,6 +59,19 @@ pub enum StoreError {
     ProjectNotFound(String),
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// A compare-and-swap write found the VM row at another version (`None`: gone).
+    #[error("vm {vm} was changed concurrently: expected resource_version {expected}, found {}", actual.map_or_else(|| "none".to_owned(), |a| a.to_string()))]
+    Conflict {
+        vm: String,
+        expected: i64,
+        actual: Option<i64>,
+    },
+    /// A placement claim found the node full (a concurrent create took the room).
+    #[error("node {node} has no room left: {detail}")]
+    InsufficientCapacity { node: String, detail: String },
+    /// Another request already created a task with this (scoped) Idempotency-Key.
+    #[error("idempotency key {0} is already recorded")]
+    IdempotencyKeyTaken(String),
 }
 
 impl StoreError {
@@ -69,7 +84,31 @@ impl StoreError {
             _ => StoreError::Database(e),
         }
     }
+
+    /// Maps a failed task insert: a taken Idempotency-Key, or a second in-flight task.
+    fn from_task_insert(e: sqlx::Error, vm_id: uuid::Uuid, task: &TaskRecord) -> StoreError {
+        if let Some(key) = &task.idempotency_key {
+            if let sqlx::Error::Database(db) = &e {
+                if db.kind() == sqlx::error::ErrorKind::UniqueViolation
+                    && (db.message().contains("idempotency")
+                        || db.constraint().is_some_and(|c| c.contains("idempotency")))
+                {
+                    return StoreError::IdempotencyKeyTaken(key.clone());
+                }
+            }
+        }
+        StoreError::from_insert(e, || StoreError::TaskInFlight(vm_id))
+    }
+
+    /// True for a compare-and-swap write that lost a race: re-read and try again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
 }
+
+/// How often internal writers (reconciler runs, agent reports, services without
+/// `If-Match`) re-read and retry a VM write that lost a compare-and-swap race.
+pub const CAS_ATTEMPTS: u32 = 5;
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]

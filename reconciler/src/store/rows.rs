@@ -14,14 +14,15 @@ pub(super) const VM_SELECT: &str = "SELECT v.id, v.name, v.spec, v.generation, \
     v.requested_op, v.last_error_code, v.last_error_message, v.deletion_requested, \
     v.created_at, v.updated_at, v.deleted_at, v.bridge, v.firmware, n.status AS node_status, \
     v.annotations, v.booted_spec, v.booted_at, v.retry_kind, v.retry_attempts, v.retry_at, \
-    v.project, v.requested_by, \
+    v.project, v.requested_by, v.resource_version, \
     (SELECT t.id FROM tasks t WHERE t.vm_id = v.id AND t.status IN ('pending', 'running') \
     LIMIT 1) AS current_task \
     FROM vms v LEFT JOIN nodes n ON n.name = v.node";
 
 pub(super) const TASK_COLUMNS: &str = "id, kind, vm_id, vm_name, node, status, phase, \
     bytes_done, bytes_total, error_code, error_message, placement, idempotency_key, \
-    stop_timeout_ms, created_at, started_at, finished_at, project, requested_by";
+    stop_timeout_ms, created_at, started_at, finished_at, project, requested_by, \
+    idempotency_request";
 
 fn corrupt(table: &'static str, id: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
@@ -98,6 +99,7 @@ pub(super) fn vm_from_row(row: &AnyRow) -> Result<VmRecord, StoreError> {
         retry_attempts: u32::try_from(row.try_get::<i64, _>("retry_attempts")?).unwrap_or(0),
         retry_at_ms: row.try_get("retry_at")?,
         requested_by: row.try_get("requested_by")?,
+        resource_version: row.try_get("resource_version")?,
     })
 }
 
@@ -131,6 +133,7 @@ pub(super) fn task_from_row(row: &AnyRow) -> Result<TaskRecord, StoreError> {
             .transpose()
             .map_err(|e| corrupt("tasks", &id, e))?,
         idempotency_key: row.try_get("idempotency_key")?,
+        idempotency_request: row.try_get("idempotency_request")?,
         stop_timeout_ms: stop_timeout_ms.map(|t| t as u64),
         created_at_ms: row.try_get("created_at")?,
         started_at_ms: row.try_get("started_at")?,

@@ -100,11 +100,9 @@ impl Store {
     /// Inserts a task that belongs to no VM change (e.g. an already-succeeded start).
     pub async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
-        insert_task(&mut conn, task).await.map_err(|e| {
-            StoreError::from_insert(e, || {
-                StoreError::TaskInFlight(task.vm_id.unwrap_or_default())
-            })
-        })?;
+        insert_task(&mut conn, task)
+            .await
+            .map_err(|e| StoreError::from_task_insert(e, task.vm_id.unwrap_or_default(), task))?;
         Ok(())
     }
 
@@ -121,7 +119,7 @@ pub(super) async fn insert_task(
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
     );
     sqlx::query(&sql)
         .bind(t.id.to_string())
@@ -153,6 +151,7 @@ pub(super) async fn insert_task(
         .bind(t.finished_at_ms)
         .bind(t.project.clone())
         .bind(t.requested_by.clone())
+        .bind(t.idempotency_request.clone())
         .execute(conn)
         .await?;
     Ok(())

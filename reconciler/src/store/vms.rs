@@ -1,16 +1,17 @@
 //! VM rows: lookups, keyset-paginated listing, and the transactional writes that pair a
 //! VM change with a task change.
 
-use otherix_api::VmPhase;
+use otherix_api::{TaskKind, VmPhase};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use sqlx::{Any, AnyConnection};
+use sqlx::{Any, AnyConnection, Row};
 use uuid::Uuid;
 
 use super::rows::{vm_from_row, VM_SELECT};
 use super::tasks::{insert_task, update_task};
 use super::{Store, StoreError};
 use crate::model::{TaskRecord, VmRecord, PHASES_WITHOUT_QEMU};
+use crate::scheduler::{fits, Capacity};
 
 /// The effective-phase rule of `model::effective_phase`, in SQL, built from the same
 /// `PHASES_WITHOUT_QEMU` list so the two cannot drift apart.
@@ -169,42 +170,53 @@ impl Store {
             .collect()
     }
 
-    /// Writes every mutable column of `vm`.
-    pub async fn save_vm(&self, vm: &VmRecord) -> Result<(), StoreError> {
+    /// Writes every mutable column of `vm` if its row still has `vm.resource_version`
+    /// (else [`StoreError::Conflict`]); on success `vm.resource_version` is the new one.
+    pub async fn save_vm(&self, vm: &mut VmRecord) -> Result<(), StoreError> {
         let now = self.now_ms();
         let mut conn = self.pool.acquire().await?;
-        update_vm(&mut conn, vm, now).await?;
+        vm.resource_version = update_vm(&mut conn, vm, now).await?;
         Ok(())
     }
 
-    /// Writes `vm` and inserts `task` in one transaction; a second in-flight task for the
-    /// VM is [`StoreError::TaskInFlight`].
+    /// Writes `vm` (compare-and-swap, as [`Store::save_vm`]) and inserts `task` in one
+    /// transaction; a second in-flight task for the VM is [`StoreError::TaskInFlight`]. A
+    /// vm.create task claims its node's capacity in the same transaction
+    /// ([`StoreError::InsufficientCapacity`] when the node is full).
     pub async fn save_vm_with_new_task(
         &self,
-        vm: &VmRecord,
+        vm: &mut VmRecord,
         task: &TaskRecord,
     ) -> Result<(), StoreError> {
         let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
-        update_vm(&mut tx, vm, now).await?;
+        let version = update_vm(&mut tx, vm, now).await?;
+        if task.kind == TaskKind::VmCreate {
+            if let Some(node) = &task.node {
+                claim_node(&mut tx, node).await?;
+            }
+        }
         insert_task(&mut tx, task)
             .await
-            .map_err(|e| StoreError::from_insert(e, || StoreError::TaskInFlight(vm.id)))?;
+            .map_err(|e| StoreError::from_task_insert(e, vm.id, task))?;
         tx.commit().await?;
+        vm.resource_version = version;
         Ok(())
     }
 
-    /// Writes `vm` and `task` (both existing) in one transaction.
+    /// Writes `vm` (compare-and-swap, as [`Store::save_vm`]) and `task` (both existing)
+    /// in one transaction.
     pub async fn save_vm_and_task(
         &self,
-        vm: &VmRecord,
+        vm: &mut VmRecord,
         task: &TaskRecord,
     ) -> Result<(), StoreError> {
         let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
-        update_vm(&mut tx, vm, now).await?;
+        let version = update_vm(&mut tx, vm, now).await?;
         update_task(&mut tx, task).await?;
         tx.commit().await?;
+        vm.resource_version = version;
         Ok(())
     }
 }
@@ -215,9 +227,9 @@ pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result
          pool_path, pid, serial_log, requested_op, last_error_code, last_error_message, \
          deletion_requested, created_at, updated_at, deleted_at, bridge, firmware, \
          annotations, booted_spec, booted_at, retry_kind, retry_attempts, retry_at, project, \
-         vcpus, memory_mb, requested_by) \
+         vcpus, memory_mb, requested_by, resource_version) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)",
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)",
     )
     .bind(vm.id.to_string())
     .bind(vm.name.clone())
@@ -253,23 +265,29 @@ pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result
     .bind(i64::from(vm.spec.vcpus))
     .bind(i64::from(vm.spec.memory_mb))
     .bind(vm.requested_by.clone())
+    .bind(vm.resource_version)
     .execute(conn)
     .await?;
     Ok(())
 }
 
+/// Compare-and-swap of every mutable column of `vm`: written only if the row still has
+/// `vm.resource_version`, which moves to the returned next version. A row changed (or
+/// gone) since `vm` was read is [`StoreError::Conflict`].
 pub(super) async fn update_vm(
     conn: &mut AnyConnection,
     vm: &VmRecord,
     now_ms: i64,
-) -> Result<(), StoreError> {
-    sqlx::query(
+) -> Result<i64, StoreError> {
+    let next = vm.resource_version + 1;
+    let written = sqlx::query(
         "UPDATE vms SET spec = $2, generation = $3, observed_generation = $4, phase = $5, \
          node = $6, pool = $7, pool_path = $8, pid = $9, serial_log = $10, requested_op = $11, \
          last_error_code = $12, last_error_message = $13, deletion_requested = $14, \
          updated_at = $15, deleted_at = $16, annotations = $17, booted_spec = $18, \
          booted_at = $19, retry_kind = $20, retry_attempts = $21, retry_at = $22, vcpus = $23, \
-         memory_mb = $24, requested_by = $25 WHERE id = $1",
+         memory_mb = $24, requested_by = $25, resource_version = $26 \
+         WHERE id = $1 AND resource_version = $27",
     )
     .bind(vm.id.to_string())
     .bind(spec_json(vm))
@@ -296,9 +314,68 @@ pub(super) async fn update_vm(
     .bind(i64::from(vm.spec.vcpus))
     .bind(i64::from(vm.spec.memory_mb))
     .bind(vm.requested_by.clone())
-    .execute(conn)
+    .bind(next)
+    .bind(vm.resource_version)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    if written.rows_affected() == 1 {
+        return Ok(next);
+    }
+    let actual: Option<(i64,)> = sqlx::query_as("SELECT resource_version FROM vms WHERE id = $1")
+        .bind(vm.id.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+    Err(StoreError::Conflict {
+        vm: vm.name.clone(),
+        expected: vm.resource_version,
+        actual: actual.map(|a| a.0),
+    })
+}
+
+/// Claims capacity on `node` for the VM rows this transaction wrote: locks the node row
+/// (a touching UPDATE: a row lock on PostgreSQL, the write lock on SQLite) so concurrent
+/// claims on one node queue up, then checks that the live VMs placed there, these ones
+/// included, still fit ([`scheduler::fits`]). Lock order: project, then node.
+pub(super) async fn claim_node(conn: &mut AnyConnection, node: &str) -> Result<(), StoreError> {
+    let touched = sqlx::query("UPDATE nodes SET vcpus = vcpus WHERE name = $1")
+        .bind(node)
+        .execute(&mut *conn)
+        .await?;
+    if touched.rows_affected() == 0 {
+        return Err(StoreError::InsufficientCapacity {
+            node: node.to_owned(),
+            detail: "node not found".to_owned(),
+        });
+    }
+    let row = sqlx::query(
+        "SELECT n.vcpus AS cap_vcpus, n.memory_mb AS cap_memory_mb, \
+         (SELECT CAST(COALESCE(SUM(v.vcpus), 0) AS BIGINT) FROM vms v WHERE v.node = n.name \
+          AND v.deleted_at IS NULL AND v.phase <> 'failed') AS vcpus, \
+         (SELECT CAST(COALESCE(SUM(v.memory_mb), 0) AS BIGINT) FROM vms v WHERE v.node = n.name \
+          AND v.deleted_at IS NULL AND v.phase <> 'failed') AS memory_mb \
+         FROM nodes n WHERE n.name = $1",
+    )
+    .bind(node)
+    .fetch_one(&mut *conn)
+    .await?;
+    let get = |col: &str| -> Result<u64, StoreError> {
+        Ok(u64::try_from(row.try_get::<i64, _>(col)?).unwrap_or(0))
+    };
+    let capacity = Capacity {
+        vcpus: get("cap_vcpus")?,
+        memory_mb: get("cap_memory_mb")?,
+    };
+    let allocated = Capacity {
+        vcpus: get("vcpus")?,
+        memory_mb: get("memory_mb")?,
+    };
+    match fits(capacity, allocated) {
+        Ok(()) => Ok(()),
+        Err(detail) => Err(StoreError::InsufficientCapacity {
+            node: node.to_owned(),
+            detail,
+        }),
+    }
 }
 
 fn spec_json(vm: &VmRecord) -> String {
@@ -318,4 +395,74 @@ fn booted_spec_json(vm: &VmRecord) -> Option<String> {
     vm.booted_spec
         .as_ref()
         .map(|s| serde_json::to_string(s).expect("VmSpec serializes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::default_database_url;
+
+    fn spec() -> otherix_api::VmSpec {
+        serde_json::from_value(serde_json::json!({
+            "image_url": "http://127.0.0.1:9/img.qcow2", "arch": "amd64"
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn save_vm_stale_resource_version_is_conflict_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&default_database_url(dir.path()))
+            .await
+            .unwrap();
+        let vm = VmRecord::new("web-1".into(), spec(), store.now_ms());
+        insert_vm(&mut store.pool.acquire().await.unwrap(), &vm)
+            .await
+            .unwrap();
+
+        // Two writers read version 1; the first wins and moves it to 2.
+        let mut first = store.vm_by_id(vm.id).await.unwrap().unwrap();
+        let mut second = first.clone();
+        assert_eq!(first.resource_version, 1);
+        first.spec.vcpus = 4;
+        store.save_vm(&mut first).await.unwrap();
+        assert_eq!(first.resource_version, 2);
+
+        second.spec.vcpus = 8;
+        let err = store.save_vm(&mut second).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::Conflict {
+                    expected: 1,
+                    actual: Some(2),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(err.is_conflict());
+        assert_eq!(
+            second.resource_version, 1,
+            "a failed write keeps the version"
+        );
+        let stored = store.vm_by_id(vm.id).await.unwrap().unwrap();
+        assert_eq!((stored.spec.vcpus, stored.resource_version), (4, 2));
+
+        // Re-read and retry: the next write succeeds on the fresh version.
+        let mut again = stored;
+        again.spec.vcpus = 8;
+        store.save_vm(&mut again).await.unwrap();
+        assert_eq!(again.resource_version, 3);
+
+        // A transaction that loses the race writes neither the VM nor its task.
+        let mut stale = second;
+        let task = TaskRecord::pending(TaskKind::VmStart, &stale, None, store.now_ms());
+        let err = store
+            .save_vm_with_new_task(&mut stale, &task)
+            .await
+            .unwrap_err();
+        assert!(err.is_conflict(), "{err:?}");
+        assert!(store.task(task.id).await.unwrap().is_none());
+    }
 }

@@ -1,7 +1,11 @@
-//! The VM lifecycle state machine: which user operations fit which phase. Pure; an op
-//! that does not fit is 409 `conflict` naming the current phase.
+//! The VM lifecycle state machine, the one home of VM phase transitions (cloud-hypervisor's
+//! `valid_transition` style): which user operations fit which phase (the API service), the
+//! phase a VM shows while a task is in flight (the reconciler), and the phase an agent's
+//! power report means (the gateway). Pure; an op that does not fit is 409 `conflict`
+//! naming the current phase.
 
-use otherix_api::{ApiError, VmPhase};
+use otherix_api::proto::VmPower;
+use otherix_api::{ApiError, TaskKind, VmPhase};
 
 /// A user operation on a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +65,61 @@ pub fn valid_transition(vm_name: &str, phase: VmPhase, op: VmOp) -> Result<(), A
     )))
 }
 
+/// The phase a VM shows while a task of this kind is in flight.
+pub fn transitional_phase(kind: TaskKind) -> VmPhase {
+    match kind {
+        TaskKind::VmCreate => VmPhase::Creating,
+        TaskKind::VmStart => VmPhase::Starting,
+        TaskKind::VmStop | TaskKind::VmPoweroff => VmPhase::Stopping,
+        TaskKind::VmReboot => VmPhase::Rebooting,
+        TaskKind::VmDelete => VmPhase::Deleting,
+    }
+}
+
+/// The phase an agent-reported power state means, when it means one (`absent` is not a
+/// phase: the gateway decides what a missing VM means in context).
+pub fn phase_of(power: VmPower) -> Option<VmPhase> {
+    match power {
+        VmPower::Running => Some(VmPhase::Running),
+        VmPower::Paused => Some(VmPhase::Paused),
+        VmPower::Stopped => Some(VmPhase::Stopped),
+        VmPower::Absent | VmPower::Unspecified => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use otherix_api::ErrorCode;
+
+    #[test]
+    fn transitional_phase_per_kind() {
+        let table = [
+            (TaskKind::VmCreate, VmPhase::Creating),
+            (TaskKind::VmStart, VmPhase::Starting),
+            (TaskKind::VmStop, VmPhase::Stopping),
+            (TaskKind::VmPoweroff, VmPhase::Stopping),
+            (TaskKind::VmReboot, VmPhase::Rebooting),
+            (TaskKind::VmDelete, VmPhase::Deleting),
+        ];
+        for (kind, phase) in table {
+            assert_eq!(transitional_phase(kind), phase, "{kind}");
+        }
+    }
+
+    #[test]
+    fn phase_of_power_table() {
+        let table = [
+            (VmPower::Running, Some(VmPhase::Running)),
+            (VmPower::Paused, Some(VmPhase::Paused)),
+            (VmPower::Stopped, Some(VmPhase::Stopped)),
+            (VmPower::Absent, None),
+            (VmPower::Unspecified, None),
+        ];
+        for (power, phase) in table {
+            assert_eq!(phase_of(power), phase, "{power:?}");
+        }
+    }
     use VmPhase::*;
 
     const ALL: [VmPhase; 12] = [

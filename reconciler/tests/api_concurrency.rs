@@ -1,0 +1,438 @@
+//! Store-level concurrency safety through the API: optimistic concurrency on VMs
+//! (`resource_version`, `If-Match`, 409 on a stale write), placement claims in the VM's
+//! transaction (no overcommit under concurrent creates) and Idempotency-Key races. Writers
+//! are spread over two in-process replicas on one database (each with its own per-process
+//! VM locks), so only the database can keep them apart. SQLite by default; PostgreSQL when
+//! `OTHERIXD_TEST_POSTGRES_URL` is set.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use otherix_api::proto::{PoolPath, Register, TaskState, TaskUpdate, VmPower, VmReport};
+use otherixd::daemon::Daemon;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+mod common;
+use common::TestServer;
+
+/// Two replicas on one fresh database: the test server and a second daemon (opened before
+/// the node registers: a starting replica marks every node not ready).
+struct Replicas {
+    s: TestServer,
+    _b: Daemon,
+    apps: [Router; 2],
+}
+
+async fn replicas(node_vcpus: u32, node_memory_mb: u64) -> Replicas {
+    let s = common::open(tempfile::tempdir().unwrap()).await;
+    let b = Daemon::open(&s.database_url).await.unwrap();
+    let b_app = common::with_token(b.app(), &s.admin_token);
+    s.daemon
+        .gateway
+        .register(&Register {
+            node: "node-1".into(),
+            host_arch: "amd64".into(),
+            guest_arches: vec!["amd64".into()],
+            accel: "tcg".into(),
+            vcpus: node_vcpus,
+            memory_mb: node_memory_mb,
+            pools: vec![PoolPath {
+                name: "default".into(),
+                path: "/srv/default".into(),
+            }],
+            agent_version: "test".into(),
+            allow_file_urls: false,
+            vms: vec![],
+        })
+        .await
+        .unwrap();
+    let apps = [s.app.clone(), b_app];
+    Replicas { s, _b: b, apps }
+}
+
+async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, String)],
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let req = req
+        .body(Body::from(body.map(Value::to_string).unwrap_or_default()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, value)
+}
+
+fn spec() -> Value {
+    json!({"image_url": "http://127.0.0.1:9/img.qcow2", "arch": "amd64", "vcpus": 1, "memory_mb": 1024})
+}
+
+async fn get_vm(app: &Router, name: &str) -> Value {
+    let (status, v) = call(app, Method::GET, &format!("/v1/vms/{name}"), &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v
+}
+
+fn if_match(v: i64) -> Vec<(&'static str, String)> {
+    vec![("if-match", v.to_string())]
+}
+
+#[tokio::test]
+async fn put_vm_if_match_current_is_configured_stale_is_409_naming_both_versions() {
+    let r = replicas(64, 262_144).await;
+    let app = &r.apps[0];
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/vms/web-1",
+        &[],
+        Some(&json!({"spec": spec()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let create_task = v["task"].clone();
+    let v0 = get_vm(app, "web-1").await["resource_version"]
+        .as_i64()
+        .unwrap();
+    assert!(v0 >= 1);
+
+    let mut changed = spec();
+    changed["vcpus"] = json!(2);
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/vms/web-1",
+        &if_match(v0),
+        Some(&json!({"spec": changed})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["outcome"], "configured");
+    let v1 = v["object"]["resource_version"].as_i64().unwrap();
+    assert!(v1 > v0, "{v}");
+
+    // The same (now stale) version again, even for an unchanged body: 409.
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/vms/web-1",
+        &if_match(v0),
+        Some(&json!({"spec": changed})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["error"]["code"], "conflict");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("expected resource_version {v0}, it is {v1}")),
+        "{msg}"
+    );
+    // A quoted entity tag of the current version is fine.
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/vms/web-1",
+        &[("if-match", format!("\"{v1}\""))],
+        Some(&json!({"spec": changed})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["outcome"], "unchanged");
+
+    // Not a version: 400. A precondition on a VM that does not exist: 409.
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/vms/web-1",
+        &[("if-match", "*".to_owned())],
+        Some(&json!({"spec": changed})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["error"]["code"], "validation_failed");
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/vms/web-2",
+        &if_match(1),
+        Some(&json!({"spec": spec()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(get_vm_status(app, "web-2").await == StatusCode::NOT_FOUND);
+
+    // The op routes honour it too: a stale delete is 409 and deletes nothing, a current
+    // one is accepted.
+    let (status, v) = call(app, Method::DELETE, "/v1/vms/web-1", &if_match(v0), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("expected resource_version {v0}")),
+        "{v}"
+    );
+    let (status, v) = call(app, Method::POST, "/v1/vms/web-1/stop", &if_match(v0), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    let now = get_vm(app, "web-1").await["resource_version"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(now, v1, "a refused write changes nothing");
+    // The agent finishes the create (a write that moves the version), then a stop naming
+    // the version the client read before that is stale, the current one is accepted.
+    agent_finishes(&r.s, &create_task).await;
+    let (status, v) = call(
+        app,
+        Method::POST,
+        "/v1/vms/web-1/stop",
+        &if_match(now),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    let running = get_vm(app, "web-1").await;
+    assert_eq!(running["status"]["phase"], "running", "{running}");
+    let current = running["resource_version"].as_i64().unwrap();
+    assert!(current > now);
+    let (status, v) = call(
+        &r.apps[1],
+        Method::POST,
+        "/v1/vms/web-1/stop",
+        &if_match(current),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["task"]["kind"], "vm.stop", "{v}");
+}
+
+/// Finishes a task the way the agent would, leaving the VM running.
+async fn agent_finishes(s: &TestServer, task: &Value) {
+    s.daemon
+        .gateway
+        .apply_task_update(
+            "node-1",
+            &TaskUpdate {
+                task_id: task["id"].as_str().unwrap().into(),
+                state: TaskState::Succeeded as i32,
+                vm: Some(VmReport {
+                    vm_id: task["vm_id"].as_str().unwrap().into(),
+                    power: VmPower::Running as i32,
+                    pid: 4242,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn get_vm_status(app: &Router, name: &str) -> StatusCode {
+    call(app, Method::GET, &format!("/v1/vms/{name}"), &[], None)
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn put_vm_concurrent_writers_with_same_stale_if_match_exactly_one_wins() {
+    let r = replicas(64, 262_144).await;
+    let (status, v) = call(
+        &r.apps[0],
+        Method::PUT,
+        "/v1/vms/web-1",
+        &[],
+        Some(&json!({"spec": spec()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let version = get_vm(&r.apps[0], "web-1").await["resource_version"]
+        .as_i64()
+        .unwrap();
+
+    const WRITERS: usize = 10;
+    let mut joins = Vec::new();
+    for i in 0..WRITERS {
+        let app = r.apps[i % 2].clone();
+        joins.push(tokio::spawn(async move {
+            let body = json!({"spec": spec(), "annotations": {"writer": i.to_string()}});
+            call(
+                &app,
+                Method::PUT,
+                "/v1/vms/web-1",
+                &if_match(version),
+                Some(&body),
+            )
+            .await
+        }));
+    }
+    let mut won = Vec::new();
+    let mut lost = 0;
+    for j in joins {
+        let (status, v) = j.await.unwrap();
+        match status {
+            StatusCode::OK => {
+                assert_eq!(v["outcome"], "configured", "{v}");
+                won.push(v["object"]["annotations"]["writer"].clone());
+            }
+            StatusCode::CONFLICT => {
+                assert_eq!(v["error"]["code"], "conflict", "{v}");
+                assert!(
+                    v["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains(&format!("expected resource_version {version}, it is ")),
+                    "{v}"
+                );
+                lost += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one writer wins: {won:?}");
+    assert_eq!(lost, WRITERS - 1);
+    // What is stored is the winner's write.
+    let vm = get_vm(&r.apps[1], "web-1").await;
+    assert_eq!(vm["annotations"]["writer"], won[0]);
+    assert!(vm["resource_version"].as_i64().unwrap() > version);
+}
+
+#[tokio::test]
+async fn create_vm_twenty_concurrent_on_room_for_ten_places_exactly_ten() {
+    // Memory for exactly ten 1 GiB VMs; vCPUs plenty.
+    let r = replicas(64, 10 * 1024).await;
+    let mut joins = Vec::new();
+    for i in 0..20 {
+        let app = r.apps[i % 2].clone();
+        joins.push(tokio::spawn(async move {
+            let body = json!({"name": format!("vm-{i}"), "spec": spec()});
+            call(&app, Method::POST, "/v1/vms", &[], Some(&body)).await
+        }));
+    }
+    let (mut placed, mut full) = (0, 0);
+    for j in joins {
+        let (status, v) = j.await.unwrap();
+        match status {
+            StatusCode::ACCEPTED => {
+                assert_eq!(v["task"]["node"], "node-1", "{v}");
+                placed += 1;
+            }
+            StatusCode::CONFLICT => {
+                assert_eq!(v["error"]["code"], "insufficient_capacity", "{v}");
+                full += 1;
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!((placed, full), (10, 10));
+    // Nothing was written for the refused ones.
+    let (status, v) = call(&r.apps[0], Method::GET, "/v1/vms?limit=100", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 10, "{v}");
+    let (status, v) = call(&r.apps[1], Method::GET, "/v1/tasks?limit=100", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["items"].as_array().unwrap().len(), 10, "{v}");
+    let (_, node) = call(&r.apps[0], Method::GET, "/v1/nodes/node-1", &[], None).await;
+    let _ = &r.s;
+    assert!(node.is_object(), "{node}");
+}
+
+#[tokio::test]
+async fn create_vm_ten_concurrent_posts_with_one_key_make_one_vm_and_ten_identical_answers() {
+    let r = replicas(64, 262_144).await;
+    let mut joins = Vec::new();
+    for i in 0..10 {
+        let app = r.apps[i % 2].clone();
+        joins.push(tokio::spawn(async move {
+            let body = json!({"name": "web-1", "spec": spec()});
+            call(
+                &app,
+                Method::POST,
+                "/v1/vms",
+                &[("idempotency-key", "create-web-1".to_owned())],
+                Some(&body),
+            )
+            .await
+        }));
+    }
+    let mut answers = Vec::new();
+    for j in joins {
+        let (status, v) = j.await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        answers.push(v);
+    }
+    for a in &answers[1..] {
+        assert_eq!(
+            a, &answers[0],
+            "every duplicate gets the first request's answer"
+        );
+    }
+    assert_eq!(answers[0]["task"]["kind"], "vm.create");
+    let (_, vms) = call(&r.apps[0], Method::GET, "/v1/vms", &[], None).await;
+    assert_eq!(vms["items"].as_array().unwrap().len(), 1, "{vms}");
+    let (_, tasks) = call(&r.apps[1], Method::GET, "/v1/tasks", &[], None).await;
+    assert_eq!(tasks["items"].as_array().unwrap().len(), 1, "{tasks}");
+
+    // The same key on another request is still 409.
+    let (status, v) = call(
+        &r.apps[1],
+        Method::POST,
+        "/v1/vms",
+        &[("idempotency-key", "create-web-1".to_owned())],
+        Some(&json!({"name": "web-2", "spec": spec()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+}
+
+#[tokio::test]
+async fn op_concurrent_posts_with_one_key_make_one_task() {
+    let r = replicas(64, 262_144).await;
+    let (status, v) = call(
+        &r.apps[0],
+        Method::POST,
+        "/v1/vms",
+        &[],
+        Some(&json!({"name": "web-1", "spec": spec()})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    agent_finishes(&r.s, &v["task"]).await;
+    let mut joins = Vec::new();
+    for i in 0..6 {
+        let app = r.apps[i % 2].clone();
+        joins.push(tokio::spawn(async move {
+            call(
+                &app,
+                Method::POST,
+                "/v1/vms/web-1/stop",
+                &[("idempotency-key", "stop-1".to_owned())],
+                None,
+            )
+            .await
+        }));
+    }
+    let mut ids = Vec::new();
+    for j in joins {
+        let (status, v) = j.await.unwrap();
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        assert_eq!(v["task"]["kind"], "vm.stop", "{v}");
+        ids.push(v["task"]["id"].clone());
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one stop task: {ids:?}");
+}
