@@ -45,6 +45,7 @@ async fn replicas(node_vcpus: u32, node_memory_mb: u64) -> Replicas {
             agent_version: "test".into(),
             allow_file_urls: false,
             vms: vec![],
+            firmware_dirs: vec![],
         })
         .await
         .unwrap();
