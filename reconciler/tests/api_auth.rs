@@ -1,5 +1,5 @@
-//! Authentication, authorization and project isolation of the HTTP API, over a real TCP
-//! socket with real tokens. The route list is the router's own (`api::route_paths`, the
+//! Authentication, authorization and project isolation of the HTTP API, over real HTTPS
+//! (the server's own PKI and TLS listener) with real tokens. The route list is the router's own (`api::route_paths`, the
 //! methods found by asking the router), so a route added later is covered without editing
 //! this file: without a token every route is 401, a viewer on any mutating route is 403, a
 //! member of another project gets 404 for every project-scoped route.
@@ -63,14 +63,28 @@ impl Api {
     }
 }
 
+/// Serves the app as otherixd does: HTTPS from the cluster PKI (created in the server's
+/// data dir), with a client that trusts only that CA.
 async fn serve(s: &TestServer) -> Api {
+    let (pki, _) = otherixd::pki::load_or_create(
+        &s.dir.path().join("tls"),
+        &otherixd::pki::PkiOptions::default(),
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let incoming =
+        otherixd::tls_listener::TlsIncoming::spawn(listener, pki.https_config().unwrap()).unwrap();
     let app = s.raw_app.clone();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(async move { axum::serve(incoming, app).await.unwrap() });
+    let ca = reqwest::Certificate::from_pem(pki.ca_pem().as_bytes()).unwrap();
     Api {
-        base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
+        base: format!("https://{addr}"),
+        http: reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .build()
+            .unwrap(),
     }
 }
 
