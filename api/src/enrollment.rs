@@ -15,6 +15,14 @@ pub const FINGERPRINT_HEX_LEN: usize = 64;
 pub const JOIN_TOKEN_DEFAULT_TTL_SECS: u64 = 3600;
 pub const JOIN_TOKEN_MAX_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// The fingerprint of a certificate: SHA-256 over its DER bytes as 64 lowercase hex
+/// characters, how otherix prints, pins and stores certificates (server, CLI and agent
+/// all use this one function).
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(der))
+}
+
 /// A parsed join token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinToken {

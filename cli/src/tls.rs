@@ -16,7 +16,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::{Digest, Sha256};
 
 /// Characters per PEM line.
 const PEM_LINE: usize = 64;
@@ -59,10 +58,7 @@ pub enum TlsError {
     NoPeerCertificate { url: String },
 }
 
-/// The fingerprint of a certificate: SHA-256 over its DER, 64 lowercase hex digits.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(Sha256::digest(der))
-}
+pub use otherix_api::enrollment::fingerprint;
 
 /// Whether `s` looks like a fingerprint (64 hex digits, any case).
 pub fn is_fingerprint(s: &str) -> bool {

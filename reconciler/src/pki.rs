@@ -69,11 +69,7 @@ pub enum PkiError {
     Csr(String),
 }
 
-/// SHA-256 over DER bytes as 64 lowercase hex characters: how otherix prints and stores
-/// certificate fingerprints.
-pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(Sha256::digest(der))
-}
+pub use otherix_api::enrollment::fingerprint;
 
 /// The CA as PEM text (a later backend may keep it in the database).
 #[derive(Clone)]
