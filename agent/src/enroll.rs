@@ -70,6 +70,14 @@ pub enum EnrollError {
     Rustls(#[from] rustls::Error),
 }
 
+impl EnrollError {
+    /// The server could not be reached (another `--server` may be tried); every other
+    /// error is an answer, and final.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, EnrollError::Connect { .. })
+    }
+}
+
 pub use otherix_api::enrollment::fingerprint;
 
 fn provider() -> Arc<CryptoProvider> {

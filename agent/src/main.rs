@@ -27,8 +27,15 @@ use otherix_api::firmware_path::DEFAULT_FIRMWARE_DIRS;
 struct Args {
     /// otherixd agent gateway URL (its --agent-listen address), e.g.
     /// https://10.0.0.1:7071 (http:// only for servers started with --insecure-http).
-    #[arg(long, env = "OTHERIX_AGENT_SERVER")]
-    server: String,
+    /// Repeat (or comma-separate in the env var) for several replicas: the agent attaches
+    /// to one and moves to the next at once when it goes away.
+    #[arg(
+        long = "server",
+        env = "OTHERIX_AGENT_SERVER",
+        value_delimiter = ',',
+        required = true
+    )]
+    servers: Vec<String>,
     /// One-time join token from `otherix node join-token NODE`, needed on the first start
     /// against an https:// server (the agent then keeps a certificate in DATA_DIR/tls).
     #[arg(long, env = "OTHERIX_AGENT_JOIN_TOKEN", hide_env_values = true)]
@@ -133,20 +140,49 @@ fn absolute_dir(path: &std::path::Path, what: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("resolving {what} {}", path.display()))
 }
 
+/// Enrolls at the first of `servers` that answers; a refusal (used or expired token) is
+/// final, an unreachable server tries the next.
+async fn enroll_at_any(
+    servers: &[String],
+    token: &str,
+    node: &str,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut last = None;
+    for server in servers {
+        match enroll::enroll(server, token, node, data_dir).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(server, error = %e, "enrollment: server unreachable, trying the next");
+                last = Some(
+                    anyhow::Error::new(e).context(format!("enrolling node {node} at {server}")),
+                );
+            }
+            Err(e) => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("enrolling node {node} at {server}"))
+                )
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no --server given")))
+}
+
 /// Plain for http:// servers; for https:// enrolls first when there is no certificate yet
 /// (needs --join-token), then mTLS with the stored certificate.
 async fn transport(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<Transport> {
-    if args.server.starts_with("http://") {
+    let plain = args.servers.iter().all(|s| s.starts_with("http://"));
+    if plain {
         if args.join_token.is_some() {
             bail!(
-                "--join-token needs an https:// server (got {})",
-                args.server
+                "--join-token needs https:// servers (got {})",
+                args.servers.join(", ")
             );
         }
         return Ok(Transport::Plain);
     }
-    if !args.server.starts_with("https://") {
-        bail!("--server {}: expected an https:// URL", args.server);
+    if let Some(bad) = args.servers.iter().find(|s| !s.starts_with("https://")) {
+        bail!("--server {bad}: expected an https:// URL (all --server URLs must be https:// or all http://)");
     }
     let cert = enroll::tls_dir(data_dir).join(enroll::NODE_CERT_FILE);
     if enroll::is_enrolled(data_dir) {
@@ -162,9 +198,7 @@ async fn transport(args: &Args, data_dir: &std::path::Path) -> anyhow::Result<Tr
                 args.node
             );
         };
-        enroll::enroll(&args.server, token, &args.node, data_dir)
-            .await
-            .with_context(|| format!("enrolling node {} at {}", args.node, args.server))?;
+        enroll_at_any(&args.servers, token, &args.node, data_dir).await?;
         eprintln!(
             "otherix-agent: enrolled node {}; certificate in {}",
             args.node,
@@ -306,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
         firmware_dirs: driver.firmware_dirs().to_vec(),
     };
     tokio::select! {
-        () = session::run(args.server, transport, node, executor, driver, outbox, outbox_rx) => {}
+        () = session::run(args.servers, transport, node, executor, driver, outbox, outbox_rx) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; VMs keep running"),
     }
     Ok(())

@@ -95,9 +95,56 @@ impl Backoff {
     }
 }
 
-/// Keeps a session to `server` up forever.
+/// Which of the `--server`s to dial next. A session that ends (a refused connection, or
+/// a replica that went away under a registered session) moves on to the next server at
+/// once; only a whole round of failures in a row waits out the exponential backoff, so an
+/// agent whose replica dies is attached to another within a heartbeat or two.
+#[derive(Debug)]
+pub struct Failover {
+    servers: Vec<String>,
+    current: usize,
+    failed_in_a_row: usize,
+    backoff: Backoff,
+}
+
+impl Failover {
+    /// `servers` must not be empty (the CLI requires at least one `--server`).
+    pub fn new(servers: Vec<String>) -> Self {
+        assert!(!servers.is_empty(), "at least one server");
+        Failover {
+            servers,
+            current: 0,
+            failed_in_a_row: 0,
+            backoff: Backoff::default(),
+        }
+    }
+
+    /// The server to dial now.
+    pub fn current(&self) -> &str {
+        &self.servers[self.current]
+    }
+
+    /// The session registered: the next failure starts a new round.
+    pub fn registered(&mut self) {
+        self.failed_in_a_row = 0;
+        self.backoff.reset();
+    }
+
+    /// The session ended; moves to the next server and says how long to wait first.
+    pub fn failed(&mut self) -> Duration {
+        self.failed_in_a_row += 1;
+        self.current = (self.current + 1) % self.servers.len();
+        if self.failed_in_a_row % self.servers.len() == 0 {
+            self.backoff.next_delay()
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// Keeps a session to one of `servers` up forever, failing over between them.
 pub async fn run<D: VmDriver>(
-    server: String,
+    servers: Vec<String>,
     transport: Transport,
     node: NodeInfo,
     executor: Executor<D>,
@@ -105,8 +152,9 @@ pub async fn run<D: VmDriver>(
     outbox: Outbox,
     mut outbox_rx: mpsc::Receiver<AgentMessage>,
 ) {
-    let mut backoff = Backoff::default();
+    let mut failover = Failover::new(servers);
     loop {
+        let server = failover.current().to_owned();
         let session = Session {
             server: &server,
             transport: &transport,
@@ -115,7 +163,7 @@ pub async fn run<D: VmDriver>(
             driver: &driver,
             outbox: &outbox,
         };
-        match session.attach(&mut outbox_rx, &mut backoff).await {
+        match session.attach(&mut outbox_rx, &mut failover).await {
             Ok(()) => tracing::warn!(server, "server closed the gateway stream"),
             Err(SessionError::Stream(status))
                 if matches!(
@@ -131,8 +179,12 @@ pub async fn run<D: VmDriver>(
             }
             Err(e) => tracing::warn!(server, error = %error_chain(&e), "gateway session failed"),
         }
-        let delay = backoff.next_delay();
-        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        let delay = failover.failed();
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            next = failover.current(),
+            "reconnecting"
+        );
         tokio::time::sleep(delay).await;
     }
 }
@@ -186,7 +238,7 @@ impl<D: VmDriver> Session<'_, D> {
     async fn attach(
         &self,
         outbox_rx: &mut mpsc::Receiver<AgentMessage>,
-        backoff: &mut Backoff,
+        failover: &mut Failover,
     ) -> Result<(), SessionError> {
         // Messages queued while disconnected are stale: Register carries every VM's state
         // and the server redelivers unfinished tasks, whose final updates are re-sent.
@@ -220,7 +272,7 @@ impl<D: VmDriver> Session<'_, D> {
             Some(other) => return Err(SessionError::NotRegistered(format!("got {other:?}"))),
             None => return Err(SessionError::NotRegistered("stream ended".into())),
         };
-        backoff.reset();
+        failover.registered();
         let heartbeat_every = match registered.heartbeat_interval_ms {
             0 => DEFAULT_HEARTBEAT,
             ms => Duration::from_millis(ms.into()),
@@ -291,5 +343,51 @@ mod tests {
         assert_eq!(delays, vec![200, 400, 800, 1600, 3200, 5000, 5000]);
         b.reset();
         assert_eq!(b.next_delay(), BACKOFF_MIN);
+    }
+
+    fn servers(n: usize) -> Vec<String> {
+        (1..=n)
+            .map(|i| format!("https://replica-{i}:7071"))
+            .collect()
+    }
+
+    #[test]
+    fn failover_moves_on_at_once_and_backs_off_only_after_a_whole_round() {
+        let mut f = Failover::new(servers(3));
+        assert_eq!(f.current(), "https://replica-1:7071");
+        // (delay, next server) after each failure in a row.
+        let table = [
+            (Duration::ZERO, "https://replica-2:7071"),
+            (Duration::ZERO, "https://replica-3:7071"),
+            (BACKOFF_MIN, "https://replica-1:7071"),
+            (Duration::ZERO, "https://replica-2:7071"),
+            (Duration::ZERO, "https://replica-3:7071"),
+            (BACKOFF_MIN * 2, "https://replica-1:7071"),
+        ];
+        for (i, (delay, next)) in table.into_iter().enumerate() {
+            assert_eq!((f.failed(), f.current()), (delay, next), "failure {i}");
+        }
+        // A registered session that drops (its replica died) goes to the next one at once.
+        f.registered();
+        assert_eq!(f.failed(), Duration::ZERO);
+        assert_eq!(f.current(), "https://replica-2:7071");
+    }
+
+    #[test]
+    fn failover_single_server_backs_off_every_time_like_before() {
+        let mut f = Failover::new(servers(1));
+        let delays: Vec<Duration> = (0..4).map(|_| f.failed()).collect();
+        assert_eq!(
+            delays,
+            [
+                BACKOFF_MIN,
+                BACKOFF_MIN * 2,
+                BACKOFF_MIN * 4,
+                BACKOFF_MIN * 8
+            ]
+        );
+        assert_eq!(f.current(), "https://replica-1:7071");
+        f.registered();
+        assert_eq!(f.failed(), BACKOFF_MIN);
     }
 }

@@ -142,7 +142,7 @@ async fn session_registers_routes_tasks_and_reconnects() {
         firmware_dirs: vec!["/usr/share/OVMF".into()],
     };
     tokio::spawn(session::run(
-        format!("http://{addr}"),
+        vec![format!("http://{addr}")],
         Transport::Plain,
         node,
         executor,

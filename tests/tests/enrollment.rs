@@ -349,3 +349,38 @@ fn insecure_http_cluster_attaches_agents_by_name() {
     assert_eq!(status, 409, "{body}");
     assert!(log(&cluster, "otherixd").contains("otherixd: api http://"));
 }
+
+#[test]
+fn agent_with_several_servers_enrolls_and_attaches_past_an_unreachable_one() {
+    let cluster = Cluster::start_with(ClusterOptions {
+        nodes: vec![],
+        ..Default::default()
+    });
+    // A port nothing listens on: the first --server is down.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("https://{}", l.local_addr().unwrap())
+    };
+    let token = cluster.join_token("node-9", None);
+    let data_dir = cluster.dir.path().join("node-9-agent");
+    let mut args = vec!["--server".to_owned(), dead.clone()];
+    args.extend(agent_args(
+        &cluster,
+        "node-9",
+        &data_dir,
+        &["--join-token", &token],
+    ));
+    let mut agent = cluster.spawn_agent_process("node-9", &args);
+    until(
+        "node-9 ready through the second server",
+        Duration::from_secs(60),
+        || (cluster.get("/v1/nodes/node-9").1["status"] == "ready").then_some(()),
+    );
+    let agent_log = log(&cluster, "agent-node-9");
+    assert!(
+        agent_log.contains("trying the next"),
+        "the unreachable server was tried first: {agent_log}"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
