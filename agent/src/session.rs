@@ -134,7 +134,7 @@ impl Failover {
     pub fn failed(&mut self) -> Duration {
         self.failed_in_a_row += 1;
         self.current = (self.current + 1) % self.servers.len();
-        if self.failed_in_a_row % self.servers.len() == 0 {
+        if self.failed_in_a_row.is_multiple_of(self.servers.len()) {
             self.backoff.next_delay()
         } else {
             Duration::ZERO
