@@ -6,6 +6,7 @@
 mod enrollment;
 mod entities;
 mod identity;
+mod lease;
 mod nodes;
 mod retention;
 mod rows;
@@ -25,6 +26,7 @@ use crate::model::TaskRecord;
 pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
 pub use identity::{ProjectRow, TokenRow};
+pub use lease::LeaseRow;
 pub use nodes::NodeRegistration;
 pub use retention::Purged;
 pub use tasks::TaskPage;
@@ -115,6 +117,7 @@ pub const CAS_ATTEMPTS: u32 = 5;
 pub struct Store {
     pool: AnyPool,
     clock: Arc<AtomicI64>,
+    postgres: bool,
 }
 
 /// The database URL for a data dir when none is given: a SQLite file created if missing.
@@ -160,9 +163,15 @@ impl Store {
         let store = Store {
             pool,
             clock: Arc::new(AtomicI64::new(0)),
+            postgres: database_url.starts_with("postgres"),
         };
         store.backfill_vm_sizes().await?;
         Ok(store)
+    }
+
+    /// Whether the database is PostgreSQL (several replicas possible) rather than SQLite.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
     }
 
     /// The pool, for tests that inspect the connection (PRAGMAs).
