@@ -204,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(watcher) = manifests {
         tokio::task::spawn_blocking(move || watcher.stop()).await?;
     }
+    daemon.resign().await;
     tracing::info!("shut down");
     daemon.store.close().await;
     Ok(())

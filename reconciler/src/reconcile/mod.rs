@@ -332,7 +332,7 @@ impl Reconciler {
     /// runtime stops.
     pub fn spawn_loops(
         self: Arc<Self>,
-        mut triggers: mpsc::UnboundedReceiver<Uuid>,
+        triggers: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Uuid>>>,
         resync_every: Duration,
     ) -> Vec<JoinHandle<()>> {
         let queue = Arc::new(WorkQueue::default());
@@ -343,6 +343,8 @@ impl Reconciler {
         }));
         let q = queue.clone();
         let on_trigger = tokio::spawn(async move {
+            // Aborting this task (leadership lost) releases the receiver for the next term.
+            let mut triggers = triggers.lock().await;
             while let Some(id) = triggers.recv().await {
                 q.add(id);
             }

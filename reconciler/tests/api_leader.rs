@@ -1,0 +1,149 @@
+//! Leader election: one leader per database, hand-over on resign with a higher epoch,
+//! and opening a replica changes no node's status. The two-replica tests need PostgreSQL
+//! (`OTHERIXD_TEST_POSTGRES_URL`); on SQLite the single daemon always leads.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fresh_database_url;
+use otherix_api::proto::{PoolPath, Register};
+use otherix_api::NodeStatus;
+use otherixd::daemon::{Daemon, DaemonOptions};
+use otherixd::leader::LeaseTiming;
+
+fn postgres() -> bool {
+    std::env::var("OTHERIXD_TEST_POSTGRES_URL").is_ok()
+}
+
+fn fast() -> DaemonOptions {
+    DaemonOptions {
+        lease: LeaseTiming {
+            lease: Duration::from_secs(3),
+            renew_every: Duration::from_millis(100),
+        },
+        ..DaemonOptions::default()
+    }
+}
+
+async fn started(url: &str) -> Daemon {
+    let mut d = Daemon::open_with(url, fast()).await.unwrap();
+    d.spawn_background(Duration::from_secs(60));
+    d
+}
+
+/// Waits until `cond` holds (5 s at most).
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn single_daemon_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let d = started(&url).await;
+    eventually("leadership", || d.leading().is_some()).await;
+    let epoch = d.leading().unwrap();
+    if postgres() {
+        assert!(epoch >= 1, "a lease epoch starts at 1, got {epoch}");
+    } else {
+        assert_eq!(epoch, 0, "SQLite always leads, without a lease");
+    }
+}
+
+#[tokio::test]
+async fn two_daemons_one_leads_and_resign_hands_over() {
+    if !postgres() {
+        eprintln!("skipped: needs OTHERIXD_TEST_POSTGRES_URL");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let mut a = started(&url).await;
+    let mut b = started(&url).await;
+    eventually("a leader", || {
+        a.leading().is_some() || b.leading().is_some()
+    })
+    .await;
+    // Several renew rounds later there is still exactly one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        a.leading().is_some() != b.leading().is_some(),
+        "exactly one leads: a {:?}, b {:?}",
+        a.leading(),
+        b.leading()
+    );
+    let (leader, standby) = if a.leading().is_some() {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let first = leader.leading().unwrap();
+    let row = leader.store.read_lease("leader").await.unwrap().unwrap();
+    assert_eq!(row.holder.as_deref(), Some(leader.holder.as_str()));
+    assert_eq!(row.epoch, first);
+
+    // Resigning hands over well before the 3 s lease would have expired.
+    let resigned = std::time::Instant::now();
+    leader.resign().await;
+    assert_eq!(leader.leading(), None);
+    eventually("the standby to lead", || standby.leading().is_some()).await;
+    assert!(resigned.elapsed() < Duration::from_secs(2));
+    assert!(standby.leading().unwrap() > first, "the epoch grows");
+}
+
+#[tokio::test]
+async fn a_dead_leaders_lease_expires_and_the_standby_takes_over() {
+    if !postgres() {
+        eprintln!("skipped: needs OTHERIXD_TEST_POSTGRES_URL");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let b = Daemon::open_with(&url, fast()).await.unwrap();
+    // A leader that crashed: its lease row stays until it expires (in 1 s).
+    let until = b.store.now_ms() + 1_000;
+    let ghost = b.store.acquire_lease("leader", "ghost", None, until).await;
+    assert_eq!(ghost.unwrap(), Some(1));
+    let mut b = b;
+    b.spawn_background(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.leading(), None, "the ghost's lease is still live");
+    eventually("b to lead after expiry", || b.leading().is_some()).await;
+    assert_eq!(b.leading(), Some(2));
+}
+
+#[tokio::test]
+async fn opening_another_daemon_changes_no_node_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let a = Daemon::open(&url).await.unwrap();
+    a.gateway
+        .register(&Register {
+            node: "node-1".into(),
+            host_arch: "amd64".into(),
+            guest_arches: vec!["amd64".into()],
+            accel: "tcg".into(),
+            vcpus: 8,
+            memory_mb: 8192,
+            pools: vec![PoolPath {
+                name: "default".into(),
+                path: "/srv/default".into(),
+            }],
+            agent_version: "test".into(),
+            vms: vec![],
+            allow_file_urls: false,
+            firmware_dirs: vec![],
+        })
+        .await
+        .unwrap();
+    let _b = Daemon::open(&url).await.unwrap();
+    let node = a.state.cluster.node("node-1").await.unwrap();
+    assert_eq!(node.status, NodeStatus::Ready);
+}
