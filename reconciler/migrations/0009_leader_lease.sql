@@ -8,3 +8,7 @@ CREATE TABLE leases (
     epoch BIGINT NOT NULL,
     expires_at_ms BIGINT NOT NULL
 );
+
+-- Fencing: the epoch of the leader whose reconcile loop inserted the task (NULL for tasks
+-- from the HTTP path and on SQLite). The insert checks the lease in its transaction.
+ALTER TABLE tasks ADD COLUMN epoch BIGINT;

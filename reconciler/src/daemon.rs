@@ -25,7 +25,7 @@ use crate::service::{
     ApplyService, ClusterService, EntityService, IdentityService, OpsService, TaskService,
     VmService,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Fence, Store, StoreError};
 
 /// The file in the data dir that receives the first admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -197,15 +197,20 @@ impl Daemon {
         let gateway = self.gateway.clone();
         let store = self.store.clone();
         let retention = self.retention;
+        let holder = self.holder.clone();
         let supervisor = tokio::spawn(async move {
             let mut running: Vec<JoinHandle<()>> = Vec::new();
             loop {
                 let epoch = *leadership.borrow_and_update();
                 running.drain(..).for_each(|h| h.abort());
-                if epoch.is_some() {
+                if let Some(epoch) = epoch {
+                    let fence = store.is_postgres().then(|| Fence {
+                        holder: holder.clone(),
+                        epoch,
+                    });
                     running = reconciler
                         .clone()
-                        .spawn_loops(triggers.clone(), resync_every);
+                        .spawn_loops(triggers.clone(), resync_every, fence);
                     running.push(gateway.spawn_liveness_monitor());
                     running.push(crate::retention::spawn(store.clone(), retention));
                 } else {

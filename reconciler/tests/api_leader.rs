@@ -8,12 +8,33 @@ use std::time::Duration;
 
 use common::fresh_database_url;
 use otherix_api::proto::{PoolPath, Register};
-use otherix_api::NodeStatus;
+use otherix_api::{Arch, CreateVmRequest, NodeStatus, TaskKind, TaskStatus, VmSpec};
 use otherixd::daemon::{Daemon, DaemonOptions};
 use otherixd::leader::LeaseTiming;
+use otherixd::model::TaskRecord;
+use otherixd::store::{Fence, StoreError};
 
 fn postgres() -> bool {
     std::env::var("OTHERIXD_TEST_POSTGRES_URL").is_ok()
+}
+
+fn registration() -> Register {
+    Register {
+        node: "node-1".into(),
+        host_arch: "amd64".into(),
+        guest_arches: vec!["amd64".into()],
+        accel: "tcg".into(),
+        vcpus: 8,
+        memory_mb: 8192,
+        pools: vec![PoolPath {
+            name: "default".into(),
+            path: "/srv/default".into(),
+        }],
+        agent_version: "test".into(),
+        vms: vec![],
+        allow_file_urls: false,
+        firmware_dirs: vec![],
+    }
 }
 
 fn fast() -> DaemonOptions {
@@ -124,26 +145,73 @@ async fn opening_another_daemon_changes_no_node_status() {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database_url(dir.path()).await;
     let a = Daemon::open(&url).await.unwrap();
-    a.gateway
-        .register(&Register {
-            node: "node-1".into(),
-            host_arch: "amd64".into(),
-            guest_arches: vec!["amd64".into()],
-            accel: "tcg".into(),
-            vcpus: 8,
-            memory_mb: 8192,
-            pools: vec![PoolPath {
-                name: "default".into(),
-                path: "/srv/default".into(),
-            }],
-            agent_version: "test".into(),
-            vms: vec![],
-            allow_file_urls: false,
-            firmware_dirs: vec![],
-        })
-        .await
-        .unwrap();
+    a.gateway.register(&registration()).await.unwrap();
     let _b = Daemon::open(&url).await.unwrap();
     let node = a.state.cluster.node("node-1").await.unwrap();
     assert_eq!(node.status, NodeStatus::Ready);
+}
+
+#[tokio::test]
+async fn a_deposed_leaders_fenced_task_insert_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let d = Daemon::open(&url).await.unwrap();
+    let store = &d.store;
+    d.gateway.register(&registration()).await.unwrap();
+    let actor = otherixd::service::Actor::new("default", "test");
+    let req = CreateVmRequest {
+        name: "app".into(),
+        spec: VmSpec::new("http://127.0.0.1:9/img.qcow2", Arch::Amd64),
+    };
+    d.state.vms.create(&actor, req).await.unwrap();
+    let id = store.live_vm_ids().await.unwrap()[0];
+    let mut vm = store.vm_by_id(id).await.unwrap().unwrap();
+
+    // "a" leads at epoch 1; "b" steals the lease with a higher epoch.
+    let far = store.now_ms() + 60_000;
+    let a = store.acquire_lease("leader", "a", None, far).await.unwrap();
+    assert_eq!(a, Some(1));
+    let seen = store.read_lease("leader").await.unwrap().unwrap();
+    sqlx::query("UPDATE leases SET holder = 'b', epoch = 2 WHERE name = 'leader'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // a's own compare-and-swap on the row it saw fails too.
+    let again = store.acquire_lease("leader", "a", Some(&seen), far).await;
+    assert_eq!(again.unwrap(), None);
+
+    // An already-finished task (not in flight), as the reconcile loop records deletes.
+    let finished = |epoch| {
+        let mut t = TaskRecord::pending(TaskKind::VmDelete, &vm, None, store.now_ms());
+        t.status = TaskStatus::Success;
+        t.epoch = Some(epoch);
+        t
+    };
+    let deposed = Fence {
+        holder: "a".into(),
+        epoch: 1,
+    };
+    let task = finished(1);
+    let task2 = finished(2);
+    let version = vm.resource_version;
+    let err = store
+        .save_vm_with_new_task(&mut vm, &task, Some(&deposed))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { epoch: 1 }), "{err:?}");
+    assert!(store.task(task.id).await.unwrap().is_none());
+    let stored = store.vm_by_id(id).await.unwrap().unwrap();
+    assert_eq!(stored.resource_version, version, "the VM was not written");
+
+    // The current leader's write goes through and records its epoch.
+    let current = Fence {
+        holder: "b".into(),
+        epoch: 2,
+    };
+    let task = task2;
+    store
+        .save_vm_with_new_task(&mut vm, &task, Some(&current))
+        .await
+        .unwrap();
+    assert_eq!(store.task(task.id).await.unwrap().unwrap().epoch, Some(2));
 }

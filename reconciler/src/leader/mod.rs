@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::store::{LeaseRow, Store};
 
 /// The name of the control plane's lease row.
-pub const LEASE_NAME: &str = "leader";
+pub const LEASE_NAME: &str = crate::store::LEADER_LEASE;
 /// How long a lease lasts without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the leader renews and a standby retries.

@@ -1,7 +1,39 @@
 //! Lease rows for leader election: read, acquire (compare-and-swap on the row as read, or
 //! INSERT of the first), renew and resign. The decision is `crate::leader::decide`.
 
+use sqlx::AnyConnection;
+
 use super::{Store, StoreError};
+
+/// The name of the control plane's lease row.
+pub const LEADER_LEASE: &str = "leader";
+
+/// A leader's fencing token: its holder id and the epoch it leads at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: i64,
+}
+
+/// Inside a write transaction: the leader lease must still be `fence` (else
+/// [`StoreError::Fenced`]). A touching UPDATE, so on PostgreSQL the row stays locked until
+/// commit and a concurrent take-over waits for this write.
+pub(super) async fn check_fence(conn: &mut AnyConnection, fence: &Fence) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE leases SET epoch = epoch WHERE name = $1 AND holder = $2 AND epoch = $3",
+    )
+    .bind(LEADER_LEASE)
+    .bind(&fence.holder)
+    .bind(fence.epoch)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    if done == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced { epoch: fence.epoch })
+    }
+}
 
 /// A lease row as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use crate::model::TaskRecord;
 pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
 pub use identity::{ProjectRow, TokenRow};
-pub use lease::LeaseRow;
+pub use lease::{Fence, LeaseRow, LEADER_LEASE};
 pub use nodes::NodeRegistration;
 pub use retention::Purged;
 pub use tasks::TaskPage;
@@ -71,6 +71,10 @@ pub enum StoreError {
     /// A placement claim found the node full (a concurrent create took the room).
     #[error("node {node} has no room left: {detail}")]
     InsufficientCapacity { node: String, detail: String },
+    /// The fencing check found the lease held by another replica or at another epoch:
+    /// this replica was deposed and must not write.
+    #[error("leader epoch {epoch} is no longer current; write refused")]
+    Fenced { epoch: i64 },
     /// Another request already created a task with this (scoped) Idempotency-Key.
     #[error("idempotency key {0} is already recorded")]
     IdempotencyKeyTaken(String),
