@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::fresh_database_url;
 use otherix_api::proto::{PoolPath, Register};
-use otherix_api::{Arch, CreateVmRequest, NodeStatus, TaskKind, TaskStatus, VmSpec};
+use otherix_api::{Arch, CreateVmRequest, NodeStatus, TaskKind, TaskStatus, VmPhase, VmSpec};
 use otherixd::daemon::{Daemon, DaemonOptions};
 use otherixd::leader::LeaseTiming;
 use otherixd::model::TaskRecord;
@@ -214,4 +214,49 @@ async fn a_deposed_leaders_fenced_task_insert_fails() {
         .await
         .unwrap();
     assert_eq!(store.task(task.id).await.unwrap().unwrap().epoch, Some(2));
+}
+
+#[tokio::test]
+async fn the_leaders_loop_stamps_its_epoch_on_the_tasks_it_emits() {
+    if !postgres() {
+        eprintln!("skipped: needs OTHERIXD_TEST_POSTGRES_URL");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let mut d = Daemon::open_with(&url, fast()).await.unwrap();
+    d.spawn_background(Duration::from_millis(100));
+    eventually("leadership", || d.leading().is_some()).await;
+    let epoch = d.leading().unwrap();
+    d.gateway.register(&registration()).await.unwrap();
+    let actor = otherixd::service::Actor::new("default", "test");
+    let req = CreateVmRequest {
+        name: "app".into(),
+        spec: VmSpec::new("http://127.0.0.1:9/img.qcow2", Arch::Amd64),
+    };
+    let accepted = d.state.vms.create(&actor, req).await.unwrap();
+    let first = d.store.task(accepted.task.id).await.unwrap().unwrap();
+    assert_eq!(first.epoch, None, "the HTTP path records no epoch");
+
+    // The create finished and the VM is stopped while desired running: the leader's
+    // resync emits the vm.start.
+    let mut done = first.clone();
+    done.status = TaskStatus::Success;
+    d.store.save_task(&done).await.unwrap();
+    let vm_id = first.vm_id.unwrap();
+    let mut vm = d.store.vm_by_id(vm_id).await.unwrap().unwrap();
+    vm.phase = VmPhase::Stopped;
+    vm.current_task = None;
+    d.store.save_vm(&mut vm).await.unwrap();
+    let mut next = None;
+    for _ in 0..100 {
+        if let Some(t) = d.store.in_flight_task(vm_id).await.unwrap() {
+            next = Some(t);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let next = next.expect("the leader's loop emits a task");
+    assert_eq!(next.kind, TaskKind::VmStart);
+    assert_eq!(next.epoch, Some(epoch));
 }
