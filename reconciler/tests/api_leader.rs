@@ -260,3 +260,33 @@ async fn the_leaders_loop_stamps_its_epoch_on_the_tasks_it_emits() {
     assert_eq!(next.kind, TaskKind::VmStart);
     assert_eq!(next.epoch, Some(epoch));
 }
+
+#[tokio::test]
+async fn a_resign_is_noticed_at_once_through_notify() {
+    if !postgres() {
+        eprintln!("skipped: needs OTHERIXD_TEST_POSTGRES_URL");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    // Standbys poll only every 10 s here: a hand-over within 2 s is the notification.
+    let slow = DaemonOptions {
+        lease: LeaseTiming {
+            lease: Duration::from_secs(30),
+            renew_every: Duration::from_secs(10),
+        },
+        ..DaemonOptions::default()
+    };
+    let mut a = Daemon::open_with(&url, slow.clone()).await.unwrap();
+    a.spawn_background(Duration::from_secs(60));
+    eventually("a to lead", || a.leading().is_some()).await;
+    let mut b = Daemon::open_with(&url, slow).await.unwrap();
+    b.spawn_background(Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.leading(), None);
+    a.resign().await;
+    let resigned = std::time::Instant::now();
+    eventually("b to lead", || b.leading().is_some()).await;
+    assert!(resigned.elapsed() < Duration::from_secs(2));
+    assert_eq!(b.leading(), Some(2));
+}

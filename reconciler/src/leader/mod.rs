@@ -6,7 +6,7 @@
 //! change of holder), renews or stands by, and publishes `Some(epoch)` while leading on a
 //! watch channel. A leader that cannot renew steps down before its lease runs out. On stop
 //! it resigns (holder cleared, `NOTIFY otherix_leader` on PostgreSQL) so a standby takes
-//! over at its next check. SQLite has one replica: it always leads, at epoch 0, with no
+//! over at its next check; standbys `LISTEN otherix_leader` and check at once. SQLite has one replica: it always leads, at epoch 0, with no
 //! lease row.
 
 use std::time::Duration;
@@ -17,6 +17,8 @@ use crate::store::{LeaseRow, Store};
 
 /// The name of the control plane's lease row.
 pub const LEASE_NAME: &str = crate::store::LEADER_LEASE;
+/// The PostgreSQL channel a resigning leader notifies.
+pub const NOTIFY_CHANNEL: &str = "otherix_leader";
 /// How long a lease lasts without renewal.
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// How often the leader renews and a standby retries.
@@ -107,6 +109,7 @@ impl Elector {
             return;
         }
         let lease_ms = self.timing.lease.as_millis() as i64;
+        let mut listener = self.listen().await;
         // While leading: (epoch, local deadline by which the lease must have been renewed).
         let mut held: Option<(i64, i64)> = None;
         loop {
@@ -123,8 +126,20 @@ impl Elector {
                 }
             }
             self.publish(held.map(|(e, _)| e));
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(drop),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(self.timing.renew_every) => {}
+                r = notified => {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %crate::error_chain(&e), "leader notifications lost; polling only");
+                        listener = None;
+                    }
+                }
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
@@ -133,6 +148,23 @@ impl Elector {
             match self.store.resign_lease(LEASE_NAME, &self.me, epoch).await {
                 Ok(_) => tracing::info!(holder = %self.me, epoch, "resigned leadership"),
                 Err(e) => tracing::warn!(error = %crate::error_chain(&e), "resigning failed"),
+            }
+        }
+    }
+
+    /// A `LISTEN otherix_leader` connection, so a resign is noticed at once (`None`:
+    /// polling only, every `renew_every`).
+    async fn listen(&self) -> Option<sqlx::postgres::PgListener> {
+        let connect = async {
+            let mut l = sqlx::postgres::PgListener::connect(self.store.database_url()).await?;
+            l.listen(NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        match connect.await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot listen for leader notifications; polling only");
+                None
             }
         }
     }

@@ -122,6 +122,7 @@ pub struct Store {
     pool: AnyPool,
     clock: Arc<AtomicI64>,
     postgres: bool,
+    url: Arc<str>,
 }
 
 /// The database URL for a data dir when none is given: a SQLite file created if missing.
@@ -168,6 +169,7 @@ impl Store {
             pool,
             clock: Arc::new(AtomicI64::new(0)),
             postgres: database_url.starts_with("postgres"),
+            url: database_url.into(),
         };
         store.backfill_vm_sizes().await?;
         Ok(store)
@@ -176,6 +178,11 @@ impl Store {
     /// Whether the database is PostgreSQL (several replicas possible) rather than SQLite.
     pub fn is_postgres(&self) -> bool {
         self.postgres
+    }
+
+    /// The URL the store was opened with (for a PostgreSQL `LISTEN` connection).
+    pub fn database_url(&self) -> &str {
+        &self.url
     }
 
     /// The pool, for tests that inspect the connection (PRAGMAs).
