@@ -247,4 +247,20 @@ impl Daemon {
             let _ = handle.await;
         }
     }
+
+    /// [`Daemon::resign`] as soon as `signal` completes (a shutdown signal), without
+    /// waiting for the servers to drain; the handle completes once resigned.
+    pub fn resign_on(
+        &mut self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
+        let election = self.election.take();
+        tokio::spawn(async move {
+            signal.await;
+            if let Some((stop, handle)) = election {
+                let _ = stop.send(true);
+                let _ = handle.await;
+            }
+        })
+    }
 }
