@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -16,6 +16,7 @@ use crate::api::nodes::NodeEnrollment;
 use crate::api::{app, AppState};
 use crate::events::TaskEvents;
 use crate::gateway::{Gateway, Sessions};
+use crate::leader::{Elector, Leadership, LeaseTiming};
 use crate::locks::VmLocks;
 use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
@@ -24,7 +25,7 @@ use crate::service::{
     ApplyService, ClusterService, EntityService, IdentityService, OpsService, TaskService,
     VmService,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{Fence, Store, StoreError};
 
 /// The file in the data dir that receives the first admin token.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -51,6 +52,11 @@ pub struct Daemon {
     pub state: AppState,
     triggers: Option<mpsc::UnboundedReceiver<Uuid>>,
     retention: crate::retention::RetentionPolicy,
+    /// This replica's lease holder id (unique per process).
+    pub holder: String,
+    lease: LeaseTiming,
+    leadership: Option<Leadership>,
+    election: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 /// Knobs of [`Daemon::open_with`]; the defaults are what `otherixd` runs with.
@@ -64,11 +70,13 @@ pub struct DaemonOptions {
     /// The cluster PKI: the gateway runs over TLS (enrollment, agents identified by their
     /// client certificate). `None` is `--insecure-http` (agents identified by name).
     pub pki: Option<Arc<Pki>>,
+    /// Leader lease duration and renew interval (15 s / 2 s by default).
+    pub lease: LeaseTiming,
 }
 
 impl Daemon {
-    /// Opens the database (running migrations) and builds every component. No agent is
-    /// attached yet, so every known node starts not ready.
+    /// Opens the database (running migrations) and builds every component. Node status is
+    /// left alone: the leader's liveness sweep marks nodes whose heartbeats stopped.
     pub async fn open(database_url: &str) -> Result<Daemon, StoreError> {
         Self::open_with(database_url, DaemonOptions::default()).await
     }
@@ -76,7 +84,6 @@ impl Daemon {
     /// [`Daemon::open`] with non-default knobs.
     pub async fn open_with(database_url: &str, opts: DaemonOptions) -> Result<Daemon, StoreError> {
         let store = Store::open(database_url).await?;
-        store.mark_all_nodes_not_ready().await?;
         let sessions = Arc::new(Sessions::default());
         let locks = Arc::new(VmLocks::default());
         let events = TaskEvents::default();
@@ -131,6 +138,10 @@ impl Daemon {
             state,
             triggers: Some(triggers),
             retention: opts.retention,
+            holder: Uuid::new_v4().to_string(),
+            lease: opts.lease,
+            leadership: None,
+            election: None,
         })
     }
 
@@ -167,16 +178,89 @@ impl Daemon {
         app(self.state.clone())
     }
 
-    /// Starts the reconcile loops (triggers + periodic resync) and the node liveness
-    /// monitor. Call once.
+    /// Starts the leader election and, while this replica leads, the work that must run
+    /// once: the reconcile loops (triggers + periodic resync), the node liveness sweep and
+    /// retention. They stop when leadership is lost and start again when it is gained.
+    /// Call once.
     pub fn spawn_background(&mut self, resync_every: Duration) -> Vec<JoinHandle<()>> {
-        let triggers = self
-            .triggers
-            .take()
-            .expect("spawn_background is called once");
-        let mut handles = self.reconciler.clone().spawn_loops(triggers, resync_every);
-        handles.push(self.gateway.spawn_liveness_monitor());
-        handles.push(crate::retention::spawn(self.store.clone(), self.retention));
-        handles
+        let triggers = Arc::new(tokio::sync::Mutex::new(
+            self.triggers
+                .take()
+                .expect("spawn_background is called once"),
+        ));
+        let (elector, mut leadership) =
+            Elector::new(self.store.clone(), self.holder.clone(), self.lease);
+        let (stop, stopped) = watch::channel(false);
+        self.election = Some((stop, tokio::spawn(elector.run(stopped))));
+        self.leadership = Some(leadership.clone());
+        let reconciler = self.reconciler.clone();
+        let gateway = self.gateway.clone();
+        let store = self.store.clone();
+        let retention = self.retention;
+        let holder = self.holder.clone();
+        let supervisor = tokio::spawn(async move {
+            let mut running: Vec<JoinHandle<()>> = Vec::new();
+            loop {
+                let epoch = *leadership.borrow_and_update();
+                running.drain(..).for_each(|h| h.abort());
+                if let Some(epoch) = epoch {
+                    let fence = store.is_postgres().then(|| Fence {
+                        holder: holder.clone(),
+                        epoch,
+                    });
+                    running = reconciler
+                        .clone()
+                        .spawn_loops(triggers.clone(), resync_every, fence);
+                    running.push(gateway.spawn_liveness_monitor());
+                    running.push(crate::retention::spawn(store.clone(), retention));
+                } else {
+                    // A standby drops triggers: the leader's resync covers every VM.
+                    let triggers = triggers.clone();
+                    running.push(tokio::spawn(async move {
+                        let mut triggers = triggers.lock().await;
+                        while triggers.recv().await.is_some() {}
+                    }));
+                }
+                if leadership.changed().await.is_err() {
+                    break;
+                }
+            }
+            running.drain(..).for_each(|h| h.abort());
+        });
+        vec![supervisor]
+    }
+
+    /// Whether this replica leads, and at which epoch (after [`Daemon::spawn_background`]).
+    pub fn leading(&self) -> Option<i64> {
+        self.leadership.as_ref().and_then(|l| *l.borrow())
+    }
+
+    /// The leadership watch (after [`Daemon::spawn_background`]).
+    pub fn leadership(&self) -> Option<Leadership> {
+        self.leadership.clone()
+    }
+
+    /// Stops the election and gives the lease up so a standby takes over at once.
+    pub async fn resign(&mut self) {
+        if let Some((stop, handle)) = self.election.take() {
+            let _ = stop.send(true);
+            let _ = handle.await;
+        }
+    }
+
+    /// [`Daemon::resign`] as soon as `signal` completes (a shutdown signal), without
+    /// waiting for the servers to drain; the handle completes once resigned.
+    pub fn resign_on(
+        &mut self,
+        signal: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> JoinHandle<()> {
+        let election = self.election.take();
+        tokio::spawn(async move {
+            signal.await;
+            if let Some((stop, handle)) = election {
+                let _ = stop.send(true);
+                let _ = handle.await;
+            }
+        })
     }
 }

@@ -8,6 +8,7 @@ pub mod cursor;
 pub mod daemon;
 pub mod events;
 pub mod gateway;
+pub mod leader;
 pub mod lifecycle;
 pub mod locks;
 pub mod manifests_dir;

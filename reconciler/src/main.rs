@@ -147,6 +147,8 @@ async fn main() -> anyhow::Result<()> {
         args.data_dir.display()
     );
     let _background = daemon.spawn_background(RESYNC_INTERVAL);
+    // Give the leader lease up at the signal, not after the servers drained.
+    let resigned = daemon.resign_on(shutdown_signal());
     let manifests = match &args.manifests_dir {
         Some(dir) => Some(
             otherixd::manifests_dir::ManifestsWatcher::spawn(dir.clone(), daemon.state.clone())
@@ -204,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(watcher) = manifests {
         tokio::task::spawn_blocking(move || watcher.stop()).await?;
     }
+    let _ = resigned.await;
     tracing::info!("shut down");
     daemon.store.close().await;
     Ok(())

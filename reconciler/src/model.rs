@@ -257,6 +257,9 @@ pub struct TaskRecord {
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    /// The leader epoch of the reconcile loop that emitted it (fencing token); `None`
+    /// for tasks emitted on the HTTP path and on SQLite.
+    pub epoch: Option<i64>,
 }
 
 impl TaskRecord {
@@ -280,6 +283,7 @@ impl TaskRecord {
             created_at_ms: now_ms,
             started_at_ms: None,
             finished_at_ms: None,
+            epoch: None,
         }
     }
 

@@ -663,11 +663,10 @@ async fn tasks_survive_reopening_the_database() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(task["status"], "pending");
     assert_eq!(task["kind"], "vm.create");
-    // The node is not ready until its agent re-attaches; its VM shows unknown.
-    let (_, vm) = call(&s.app, Method::GET, "/v1/vms/web-1", None).await;
-    assert_eq!(vm["status"]["phase"], "unknown");
+    // Opening changes no node's status (another replica may hold its agent's stream):
+    // the leader's liveness sweep marks it not ready once its heartbeats are overdue.
     let (_, nodes) = call(&s.app, Method::GET, "/v1/nodes", None).await;
-    assert_eq!(nodes["items"][0]["status"], "not_ready");
+    assert_eq!(nodes["items"][0]["status"], "ready");
     assert_eq!(nodes["items"][0]["allocated_vcpus"], 2);
 }
 

@@ -25,7 +25,7 @@ use crate::lifecycle::transitional_phase;
 use crate::locks::{VmGuard, VmLocks};
 use crate::model::{IdempotencyStamp, TaskRecord, VmRecord};
 use crate::scheduler::schedule;
-use crate::store::{Store, StoreError, CAS_ATTEMPTS};
+use crate::store::{Fence, Store, StoreError, CAS_ATTEMPTS};
 use plan::{plan, Action, PlanInput};
 use queue::{RunResult, WorkQueue};
 use retry::{clear_retry, schedule_retry, Backoff};
@@ -145,7 +145,7 @@ impl Reconciler {
         guard: &VmGuard,
         stamp: Option<&IdempotencyStamp>,
     ) -> Result<Option<TaskRecord>, ReconcileError> {
-        Ok(self.reconcile_run(vm_id, guard, stamp).await?.task)
+        Ok(self.reconcile_run(vm_id, guard, stamp, None).await?.task)
     }
 
     /// One reconcile run under the held lock. A write that lost a compare-and-swap race
@@ -156,10 +156,11 @@ impl Reconciler {
         vm_id: Uuid,
         guard: &VmGuard,
         stamp: Option<&IdempotencyStamp>,
+        fence: Option<&Fence>,
     ) -> Result<Reconciled, ReconcileError> {
         let mut attempt = 1;
         loop {
-            match self.reconcile_once(vm_id, guard, stamp).await {
+            match self.reconcile_once(vm_id, guard, stamp, fence).await {
                 Err(ReconcileError::Store(e))
                     if attempt < CAS_ATTEMPTS
                         && (e.is_conflict()
@@ -178,6 +179,7 @@ impl Reconciler {
         vm_id: Uuid,
         _guard: &VmGuard,
         stamp: Option<&IdempotencyStamp>,
+        fence: Option<&Fence>,
     ) -> Result<Reconciled, ReconcileError> {
         let Some(mut vm) = self.store.vm_by_id(vm_id).await? else {
             return Ok(Reconciled::default());
@@ -213,10 +215,13 @@ impl Reconciler {
                 task.started_at_ms = Some(now);
                 task.finished_at_ms = Some(now);
                 task.stamp(stamp);
+                task.epoch = fence.map(|f| f.epoch);
                 vm.phase = VmPhase::Deleted;
                 vm.deleted_at_ms = Some(now);
                 vm.requested_by = None;
-                self.store.save_vm_with_new_task(&mut vm, &task).await?;
+                self.store
+                    .save_vm_with_new_task(&mut vm, &task, fence)
+                    .await?;
                 self.events.task_changed(task.id);
                 tracing::info!(vm = %vm.name, "vm never reached a node; deleted");
                 Some(task)
@@ -245,7 +250,10 @@ impl Reconciler {
                     Err(e) => return Err(e),
                 };
                 task.stamp(stamp);
-                self.store.save_vm_with_new_task(&mut vm, &task).await?;
+                task.epoch = fence.map(|f| f.epoch);
+                self.store
+                    .save_vm_with_new_task(&mut vm, &task, fence)
+                    .await?;
                 self.publish(&task, &vm);
                 Some(task)
             }
@@ -312,10 +320,15 @@ impl Reconciler {
         }
     }
 
-    /// One run from the work queue: errors are logged and retried with backoff.
-    async fn reconcile_queued(&self, vm_id: Uuid) -> RunResult {
+    /// One run from the work queue: errors are logged and retried with backoff. Its
+    /// tasks are fenced with the leader's epoch (`fence`; `None` on SQLite).
+    async fn reconcile_queued(&self, vm_id: Uuid, fence: Option<&Fence>) -> RunResult {
         let guard = self.locks.lock(vm_id).await;
-        match self.reconcile_run(vm_id, &guard, None).await {
+        match self.reconcile_run(vm_id, &guard, None, fence).await {
+            Err(ReconcileError::Store(StoreError::Fenced { epoch })) => {
+                tracing::error!(vm = %vm_id, epoch, "deposed leader: task insert refused by the lease fence");
+                RunResult::Failed
+            }
             Ok(Reconciled {
                 requeue_after: Some(d),
                 ..
@@ -328,21 +341,27 @@ impl Reconciler {
         }
     }
 
-    /// Runs the work queue, its trigger consumer and the periodic resync until the
-    /// runtime stops.
+    /// Runs the work queue, its trigger consumer and the periodic resync until aborted
+    /// (leadership lost). Tasks the queue emits are fenced with `fence`, this leader's
+    /// epoch (`None`: no lease, SQLite).
     pub fn spawn_loops(
         self: Arc<Self>,
-        mut triggers: mpsc::UnboundedReceiver<Uuid>,
+        triggers: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Uuid>>>,
         resync_every: Duration,
+        fence: Option<Fence>,
     ) -> Vec<JoinHandle<()>> {
         let queue = Arc::new(WorkQueue::default());
         let me = self.clone();
+        let fence = Arc::new(fence);
         let runner = tokio::spawn(queue.clone().run(CONCURRENCY, self.backoff, move |id| {
             let me = me.clone();
-            async move { me.reconcile_queued(id).await }
+            let fence = fence.clone();
+            async move { me.reconcile_queued(id, fence.as_ref().as_ref()).await }
         }));
         let q = queue.clone();
         let on_trigger = tokio::spawn(async move {
+            // Aborting this task (leadership lost) releases the receiver for the next term.
+            let mut triggers = triggers.lock().await;
             while let Some(id) = triggers.recv().await {
                 q.add(id);
             }

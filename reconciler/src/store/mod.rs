@@ -6,6 +6,7 @@
 mod enrollment;
 mod entities;
 mod identity;
+mod lease;
 mod nodes;
 mod retention;
 mod rows;
@@ -25,6 +26,7 @@ use crate::model::TaskRecord;
 pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
 pub use identity::{ProjectRow, TokenRow};
+pub use lease::{Fence, LeaseRow, LEADER_LEASE};
 pub use nodes::NodeRegistration;
 pub use retention::Purged;
 pub use tasks::TaskPage;
@@ -69,6 +71,10 @@ pub enum StoreError {
     /// A placement claim found the node full (a concurrent create took the room).
     #[error("node {node} has no room left: {detail}")]
     InsufficientCapacity { node: String, detail: String },
+    /// The fencing check found the lease held by another replica or at another epoch:
+    /// this replica was deposed and must not write.
+    #[error("leader epoch {epoch} is no longer current; write refused")]
+    Fenced { epoch: i64 },
     /// Another request already created a task with this (scoped) Idempotency-Key.
     #[error("idempotency key {0} is already recorded")]
     IdempotencyKeyTaken(String),
@@ -115,6 +121,8 @@ pub const CAS_ATTEMPTS: u32 = 5;
 pub struct Store {
     pool: AnyPool,
     clock: Arc<AtomicI64>,
+    postgres: bool,
+    url: Arc<str>,
 }
 
 /// The database URL for a data dir when none is given: a SQLite file created if missing.
@@ -160,9 +168,21 @@ impl Store {
         let store = Store {
             pool,
             clock: Arc::new(AtomicI64::new(0)),
+            postgres: database_url.starts_with("postgres"),
+            url: database_url.into(),
         };
         store.backfill_vm_sizes().await?;
         Ok(store)
+    }
+
+    /// Whether the database is PostgreSQL (several replicas possible) rather than SQLite.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
+    /// The URL the store was opened with (for a PostgreSQL `LISTEN` connection).
+    pub fn database_url(&self) -> &str {
+        &self.url
     }
 
     /// The pool, for tests that inspect the connection (PRAGMAs).

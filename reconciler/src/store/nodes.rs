@@ -140,14 +140,6 @@ impl Store {
         Ok(())
     }
 
-    /// Marks every node not ready (at startup: no agent is attached yet).
-    pub async fn mark_all_nodes_not_ready(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET status = 'not_ready'")
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Marks ready nodes whose last heartbeat is older than `cutoff_ms` not ready and
     /// returns their names.
     pub async fn mark_stale_nodes_not_ready(

@@ -22,7 +22,7 @@ pub(super) const VM_SELECT: &str = "SELECT v.id, v.name, v.spec, v.generation, \
 pub(super) const TASK_COLUMNS: &str = "id, kind, vm_id, vm_name, node, status, phase, \
     bytes_done, bytes_total, error_code, error_message, placement, idempotency_key, \
     stop_timeout_ms, created_at, started_at, finished_at, project, requested_by, \
-    idempotency_request";
+    idempotency_request, epoch";
 
 fn corrupt(table: &'static str, id: &str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
@@ -138,5 +138,6 @@ pub(super) fn task_from_row(row: &AnyRow) -> Result<TaskRecord, StoreError> {
         created_at_ms: row.try_get("created_at")?,
         started_at_ms: row.try_get("started_at")?,
         finished_at_ms: row.try_get("finished_at")?,
+        epoch: row.try_get("epoch")?,
     })
 }

@@ -119,7 +119,7 @@ pub(super) async fn insert_task(
 ) -> Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+         $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
     );
     sqlx::query(&sql)
         .bind(t.id.to_string())
@@ -152,6 +152,7 @@ pub(super) async fn insert_task(
         .bind(t.project.clone())
         .bind(t.requested_by.clone())
         .bind(t.idempotency_request.clone())
+        .bind(t.epoch)
         .execute(conn)
         .await?;
     Ok(())

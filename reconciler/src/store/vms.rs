@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::rows::{vm_from_row, VM_SELECT};
 use super::tasks::{insert_task, update_task};
-use super::{Store, StoreError};
+use super::{Fence, Store, StoreError};
 use crate::model::{TaskRecord, VmRecord, PHASES_WITHOUT_QEMU};
 use crate::scheduler::{fits, Capacity};
 
@@ -182,14 +182,19 @@ impl Store {
     /// Writes `vm` (compare-and-swap, as [`Store::save_vm`]) and inserts `task` in one
     /// transaction; a second in-flight task for the VM is [`StoreError::TaskInFlight`]. A
     /// vm.create task claims its node's capacity in the same transaction
-    /// ([`StoreError::InsufficientCapacity`] when the node is full).
+    /// ([`StoreError::InsufficientCapacity`] when the node is full). With a `fence` (the
+    /// leader's loop) the lease must still be held at that epoch ([`StoreError::Fenced`]).
     pub async fn save_vm_with_new_task(
         &self,
         vm: &mut VmRecord,
         task: &TaskRecord,
+        fence: Option<&Fence>,
     ) -> Result<(), StoreError> {
         let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            super::lease::check_fence(&mut tx, fence).await?;
+        }
         let version = update_vm(&mut tx, vm, now).await?;
         if task.kind == TaskKind::VmCreate {
             if let Some(node) = &task.node {
@@ -459,7 +464,7 @@ mod tests {
         let mut stale = second;
         let task = TaskRecord::pending(TaskKind::VmStart, &stale, None, store.now_ms());
         let err = store
-            .save_vm_with_new_task(&mut stale, &task)
+            .save_vm_with_new_task(&mut stale, &task, None)
             .await
             .unwrap_err();
         assert!(err.is_conflict(), "{err:?}");
