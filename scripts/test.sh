@@ -15,4 +15,4 @@ cargo test --workspace -- --test-threads=2
 pg_dir_file=$(mktemp)
 pg_url=$(bash scripts/postgres-for-tests.sh 2>"$pg_dir_file")
 trap 'bash scripts/postgres-for-tests.sh stop "$(cat "$pg_dir_file")"; rm -f "$pg_dir_file"' EXIT
-OTHERIXD_TEST_POSTGRES_URL=$pg_url cargo test -p otherixd --test api --test api_entities --test api_apply --test api_auth --test api_concurrency --test retention
+OTHERIXD_TEST_POSTGRES_URL=$pg_url cargo test -p otherixd --test api --test api_entities --test api_apply --test api_auth --test api_concurrency --test api_leader --test retention
