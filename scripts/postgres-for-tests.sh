@@ -20,7 +20,9 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-port=${OTHERIX_TEST_PG_PORT:-55432}
+# A free port unless one is given: a fixed port collides with a server left running by
+# another run on the same machine.
+port=${OTHERIX_TEST_PG_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 data=$(mktemp -d /tmp/otherix-pg.XXXXXX)
 $SUDO chown postgres:postgres "$data"
 $SUDO runuser -u postgres -- "$bin/initdb" -D "$data" -A trust -U postgres >/dev/null

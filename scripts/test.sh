@@ -13,6 +13,10 @@ cargo build --workspace --bins
 cargo test --workspace -- --test-threads=2
 
 pg_dir_file=$(mktemp)
-pg_url=$(bash scripts/postgres-for-tests.sh 2>"$pg_dir_file")
-trap 'bash scripts/postgres-for-tests.sh stop "$(cat "$pg_dir_file")"; rm -f "$pg_dir_file"' EXIT
+if ! pg_url=$(bash scripts/postgres-for-tests.sh 2>"$pg_dir_file"); then
+  echo "test.sh: starting the throwaway PostgreSQL server failed:" >&2
+  cat "$pg_dir_file" >&2
+  exit 1
+fi
+trap 'bash scripts/postgres-for-tests.sh stop "$(tail -n 1 "$pg_dir_file")"; rm -f "$pg_dir_file"' EXIT
 OTHERIXD_TEST_POSTGRES_URL=$pg_url cargo test -p otherixd --test api --test api_entities --test api_apply --test api_auth --test api_concurrency --test api_leader --test retention
