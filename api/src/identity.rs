@@ -62,7 +62,7 @@ pub struct Token {
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     pub name: String,
-    #[serde(default = "default_project")]
+    #[serde(default = "default_project_name")]
     pub project: String,
     pub role: Role,
     /// Lifetime in seconds; absent = never expires.
@@ -70,13 +70,10 @@ pub struct CreateTokenRequest {
     pub expires_secs: Option<u64>,
 }
 
-fn default_project() -> String {
-    DEFAULT_PROJECT.to_owned()
-}
-
-/// Serde default of `project` fields: objects written before projects existed.
+/// Serde default of `project` fields: requests that name none, and objects written
+/// before projects existed.
 pub fn default_project_name() -> String {
-    default_project()
+    DEFAULT_PROJECT.to_owned()
 }
 
 /// The 201 answer of `POST /v1/tokens`: the only time the secret is shown.

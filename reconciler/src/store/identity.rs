@@ -74,10 +74,6 @@ fn project_from_row(row: &sqlx::any::AnyRow) -> Result<ProjectRow, StoreError> {
     })
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
-}
-
 impl Store {
     // ---- tokens ----
 
@@ -105,13 +101,7 @@ impl Store {
             .bind(t.created_by.clone())
             .execute(&self.pool)
             .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::NameTaken(t.name.clone())
-                } else {
-                    StoreError::Database(e)
-                }
-            })?;
+            .map_err(|e| StoreError::from_insert(e, || StoreError::NameTaken(t.name.clone())))?;
         Ok(())
     }
 
@@ -169,13 +159,7 @@ impl Store {
         .bind(now)
         .execute(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::NameTaken(p.name.clone())
-            } else {
-                StoreError::Database(e)
-            }
-        })?;
+        .map_err(|e| StoreError::from_insert(e, || StoreError::NameTaken(p.name.clone())))?;
         Ok(())
     }
 
@@ -232,7 +216,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let spec = lock_project(&mut tx, &vm.project, self.now_ms()).await?;
-        let before = usage_in(&mut tx, &vm.project).await?;
+        let before = usage_if_limited(&mut tx, &vm.project, &spec).await?;
         insert_vm(&mut tx, vm)
             .await
             .map_err(|e| StoreError::from_insert(e, || StoreError::NameTaken(vm.name.clone())))?;
@@ -253,7 +237,7 @@ impl Store {
         let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
         let spec = lock_project(&mut tx, &vm.project, now).await?;
-        let before = usage_in(&mut tx, &vm.project).await?;
+        let before = usage_if_limited(&mut tx, &vm.project, &spec).await?;
         let version = update_vm(&mut tx, vm, now).await?;
         check_quota(&mut tx, &vm.project, &spec, &before).await?;
         tx.commit().await?;
@@ -330,15 +314,30 @@ async fn usage_in(conn: &mut AnyConnection, project: &str) -> Result<ProjectUsag
     })
 }
 
+/// The project's usage before a change, read only when the project has a limit (a
+/// project without quotas, like `default` usually, costs no SUM per write).
+async fn usage_if_limited(
+    conn: &mut AnyConnection,
+    project: &str,
+    spec: &ProjectSpec,
+) -> Result<Option<ProjectUsage>, StoreError> {
+    if *spec == ProjectSpec::default() {
+        return Ok(None);
+    }
+    usage_in(conn, project).await.map(Some)
+}
+
+/// Compares the usage after the change with `before` (from [`usage_if_limited`]; `None`
+/// means the project has no limits).
 async fn check_quota(
     conn: &mut AnyConnection,
     project: &str,
     spec: &ProjectSpec,
-    before: &ProjectUsage,
+    before: &Option<ProjectUsage>,
 ) -> Result<(), StoreError> {
-    if *spec == ProjectSpec::default() {
+    let Some(before) = before else {
         return Ok(());
-    }
+    };
     let after = usage_in(conn, project).await?;
     match otherix_api::identity::quota_violation(spec, before, &after) {
         Some(why) => Err(StoreError::QuotaExceeded(format!(
