@@ -10,7 +10,6 @@
 //! Files in `DATA_DIR/tls/`: `node.key` (0600), `node.crt`, `ca.crt`.
 
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -334,26 +333,15 @@ pub fn load_client_config(data_dir: &Path) -> Result<Arc<rustls::ClientConfig>, 
     client_config(CaPin::Ca(ca), Some(ClientIdentity { chain, key }))
 }
 
-/// Writes `contents` atomically with `mode`.
+/// Writes `contents` atomically with `mode` (the agent's one atomic write).
 fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), EnrollError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |action, source| EnrollError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io("creating", e))?;
-    f.write_all(contents.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io("writing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("renaming", e))
+    crate::atomic_file::write_atomic_mode(path, contents.as_bytes(), mode).map_err(|source| {
+        EnrollError::Io {
+            action: "writing",
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 /// A new P-256 key and a CSR naming `node` (the server decides the name anyway).
