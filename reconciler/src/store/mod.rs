@@ -8,6 +8,7 @@ mod entities;
 mod identity;
 mod lease;
 mod nodes;
+mod relay;
 mod retention;
 mod rows;
 mod tasks;
@@ -28,6 +29,7 @@ pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATION
 pub use identity::{ProjectRow, TokenRow};
 pub use lease::{Fence, LeaseRow, LEADER_LEASE};
 pub use nodes::NodeRegistration;
+pub use relay::{channel, SyncCallOutcome, SyncCallRow};
 pub use retention::Purged;
 pub use tasks::TaskPage;
 pub use vms::{VmFilter, VmPage};
