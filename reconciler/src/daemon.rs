@@ -87,7 +87,12 @@ impl Daemon {
 
     /// [`Daemon::open`] with non-default knobs.
     pub async fn open_with(database_url: &str, opts: DaemonOptions) -> Result<Daemon, StoreError> {
-        let store = Store::open(database_url).await?;
+        Ok(Self::from_store(Store::open(database_url).await?, opts))
+    }
+
+    /// Builds every component on an open store (`otherixd` opens the store first: the
+    /// cluster CA, which `opts.pki` is built from, lives in it).
+    pub fn from_store(store: Store, opts: DaemonOptions) -> Daemon {
         let holder = Uuid::new_v4().to_string();
         let sessions = Arc::new(Sessions::default());
         let locks = Arc::new(VmLocks::default());
@@ -144,7 +149,7 @@ impl Daemon {
                 events,
             )),
         };
-        Ok(Daemon {
+        Daemon {
             store,
             gateway,
             reconciler,
@@ -157,7 +162,7 @@ impl Daemon {
             lease: opts.lease,
             leadership: None,
             election: None,
-        })
+        }
     }
 
     /// On the very first start (no API token exists), creates the `admin` token and writes
