@@ -6,6 +6,7 @@
 //! (deduplicated per VM, bounded concurrency, backoff on errors). Failed tasks are retried
 //! after the backoff recorded on the VM ([`retry`]).
 
+mod due;
 pub mod plan;
 pub mod queue;
 pub mod retry;
