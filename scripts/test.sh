@@ -2,7 +2,8 @@
 # Runs the whole otherix test suite on a fresh Debian machine: installs the system packages
 # it needs, builds the test guest images once (cached under target/test-images), builds the
 # binaries the end-to-end suite drives, runs every test in the workspace (SQLite), then the
-# control plane's API suites again against a real, throwaway PostgreSQL server.
+# control plane's API suites again against a real, throwaway PostgreSQL server, with three
+# otherixd replicas on that one database behind a round-robin client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +20,4 @@ if ! pg_url=$(bash scripts/postgres-for-tests.sh 2>"$pg_dir_file"); then
   exit 1
 fi
 trap 'bash scripts/postgres-for-tests.sh stop "$(tail -n 1 "$pg_dir_file")"; rm -f "$pg_dir_file"' EXIT
-OTHERIXD_TEST_POSTGRES_URL=$pg_url cargo test -p otherixd --test api --test api_entities --test api_apply --test api_auth --test api_concurrency --test api_leader --test retention
+OTHERIXD_TEST_POSTGRES_URL=$pg_url OTHERIXD_TEST_REPLICAS=3 cargo test -p otherixd --test api --test api_entities --test api_apply --test api_auth --test api_concurrency --test api_leader --test retention --test cluster_ca
