@@ -110,13 +110,16 @@ impl Store {
             }
         }
         if reg.pools.iter().any(|(p, _)| p == AUTO_DEFAULT_POOL) {
-            sqlx::query(
+            let set = sqlx::query(
                 "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
             )
             .bind(SETTING_DEFAULT_POOL)
             .bind(AUTO_DEFAULT_POOL)
             .execute(&mut *tx)
             .await?;
+            if set.rows_affected() == 1 {
+                super::cluster_settings::bump_cluster_version(&mut tx).await?;
+            }
         }
         tx.commit().await?;
         parse_uuid("nodes", &node_id)
@@ -284,10 +287,11 @@ impl Store {
 
     /// Every pool with its instances, ordered by name.
     pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
-        let pools: Vec<(String, String, String, String)> =
-            sqlx::query_as("SELECT id, name, spec, annotations FROM pools ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
+        let pools: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, name, spec, annotations, resource_version FROM pools ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let instances = sqlx::query(
             "SELECT i.id, i.pool_id, n.name AS node, i.path FROM pool_instances i \
              JOIN nodes n ON n.id = i.node_id ORDER BY n.name",
@@ -308,7 +312,7 @@ impl Store {
         }
         pools
             .into_iter()
-            .map(|(id, name, spec, annotations)| {
+            .map(|(id, name, spec, annotations, resource_version)| {
                 let corrupt = |e: serde_json::Error| StoreError::Corrupt {
                     table: "pools",
                     id: id.clone(),
@@ -320,6 +324,7 @@ impl Store {
                     name,
                     annotations: serde_json::from_str(&annotations).map_err(corrupt)?,
                     spec: serde_json::from_str(&spec).map_err(corrupt)?,
+                    resource_version,
                 })
             })
             .collect()

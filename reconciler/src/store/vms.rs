@@ -350,7 +350,8 @@ pub(super) async fn update_vm(
         .fetch_optional(&mut *conn)
         .await?;
     Err(StoreError::Conflict {
-        vm: vm.name.clone(),
+        kind: "vm",
+        name: vm.name.clone(),
         expected: vm.resource_version,
         actual: actual.map(|a| a.0),
     })
