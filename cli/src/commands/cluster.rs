@@ -1,6 +1,6 @@
 //! `otherix cluster get|set`: the cluster-wide settings object (`/v1/cluster`).
 
-use otherix_api::manifest::ClusterSettingsSpec;
+use otherix_api::manifest::{AllocationRatio, ClusterSettingsSpec};
 use otherix_api::validate::validate_name;
 use otherix_api::ApplyRequest;
 
@@ -22,6 +22,14 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: ClusterCommand) -> Result<(), CommandError> {
         ClusterCommand::Set(ClusterSetCommand::DefaultPool { name }) => {
             validate_name("default-pool", &name)?;
             set(ctx, |spec| spec.default_pool = Some(name))?
+        }
+        ClusterCommand::Set(ClusterSetCommand::CpuAllocationRatio { ratio }) => set(ctx, |spec| {
+            spec.cpu_allocation_ratio = Some(AllocationRatio(ratio))
+        })?,
+        ClusterCommand::Set(ClusterSetCommand::MemoryAllocationRatio { ratio }) => {
+            set(ctx, |spec| {
+                spec.memory_allocation_ratio = Some(AllocationRatio(ratio))
+            })?
         }
     };
     ctx.out.write_all(text.as_bytes())?;
