@@ -162,7 +162,12 @@ impl EntityService {
             }
             let deleted = self
                 .store
-                .delete_object(ObjectTable::Pools, pool.id, &pool.name, pool.resource_version)
+                .delete_object(
+                    ObjectTable::Pools,
+                    pool.id,
+                    &pool.name,
+                    pool.resource_version,
+                )
                 .await;
             match deleted {
                 Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,
@@ -239,7 +244,9 @@ impl EntityService {
             name_or_id,
             if_match,
             |net: &StoredObject<NetworkSpec>, vms| {
-                users(vms, |v| is_ref(v.spec.network.as_deref(), &net.name, net.id))
+                users(vms, |v| {
+                    is_ref(v.spec.network.as_deref(), &net.name, net.id)
+                })
             },
         )
         .await
@@ -330,9 +337,9 @@ impl EntityService {
             name_or_id,
             if_match,
             |fw: &StoredObject<FirmwareSpec>, vms| {
-            users(vms, |v| {
-                v.spec.firmware.as_deref() == Some(fw.name.as_str())
-                    || is_ref(v.spec.firmware_id.as_deref(), "", fw.id)
+                users(vms, |v| {
+                    v.spec.firmware.as_deref() == Some(fw.name.as_str())
+                        || is_ref(v.spec.firmware_id.as_deref(), "", fw.id)
                 })
             },
         )

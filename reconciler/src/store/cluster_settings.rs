@@ -62,12 +62,17 @@ impl Store {
     /// `row.resource_version` (else [`StoreError::Conflict`], nothing written); returns
     /// the new version. A cleared default pool is stored as the empty string, so agents
     /// registering a `default` pool do not set it again.
-    pub async fn write_cluster_settings(&self, row: &ClusterSettingsRow) -> Result<i64, StoreError> {
+    pub async fn write_cluster_settings(
+        &self,
+        row: &ClusterSettingsRow,
+    ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, '1') ON CONFLICT (key) DO NOTHING")
-            .bind(SETTING_CLUSTER_VERSION)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, '1') ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(SETTING_CLUSTER_VERSION)
+        .execute(&mut *tx)
+        .await?;
         let next = row.resource_version + 1;
         let swapped = sqlx::query("UPDATE settings SET value = $2 WHERE key = $1 AND value = $3")
             .bind(SETTING_CLUSTER_VERSION)
@@ -95,7 +100,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         } else {
-            upsert(&mut tx, SETTING_CLUSTER_ANNOTATIONS, &json(&row.annotations)).await?;
+            upsert(
+                &mut tx,
+                SETTING_CLUSTER_ANNOTATIONS,
+                &json(&row.annotations),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(next)
