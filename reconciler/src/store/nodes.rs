@@ -9,7 +9,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::rows::parse_uuid;
-use super::{Store, StoreError, SETTING_DEFAULT_POOL};
+use super::{Fence, Store, StoreError, SETTING_DEFAULT_POOL};
 use crate::model::{NodePool, NodeRecord};
 
 /// The pool that becomes the default when an agent registers it and none is set.
@@ -144,12 +144,17 @@ impl Store {
     }
 
     /// Marks ready nodes whose last heartbeat is older than `cutoff_ms` not ready and
-    /// returns their names.
+    /// returns their names. With a `fence` (the leader's sweep) the lease must still be
+    /// held at that epoch.
     pub async fn mark_stale_nodes_not_ready(
         &self,
         cutoff_ms: i64,
+        fence: Option<&Fence>,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            super::lease::check_fence(&mut tx, fence).await?;
+        }
         let rows: Vec<(String,)> = sqlx::query_as(
             "UPDATE nodes SET status = 'not_ready' WHERE status = 'ready' \
              AND (last_heartbeat_ms IS NULL OR last_heartbeat_ms < $1) RETURNING name",
