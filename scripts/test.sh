@@ -20,4 +20,4 @@ if ! pg_url=$(bash scripts/postgres-for-tests.sh 2>"$pg_dir_file"); then
   exit 1
 fi
 trap 'bash scripts/postgres-for-tests.sh stop "$(tail -n 1 "$pg_dir_file")"; rm -f "$pg_dir_file"' EXIT
-OTHERIXD_TEST_POSTGRES_URL=$pg_url OTHERIXD_TEST_REPLICAS=3 cargo test -p otherixd --test api --test api_entities --test api_apply --test api_auth --test api_concurrency --test api_leader --test retention --test cluster_ca
+OTHERIXD_TEST_POSTGRES_URL=$pg_url OTHERIXD_TEST_REPLICAS=3 cargo test -p otherixd --test api --test api_entities --test api_apply --test api_auth --test api_concurrency --test api_versions --test api_leader --test retention --test cluster_ca

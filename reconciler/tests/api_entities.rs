@@ -592,9 +592,11 @@ async fn cluster_get_put_and_cleared_default_pool_stays_cleared() {
     let app = &s.app;
     let (status, c) = call(app, Method::GET, "/v1/cluster", None).await;
     assert_eq!(status, StatusCode::OK);
+    // Version 1 from the migration, 2 once the first agent's `default` pool became the
+    // default.
     assert_eq!(
         c,
-        json!({"name": "cluster", "spec": {"default_pool": "default"}})
+        json!({"name": "cluster", "spec": {"default_pool": "default"}, "resource_version": 2})
     );
     assert_error(
         call(
@@ -617,7 +619,10 @@ async fn cluster_get_put_and_cleared_default_pool_stays_cleared() {
 
     let (_, r) = call(app, Method::PUT, "/v1/cluster", Some(json!({"spec": {}}))).await;
     assert_eq!(r["outcome"], "configured", "{r}");
-    assert_eq!(r["object"], json!({"name": "cluster", "spec": {}}));
+    assert_eq!(
+        r["object"],
+        json!({"name": "cluster", "spec": {}, "resource_version": 4})
+    );
     assert_error(
         create_vm(app, "a", json!({})).await,
         StatusCode::BAD_REQUEST,
@@ -632,6 +637,7 @@ async fn cluster_get_put_and_cleared_default_pool_stays_cleared() {
         .unwrap();
     let (_, c) = call(app, Method::GET, "/v1/cluster", None).await;
     assert_eq!(c["spec"], json!({}));
+    assert_eq!(c["resource_version"], 4, "nothing was written: {c}");
     let (status, v) = create_vm(app, "a", json!({"pool": "default"})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{v}");
 }
