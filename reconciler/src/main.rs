@@ -67,6 +67,14 @@ struct Args {
     insecure_http: bool,
 }
 
+/// The agent gateway's gRPC server: HTTP/2 PINGs drop the session of an agent that stops
+/// answering (a frozen or partitioned host) within ~5 s, so its stream is released.
+fn agent_server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -186,7 +194,7 @@ async fn main() -> anyhow::Result<()> {
                 });
             let agent_server: futures::future::BoxFuture<'static, anyhow::Result<()>> =
                 Box::pin(async move {
-                    tonic::transport::Server::builder()
+                    agent_server_builder()
                         .add_service(gateway)
                         .serve_with_incoming_shutdown(agents.into_stream(), shutdown_signal())
                         .await
@@ -204,7 +212,7 @@ async fn main() -> anyhow::Result<()> {
                 });
             let agent_server: futures::future::BoxFuture<'static, anyhow::Result<()>> =
                 Box::pin(async move {
-                    tonic::transport::Server::builder()
+                    agent_server_builder()
                         .add_service(gateway)
                         .serve_with_incoming_shutdown(
                             TcpListenerStream::new(agents),
