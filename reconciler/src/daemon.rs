@@ -76,6 +76,8 @@ pub struct DaemonOptions {
     pub pki: Option<Arc<Pki>>,
     /// Leader lease duration and renew interval (15 s / 2 s by default).
     pub lease: LeaseTiming,
+    /// Node liveness grace period (`--node-grace-period`, 20 s by default).
+    pub liveness: crate::gateway::Liveness,
 }
 
 impl Daemon {
@@ -107,7 +109,8 @@ impl Daemon {
         )
         .with_retry_backoff(opts.retry_backoff)
         .with_pki(opts.pki.clone())
-        .with_replica_id(&holder);
+        .with_replica_id(&holder)
+        .with_liveness(opts.liveness);
         let relay = Arc::new(Relay::new(
             store.clone(),
             sessions.clone(),

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use otherix_api::duration::parse_duration;
 use otherixd::daemon::{Daemon, DaemonOptions, RESYNC_INTERVAL};
+use otherixd::gateway::{Liveness, NODE_GRACE_RANGE};
 use otherixd::pki::{self, PkiOptions, SanOptions};
 use otherixd::retention::RetentionPolicy;
 use otherixd::store::{default_database_url, Store};
@@ -49,6 +50,11 @@ struct Args {
     /// How often the retention purge runs.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     retention_interval: Duration,
+    /// A node without a heartbeat for this long is marked not_ready (2s..10m). Agents
+    /// beat every second; each replica writes a node's heartbeat at most every
+    /// min(5s, grace/4). A closed agent stream marks the node at once.
+    #[arg(long, env = "OTHERIXD_NODE_GRACE_PERIOD", default_value = "20s", value_parser = parse_node_grace)]
+    node_grace_period: Duration,
     /// Another name or IP clients and agents use to reach this server; added to the
     /// generated server certificate. Repeat for several.
     #[arg(long = "tls-san", value_name = "NAME|IP")]
@@ -65,6 +71,20 @@ struct Args {
     /// Refused unless --listen and --agent-listen are loopback addresses.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_san"])]
     insecure_http: bool,
+}
+
+/// `--node-grace-period`: a duration within [`NODE_GRACE_RANGE`].
+fn parse_node_grace(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    let (min, max) = NODE_GRACE_RANGE;
+    if d < min || d > max {
+        return Err(format!(
+            "must be from {}s to {}s (got {text})",
+            min.as_secs(),
+            max.as_secs()
+        ));
+    }
+    Ok(d)
 }
 
 /// How long the servers may drain after SIGTERM/Ctrl-C before the process exits anyway.
@@ -146,6 +166,9 @@ async fn main() -> anyhow::Result<()> {
                 max_age: args.retention,
                 every: args.retention_interval.max(Duration::from_millis(100)),
                 ..RetentionPolicy::default()
+            },
+            liveness: Liveness {
+                grace: args.node_grace_period,
             },
             ..Default::default()
         },

@@ -4,6 +4,7 @@
 //! Over TLS ([`Gateway::with_pki`]) agents enroll with a join token ([`identity`]) and are
 //! identified by their client certificate, never by what their messages say.
 
+mod heartbeats;
 mod identity;
 mod observe;
 mod sessions;
@@ -34,13 +35,14 @@ use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::ReconcileTrigger;
 use crate::store::{NodeRegistration, Store, StoreError, CAS_ATTEMPTS};
+pub use heartbeats::{HeartbeatBook, Liveness, DEFAULT_NODE_GRACE, NODE_GRACE_RANGE};
 pub use identity::{check_claim, IdentityError};
 pub use observe::{apply_task_outcome, apply_vm_report, TaskOutcome};
 pub use sessions::{task_assignment, Outbox, Sessions};
 
-/// How often agents heartbeat; a node is not ready after [`MISSED_HEARTBEATS`] misses.
+/// How often agents heartbeat (told in `Registered`); see [`heartbeats`] for what is
+/// persisted and when a node is declared not ready.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
-pub const MISSED_HEARTBEATS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -88,6 +90,10 @@ pub struct Gateway {
     pki: Option<Arc<Pki>>,
     /// This replica's id, recorded on the node while its stream is attached here.
     replica: Arc<str>,
+    /// The grace period of node liveness.
+    liveness: Liveness,
+    /// Heartbeat writes of the nodes attached here.
+    heartbeats: Arc<HeartbeatBook>,
 }
 
 impl Gateway {
@@ -107,7 +113,15 @@ impl Gateway {
             backoff: Backoff::default(),
             pki: None,
             replica: Arc::from(""),
+            liveness: Liveness::default(),
+            heartbeats: Arc::default(),
         }
+    }
+
+    /// Node liveness with this grace period (`--node-grace-period`).
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = liveness;
+        self
     }
 
     /// The replica id recorded as the holder of the streams attached here.
@@ -172,7 +186,7 @@ impl Gateway {
     /// Handles one message of an attached agent.
     pub async fn handle_message(&self, node: &str, msg: AgentMessage) -> Result<(), GatewayError> {
         match msg.body {
-            Some(agent_message::Body::Heartbeat(_)) => self.store.node_heartbeat(node).await?,
+            Some(agent_message::Body::Heartbeat(_)) => self.heartbeat(node),
             Some(agent_message::Body::TaskUpdate(u)) => self.apply_task_update(node, &u).await?,
             Some(agent_message::Body::VmReport(r)) => self.apply_vm_report(node, &r).await?,
             Some(agent_message::Body::SyncReply(r)) => {
@@ -186,6 +200,29 @@ impl Gateway {
             None => return Err(GatewayError::Protocol("empty AgentMessage".into())),
         }
         Ok(())
+    }
+
+    /// Persists the heartbeat when one is due, in the background: a slow database never
+    /// holds up the agent's stream.
+    fn heartbeat(&self, node: &str) {
+        let started = tokio::time::Instant::now();
+        if !self
+            .heartbeats
+            .begin(node, started, self.liveness.persist_every())
+        {
+            return;
+        }
+        let (store, book, node) = (self.store.clone(), self.heartbeats.clone(), node.to_owned());
+        tokio::spawn(async move {
+            let ok = match store.node_heartbeat(&node).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(node, error = %error_chain(&e), "recording a heartbeat failed");
+                    false
+                }
+            };
+            book.end(&node, started, ok);
+        });
     }
 
     /// Folds a TaskUpdate into the task row and, when terminal, into the VM.
@@ -322,15 +359,17 @@ impl Gateway {
         }
     }
 
-    /// Marks nodes that missed [`MISSED_HEARTBEATS`] heartbeats not ready, every interval.
+    /// Marks not ready the nodes without a persisted heartbeat for the grace period (the
+    /// leader's job, fenced).
     pub fn spawn_liveness_monitor(&self, fence: Option<crate::store::Fence>) -> JoinHandle<()> {
         let store = self.store.clone();
+        let liveness = self.liveness;
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+            let mut tick = tokio::time::interval(liveness.sweep_every());
+            let grace_ms = i64::try_from(liveness.grace.as_millis()).unwrap_or(i64::MAX);
             loop {
                 tick.tick().await;
-                let cutoff =
-                    store.now_ms() - (HEARTBEAT_INTERVAL * MISSED_HEARTBEATS).as_millis() as i64;
+                let cutoff = store.now_ms().saturating_sub(grace_ms);
                 match store
                     .mark_stale_nodes_not_ready(cutoff, fence.as_ref())
                     .await
@@ -339,7 +378,8 @@ impl Gateway {
                         for node in nodes {
                             tracing::warn!(
                                 node,
-                                "node missed {MISSED_HEARTBEATS} heartbeats; not ready"
+                                grace_secs = liveness.grace.as_secs_f64(),
+                                "no heartbeat from the node within the grace period; not ready"
                             );
                         }
                     }
@@ -427,6 +467,7 @@ impl Gateway {
             }
         }
         if self.sessions.detach(&node, session) {
+            self.heartbeats.forget(&node);
             // Unless the agent already attached to another replica.
             match self.store.release_stream(&node, &self.replica).await {
                 Ok(true) => tracing::warn!(node, "agent detached; node not ready"),

@@ -20,6 +20,7 @@ use crate::daemon::Daemon;
 use crate::service::ServiceError;
 use crate::store::default_database_url;
 
+mod liveness;
 mod mutation;
 mod ops;
 mod restart;
