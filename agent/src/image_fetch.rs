@@ -23,10 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::error_chain::error_chain;
 use crate::url_policy::UrlPolicy;
 
-/// Progress is reported at most every this many bytes...
-const PROGRESS_BYTES: u64 = 256 * 1024;
-/// ...or this often, whichever comes first.
-const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
+/// Progress is reported at most this often (each report is a task row write on the
+/// server): at the start, then once a second, then at the end.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 /// Redirect hops followed (each checked against the policy) before giving up.
 pub const MAX_REDIRECTS: usize = 5;
 /// Default `--max-image-gib`.
@@ -408,7 +407,7 @@ pub async fn fetch_to_temp(
         hasher.update(&chunk);
         file.write_all(&chunk).await.map_err(write_err)?;
         done = after;
-        if done - reported >= PROGRESS_BYTES || reported_at.elapsed() >= PROGRESS_INTERVAL {
+        if reported_at.elapsed() >= PROGRESS_INTERVAL {
             progress(done, total);
             (reported, reported_at) = (done, Instant::now());
         }
