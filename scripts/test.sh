@@ -2,7 +2,8 @@
 # Runs the whole otherix test suite on a fresh Debian machine: installs the system packages
 # it needs, builds the test guest images once (cached under target/test-images), builds the
 # binaries the end-to-end suite drives, runs every test in the workspace (SQLite), then the
-# control plane's API suites again against a real, throwaway PostgreSQL server.
+# control plane's API suites again and the HA end-to-end suite against a real, throwaway
+# PostgreSQL server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +21,6 @@ if ! pg_url=$(bash scripts/postgres-for-tests.sh 2>"$pg_dir_file"); then
 fi
 trap 'bash scripts/postgres-for-tests.sh stop "$(tail -n 1 "$pg_dir_file")"; rm -f "$pg_dir_file"' EXIT
 OTHERIXD_TEST_POSTGRES_URL=$pg_url cargo test -p otherixd --test api --test api_entities --test api_apply --test api_auth --test api_concurrency --test api_leader --test retention
+# The HA acceptance (3 replicas, real agents and QEMU, leader killed and frozen) runs here only:
+# tests/Cargo.toml keeps it out of `cargo test --workspace`.
+OTHERIXD_TEST_POSTGRES_URL=$pg_url cargo test -p otherix-e2e --test ha
