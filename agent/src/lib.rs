@@ -13,6 +13,7 @@ pub mod cloud_init;
 pub mod disk;
 pub mod driver;
 pub mod enroll;
+pub mod epoch_fence;
 pub mod error_chain;
 pub mod executor;
 pub mod firmware;

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::driver::VmDriver;
 use crate::enroll::{self, EnrollError};
+use crate::epoch_fence::EpochFence;
 use crate::error_chain::error_chain;
 use crate::executor::Executor;
 use crate::outbox::Outbox;
@@ -153,6 +154,7 @@ pub async fn run<D: VmDriver>(
     mut outbox_rx: mpsc::Receiver<AgentMessage>,
 ) {
     let mut failover = Failover::new(servers);
+    let epochs = EpochFence::default();
     loop {
         let server = failover.current().to_owned();
         let session = Session {
@@ -162,6 +164,7 @@ pub async fn run<D: VmDriver>(
             executor: &executor,
             driver: &driver,
             outbox: &outbox,
+            epochs: &epochs,
         };
         match session.attach(&mut outbox_rx, &mut failover).await {
             Ok(()) => tracing::warn!(server, "server closed the gateway stream"),
@@ -196,6 +199,7 @@ struct Session<'a, D> {
     executor: &'a Executor<D>,
     driver: &'a Arc<D>,
     outbox: &'a Outbox,
+    epochs: &'a EpochFence,
 }
 
 fn now_ms() -> u64 {
@@ -305,6 +309,17 @@ impl<D: VmDriver> Session<'_, D> {
     fn dispatch(&self, body: Option<server_message::Body>) {
         match body {
             Some(server_message::Body::Task(task)) => {
+                if let Err(highest) = self.epochs.admit(task.epoch) {
+                    tracing::warn!(
+                        task_id = task.task_id,
+                        kind = task.kind,
+                        vm = task.vm_name,
+                        epoch = task.epoch,
+                        highest,
+                        "refusing a task from a deposed leader (older epoch)"
+                    );
+                    return;
+                }
                 tracing::info!(
                     task_id = task.task_id,
                     kind = task.kind,

@@ -21,6 +21,7 @@ use crate::locks::VmLocks;
 use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::Reconciler;
+use crate::relay::Relay;
 use crate::service::{
     ApplyService, ClusterService, EntityService, IdentityService, OpsService, TaskService,
     VmService,
@@ -51,6 +52,9 @@ pub struct Daemon {
     pub reconciler: Arc<Reconciler>,
     pub state: AppState,
     triggers: Option<mpsc::UnboundedReceiver<Uuid>>,
+    /// The sender of `triggers`: VM triggers other replicas announce reach the leader here.
+    trigger: mpsc::UnboundedSender<Uuid>,
+    relay: Arc<Relay>,
     retention: crate::retention::RetentionPolicy,
     /// This replica's lease holder id (unique per process).
     pub holder: String,
@@ -83,7 +87,13 @@ impl Daemon {
 
     /// [`Daemon::open`] with non-default knobs.
     pub async fn open_with(database_url: &str, opts: DaemonOptions) -> Result<Daemon, StoreError> {
-        let store = Store::open(database_url).await?;
+        Ok(Self::from_store(Store::open(database_url).await?, opts))
+    }
+
+    /// Builds every component on an open store (`otherixd` opens the store first: the
+    /// cluster CA, which `opts.pki` is built from, lives in it).
+    pub fn from_store(store: Store, opts: DaemonOptions) -> Daemon {
+        let holder = Uuid::new_v4().to_string();
         let sessions = Arc::new(Sessions::default());
         let locks = Arc::new(VmLocks::default());
         let events = TaskEvents::default();
@@ -93,10 +103,17 @@ impl Daemon {
             sessions.clone(),
             locks.clone(),
             events.clone(),
-            trigger,
+            trigger.clone(),
         )
         .with_retry_backoff(opts.retry_backoff)
-        .with_pki(opts.pki.clone());
+        .with_pki(opts.pki.clone())
+        .with_replica_id(&holder);
+        let relay = Arc::new(Relay::new(
+            store.clone(),
+            sessions.clone(),
+            events.clone(),
+            holder.clone(),
+        ));
         let reconciler = Arc::new(
             Reconciler::new(store.clone(), sessions, locks, events.clone())
                 .with_retry_backoff(opts.retry_backoff),
@@ -105,6 +122,7 @@ impl Daemon {
             store.clone(),
             reconciler.clone(),
             gateway.clone(),
+            relay.clone(),
         ));
         let cluster = Arc::new(ClusterService::new(store.clone()));
         let state = AppState {
@@ -119,30 +137,32 @@ impl Daemon {
             identity: Arc::new(IdentityService::new(store.clone())),
             enrollment: Arc::new(NodeEnrollment::new(
                 store.clone(),
-                gateway.sessions().clone(),
+                relay.clone(),
                 cluster,
                 opts.pki.clone(),
             )),
             entities: Arc::new(EntityService::new(store.clone())),
             ops: Arc::new(OpsService::new(
                 store.clone(),
-                gateway.sessions().clone(),
+                relay.clone(),
                 reconciler.clone(),
                 events,
             )),
         };
-        Ok(Daemon {
+        Daemon {
             store,
             gateway,
             reconciler,
             state,
             triggers: Some(triggers),
+            trigger,
+            relay,
             retention: opts.retention,
-            holder: Uuid::new_v4().to_string(),
+            holder,
             lease: opts.lease,
             leadership: None,
             election: None,
-        })
+        }
     }
 
     /// On the very first start (no API token exists), creates the `admin` token and writes
@@ -208,17 +228,36 @@ impl Daemon {
                         holder: holder.clone(),
                         epoch,
                     });
+                    if let Some(fence) = &fence {
+                        match store.adopt_open_tasks(fence).await {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(
+                                epoch,
+                                tasks = n,
+                                "adopted the unfinished tasks of earlier leaders"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(epoch, error = %crate::error_chain(&e), "adopting unfinished tasks failed")
+                            }
+                        }
+                    }
                     running = reconciler
                         .clone()
                         .spawn_loops(triggers.clone(), resync_every, fence);
                     running.push(gateway.spawn_liveness_monitor());
                     running.push(crate::retention::spawn(store.clone(), retention));
                 } else {
-                    // A standby drops triggers: the leader's resync covers every VM.
+                    // A standby hands its triggers to the leader (through the database).
                     let triggers = triggers.clone();
+                    let store = store.clone();
                     running.push(tokio::spawn(async move {
                         let mut triggers = triggers.lock().await;
-                        while triggers.recv().await.is_some() {}
+                        while let Some(id) = triggers.recv().await {
+                            let payload = id.to_string();
+                            if let Err(e) = store.announce(crate::store::channel::VM, &payload).await {
+                                tracing::warn!(vm = %id, error = %crate::error_chain(&e), "handing a trigger to the leader failed");
+                            }
+                        }
                     }));
                 }
                 if leadership.changed().await.is_err() {
@@ -227,7 +266,11 @@ impl Daemon {
             }
             running.drain(..).for_each(|h| h.abort());
         });
-        vec![supervisor]
+        let relay = self.relay.clone().spawn(
+            self.leadership.clone().expect("set above"),
+            self.trigger.clone(),
+        );
+        vec![supervisor, relay]
     }
 
     /// Whether this replica leads, and at which epoch (after [`Daemon::spawn_background`]).
@@ -236,6 +279,17 @@ impl Daemon {
     }
 
     /// The leadership watch (after [`Daemon::spawn_background`]).
+    /// Runs only this replica's relay, as a replica that never leads (no election, no
+    /// loops): it serves the API and agent streams, delivers tasks to its agents and
+    /// forwards nothing. Tests put several of these behind one client; returns once the
+    /// relay listens.
+    pub async fn spawn_relay_as_follower(&self) -> JoinHandle<()> {
+        let (_never_leads, leadership) = watch::channel(None);
+        let handle = self.relay.clone().spawn(leadership, self.trigger.clone());
+        self.relay.listening().await;
+        handle
+    }
+
     pub fn leadership(&self) -> Option<Leadership> {
         self.leadership.clone()
     }

@@ -15,6 +15,7 @@ pub mod manifests_dir;
 pub mod model;
 pub mod pki;
 pub mod reconcile;
+pub mod relay;
 pub mod retention;
 pub mod scheduler;
 pub mod service;

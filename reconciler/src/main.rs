@@ -1,6 +1,7 @@
-//! otherixd: the otherix control plane binary. Parses flags, loads (or creates) the
-//! cluster PKI, opens the store, serves the HTTPS API on `--listen` and the TLS agent
-//! gateway on `--agent-listen` (both plain with `--insecure-http`, loopback only).
+//! otherixd: the otherix control plane binary. Parses flags, opens the store, loads the
+//! cluster PKI (its CA from the store, created on first start), serves the HTTPS API on
+//! `--listen` and the TLS agent gateway on `--agent-listen` (both plain with
+//! `--insecure-http`, loopback only).
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use otherix_api::duration::parse_duration;
 use otherixd::daemon::{Daemon, DaemonOptions, RESYNC_INTERVAL};
 use otherixd::pki::{self, PkiOptions, SanOptions};
 use otherixd::retention::RetentionPolicy;
-use otherixd::store::default_database_url;
+use otherixd::store::{default_database_url, Store};
 use otherixd::tls_listener::TlsIncoming;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -86,6 +87,14 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| default_database_url(&args.data_dir));
+    // The store first: the cluster CA lives in it.
+    let store = Store::open(&database_url)
+        .await
+        .context("opening the database")?;
     let pki = if args.insecure_http {
         None
     } else {
@@ -99,20 +108,27 @@ async fn main() -> anyhow::Result<()> {
             cert_file: args.tls_cert.clone(),
             key_file: args.tls_key.clone(),
         };
-        let (pki, origin) = pki::load_or_create(&tls_dir, &opts)
-            .with_context(|| format!("loading the cluster PKI in {}", tls_dir.display()))?;
-        if origin == pki::PkiOrigin::Created {
-            tracing::info!(dir = %tls_dir.display(), "created the cluster CA");
+        let (pki, origin) = pki::load(&store, &tls_dir, &opts).await.with_context(|| {
+            format!(
+                "loading the cluster PKI (server certificate in {})",
+                tls_dir.display()
+            )
+        })?;
+        match origin {
+            pki::PkiOrigin::Created => {
+                tracing::info!("created the cluster CA (stored in the database)")
+            }
+            pki::PkiOrigin::Adopted => tracing::info!(
+                dir = %tls_dir.display(),
+                "stored this data dir's CA in the database as the cluster CA"
+            ),
+            pki::PkiOrigin::Loaded => {}
         }
         eprintln!("otherixd: CA fingerprint {}", pki.ca_fingerprint());
         Some(Arc::new(pki))
     };
-    let database_url = args
-        .database_url
-        .clone()
-        .unwrap_or_else(|| default_database_url(&args.data_dir));
-    let mut daemon = Daemon::open_with(
-        &database_url,
+    let mut daemon = Daemon::from_store(
+        store,
         DaemonOptions {
             pki: pki.clone(),
             retention: RetentionPolicy {
@@ -122,9 +138,7 @@ async fn main() -> anyhow::Result<()> {
             },
             ..Default::default()
         },
-    )
-    .await
-    .context("opening the database")?;
+    );
 
     if let Some(path) = daemon
         .bootstrap_admin_token(&args.data_dir)

@@ -730,6 +730,41 @@ async fn task_long_poll_answers_on_change_or_after_wait() {
     );
 }
 
+/// With several replicas (`OTHERIXD_TEST_REPLICAS`), a long-poll on each of them wakes
+/// when the agent's update lands on replica 0 (through the relay's notifications).
+#[tokio::test]
+async fn task_long_poll_wakes_on_every_replica() {
+    let s = server_with_node().await;
+    let v = create(&s.app, "web-1").await;
+    let task_id = v["task"]["id"].as_str().unwrap().to_owned();
+    let vm_id = v["vm"]["id"].as_str().unwrap().to_owned();
+    let apps: Vec<Router> = std::iter::once(s.daemon.app())
+        .chain(s.replicas.iter().map(|r| r.daemon.app()))
+        .map(|app| common::with_token(app, &s.admin_token))
+        .collect();
+    let uri = format!("/v1/tasks/{task_id}?wait_secs=30&status=pending");
+    let polls: Vec<_> = apps
+        .into_iter()
+        .map(|app| {
+            let uri = uri.clone();
+            tokio::spawn(async move { call(&app, Method::GET, &uri, None).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    agent_finishes(&s, &task_id, &vm_id, VmPower::Running).await;
+    for (replica, poll) in polls.into_iter().enumerate() {
+        let (status, task) = poll.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "replica {replica}");
+        assert_eq!(task["status"], "success", "replica {replica}: {task}");
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "woken after {:?}",
+        t0.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn cluster_reads_show_node_and_default_pool() {
     let s = server_with_node().await;

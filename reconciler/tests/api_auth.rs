@@ -66,10 +66,12 @@ impl Api {
 /// Serves the app as otherixd does: HTTPS from the cluster PKI (created in the server's
 /// data dir), with a client that trusts only that CA.
 async fn serve(s: &TestServer) -> Api {
-    let (pki, _) = otherixd::pki::load_or_create(
+    let (pki, _) = otherixd::pki::load(
+        &s.daemon.store,
         &s.dir.path().join("tls"),
         &otherixd::pki::PkiOptions::default(),
     )
+    .await
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -17,16 +17,16 @@ use otherix_api::{ApiError, ErrorCode, Node};
 use super::error::HttpError;
 use super::extract::{parse_json, VmName};
 use super::AppState;
-use crate::gateway::Sessions;
 use crate::model::rfc3339;
 use crate::pki::{self, Pki};
+use crate::relay::Relay;
 use crate::service::{ClusterService, ServiceError};
 use crate::store::Store;
 
 /// Issues join tokens and revokes nodes.
 pub struct NodeEnrollment {
     store: Store,
-    sessions: Arc<Sessions>,
+    relay: Arc<Relay>,
     cluster: Arc<ClusterService>,
     /// `None` with `--insecure-http`: there is no CA to enroll against.
     pki: Option<Arc<Pki>>,
@@ -46,13 +46,13 @@ pub fn join_token_ttl(requested: Option<u64>) -> Result<u64, ApiError> {
 impl NodeEnrollment {
     pub fn new(
         store: Store,
-        sessions: Arc<Sessions>,
+        relay: Arc<Relay>,
         cluster: Arc<ClusterService>,
         pki: Option<Arc<Pki>>,
     ) -> Self {
         NodeEnrollment {
             store,
-            sessions,
+            relay,
             cluster,
             pki,
         }
@@ -89,10 +89,10 @@ impl NodeEnrollment {
     /// gateway session and marks it not ready. The node must exist.
     pub async fn revoke(&self, node: &str) -> Result<Node, ServiceError> {
         let revoked = self.store.revoke_node_credentials(node).await?;
-        let dropped = self.sessions.kick(
-            node,
-            tonic::Status::permission_denied(format!("the certificate of node {node} was revoked")),
-        );
+        let dropped = self
+            .relay
+            .kick(node, &format!("the certificate of node {node} was revoked"))
+            .await?;
         self.store.mark_node_not_ready(node).await?;
         let node_row = self.cluster.node(node).await;
         if node_row.is_ok() || revoked > 0 {

@@ -52,6 +52,8 @@ pub enum GatewayError {
     SyncTimeout { node: String, secs: u64 },
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error("the replica holding the stream of node {node} failed the call: {message}")]
+    Relay { node: String, message: String },
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error("store")]
@@ -84,6 +86,8 @@ pub struct Gateway {
     backoff: Backoff,
     /// Set when the gateway runs over TLS: agents enroll and attach with certificates.
     pki: Option<Arc<Pki>>,
+    /// This replica's id, recorded on the node while its stream is attached here.
+    replica: Arc<str>,
 }
 
 impl Gateway {
@@ -102,7 +106,14 @@ impl Gateway {
             trigger,
             backoff: Backoff::default(),
             pki: None,
+            replica: Arc::from(""),
         }
+    }
+
+    /// The replica id recorded as the holder of the streams attached here.
+    pub fn with_replica_id(mut self, replica: &str) -> Self {
+        self.replica = Arc::from(replica);
+        self
     }
 
     /// Runs the gateway over TLS with this PKI: `Enroll` signs node certificates and
@@ -352,6 +363,7 @@ impl Gateway {
         // Attach before reading open tasks: a task emitted in between is then dispatched
         // (and maybe redelivered too; agents are idempotent by task id).
         let session = self.sessions.attach(node, outbox.clone());
+        self.store.set_stream_replica(node, &self.replica).await?;
         let mut redeliver = Vec::new();
         for task in self.store.open_tasks_for_node(node).await? {
             let Some(vm_id) = task.vm_id else { continue };
@@ -412,10 +424,16 @@ impl Gateway {
             }
         }
         if self.sessions.detach(&node, session) {
-            if let Err(e) = self.store.mark_node_not_ready(&node).await {
-                tracing::warn!(node, error = %error_chain(&e), "marking node not ready failed");
+            // Unless the agent already attached to another replica.
+            match self.store.release_stream(&node, &self.replica).await {
+                Ok(true) => tracing::warn!(node, "agent detached; node not ready"),
+                Ok(false) => {
+                    tracing::info!(node, "agent detached; its stream is on another replica now")
+                }
+                Err(e) => {
+                    tracing::warn!(node, error = %error_chain(&e), "marking node not ready failed")
+                }
             }
-            tracing::warn!(node, "agent detached; node not ready");
         }
     }
 }

@@ -118,6 +118,16 @@ impl Sessions {
         }
     }
 
+    /// The nodes whose agents are attached here.
+    pub fn attached_nodes(&self) -> Vec<String> {
+        self.nodes
+            .lock()
+            .expect("sessions poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     pub fn is_attached(&self, node: &str) -> bool {
         self.nodes
             .lock()
@@ -272,6 +282,7 @@ pub fn task_assignment(task: &TaskRecord, vm: &VmRecord) -> TaskAssignment {
             code: f.code.clone().unwrap_or_default(),
             vars_template: f.vars_template.clone().unwrap_or_default(),
         }),
+        epoch: task.epoch,
     }
 }
 

@@ -311,9 +311,13 @@ impl Reconciler {
         Ok((vm, task))
     }
 
+    /// Wakes local long-polls and sends the task to its agent. On PostgreSQL the insert's
+    /// announcement does both, on the replica holding the node's stream (crate::relay).
     fn publish(&self, task: &TaskRecord, vm: &VmRecord) {
         self.events.task_changed(task.id);
-        if self.sessions.dispatch(task, vm) {
+        if self.store.is_postgres() {
+            tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, node = ?task.node, "task announced");
+        } else if self.sessions.dispatch(task, vm) {
             tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, node = ?task.node, "task dispatched");
         } else {
             tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, node = ?task.node, "task queued; node not attached");

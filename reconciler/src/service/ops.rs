@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use otherix_api::proto::{server_message, CancelTask, SyncReply, SyncRequest};
+use otherix_api::proto::{SyncReply, SyncRequest};
 use otherix_api::validate::validate_name;
 use otherix_api::{
     ApiError, CachedImage, DesiredPhase, ErrorBody, ErrorCode, ListResponse, LogChunk, NodeStatus,
@@ -19,9 +19,9 @@ use crate::auth::policy::may_see;
 use crate::auth::Caller;
 use crate::error_chain;
 use crate::events::TaskEvents;
-use crate::gateway::Sessions;
 use crate::model::{rfc3339, IdempotencyStamp, VmRecord};
 use crate::reconcile::Reconciler;
+use crate::relay::Relay;
 use crate::store::{Store, CAS_ATTEMPTS};
 
 /// Idempotency keys are per API token: another caller's request never replays (or
@@ -50,7 +50,7 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 pub struct OpsService {
     store: Store,
-    sessions: Arc<Sessions>,
+    relay: Arc<Relay>,
     reconciler: Arc<Reconciler>,
     events: TaskEvents,
 }
@@ -58,13 +58,13 @@ pub struct OpsService {
 impl OpsService {
     pub fn new(
         store: Store,
-        sessions: Arc<Sessions>,
+        relay: Arc<Relay>,
         reconciler: Arc<Reconciler>,
         events: TaskEvents,
     ) -> Self {
         OpsService {
             store,
-            sessions,
+            relay,
             reconciler,
             events,
         }
@@ -91,7 +91,7 @@ impl OpsService {
             }
             TaskStatus::Running => {
                 let node = task.node.clone().unwrap_or_default();
-                if !self.send_cancel(&node, id) {
+                if !self.send_cancel(&node, id).await? {
                     return Err(ApiError::new(
                         ErrorCode::AgentUnavailable,
                         format!(
@@ -133,7 +133,7 @@ impl OpsService {
                 self.events.task_changed(id);
                 if let Some(node) = &task.node {
                     // The agent may already hold it (dispatched, no update yet).
-                    self.send_cancel(node, id);
+                    self.send_cancel(node, id).await?;
                 }
                 tracing::info!(task = %id, kind = %task.kind, "pending task cancelled");
                 Ok(task.to_api())
@@ -141,13 +141,8 @@ impl OpsService {
         }
     }
 
-    fn send_cancel(&self, node: &str, task_id: Uuid) -> bool {
-        self.sessions.send(
-            node,
-            server_message::Body::Cancel(CancelTask {
-                task_id: task_id.to_string(),
-            }),
-        )
+    async fn send_cancel(&self, node: &str, task_id: Uuid) -> Result<bool, ServiceError> {
+        Ok(self.relay.cancel_task(node, task_id).await?)
     }
 
     async fn task(&self, id: Uuid) -> Result<crate::model::TaskRecord, ServiceError> {
@@ -236,7 +231,7 @@ impl OpsService {
             ))
         })?;
         let reply = self
-            .sessions
+            .relay
             .sync_request(
                 &node,
                 SyncRequest {
@@ -289,9 +284,7 @@ impl OpsService {
             async move {
                 (
                     node,
-                    self.sessions
-                        .sync_request(node, request, IMAGES_TIMEOUT)
-                        .await,
+                    self.relay.sync_request(node, request, IMAGES_TIMEOUT).await,
                 )
             }
         });

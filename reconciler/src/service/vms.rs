@@ -20,6 +20,7 @@ use crate::gateway::Gateway;
 use crate::lifecycle::{valid_transition, VmOp};
 use crate::model::{RequestedOp, TaskRecord, VmRecord};
 use crate::reconcile::Reconciler;
+use crate::relay::Relay;
 use crate::store::{Store, StoreError, VmFilter, CAS_ATTEMPTS};
 
 /// How long a sync op waits for the agent's reply.
@@ -41,14 +42,21 @@ pub struct VmService {
     store: Store,
     reconciler: Arc<Reconciler>,
     gateway: Gateway,
+    relay: Arc<Relay>,
 }
 
 impl VmService {
-    pub fn new(store: Store, reconciler: Arc<Reconciler>, gateway: Gateway) -> Self {
+    pub fn new(
+        store: Store,
+        reconciler: Arc<Reconciler>,
+        gateway: Gateway,
+        relay: Arc<Relay>,
+    ) -> Self {
         VmService {
             store,
             reconciler,
             gateway,
+            relay,
         }
     }
 
@@ -277,8 +285,7 @@ impl VmService {
             .clone()
             .ok_or_else(|| ApiError::conflict(format!("vm {} is not placed on a node", vm.name)))?;
         let reply = self
-            .gateway
-            .sessions()
+            .relay
             .sync(&node, op.as_str(), vm.id, SYNC_TIMEOUT)
             .await?;
         if !reply.ok {

@@ -1,13 +1,15 @@
 //! The store: the only place with SQL. One `AnyPool` over SQLite (default, a file in the
 //! data dir, WAL + synchronous=FULL) or PostgreSQL, migrations run at open, and typed
-//! queries for VMs, tasks, nodes, pools and settings. Every multi-row change is one
-//! transaction.
+//! queries for VMs, tasks, nodes, pools, settings and the cluster CA. Every multi-row
+//! change is one transaction.
 
+mod cluster_ca;
 mod enrollment;
 mod entities;
 mod identity;
 mod lease;
 mod nodes;
+mod relay;
 mod retention;
 mod rows;
 mod tasks;
@@ -23,11 +25,13 @@ use sqlx::{AnyPool, Executor};
 
 use crate::model::TaskRecord;
 
+pub use cluster_ca::ClusterCaRow;
 pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
 pub use identity::{ProjectRow, TokenRow};
 pub use lease::{Fence, LeaseRow, LEADER_LEASE};
 pub use nodes::NodeRegistration;
+pub use relay::{channel, SyncCallOutcome, SyncCallRow};
 pub use retention::Purged;
 pub use tasks::TaskPage;
 pub use vms::{VmFilter, VmPage};

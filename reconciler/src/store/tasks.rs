@@ -106,6 +106,27 @@ impl Store {
         Ok(())
     }
 
+    /// A new leader (`fence`) takes over the unfinished tasks its predecessors emitted:
+    /// they carry its epoch from now on, so agents that already saw this epoch still
+    /// accept them, and they are announced for delivery again. Returns how many.
+    pub async fn adopt_open_tasks(&self, fence: &super::Fence) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        super::lease::check_fence(&mut tx, fence).await?;
+        let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "UPDATE tasks SET epoch = $1 WHERE status IN ('pending', 'running') \
+             AND epoch IS NOT NULL AND epoch < $1 RETURNING id, status, node",
+        )
+        .bind(fence.epoch)
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, status, node) in &rows {
+            let payload = format!("{id} {status} {}", node.as_deref().unwrap_or("-"));
+            super::relay::notify(&mut tx, super::relay::channel::TASK, &payload).await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
     /// Writes every mutable column of `task`.
     pub async fn save_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await?;
@@ -153,9 +174,21 @@ pub(super) async fn insert_task(
         .bind(t.requested_by.clone())
         .bind(t.idempotency_request.clone())
         .bind(t.epoch)
-        .execute(conn)
+        .execute(&mut *conn)
         .await?;
-    Ok(())
+    announce_task(conn, t).await
+}
+
+/// Tells every replica that `t` changed (at commit): long-polls wake, and the replica
+/// holding the node's stream delivers a pending task.
+async fn announce_task(conn: &mut AnyConnection, t: &TaskRecord) -> Result<(), sqlx::Error> {
+    let payload = format!(
+        "{} {} {}",
+        t.id,
+        t.status.as_str(),
+        t.node.as_deref().unwrap_or("-")
+    );
+    super::relay::notify(conn, super::relay::channel::TASK, &payload).await
 }
 
 pub(super) async fn update_task(
@@ -188,8 +221,9 @@ pub(super) async fn update_task(
     .bind(placement_json(t))
     .bind(t.started_at_ms)
     .bind(t.finished_at_ms)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    announce_task(conn, t).await?;
     Ok(())
 }
 

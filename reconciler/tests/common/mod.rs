@@ -1,15 +1,28 @@
 //! Shared by the API test files: an in-process otherixd on a fresh database — SQLite in a
-//! temp dir, or a new PostgreSQL database when `OTHERIXD_TEST_POSTGRES_URL` is set.
+//! temp dir, or a new PostgreSQL database when `OTHERIXD_TEST_POSTGRES_URL` is set. With
+//! `OTHERIXD_TEST_REPLICAS=N` (PostgreSQL only) the suites talk to N replicas on that one
+//! database through a round-robin client: request k goes to replica k mod N, each replica
+//! runs its relay, so a task created on one is finished, long-polled and read on others.
 
 #![allow(dead_code)] // Each test file uses a different part.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use axum::extract::Request;
 use axum::Router;
 use otherixd::daemon::Daemon;
 use otherixd::store::default_database_url;
 use sqlx::{Connection, Executor};
+use tower::ServiceExt;
 
 pub struct TestServer {
+    /// Replica 0: the one tests reach into (`daemon.gateway.register`, `daemon.state`).
     pub daemon: Daemon,
+    /// Replica 0's relay (running when there are several replicas).
+    pub relay: Option<AbortOnDrop>,
+    /// Replicas 1.. on the same database (empty unless `OTHERIXD_TEST_REPLICAS` > 1).
+    pub replicas: Vec<Replica>,
     /// The app with the bootstrap admin token added to every request that has none: what
     /// the API suites drive (through the real authentication middleware).
     pub app: Router,
@@ -19,6 +32,49 @@ pub struct TestServer {
     pub admin_token: String,
     pub dir: tempfile::TempDir,
     pub database_url: String,
+}
+
+/// A background task that stops when this is dropped.
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Another replica of a [`TestServer`], with its relay running.
+pub struct Replica {
+    pub daemon: Daemon,
+    _relay: AbortOnDrop,
+}
+
+/// How many replicas the suites run against (`OTHERIXD_TEST_REPLICAS`, PostgreSQL only).
+pub fn replica_count() -> usize {
+    if std::env::var_os("OTHERIXD_TEST_POSTGRES_URL").is_none() {
+        return 1;
+    }
+    match std::env::var("OTHERIXD_TEST_REPLICAS") {
+        Ok(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .expect("OTHERIXD_TEST_REPLICAS is a number >= 1"),
+        Err(_) => 1,
+    }
+}
+
+/// One router that sends request k to `apps[k mod N]`.
+pub fn round_robin(apps: Vec<Router>) -> Router {
+    if apps.len() == 1 {
+        return apps.into_iter().next().unwrap();
+    }
+    let apps = Arc::new(apps);
+    let next = Arc::new(AtomicUsize::new(0));
+    Router::new().fallback(move |req: Request| {
+        let app = apps[next.fetch_add(1, Ordering::Relaxed) % apps.len()].clone();
+        async move { app.oneshot(req).await.unwrap_or_else(|e| match e {}) }
+    })
 }
 
 /// A fresh database: SQLite in `dir`, or a new PostgreSQL database when configured.
@@ -61,6 +117,19 @@ pub async fn open(dir: tempfile::TempDir) -> TestServer {
 /// A server on an existing database (e.g. after dropping the previous server).
 pub async fn reopen(dir: tempfile::TempDir, database_url: String) -> TestServer {
     let daemon = Daemon::open(&database_url).await.unwrap();
+    let mut relay = None;
+    let mut replicas = Vec::new();
+    if replica_count() > 1 {
+        // Replica 0 listens too: tasks finished on another replica wake its long-polls.
+        relay = Some(AbortOnDrop(daemon.spawn_relay_as_follower().await));
+        for _ in 1..replica_count() {
+            let daemon = Daemon::open(&database_url).await.unwrap();
+            replicas.push(Replica {
+                _relay: AbortOnDrop(daemon.spawn_relay_as_follower().await),
+                daemon,
+            });
+        }
+    }
     let admin_token = match daemon.bootstrap_admin_token(dir.path()).await.unwrap() {
         Some(path) => std::fs::read_to_string(path).unwrap().trim().to_owned(),
         None => std::fs::read_to_string(dir.path().join("admin.token"))
@@ -68,10 +137,16 @@ pub async fn reopen(dir: tempfile::TempDir, database_url: String) -> TestServer 
             .trim()
             .to_owned(),
     };
-    let raw_app = daemon.app();
+    let raw_app = round_robin(
+        std::iter::once(daemon.app())
+            .chain(replicas.iter().map(|r| r.daemon.app()))
+            .collect(),
+    );
     let app = with_token(raw_app.clone(), &admin_token);
     TestServer {
         daemon,
+        relay,
+        replicas,
         app,
         raw_app,
         admin_token,

@@ -1,16 +1,17 @@
 //! The cluster PKI: a private CA (`CN=otherix cluster CA`, ECDSA P-256) that signs the
 //! server certificate of both listeners and the client certificates of enrolled nodes.
 //!
-//! [`Pki`] is built from PEM material ([`CaMaterial`] + [`ServerIdentity`]), wherever it
-//! comes from; [`load_or_create`] is the file backend (`DATA_DIR/tls/`: `ca.crt`, `ca.key`
-//! 0600, `server.crt`, `server.key` 0600). A database backend for several replicas only
-//! has to produce the same two structs. Certificate building, SAN lists and CSR signing
-//! are pure and unit tested; file I/O stays in [`load_or_create`].
+//! [`Pki`] is built from PEM material ([`CaMaterial`] + [`ServerIdentity`]). The CA lives
+//! in the database, so every replica presents certificates of one CA; each replica keeps
+//! its own server certificate in `DATA_DIR/tls/` ([`load`], in `load.rs`). Certificate
+//! building, SAN lists and CSR signing are pure and unit tested here; I/O stays in
+//! `load.rs`.
+
+mod load;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::RootCertStore;
 use sha2::{Digest, Sha256};
+
+pub use load::{host_name, load, plan_ca, write_file, CaPlan, LocalCa, PkiOptions, PkiOrigin};
 
 /// The CA's common name.
 pub const CA_COMMON_NAME: &str = "otherix cluster CA";
@@ -67,11 +70,13 @@ pub enum PkiError {
     Verifier(#[from] rustls::server::VerifierBuilderError),
     #[error("invalid certificate signing request: {0}")]
     Csr(String),
+    #[error("the cluster CA in the database")]
+    Store(#[from] crate::store::StoreError),
 }
 
 pub use otherix_api::enrollment::fingerprint;
 
-/// The CA as PEM text (a later backend may keep it in the database).
+/// The CA as PEM text (kept in the database, mirrored in `DATA_DIR/tls/`).
 #[derive(Clone)]
 pub struct CaMaterial {
     pub cert_pem: String,
@@ -282,7 +287,11 @@ fn cert_sans_and_expiry(der: &[u8]) -> Result<(BTreeSet<String>, i64), PkiError>
 
 /// Whether a generated server certificate must be issued again: a SAN is missing (a new
 /// `--tls-san`), it expires soon, or the CA did not sign it.
-fn server_needs_reissue(identity: &ServerIdentity, ca: &CaMaterial, sans: &[String]) -> bool {
+pub(crate) fn server_needs_reissue(
+    identity: &ServerIdentity,
+    ca: &CaMaterial,
+    sans: &[String],
+) -> bool {
     let (Ok(chain), Ok(ca_certs)) = (
         parse_certs("server.crt", &identity.chain_pem),
         parse_certs("ca.crt", &ca.cert_pem),
@@ -304,6 +313,19 @@ fn server_needs_reissue(identity: &ServerIdentity, ca: &CaMaterial, sans: &[Stri
                 .unwrap_or_else(|_| s.to_ascii_lowercase());
             !have.contains(&norm)
         })
+}
+
+/// Fails unless `key_pem` is the private key of the certificate `cert_der`.
+pub(crate) fn check_key_matches(cert_der: &[u8], key_pem: &str) -> Result<(), PkiError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| PkiError::Certificate(format!("unparsable CA certificate: {e}")))?;
+    if cert.public_key().raw != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice() {
+        return Err(PkiError::Certificate(
+            "the CA key does not belong to the CA certificate".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The cluster PKI in memory.
@@ -335,7 +357,7 @@ impl Pki {
     /// clients always see the CA they pin.
     pub fn new(ca: CaMaterial, server: ServerIdentity) -> Result<Pki, PkiError> {
         let ca_der = parse_certs("ca.crt", &ca.cert_pem)?.remove(0);
-        KeyPair::from_pem(&ca.key_pem)?;
+        check_key_matches(&ca_der, &ca.key_pem)?;
         let mut server_chain = parse_certs("server certificate", &server.chain_pem)?;
         if server_chain.last() != Some(&ca_der) {
             server_chain.push(ca_der.clone());
@@ -466,140 +488,6 @@ pub fn check_insecure_listen(addrs: &[(&str, SocketAddr)]) -> Result<(), String>
         }
     }
     Ok(())
-}
-
-/// How the server certificate is chosen.
-#[derive(Debug, Clone, Default)]
-pub struct PkiOptions {
-    pub sans: SanOptions,
-    /// `--tls-cert` / `--tls-key`: replace server.crt/server.key on both listeners.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-}
-
-/// What [`load_or_create`] did, for the startup log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PkiOrigin {
-    Loaded,
-    Created,
-}
-
-/// This machine's host name, if it has one.
-pub fn host_name() -> Option<String> {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .find(|s| !s.is_empty() && s.len() <= 253)
-}
-
-fn read(path: &Path) -> Result<Option<String>, PkiError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(PkiError::Io {
-            action: "reading",
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Writes `contents` atomically (temp file + rename) with `mode`.
-pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), PkiError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let io = |action, source| PkiError::Io {
-        action,
-        path: path.to_owned(),
-        source,
-    };
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io("creating", e))?;
-    f.write_all(contents.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| io("writing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("renaming", e))
-}
-
-/// Loads the PKI from `dir` (`DATA_DIR/tls`), creating what is missing: the CA on first
-/// start, the server certificate when missing or when it lacks a SAN it must have. With
-/// `--tls-cert/--tls-key` the HTTPS API presents those files; the gateway keeps the
-/// generated certificate, which agents verify against the pinned cluster CA.
-pub fn load_or_create(dir: &Path, opts: &PkiOptions) -> Result<(Pki, PkiOrigin), PkiError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
-        action: "creating",
-        path: dir.to_owned(),
-        source,
-    })?;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    let (ca_crt, ca_key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
-    let mut origin = PkiOrigin::Loaded;
-    let ca = match (read(&ca_crt)?, read(&ca_key)?) {
-        (Some(cert_pem), Some(key_pem)) => CaMaterial { cert_pem, key_pem },
-        (None, None) => {
-            let ca = generate_ca()?;
-            write_file(&ca_key, &ca.key_pem, 0o600)?;
-            write_file(&ca_crt, &ca.cert_pem, 0o644)?;
-            origin = PkiOrigin::Created;
-            ca
-        }
-        _ => {
-            return Err(PkiError::Certificate(format!(
-                "{} and {} must both exist or both be missing",
-                ca_crt.display(),
-                ca_key.display()
-            )))
-        }
-    };
-    let api = match (&opts.cert_file, &opts.key_file) {
-        (Some(cert), Some(key)) => Some(ServerIdentity {
-            chain_pem: read(cert)?.ok_or_else(|| PkiError::Io {
-                action: "reading",
-                path: cert.clone(),
-                source: std::io::ErrorKind::NotFound.into(),
-            })?,
-            key_pem: read(key)?.ok_or_else(|| PkiError::Io {
-                action: "reading",
-                path: key.clone(),
-                source: std::io::ErrorKind::NotFound.into(),
-            })?,
-        }),
-        (None, None) => None,
-        _ => {
-            return Err(PkiError::Certificate(
-                "--tls-cert and --tls-key go together".into(),
-            ))
-        }
-    };
-    let sans = server_sans(&opts.sans);
-    let (crt, key) = (dir.join(SERVER_CERT_FILE), dir.join(SERVER_KEY_FILE));
-    let existing = match (read(&crt)?, read(&key)?) {
-        (Some(chain_pem), Some(key_pem)) => Some(ServerIdentity { chain_pem, key_pem }),
-        _ => None,
-    };
-    let server = match existing {
-        Some(id) if !server_needs_reissue(&id, &ca, &sans) => id,
-        _ => {
-            let id = issue_server_identity(&ca, &sans)?;
-            write_file(&key, &id.key_pem, 0o600)?;
-            write_file(&crt, &id.chain_pem, 0o644)?;
-            tracing::info!(sans = ?sans, "issued the server certificate");
-            id
-        }
-    };
-    let pki = Pki::new(ca, server)?;
-    let pki = match &api {
-        Some(api) => pki.with_api_identity(api)?,
-        None => pki,
-    };
-    Ok((pki, origin))
 }
 
 #[cfg(test)]
@@ -780,69 +668,5 @@ mod tests {
         assert!(v
             .verify_client_cert(&fder, &[], rustls::pki_types::UnixTime::now())
             .is_err());
-    }
-
-    #[test]
-    fn load_or_create_writes_files_with_modes_and_reloads_same_ca() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let tls = dir.path().join("tls");
-        let opts = PkiOptions {
-            sans: sans(&[], &[]),
-            ..Default::default()
-        };
-        let (a, origin) = load_or_create(&tls, &opts).unwrap();
-        assert_eq!(origin, PkiOrigin::Created);
-        for (f, mode) in [
-            (CA_CERT_FILE, 0o644),
-            (CA_KEY_FILE, 0o600),
-            (SERVER_CERT_FILE, 0o644),
-            (SERVER_KEY_FILE, 0o600),
-        ] {
-            let m = std::fs::metadata(tls.join(f)).unwrap().permissions().mode() & 0o777;
-            assert_eq!(m, mode, "{f}");
-        }
-        let server_before = std::fs::read_to_string(tls.join(SERVER_CERT_FILE)).unwrap();
-        let (b, origin) = load_or_create(&tls, &opts).unwrap();
-        assert_eq!(origin, PkiOrigin::Loaded);
-        assert_eq!(a.ca_fingerprint(), b.ca_fingerprint());
-        assert_eq!(
-            server_before,
-            std::fs::read_to_string(tls.join(SERVER_CERT_FILE)).unwrap()
-        );
-        // A new --tls-san re-issues the server certificate under the same CA.
-        let more = PkiOptions {
-            sans: sans(&["added.example"], &[]),
-            ..Default::default()
-        };
-        let (c, _) = load_or_create(&tls, &more).unwrap();
-        assert_eq!(a.ca_fingerprint(), c.ca_fingerprint());
-        assert_ne!(
-            server_before,
-            std::fs::read_to_string(tls.join(SERVER_CERT_FILE)).unwrap()
-        );
-    }
-
-    #[test]
-    fn load_or_create_with_tls_cert_serves_it_on_the_api_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let other = generate_ca().unwrap();
-        let id = issue_server_identity(&other, &["given.example".into()]).unwrap();
-        let (cert, key) = (dir.path().join("s.crt"), dir.path().join("s.key"));
-        std::fs::write(&cert, &id.chain_pem).unwrap();
-        std::fs::write(&key, &id.key_pem).unwrap();
-        let opts = PkiOptions {
-            cert_file: Some(cert),
-            key_file: Some(key),
-            ..Default::default()
-        };
-        let (p, _) = load_or_create(&dir.path().join("tls"), &opts).unwrap();
-        assert!(dir.path().join("tls").join(CA_KEY_FILE).exists());
-        let (api_chain, _) = p.api_override.as_ref().unwrap();
-        assert_eq!(api_chain, &parse_certs("given", &id.chain_pem).unwrap());
-        // The gateway keeps a chain ending in the cluster CA, so agents can pin it.
-        assert_eq!(p.server_chain.last(), Some(&p.ca_der));
-        assert_ne!(p.server_chain[0], api_chain[0]);
-        p.https_config().unwrap();
     }
 }
