@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use otherix_e2e::cluster::NodeOptions;
 use otherix_e2e::ha::now_ms;
 use otherix_e2e::{wait, HaCluster, HaOptions, ImageServer};
@@ -242,6 +244,9 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
             pids.len()
         );
     }
+    // And no other QEMU runs for this cluster (a duplicate create under another id).
+    let all = cluster.qemu_pids(&cluster.dir.path().display().to_string());
+    assert_eq!(all.len(), VMS, "QEMU processes of this cluster: {all:?}");
     // No task stays pending or running.
     wait::until(
         "no pending or running task",
@@ -377,9 +382,18 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
     let frozen_at = now_ms();
     let frozen = Instant::now();
     cluster.freeze_replica(leader);
-    // Work while it is frozen: a stop and a create, through another replica.
+    // Work while it is frozen: a stop and a create through another replica, and f-2's QEMU
+    // killed, which only the leader's loop repairs (restart_policy on-failure: a vm.start
+    // after the backoff, fenced with the leader's epoch).
     cluster.cli(other, &["vm", "stop", "f-1", "--force"]).ok();
     create_vm(&cluster, other, "f-3", &url);
+    let f2_id = cluster.get(other, "/v1/vms/f-2").1["id"]
+        .as_str()
+        .expect("f-2 id")
+        .to_owned();
+    let f2_pids = cluster.qemu_pids(&f2_id);
+    assert_eq!(f2_pids.len(), 1, "f-2 runs one QEMU: {f2_pids:?}");
+    kill(Pid::from_raw(f2_pids[0] as i32), Signal::SIGKILL).expect("kill f-2's QEMU");
     let ((new_leader, new_holder, new_epoch), took) =
         cluster.wait_new_leader(&holder, frozen, Duration::from_secs(40));
     eprintln!(
@@ -445,12 +459,35 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
             "the agent ran task {id} of the deposed leader (epoch {epoch})"
         );
     }
-    // The work done while it was frozen completed under the new leader.
-    wait::until("f-3 running, f-1 stopped", Duration::from_secs(60), || {
-        let f1 = cluster.get(other, "/v1/vms/f-1").1;
-        let f3 = cluster.get(other, "/v1/vms/f-3").1;
-        (f1["status"]["phase"] == "stopped" && f3["status"]["phase"] == "running").then_some(())
-    });
+    // The work done while it was frozen completed under the new leader: f-2 restarted by
+    // its loop (at its epoch), with one QEMU again.
+    wait::until(
+        "f-3 running, f-1 stopped, f-2 restarted",
+        Duration::from_secs(60),
+        || {
+            let f1 = cluster.get(other, "/v1/vms/f-1").1;
+            let f2 = cluster.get(other, "/v1/vms/f-2").1;
+            let f3 = cluster.get(other, "/v1/vms/f-3").1;
+            (f1["status"]["phase"] == "stopped"
+                && f2["status"]["phase"] == "running"
+                && f3["status"]["phase"] == "running")
+                .then_some(())
+        },
+    );
+    let pids = cluster.qemu_pids(&f2_id);
+    assert!(
+        pids.len() == 1 && pids[0] != f2_pids[0],
+        "f-2 runs one new QEMU: {pids:?} (killed {})",
+        f2_pids[0]
+    );
+    let starts = cluster.db.query(&format!(
+        "SELECT coalesce(epoch, -1), status FROM tasks WHERE vm_id = '{f2_id}' AND kind = 'vm.start'"
+    ));
+    assert_eq!(
+        starts,
+        vec![vec![new_epoch.to_string(), "success".to_owned()]],
+        "f-2 restarted once, by the new leader"
+    );
     let log = cluster.replica_log(leader);
     eprintln!(
         "deposed leader log since the thaw ({thawed_at} ms):\n{}",
