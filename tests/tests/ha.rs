@@ -172,14 +172,17 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
     // with SIGKILL after the 10th.
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
-    let (failover, reconnects) = std::thread::scope(|s| {
+    let rerouted = AtomicUsize::new(0);
+    let (failover, reconnects, done_at_kill) = std::thread::scope(|s| {
         for _ in 0..5 {
             s.spawn(|| loop {
                 let k = next.fetch_add(1, Ordering::SeqCst);
                 if k >= VMS {
                     break;
                 }
-                create_vm(&cluster, k % 3, &format!("vm-{k:02}"), &url);
+                if create_vm(&cluster, k % 3, &format!("vm-{k:02}"), &url) != k % 3 {
+                    rerouted.fetch_add(1, Ordering::SeqCst);
+                }
                 done.fetch_add(1, Ordering::SeqCst);
             });
         }
@@ -188,6 +191,7 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
         });
         let killed = Instant::now();
         cluster.sigkill_replica(leader);
+        let done_at_kill = done.load(Ordering::SeqCst);
         let reconnects: Vec<(String, Duration)> = leader_nodes
             .iter()
             .map(|n| {
@@ -204,9 +208,18 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
             took.as_millis()
         );
         assert!(new_epoch > epoch, "the epoch grows on a change of holder");
-        (took, reconnects)
+        (took, reconnects, done_at_kill)
     });
     cluster.kill_replica(leader); // reap
+    eprintln!(
+        "creates: {done_at_kill} done before the kill, {} after; {} retried on another replica",
+        VMS - done_at_kill,
+        rerouted.load(Ordering::SeqCst)
+    );
+    assert!(
+        done_at_kill < VMS - 10,
+        "the leader died after {done_at_kill} creates: too late to test anything"
+    );
     for (node, took) in &reconnects {
         eprintln!("agent reconnect: {node} {} ms", took.as_millis());
         assert!(
