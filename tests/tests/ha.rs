@@ -501,6 +501,12 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
         vec![vec![new_epoch.to_string(), "success".to_owned()]],
         "f-2 restarted once, by the new leader"
     );
+    eprintln!(
+        "agent refusals of stale-epoch tasks: {}",
+        agent_log
+            .matches("refusing a task from a deposed leader")
+            .count()
+    );
     let log = cluster.replica_log(leader);
     eprintln!(
         "deposed leader log since the thaw ({thawed_at} ms):\n{}",
