@@ -64,7 +64,14 @@ pub struct Pool {
     pub annotations: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub spec: crate::manifest::PoolSpec,
+    /// The nodes' instances of the pool are their own rows: registering one does not
+    /// move the pool's `resource_version`.
     pub instances: Vec<PoolInstance>,
+    /// Moves on every write of the stored object: the optimistic concurrency token that
+    /// `If-Match` on its `PUT` and `DELETE` names (Kubernetes' `resourceVersion`). 0 in
+    /// JSON from servers that predate it.
+    #[serde(default)]
+    pub resource_version: i64,
 }
 
 #[cfg(test)]
@@ -92,6 +99,11 @@ pub struct Network {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub annotations: std::collections::BTreeMap<String, String>,
     pub spec: crate::manifest::NetworkSpec,
+    /// Moves on every write of the stored object: the optimistic concurrency token that
+    /// `If-Match` on its `PUT` and `DELETE` names (Kubernetes' `resourceVersion`). 0 in
+    /// JSON from servers that predate it.
+    #[serde(default)]
+    pub resource_version: i64,
 }
 
 /// A firmware VMs can boot with.
@@ -104,6 +116,11 @@ pub struct Firmware {
     pub spec: crate::manifest::FirmwareSpec,
     /// Shipped with otherix (seabios, ovmf, aavmf); cannot be changed or deleted.
     pub builtin: bool,
+    /// Moves on every write of the stored object: the optimistic concurrency token that
+    /// `If-Match` on its `PUT` and `DELETE` names (Kubernetes' `resourceVersion`). 0 in
+    /// JSON from servers that predate it.
+    #[serde(default)]
+    pub resource_version: i64,
 }
 
 /// The cluster-wide settings object.
@@ -113,6 +130,11 @@ pub struct ClusterSettings {
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub annotations: std::collections::BTreeMap<String, String>,
     pub spec: crate::manifest::ClusterSettingsSpec,
+    /// Moves on every write of the stored object: the optimistic concurrency token that
+    /// `If-Match` on its `PUT` and `DELETE` names (Kubernetes' `resourceVersion`). 0 in
+    /// JSON from servers that predate it.
+    #[serde(default)]
+    pub resource_version: i64,
 }
 
 /// One cached base image on one node's pool instance.

@@ -55,6 +55,10 @@ pub struct Token {
     pub expires_at: Option<String>,
     /// The token that created this one.
     pub created_by: String,
+    /// Tokens are never rewritten; `If-Match` on `DELETE /v1/tokens/{name}` may name it.
+    /// 0 in JSON from servers that predate it.
+    #[serde(default)]
+    pub resource_version: i64,
 }
 
 /// `POST /v1/tokens`.
@@ -124,6 +128,11 @@ pub struct Project {
     pub annotations: BTreeMap<String, String>,
     pub spec: ProjectSpec,
     pub usage: ProjectUsage,
+    /// Moves on every write of the project's spec or annotations: the optimistic concurrency token that
+    /// `If-Match` on its `PUT` and `DELETE` names (Kubernetes' `resourceVersion`). 0 in
+    /// JSON from servers that predate it.
+    #[serde(default)]
+    pub resource_version: i64,
 }
 
 /// Which quota a change would break, if any, named with the limit and the usage before

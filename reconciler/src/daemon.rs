@@ -241,11 +241,13 @@ impl Daemon {
                             }
                         }
                     }
-                    running = reconciler
-                        .clone()
-                        .spawn_loops(triggers.clone(), resync_every, fence);
-                    running.push(gateway.spawn_liveness_monitor());
-                    running.push(crate::retention::spawn(store.clone(), retention));
+                    running = reconciler.clone().spawn_loops(
+                        triggers.clone(),
+                        resync_every,
+                        fence.clone(),
+                    );
+                    running.push(gateway.spawn_liveness_monitor(fence.clone()));
+                    running.push(crate::retention::spawn(store.clone(), retention, fence));
                 } else {
                     // A standby hands its triggers to the leader (through the database).
                     let triggers = triggers.clone();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::store::{Purged, Store, StoreError};
+use crate::store::{Fence, Purged, Store, StoreError};
 
 /// How old finished tasks and deleted VMs may get, and how the purge runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,13 +40,18 @@ pub fn cutoff_ms(now_ms: i64, max_age: Duration) -> i64 {
 }
 
 /// Purges everything older than the policy's age, batch after batch, until a batch
-/// comes back short; returns the totals.
-pub async fn purge_expired(store: &Store, policy: &RetentionPolicy) -> Result<Purged, StoreError> {
+/// comes back short; returns the totals. With a `fence` every batch checks the lease (a
+/// deposed leader deletes nothing).
+pub async fn purge_expired(
+    store: &Store,
+    policy: &RetentionPolicy,
+    fence: Option<&Fence>,
+) -> Result<Purged, StoreError> {
     let cutoff = cutoff_ms(store.now_ms(), policy.max_age);
     let batch = i64::from(policy.batch.max(1));
     let mut total = Purged::default();
     loop {
-        let purged = store.purge_batch(cutoff, batch).await?;
+        let purged = store.purge_batch(cutoff, batch, fence).await?;
         total.tasks += purged.tasks;
         total.vms += purged.vms;
         if purged.tasks < batch as u64 && purged.vms < batch as u64 {
@@ -57,14 +62,15 @@ pub async fn purge_expired(store: &Store, policy: &RetentionPolicy) -> Result<Pu
     }
 }
 
-/// Runs [`purge_expired`] every `policy.every`, forever.
-pub fn spawn(store: Store, policy: RetentionPolicy) -> JoinHandle<()> {
+/// Runs [`purge_expired`] every `policy.every`, forever (the leader's job; `fence` as in
+/// [`purge_expired`]).
+pub fn spawn(store: Store, policy: RetentionPolicy, fence: Option<Fence>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(policy.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            match purge_expired(&store, &policy).await {
+            match purge_expired(&store, &policy, fence.as_ref()).await {
                 Ok(Purged { tasks: 0, vms: 0 }) => {}
                 Ok(p) => tracing::info!(tasks = p.tasks, vms = p.vms, "retention purged old rows"),
                 Err(e) => tracing::warn!(error = %e, "retention purge failed"),

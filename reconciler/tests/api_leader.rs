@@ -216,6 +216,96 @@ async fn a_deposed_leaders_fenced_task_insert_fails() {
     assert_eq!(store.task(task.id).await.unwrap().unwrap().epoch, Some(2));
 }
 
+/// Every other write of the leader's jobs is fenced too: the loop's VM bookkeeping, the
+/// liveness sweep and the retention purge of a deposed leader change nothing.
+#[tokio::test]
+async fn a_deposed_leaders_sweep_purge_and_vm_writes_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = fresh_database_url(dir.path()).await;
+    let d = Daemon::open(&url).await.unwrap();
+    let store = &d.store;
+    d.gateway.register(&registration()).await.unwrap();
+    let actor = otherixd::service::Actor::new("default", "test");
+    let req = CreateVmRequest {
+        name: "app".into(),
+        spec: VmSpec::new("http://127.0.0.1:9/img.qcow2", Arch::Amd64),
+    };
+    d.state.vms.create(&actor, req).await.unwrap();
+    let id = store.live_vm_ids().await.unwrap()[0];
+    // A finished task of a deleted VM, both old enough for any retention cutoff.
+    sqlx::query("UPDATE tasks SET status = 'success', finished_at = 1")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE vms SET deleted_at = 1")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let far = store.now_ms() + 60_000;
+    assert_eq!(
+        store.acquire_lease("leader", "a", None, far).await.unwrap(),
+        Some(1)
+    );
+    sqlx::query("UPDATE leases SET holder = 'b', epoch = 2 WHERE name = 'leader'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let deposed = Fence {
+        holder: "a".into(),
+        epoch: 1,
+    };
+    let policy = otherixd::retention::RetentionPolicy {
+        max_age: Duration::from_secs(1),
+        every: Duration::from_secs(60),
+        batch: 10,
+    };
+    let version = store.vm_by_id(id).await.unwrap().unwrap().resource_version;
+    let mut vm = store.vm_by_id(id).await.unwrap().unwrap();
+    vm.last_error = None;
+    let err = store
+        .save_vm_fenced(&mut vm, Some(&deposed))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { epoch: 1 }), "{err:?}");
+    // Heartbeats overdue by any cutoff: only the fence keeps the node ready.
+    let err = store
+        .mark_stale_nodes_not_ready(store.now_ms() + 1, Some(&deposed))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { epoch: 1 }), "{err:?}");
+    let err = otherixd::retention::purge_expired(store, &policy, Some(&deposed))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { epoch: 1 }), "{err:?}");
+
+    let stored = store.vm_by_id(id).await.unwrap().unwrap();
+    assert_eq!(stored.resource_version, version, "the VM was not written");
+    let node = d.state.cluster.node("node-1").await.unwrap();
+    assert_eq!(node.status, NodeStatus::Ready);
+    let tasks: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tasks")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(tasks.0, 1, "nothing was purged");
+
+    // The current leader's do go through.
+    let current = Fence {
+        holder: "b".into(),
+        epoch: 2,
+    };
+    store.save_vm_fenced(&mut vm, Some(&current)).await.unwrap();
+    assert!(vm.resource_version > version);
+    let stale = store
+        .mark_stale_nodes_not_ready(store.now_ms() + 1, Some(&current))
+        .await
+        .unwrap();
+    assert_eq!(stale, vec!["node-1".to_owned()]);
+    let purged = otherixd::retention::purge_expired(store, &policy, Some(&current))
+        .await
+        .unwrap();
+    assert_eq!((purged.tasks, purged.vms), (1, 1));
+}
+
 #[tokio::test]
 async fn the_leaders_loop_stamps_its_epoch_on_the_tasks_it_emits() {
     if !postgres() {

@@ -93,7 +93,7 @@ async fn retention_purges_old_rows_in_batches_and_keeps_live_vms_newest_task() {
         every: Duration::from_secs(1),
         batch: 1,
     };
-    let purged = purge_expired(&s.daemon.store, &policy).await.unwrap();
+    let purged = purge_expired(&s.daemon.store, &policy, None).await.unwrap();
     assert_eq!((purged.tasks, purged.vms), (3, 1));
     let live_task = created[0].task.id.to_string();
     let busy_task = created[2].task.id.to_string();
@@ -110,6 +110,6 @@ async fn retention_purges_old_rows_in_batches_and_keeps_live_vms_newest_task() {
     assert_eq!(left, want);
     assert_eq!(count(&mut conn, "SELECT COUNT(*) FROM vms").await, 2);
     // A second pass finds nothing more.
-    let again = purge_expired(&s.daemon.store, &policy).await.unwrap();
+    let again = purge_expired(&s.daemon.store, &policy, None).await.unwrap();
     assert_eq!((again.tasks, again.vms), (0, 0));
 }

@@ -487,6 +487,7 @@ mod tests {
     #[test]
     fn pools_without_instances_prints_none() {
         let p = |name: &str, nodes: &[&str]| Pool {
+            resource_version: 1,
             id: Uuid::nil(),
             name: name.into(),
             annotations: Default::default(),
@@ -535,6 +536,7 @@ mod tests {
     #[test]
     fn networks_bridge_and_nat_prints_exact_table() {
         let n = |name: &str, t, bridge: Option<&str>| Network {
+            resource_version: 1,
             id: Uuid::nil(),
             name: name.into(),
             annotations: Default::default(),
@@ -559,6 +561,7 @@ mod tests {
     #[test]
     fn firmware_builtins_and_custom_prints_exact_table() {
         let f = |name: &str, arch, t, code: Option<&str>, builtin| Firmware {
+            resource_version: 1,
             id: Uuid::nil(),
             name: name.into(),
             annotations: Default::default(),

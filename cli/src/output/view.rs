@@ -499,6 +499,7 @@ finished_at: -
     #[test]
     fn pool_with_description_annotation_and_instances_prints_exact_view() {
         let p = Pool {
+            resource_version: 1,
             id: Uuid::nil(),
             name: "fast".into(),
             annotations: [("otherix.dev/source".to_owned(), "/m".to_owned())].into(),
@@ -534,6 +535,7 @@ instance:    node-2 /mnt/nvme/otherix
     #[test]
     fn pool_without_instances_prints_dash() {
         let p = Pool {
+            resource_version: 1,
             id: Uuid::nil(),
             name: "empty".into(),
             annotations: Default::default(),
@@ -554,6 +556,7 @@ instance:    -
     #[test]
     fn network_bridge_prints_exact_view() {
         let n = Network {
+            resource_version: 1,
             id: Uuid::nil(),
             name: "lan".into(),
             annotations: Default::default(),
@@ -576,6 +579,7 @@ bridge: br0
     #[test]
     fn firmware_uefi_prints_exact_view() {
         let f = Firmware {
+            resource_version: 1,
             id: Uuid::nil(),
             name: "ovmf".into(),
             annotations: Default::default(),
@@ -604,6 +608,7 @@ vars_template: /usr/share/OVMF/OVMF_VARS_4M.fd
     #[test]
     fn cluster_with_and_without_default_pool_prints_exact_view() {
         let mut c = ClusterSettings {
+            resource_version: 1,
             name: "cluster".into(),
             annotations: Default::default(),
             spec: ClusterSettingsSpec {

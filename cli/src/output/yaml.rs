@@ -89,6 +89,7 @@ spec:
     #[test]
     fn cluster_manifest_prints_exact_manifest_that_parses_back() {
         let c = ClusterSettings {
+            resource_version: 1,
             name: "cluster".into(),
             annotations: Default::default(),
             spec: otherix_api::manifest::ClusterSettingsSpec {

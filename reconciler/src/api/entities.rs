@@ -1,6 +1,6 @@
 //! `/v1/pools`, `/v1/networks`, `/v1/firmware` and `/v1/cluster` handlers: `POST` creates
 //! (201), `PUT` applies (200 `ApplyResponse`), `GET` reads by name or uuid, `DELETE`
-//! answers 204.
+//! answers 204. `PUT` and `DELETE` honour `If-Match` (409 `conflict` when stale).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,7 +13,7 @@ use otherix_api::{
 use serde::Deserialize;
 
 use super::error::HttpError;
-use super::extract::{ApiQuery, JsonBody, NameOrId, VmName};
+use super::extract::{ApiQuery, IfMatch, JsonBody, NameOrId, VmName};
 use super::AppState;
 use crate::service::entities::ListQuery;
 
@@ -49,16 +49,18 @@ pub async fn create_pool(
 pub async fn apply_pool(
     State(s): State<AppState>,
     VmName(name): VmName,
+    IfMatch(if_match): IfMatch,
     JsonBody(req): JsonBody<ApplyRequest<PoolSpec>>,
 ) -> Applied<Pool> {
-    Ok(Json(s.entities.apply_pool(&name, req).await?))
+    Ok(Json(s.entities.apply_pool(&name, req, if_match).await?))
 }
 
 pub async fn delete_pool(
     State(s): State<AppState>,
     NameOrId(name): NameOrId,
+    IfMatch(if_match): IfMatch,
 ) -> Result<StatusCode, HttpError> {
-    s.entities.delete_pool(&name).await?;
+    s.entities.delete_pool(&name, if_match).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -89,16 +91,18 @@ pub async fn create_network(
 pub async fn apply_network(
     State(s): State<AppState>,
     VmName(name): VmName,
+    IfMatch(if_match): IfMatch,
     JsonBody(req): JsonBody<ApplyRequest<NetworkSpec>>,
 ) -> Applied<Network> {
-    Ok(Json(s.entities.apply_network(&name, req).await?))
+    Ok(Json(s.entities.apply_network(&name, req, if_match).await?))
 }
 
 pub async fn delete_network(
     State(s): State<AppState>,
     NameOrId(name): NameOrId,
+    IfMatch(if_match): IfMatch,
 ) -> Result<StatusCode, HttpError> {
-    s.entities.delete_network(&name).await?;
+    s.entities.delete_network(&name, if_match).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -129,16 +133,18 @@ pub async fn create_firmware(
 pub async fn apply_firmware(
     State(s): State<AppState>,
     VmName(name): VmName,
+    IfMatch(if_match): IfMatch,
     JsonBody(req): JsonBody<ApplyRequest<FirmwareSpec>>,
 ) -> Applied<Firmware> {
-    Ok(Json(s.entities.apply_firmware(&name, req).await?))
+    Ok(Json(s.entities.apply_firmware(&name, req, if_match).await?))
 }
 
 pub async fn delete_firmware(
     State(s): State<AppState>,
     NameOrId(name): NameOrId,
+    IfMatch(if_match): IfMatch,
 ) -> Result<StatusCode, HttpError> {
-    s.entities.delete_firmware(&name).await?;
+    s.entities.delete_firmware(&name, if_match).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -148,7 +154,8 @@ pub async fn cluster(State(s): State<AppState>) -> Result<Json<ClusterSettings>,
 
 pub async fn apply_cluster(
     State(s): State<AppState>,
+    IfMatch(if_match): IfMatch,
     JsonBody(req): JsonBody<ApplyRequest<ClusterSettingsSpec>>,
 ) -> Applied<ClusterSettings> {
-    Ok(Json(s.entities.apply_cluster(req).await?))
+    Ok(Json(s.entities.apply_cluster(req, if_match).await?))
 }

@@ -125,8 +125,9 @@ async fn path_segment<S: Send + Sync>(parts: &mut Parts, state: &S) -> Result<St
         .map_err(|e| ApiError::validation(format!("path: {}", e.body_text())).into())
 }
 
-/// The `If-Match` header as the VM resource_version a write is conditional on (absent:
-/// unconditional); not a resource_version is 400.
+/// The `If-Match` header as the resource_version (of the VM, pool, network, firmware,
+/// project, token or cluster settings) a write is conditional on (absent: unconditional);
+/// not a resource_version is 400.
 pub struct IfMatch(pub Option<i64>);
 
 impl<S: Send + Sync> FromRequestParts<S> for IfMatch {

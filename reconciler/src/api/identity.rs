@@ -9,7 +9,7 @@ use otherix_api::{
 };
 
 use super::error::HttpError;
-use super::extract::{JsonBody, NameOrId};
+use super::extract::{IfMatch, JsonBody, NameOrId};
 use super::AppState;
 use crate::auth::Caller;
 
@@ -38,8 +38,9 @@ pub async fn revoke_token(
     State(s): State<AppState>,
     caller: Caller,
     NameOrId(name): NameOrId,
+    IfMatch(if_match): IfMatch,
 ) -> Result<StatusCode, HttpError> {
-    s.identity.revoke_token(&caller, &name).await?;
+    s.identity.revoke_token(&caller, &name, if_match).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -57,11 +58,12 @@ pub async fn create_project(
 pub async fn apply_project(
     State(s): State<AppState>,
     NameOrId(name): NameOrId,
+    IfMatch(if_match): IfMatch,
     JsonBody(req): JsonBody<ApplyRequest<ProjectSpec>>,
 ) -> Result<Json<ApplyResponse<Project>>, HttpError> {
     let (object, outcome) = s
         .identity
-        .apply_project(&name, req.spec, req.annotations)
+        .apply_project(&name, req.spec, req.annotations, if_match)
         .await?;
     Ok(Json(ApplyResponse {
         outcome,
@@ -88,7 +90,8 @@ pub async fn get_project(
 pub async fn delete_project(
     State(s): State<AppState>,
     NameOrId(name): NameOrId,
+    IfMatch(if_match): IfMatch,
 ) -> Result<StatusCode, HttpError> {
-    s.identity.delete_project(&name).await?;
+    s.identity.delete_project(&name, if_match).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -323,7 +323,7 @@ impl Gateway {
     }
 
     /// Marks nodes that missed [`MISSED_HEARTBEATS`] heartbeats not ready, every interval.
-    pub fn spawn_liveness_monitor(&self) -> JoinHandle<()> {
+    pub fn spawn_liveness_monitor(&self, fence: Option<crate::store::Fence>) -> JoinHandle<()> {
         let store = self.store.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -331,7 +331,10 @@ impl Gateway {
                 tick.tick().await;
                 let cutoff =
                     store.now_ms() - (HEARTBEAT_INTERVAL * MISSED_HEARTBEATS).as_millis() as i64;
-                match store.mark_stale_nodes_not_ready(cutoff).await {
+                match store
+                    .mark_stale_nodes_not_ready(cutoff, fence.as_ref())
+                    .await
+                {
                     Ok(nodes) => {
                         for node in nodes {
                             tracing::warn!(

@@ -6,6 +6,7 @@
 //! (deduplicated per VM, bounded concurrency, backoff on errors). Failed tasks are retried
 //! after the backoff recorded on the VM ([`retry`]).
 
+mod due;
 pub mod plan;
 pub mod queue;
 pub mod retry;
@@ -192,7 +193,7 @@ impl Reconciler {
             && vm.spec.desired_phase == otherix_api::DesiredPhase::Stopped
         {
             clear_retry(&mut vm);
-            self.store.save_vm(&mut vm).await?;
+            self.store.save_vm_fenced(&mut vm, fence).await?;
         }
         let now = self.store.now_ms();
         let in_flight = self.store.in_flight_task(vm_id).await?;
@@ -239,7 +240,7 @@ impl Reconciler {
                         // Placement of a retried create failed: visible, and retried later.
                         vm.last_error = Some(e.body());
                         schedule_retry(&mut vm, kind, now, &self.backoff);
-                        self.store.save_vm(&mut vm).await?;
+                        self.store.save_vm_fenced(&mut vm, fence).await?;
                         tracing::warn!(vm = %vm.name, error = %e, attempt = vm.retry_attempts, "retry cannot be placed");
                         let wait = self.backoff.delay(vm.retry_attempts);
                         return Ok(Reconciled {

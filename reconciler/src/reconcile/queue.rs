@@ -2,9 +2,10 @@
 //! are scheduled for a time; a key scheduled twice is queued once (at the earlier time);
 //! a key is never run twice at once (scheduled while running, it runs again after); at
 //! most `concurrency` keys run at a time; a run that fails is retried with exponential
-//! backoff, reset by the next success; a run may ask to be requeued after a delay.
+//! backoff, reset by the next success; a run may ask to be requeued after a delay. The
+//! bookkeeping (O(log n) per key) is [`super::due`]; this module adds the async runner.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use super::due::{DueKeys, Next};
 use super::retry::Backoff;
 
 /// What one run of the work function asks for next.
@@ -27,10 +29,7 @@ pub enum RunResult {
 }
 
 struct State<K> {
-    /// Keys waiting, with the time they are due.
-    scheduled: HashMap<K, Instant>,
-    /// Keys being run now.
-    running: HashSet<K>,
+    keys: DueKeys<K>,
     /// Consecutive failures per key.
     failures: HashMap<K, u32>,
 }
@@ -41,12 +40,11 @@ pub struct WorkQueue<K> {
     wake: Notify,
 }
 
-impl<K: Hash + Eq + Clone> Default for WorkQueue<K> {
+impl<K> Default for WorkQueue<K> {
     fn default() -> Self {
         WorkQueue {
             state: Mutex::new(State {
-                scheduled: HashMap::new(),
-                running: HashSet::new(),
+                keys: DueKeys::default(),
                 failures: HashMap::new(),
             }),
             wake: Notify::new(),
@@ -54,7 +52,7 @@ impl<K: Hash + Eq + Clone> Default for WorkQueue<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
+impl<K: Hash + Ord + Clone + Send + 'static> WorkQueue<K> {
     /// Schedules `key` now.
     pub fn add(&self, key: K) {
         self.add_at(key, Instant::now());
@@ -66,52 +64,30 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
     }
 
     fn add_at(&self, key: K, at: Instant) {
-        let mut s = self.state.lock().expect("work queue poisoned");
-        let due = s.scheduled.entry(key).or_insert(at);
-        if at < *due {
-            *due = at;
-        }
-        drop(s);
+        self.state
+            .lock()
+            .expect("work queue poisoned")
+            .keys
+            .schedule(key, at);
         self.wake.notify_one();
     }
 
     /// Number of keys waiting (for tests and logs).
     pub fn len(&self) -> usize {
-        self.state
-            .lock()
-            .expect("work queue poisoned")
-            .scheduled
-            .len()
+        self.state.lock().expect("work queue poisoned").keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Takes the earliest due key that is not running, or says when to look again.
-    fn take_due(&self, now: Instant) -> Result<K, Option<Instant>> {
-        let mut s = self.state.lock().expect("work queue poisoned");
-        let next = s
-            .scheduled
-            .iter()
-            .filter(|(k, _)| !s.running.contains(*k))
-            .min_by_key(|(_, at)| **at)
-            .map(|(k, at)| (k.clone(), *at));
-        match next {
-            Some((key, at)) if at <= now => {
-                s.scheduled.remove(&key);
-                s.running.insert(key.clone());
-                Ok(key)
-            }
-            Some((_, at)) => Err(Some(at)),
-            None => Err(None),
-        }
+        self.state
+            .lock()
+            .expect("work queue poisoned")
+            .keys
+            .is_empty()
     }
 
     /// Records the end of a run of `key` and schedules what it asked for.
     fn finish(&self, key: K, result: RunResult, backoff: &Backoff) {
         let mut s = self.state.lock().expect("work queue poisoned");
-        s.running.remove(&key);
         let again = match result {
             RunResult::Done => {
                 s.failures.remove(&key);
@@ -127,13 +103,7 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
                 Some(backoff.delay(*n))
             }
         };
-        if let Some(d) = again {
-            let at = Instant::now() + d;
-            let due = s.scheduled.entry(key).or_insert(at);
-            if at < *due {
-                *due = at;
-            }
-        }
+        s.keys.finish(key, again.map(|d| Instant::now() + d));
         drop(s);
         self.wake.notify_one();
     }
@@ -153,15 +123,21 @@ impl<K: Hash + Eq + Clone + Send + 'static> WorkQueue<K> {
                 .await
                 .expect("semaphore never closed");
             let key = loop {
-                match self.take_due(Instant::now()) {
-                    Ok(key) => break key,
-                    Err(Some(at)) => {
+                let next = self
+                    .state
+                    .lock()
+                    .expect("work queue poisoned")
+                    .keys
+                    .take_due(Instant::now());
+                match next {
+                    Next::Run(key) => break key,
+                    Next::At(at) => {
                         tokio::select! {
                             _ = tokio::time::sleep_until(at) => {}
                             _ = self.wake.notified() => {}
                         }
                     }
-                    Err(None) => self.wake.notified().await,
+                    Next::Idle => self.wake.notified().await,
                 }
             };
             let me = self.clone();

@@ -49,7 +49,7 @@ impl ApplyService {
         }
         let Some(existing) = self.store.vm_by_name(&actor.project, name).await? else {
             if let Some(expected) = actor.if_match {
-                return Err(stale(name, expected, None).into());
+                return Err(stale("vm", name, expected, None).into());
             }
             let create = CreateVmRequest {
                 name: name.to_owned(),
@@ -81,7 +81,7 @@ impl ApplyService {
                     .into())
                 }
             };
-            check_resource_version(name, actor.if_match, vm.resource_version)?;
+            check_resource_version("vm", name, actor.if_match, vm.resource_version)?;
             if vm.deletion_requested || vm.phase == VmPhase::Deleting {
                 return Err(ApiError::conflict(format!(
                     "vm {name} is deleting; apply again once it is gone"

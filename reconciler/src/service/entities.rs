@@ -1,24 +1,23 @@
 //! The objects a VM spec points at: pools, networks, firmware and the cluster settings.
 //! `POST` creates, `PUT` is a server-side upsert answering created/configured/unchanged,
-//! `DELETE` refuses while a live VM uses the object. [`resolve_vm_refs`] checks a VM
-//! spec's `network` and `firmware`/`firmware_id` and resolves them for dispatch.
+//! `DELETE` refuses while a live VM uses the object. Writes are compare-and-swap on the
+//! object's `resource_version`: `If-Match` (if given) must name the stored version (else
+//! 409 `conflict`); without it a write that loses a race is retried on a fresh read.
 
-use otherix_api::firmware_path::check_firmware_path;
-use otherix_api::manifest::{
-    ClusterSettingsSpec, FirmwareSpec, FirmwareType, NetworkSpec, NetworkType, PoolSpec,
-};
+use otherix_api::manifest::{ClusterSettingsSpec, FirmwareSpec, NetworkSpec, PoolSpec};
 use otherix_api::validate::{validate_name, validate_network_spec};
 use otherix_api::{
-    ApiError, ApplyOutcome, ApplyRequest, ApplyResponse, Arch, ClusterSettings,
-    CreateObjectRequest, Firmware, ListResponse, Network, Pool, VmSpec,
+    ApiError, ApplyOutcome, ApplyRequest, ApplyResponse, ClusterSettings, CreateObjectRequest,
+    Firmware, ListResponse, Network, Pool,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::precondition::{check_resource_version, retry_on_conflict, stale};
+use super::vm_refs::{validate_firmware_paths, validate_firmware_spec};
 use super::{check_limit, ServiceError};
-use crate::model::{ResolvedFirmware, VmRecord};
-use crate::store::{ObjectTable, Store, StoredObject, VmRefs, SETTING_DEFAULT_POOL};
+use crate::store::{ClusterSettingsRow, ObjectTable, Store, StoredObject, VmRefs, CAS_ATTEMPTS};
 
 /// The name of the one cluster settings object.
 pub const CLUSTER_NAME: &str = "cluster";
@@ -28,140 +27,6 @@ pub const CLUSTER_NAME: &str = "cluster";
 pub struct ListQuery {
     pub limit: Option<u32>,
     pub cursor: Option<String>,
-}
-
-/// What a VM spec's `network` and `firmware`/`firmware_id` resolved to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VmAttachments {
-    pub bridge: Option<String>,
-    pub firmware: Option<ResolvedFirmware>,
-}
-
-impl VmAttachments {
-    /// Stores the resolution on a VM about to be created (both fields are immutable).
-    pub fn apply_to(self, vm: &mut VmRecord) {
-        vm.bridge = self.bridge;
-        vm.firmware = self.firmware;
-    }
-}
-
-/// Checks that `spec.network` names an existing bridge network and that `spec.firmware`
-/// (name) or `spec.firmware_id` (uuid) names an existing firmware for the VM's arch.
-/// 400 `validation_failed` naming the field otherwise. Call before creating a VM.
-pub async fn resolve_vm_refs(store: &Store, spec: &VmSpec) -> Result<VmAttachments, ServiceError> {
-    let mut out = VmAttachments::default();
-    if let Some(net_ref) = &spec.network {
-        let net: StoredObject<NetworkSpec> = store
-            .object(ObjectTable::Networks, net_ref)
-            .await?
-            .ok_or_else(|| {
-                ApiError::validation(format!("spec.network: no network named {net_ref}"))
-            })?;
-        if net.spec.network_type != NetworkType::Bridge {
-            return Err(ApiError::validation(format!(
-                "spec.network: network {} is type {}; only bridge networks can be attached",
-                net.name,
-                network_type_str(net.spec.network_type)
-            ))
-            .into());
-        }
-        out.bridge = Some(net.spec.bridge.clone().ok_or_else(|| {
-            ApiError::validation(format!(
-                "spec.network: network {} has no bridge interface",
-                net.name
-            ))
-        })?);
-    }
-    let firmware = match (&spec.firmware, &spec.firmware_id) {
-        (Some(name), _) => Some(("spec.firmware", name, "named")),
-        (None, Some(id)) => Some(("spec.firmware_id", id, "with id")),
-        (None, None) => None,
-    };
-    if let Some((field, wanted, how)) = firmware {
-        let fw = store
-            .list_objects::<FirmwareSpec>(ObjectTable::Firmware)
-            .await?
-            .into_iter()
-            .find(|f| {
-                if field == "spec.firmware" {
-                    f.name == *wanted
-                } else {
-                    f.id.to_string() == wanted.to_lowercase()
-                }
-            })
-            .ok_or_else(|| ApiError::validation(format!("{field}: no firmware {how} {wanted}")))?;
-        if fw.spec.arch != spec.arch {
-            return Err(ApiError::validation(format!(
-                "{field}: firmware {} is for {}, the VM is {}",
-                fw.name, fw.spec.arch, spec.arch
-            ))
-            .into());
-        }
-        out.firmware = Some(ResolvedFirmware {
-            name: fw.name,
-            firmware_type: firmware_type_str(fw.spec.firmware_type).to_owned(),
-            code: fw.spec.code,
-            vars_template: fw.spec.vars_template,
-        });
-    }
-    Ok(out)
-}
-
-fn network_type_str(t: NetworkType) -> &'static str {
-    match t {
-        NetworkType::Bridge => "bridge",
-        NetworkType::Nat => "nat",
-        NetworkType::Isolated => "isolated",
-    }
-}
-
-fn firmware_type_str(t: FirmwareType) -> &'static str {
-    match t {
-        FirmwareType::Bios => "bios",
-        FirmwareType::Uefi => "uefi",
-    }
-}
-
-/// A firmware spec the server accepts: UEFI names its code and vars template, BIOS
-/// (SeaBIOS) is amd64 only.
-pub fn validate_firmware_spec(spec: &FirmwareSpec) -> Result<(), ApiError> {
-    match spec.firmware_type {
-        FirmwareType::Uefi => {
-            for (field, value) in [("code", &spec.code), ("vars_template", &spec.vars_template)] {
-                match value {
-                    None => {
-                        return Err(ApiError::validation(format!(
-                            "spec.{field}: required for type uefi"
-                        )))
-                    }
-                    Some(p) if !p.starts_with('/') => {
-                        return Err(ApiError::validation(format!(
-                            "spec.{field}: must be an absolute path on the nodes (got {p:?})"
-                        )))
-                    }
-                    Some(_) => {}
-                }
-            }
-            Ok(())
-        }
-        FirmwareType::Bios if spec.arch != Arch::Amd64 => Err(ApiError::validation(format!(
-            "spec.type: bios firmware boots amd64 guests only (spec.arch is {})",
-            spec.arch
-        ))),
-        FirmwareType::Bios => Ok(()),
-    }
-}
-
-/// A UEFI firmware's files must lie inside `allowed` (the nodes' firmware dirs): a
-/// Firmware entity must not make a host file (a key, another VM's disk) a guest's flash.
-pub fn validate_firmware_paths(spec: &FirmwareSpec, allowed: &[String]) -> Result<(), ApiError> {
-    for (field, value) in [("code", &spec.code), ("vars_template", &spec.vars_template)] {
-        if let Some(path) = value {
-            check_firmware_path(path, allowed)
-                .map_err(|e| ApiError::validation(format!("spec.{field}: {e}")))?;
-        }
-    }
-    Ok(())
 }
 
 /// A page of name-ordered objects; the cursor is the hex of the last name.
@@ -242,8 +107,7 @@ impl EntityService {
         req: CreateObjectRequest<PoolSpec>,
     ) -> Result<Pool, ServiceError> {
         let name = req.name.clone();
-        self.create(ObjectTable::Pools, "pool", req, |_| Ok(()))
-            .await?;
+        self.create(ObjectTable::Pools, req, |_| Ok(())).await?;
         self.pool(&name).await
     }
 
@@ -251,9 +115,10 @@ impl EntityService {
         &self,
         name: &str,
         req: ApplyRequest<PoolSpec>,
+        if_match: Option<i64>,
     ) -> Result<ApplyResponse<Pool>, ServiceError> {
         let outcome = self
-            .apply(ObjectTable::Pools, "pool", name, req, |_| Ok(()), false)
+            .apply(ObjectTable::Pools, name, req, |_| Ok(()), false, if_match)
             .await?;
         Ok(ApplyResponse {
             outcome,
@@ -264,35 +129,48 @@ impl EntityService {
 
     /// Deletes a pool no live VM uses (and its instances; an agent that still serves it
     /// creates it again when it registers). The cluster default pool cannot be deleted.
-    pub async fn delete_pool(&self, name_or_id: &str) -> Result<(), ServiceError> {
-        let pool = self.pool(name_or_id).await?;
-        let vms = self.store.live_vm_refs().await?;
-        let default_pool = self.store.default_pool().await?;
-        if let Some(names) = users(&vms, |v| {
-            v.pool.as_deref() == Some(pool.name.as_str())
-                || (v.pool.is_none() && is_ref(v.spec.pool.as_deref(), &pool.name, pool.id))
-                || (v.pool.is_none()
-                    && v.spec.pool.is_none()
-                    && is_ref(default_pool.as_deref(), &pool.name, pool.id))
-        }) {
-            return Err(ApiError::conflict(format!(
-                "pool {} is in use by vms: {names}",
-                pool.name
-            ))
-            .into());
+    pub async fn delete_pool(
+        &self,
+        name_or_id: &str,
+        if_match: Option<i64>,
+    ) -> Result<(), ServiceError> {
+        let mut attempt = 1;
+        loop {
+            let pool = self.pool(name_or_id).await?;
+            check_resource_version("pool", &pool.name, if_match, pool.resource_version)?;
+            let vms = self.store.live_vm_refs().await?;
+            let default_pool = self.store.default_pool().await?;
+            if let Some(names) = users(&vms, |v| {
+                v.pool.as_deref() == Some(pool.name.as_str())
+                    || (v.pool.is_none() && is_ref(v.spec.pool.as_deref(), &pool.name, pool.id))
+                    || (v.pool.is_none()
+                        && v.spec.pool.is_none()
+                        && is_ref(default_pool.as_deref(), &pool.name, pool.id))
+            }) {
+                return Err(ApiError::conflict(format!(
+                    "pool {} is in use by vms: {names}",
+                    pool.name
+                ))
+                .into());
+            }
+            if is_ref(default_pool.as_deref(), &pool.name, pool.id) {
+                return Err(ApiError::conflict(format!(
+                    "pool {} is the cluster default pool; set another default-pool first",
+                    pool.name
+                ))
+                .into());
+            }
+            let deleted = self
+                .store
+                .delete_object(ObjectTable::Pools, pool.id, &pool.name, pool.resource_version)
+                .await;
+            match deleted {
+                Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,
+                r => r?,
+            }
+            tracing::info!(pool = %pool.name, "pool deleted");
+            return Ok(());
         }
-        if is_ref(default_pool.as_deref(), &pool.name, pool.id) {
-            return Err(ApiError::conflict(format!(
-                "pool {} is the cluster default pool; set another default-pool first",
-                pool.name
-            ))
-            .into());
-        }
-        self.store
-            .delete_object(ObjectTable::Pools, pool.id)
-            .await?;
-        tracing::info!(pool = %pool.name, "pool deleted");
-        Ok(())
     }
 
     // ---- networks ----
@@ -321,7 +199,7 @@ impl EntityService {
         req: CreateObjectRequest<NetworkSpec>,
     ) -> Result<Network, ServiceError> {
         let name = req.name.clone();
-        self.create(ObjectTable::Networks, "network", req, |spec| {
+        self.create(ObjectTable::Networks, req, |spec| {
             validate_network_spec("spec", spec)
         })
         .await?;
@@ -332,15 +210,16 @@ impl EntityService {
         &self,
         name: &str,
         req: ApplyRequest<NetworkSpec>,
+        if_match: Option<i64>,
     ) -> Result<ApplyResponse<Network>, ServiceError> {
         let outcome = self
             .apply(
                 ObjectTable::Networks,
-                "network",
                 name,
                 req,
                 |spec| validate_network_spec("spec", spec),
                 false,
+                if_match,
             )
             .await?;
         Ok(ApplyResponse {
@@ -350,23 +229,20 @@ impl EntityService {
         })
     }
 
-    pub async fn delete_network(&self, name_or_id: &str) -> Result<(), ServiceError> {
-        let net = self.network(name_or_id).await?;
-        let vms = self.store.live_vm_refs().await?;
-        if let Some(names) = users(&vms, |v| {
-            is_ref(v.spec.network.as_deref(), &net.name, net.id)
-        }) {
-            return Err(ApiError::conflict(format!(
-                "network {} is in use by vms: {names}",
-                net.name
-            ))
-            .into());
-        }
-        self.store
-            .delete_object(ObjectTable::Networks, net.id)
-            .await?;
-        tracing::info!(network = %net.name, "network deleted");
-        Ok(())
+    pub async fn delete_network(
+        &self,
+        name_or_id: &str,
+        if_match: Option<i64>,
+    ) -> Result<(), ServiceError> {
+        self.delete(
+            ObjectTable::Networks,
+            name_or_id,
+            if_match,
+            |net: &StoredObject<NetworkSpec>, vms| {
+                users(vms, |v| is_ref(v.spec.network.as_deref(), &net.name, net.id))
+            },
+        )
+        .await
     }
 
     // ---- firmware ----
@@ -399,7 +275,7 @@ impl EntityService {
     ) -> Result<Firmware, ServiceError> {
         let name = req.name.clone();
         let allowed = self.store.allowed_firmware_dirs().await?;
-        self.create(ObjectTable::Firmware, "firmware", req, |spec| {
+        self.create(ObjectTable::Firmware, req, |spec| {
             validate_firmware_spec(spec)?;
             validate_firmware_paths(spec, &allowed)
         })
@@ -413,12 +289,12 @@ impl EntityService {
         &self,
         name: &str,
         req: ApplyRequest<FirmwareSpec>,
+        if_match: Option<i64>,
     ) -> Result<ApplyResponse<Firmware>, ServiceError> {
         let allowed = self.store.allowed_firmware_dirs().await?;
         let outcome = self
             .apply(
                 ObjectTable::Firmware,
-                "firmware",
                 name,
                 req,
                 |spec| {
@@ -426,6 +302,7 @@ impl EntityService {
                     validate_firmware_paths(spec, &allowed)
                 },
                 true,
+                if_match,
             )
             .await?;
         Ok(ApplyResponse {
@@ -435,7 +312,11 @@ impl EntityService {
         })
     }
 
-    pub async fn delete_firmware(&self, name_or_id: &str) -> Result<(), ServiceError> {
+    pub async fn delete_firmware(
+        &self,
+        name_or_id: &str,
+        if_match: Option<i64>,
+    ) -> Result<(), ServiceError> {
         let fw = self.firmware(name_or_id).await?;
         if fw.builtin {
             return Err(ApiError::conflict(format!(
@@ -444,135 +325,212 @@ impl EntityService {
             ))
             .into());
         }
-        let vms = self.store.live_vm_refs().await?;
-        if let Some(names) = users(&vms, |v| {
-            v.spec.firmware.as_deref() == Some(fw.name.as_str())
-                || is_ref(v.spec.firmware_id.as_deref(), "", fw.id)
-        }) {
-            return Err(ApiError::conflict(format!(
-                "firmware {} is in use by vms: {names}",
-                fw.name
-            ))
-            .into());
-        }
-        self.store
-            .delete_object(ObjectTable::Firmware, fw.id)
-            .await?;
-        tracing::info!(firmware = %fw.name, "firmware deleted");
-        Ok(())
+        self.delete(
+            ObjectTable::Firmware,
+            name_or_id,
+            if_match,
+            |fw: &StoredObject<FirmwareSpec>, vms| {
+            users(vms, |v| {
+                v.spec.firmware.as_deref() == Some(fw.name.as_str())
+                    || is_ref(v.spec.firmware_id.as_deref(), "", fw.id)
+                })
+            },
+        )
+        .await
     }
 
     // ---- cluster settings ----
 
     pub async fn cluster(&self) -> Result<ClusterSettings, ServiceError> {
-        Ok(ClusterSettings {
-            name: CLUSTER_NAME.to_owned(),
-            annotations: self.store.cluster_annotations().await?,
-            spec: ClusterSettingsSpec {
-                default_pool: self.store.default_pool().await?,
-            },
-        })
+        Ok(cluster_api(self.store.cluster_settings().await?))
     }
 
     /// Replaces the cluster settings; `default_pool` must name an existing pool.
     pub async fn apply_cluster(
         &self,
         req: ApplyRequest<ClusterSettingsSpec>,
+        if_match: Option<i64>,
     ) -> Result<ApplyResponse<ClusterSettings>, ServiceError> {
-        let current = self.cluster().await?;
-        if current.spec == req.spec && current.annotations == req.annotations {
+        let mut attempt = 1;
+        loop {
+            let current = self.store.cluster_settings().await?;
+            check_resource_version("cluster", "settings", if_match, current.resource_version)?;
+            if current.default_pool == req.spec.default_pool
+                && current.annotations == req.annotations
+            {
+                return Ok(ApplyResponse {
+                    outcome: ApplyOutcome::Unchanged,
+                    object: cluster_api(current),
+                    task: None,
+                });
+            }
+            if let Some(p) = &req.spec.default_pool {
+                let pools = self.store.list_pools().await?;
+                if !pools.iter().any(|x| is_ref(Some(p), &x.name, x.id)) {
+                    return Err(ApiError::validation(format!(
+                        "spec.default_pool: no pool named {p}"
+                    ))
+                    .into());
+                }
+            }
+            let row = ClusterSettingsRow {
+                default_pool: req.spec.default_pool.clone(),
+                annotations: req.annotations.clone(),
+                resource_version: current.resource_version,
+            };
+            match self.store.write_cluster_settings(&row).await {
+                Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,
+                r => r?,
+            };
+            tracing::info!(default_pool = ?req.spec.default_pool, "cluster settings configured");
             return Ok(ApplyResponse {
-                outcome: ApplyOutcome::Unchanged,
-                object: current,
+                outcome: ApplyOutcome::Configured,
+                object: self.cluster().await?,
                 task: None,
             });
         }
-        if let Some(p) = &req.spec.default_pool {
-            let pools = self.store.list_pools().await?;
-            if !pools.iter().any(|x| is_ref(Some(p), &x.name, x.id)) {
-                return Err(
-                    ApiError::validation(format!("spec.default_pool: no pool named {p}")).into(),
-                );
-            }
-        }
-        self.store
-            .set_setting(SETTING_DEFAULT_POOL, req.spec.default_pool.as_deref())
-            .await?;
-        self.store.set_cluster_annotations(&req.annotations).await?;
-        tracing::info!(default_pool = ?req.spec.default_pool, "cluster settings configured");
-        Ok(ApplyResponse {
-            outcome: ApplyOutcome::Configured,
-            object: self.cluster().await?,
-            task: None,
-        })
     }
 
     // ---- shared ----
 
-    async fn create<S: Serialize + DeserializeOwned>(
+    /// Inserts a new object; a taken name is 409.
+    async fn create<S: Serialize>(
         &self,
         table: ObjectTable,
-        kind: &str,
         req: CreateObjectRequest<S>,
         validate: impl Fn(&S) -> Result<(), ApiError>,
     ) -> Result<(), ServiceError> {
         validate_name("name", &req.name)?;
         validate(&req.spec)?;
+        let name = req.name.clone();
+        if !self.insert(table, req).await? {
+            let kind = table.kind();
+            return Err(ApiError::conflict(format!("{kind} {name} already exists")).into());
+        }
+        Ok(())
+    }
+
+    /// Inserts the object at version 1; false when the name is taken.
+    async fn insert<S: Serialize>(
+        &self,
+        table: ObjectTable,
+        req: CreateObjectRequest<S>,
+    ) -> Result<bool, ServiceError> {
         let obj = StoredObject {
             id: Uuid::new_v4(),
             name: req.name,
             annotations: req.annotations,
             spec: req.spec,
             builtin: false,
+            resource_version: 1,
         };
-        if !self.store.insert_object(table, &obj).await? {
-            return Err(ApiError::conflict(format!("{kind} {} already exists", obj.name)).into());
+        let inserted = self.store.insert_object(table, &obj).await?;
+        if inserted {
+            tracing::info!(kind = table.kind(), name = %obj.name, "created");
         }
-        tracing::info!(kind, name = %obj.name, "created");
-        Ok(())
+        Ok(inserted)
     }
 
-    async fn apply<S: Serialize + DeserializeOwned + PartialEq>(
+    /// The upsert behind every entity `PUT`: compare-and-swap on the version read (and
+    /// checked against `if_match`), retried on a fresh read when it loses a race and the
+    /// request named no version.
+    async fn apply<S: Serialize + DeserializeOwned + PartialEq + Clone>(
         &self,
         table: ObjectTable,
-        kind: &str,
         name: &str,
         req: ApplyRequest<S>,
         validate: impl Fn(&S) -> Result<(), ApiError>,
         protect_builtin: bool,
+        if_match: Option<i64>,
     ) -> Result<ApplyOutcome, ServiceError> {
         validate_name("name", name)?;
-        let existing: Option<StoredObject<S>> = self
-            .store
-            .list_objects(table)
-            .await?
-            .into_iter()
-            .find(|o| o.name == name);
-        match existing {
-            Some(o) if o.spec == req.spec && o.annotations == req.annotations => {
-                Ok(ApplyOutcome::Unchanged)
-            }
-            Some(o) if protect_builtin && o.builtin => Err(ApiError::conflict(format!(
-                "{kind} {name} is built in and cannot be changed"
-            ))
-            .into()),
-            Some(o) => {
+        let kind = table.kind();
+        let mut attempt = 1;
+        loop {
+            let existing: Option<StoredObject<S>> = self
+                .store
+                .list_objects(table)
+                .await?
+                .into_iter()
+                .find(|o| o.name == name);
+            let Some(mut obj) = existing else {
+                if let Some(expected) = if_match {
+                    return Err(stale(kind, name, expected, None).into());
+                }
                 validate(&req.spec)?;
-                self.store
-                    .update_object(table, o.id, &req.spec, &req.annotations)
-                    .await?;
-                tracing::info!(kind, name, "configured");
-                Ok(ApplyOutcome::Configured)
-            }
-            None => {
                 let create = CreateObjectRequest {
                     name: name.to_owned(),
-                    spec: req.spec,
-                    annotations: req.annotations,
+                    spec: req.spec.clone(),
+                    annotations: req.annotations.clone(),
                 };
-                self.create(table, kind, create, validate).await?;
-                Ok(ApplyOutcome::Created)
+                if self.insert(table, create).await? {
+                    return Ok(ApplyOutcome::Created);
+                }
+                // A concurrent apply created it first: apply onto that one.
+                if attempt < CAS_ATTEMPTS {
+                    attempt += 1;
+                    continue;
+                }
+                return Err(ApiError::conflict(format!("{kind} {name} already exists")).into());
+            };
+            check_resource_version(kind, name, if_match, obj.resource_version)?;
+            if obj.spec == req.spec && obj.annotations == req.annotations {
+                return Ok(ApplyOutcome::Unchanged);
             }
+            if protect_builtin && obj.builtin {
+                return Err(ApiError::conflict(format!(
+                    "{kind} {name} is built in and cannot be changed"
+                ))
+                .into());
+            }
+            validate(&req.spec)?;
+            obj.spec = req.spec.clone();
+            obj.annotations = req.annotations.clone();
+            match self.store.update_object(table, &obj).await {
+                Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,
+                r => r?,
+            };
+            tracing::info!(kind, name, "configured");
+            return Ok(ApplyOutcome::Configured);
+        }
+    }
+
+    /// Deletes an object no live VM uses (`in_use` names the VMs that do), compare-and-swap
+    /// on the version read (and checked against `if_match`).
+    async fn delete<S: DeserializeOwned>(
+        &self,
+        table: ObjectTable,
+        name_or_id: &str,
+        if_match: Option<i64>,
+        in_use: impl Fn(&StoredObject<S>, &[VmRefs]) -> Option<String>,
+    ) -> Result<(), ServiceError> {
+        let kind = table.kind();
+        let mut attempt = 1;
+        loop {
+            let obj: StoredObject<S> = self
+                .store
+                .object(table, name_or_id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("{kind} {name_or_id} not found")))?;
+            check_resource_version(kind, &obj.name, if_match, obj.resource_version)?;
+            let vms = self.store.live_vm_refs().await?;
+            if let Some(names) = in_use(&obj, &vms) {
+                return Err(ApiError::conflict(format!(
+                    "{kind} {} is in use by vms: {names}",
+                    obj.name
+                ))
+                .into());
+            }
+            let deleted = self
+                .store
+                .delete_object(table, obj.id, &obj.name, obj.resource_version)
+                .await;
+            match deleted {
+                Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,
+                r => r?,
+            }
+            tracing::info!(kind, name = %obj.name, "deleted");
+            return Ok(());
         }
     }
 }
@@ -583,6 +541,7 @@ fn network_api(o: StoredObject<NetworkSpec>) -> Network {
         name: o.name,
         annotations: o.annotations,
         spec: o.spec,
+        resource_version: o.resource_version,
     }
 }
 
@@ -593,5 +552,17 @@ fn firmware_api(o: StoredObject<FirmwareSpec>) -> Firmware {
         annotations: o.annotations,
         spec: o.spec,
         builtin: o.builtin,
+        resource_version: o.resource_version,
+    }
+}
+
+fn cluster_api(row: ClusterSettingsRow) -> ClusterSettings {
+    ClusterSettings {
+        name: CLUSTER_NAME.to_owned(),
+        annotations: row.annotations,
+        spec: ClusterSettingsSpec {
+            default_pool: row.default_pool,
+        },
+        resource_version: row.resource_version,
     }
 }

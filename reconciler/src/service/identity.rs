@@ -5,15 +5,16 @@ use std::collections::BTreeMap;
 
 use otherix_api::validate::validate_name;
 use otherix_api::{
-    ApiError, CreateTokenRequest, CreatedToken, ListResponse, Project, ProjectSpec, Role, Token,
-    WhoAmI, DEFAULT_PROJECT,
+    ApiError, ApplyOutcome, CreateTokenRequest, CreatedToken, ErrorCode, ListResponse, Project,
+    ProjectSpec, Role, Token, WhoAmI, DEFAULT_PROJECT,
 };
 use uuid::Uuid;
 
+use super::precondition::{check_resource_version, retry_on_conflict, stale};
 use super::ServiceError;
 use crate::auth::{bearer_secret, hash_secret, new_token_secret, Caller};
 use crate::model::rfc3339;
-use crate::store::{ProjectRow, Store, StoreError, TokenRow};
+use crate::store::{ProjectRow, Store, StoreError, TokenRow, CAS_ATTEMPTS};
 
 /// Name of the token otherixd creates on first start.
 pub const BOOTSTRAP_TOKEN_NAME: &str = "admin";
@@ -73,6 +74,7 @@ impl IdentityService {
             created_at_ms: self.store.now_ms(),
             expires_at_ms: None,
             created_by: "otherixd".to_owned(),
+            resource_version: 1,
         };
         match self.store.insert_token(&row).await {
             Ok(()) => Ok(Some(secret)),
@@ -124,6 +126,7 @@ impl IdentityService {
             created_at_ms: now,
             expires_at_ms,
             created_by: caller.name.clone(),
+            resource_version: 1,
         };
         match self.store.insert_token(&row).await {
             Ok(()) => {}
@@ -153,9 +156,16 @@ impl IdentityService {
         })
     }
 
-    pub async fn revoke_token(&self, caller: &Caller, name: &str) -> Result<(), ServiceError> {
+    /// Revokes a token; with `if_match` only at that version (tokens are never rewritten,
+    /// so that is the version it was listed with).
+    pub async fn revoke_token(
+        &self,
+        caller: &Caller,
+        name: &str,
+        if_match: Option<i64>,
+    ) -> Result<(), ServiceError> {
         validate_name("name", name)?;
-        if !self.store.delete_token(name).await? {
+        if !self.store.delete_token(name, if_match).await? {
             return Err(ApiError::not_found(format!("token {name} not found")).into());
         }
         tracing::info!(token = %name, by = %caller.name, "token revoked");
@@ -176,6 +186,7 @@ impl IdentityService {
             name: name.to_owned(),
             spec,
             annotations,
+            resource_version: 1,
         };
         match self.store.insert_project(&row).await {
             Ok(()) => {}
@@ -187,29 +198,50 @@ impl IdentityService {
         self.project_view(row).await
     }
 
-    /// `PUT /v1/projects/{name}`: creates or rewrites; `created` tells which.
+    /// `PUT /v1/projects/{name}`: creates or rewrites (compare-and-swap on the version
+    /// read, checked against `if_match`; retried on a fresh read without it); the outcome
+    /// tells which.
     pub async fn apply_project(
         &self,
         name: &str,
         spec: ProjectSpec,
         annotations: BTreeMap<String, String>,
-    ) -> Result<(Project, otherix_api::ApplyOutcome), ServiceError> {
+        if_match: Option<i64>,
+    ) -> Result<(Project, ApplyOutcome), ServiceError> {
         validate_name("name", name)?;
-        use otherix_api::ApplyOutcome;
-        match self.store.project(name).await? {
-            None => Ok((
-                self.create_project(name, spec, annotations).await?,
-                ApplyOutcome::Created,
-            )),
-            Some(row) if row.spec == spec && row.annotations == annotations => {
-                Ok((self.project_view(row).await?, ApplyOutcome::Unchanged))
+        let mut attempt = 1;
+        loop {
+            let Some(mut row) = self.store.project(name).await? else {
+                if let Some(expected) = if_match {
+                    return Err(stale("project", name, expected, None).into());
+                }
+                match self
+                    .create_project(name, spec.clone(), annotations.clone())
+                    .await
+                {
+                    Ok(p) => return Ok((p, ApplyOutcome::Created)),
+                    // A concurrent apply created it first: apply onto that one.
+                    Err(ServiceError::Api(e))
+                        if e.code == ErrorCode::Conflict && attempt < CAS_ATTEMPTS =>
+                    {
+                        attempt += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            check_resource_version("project", name, if_match, row.resource_version)?;
+            if row.spec == spec && row.annotations == annotations {
+                return Ok((self.project_view(row).await?, ApplyOutcome::Unchanged));
             }
-            Some(mut row) => {
-                row.spec = spec;
-                row.annotations = annotations;
-                self.store.update_project(&row).await?;
-                Ok((self.project_view(row).await?, ApplyOutcome::Configured))
+            row.spec = spec.clone();
+            row.annotations = annotations.clone();
+            match self.store.update_project(&row).await {
+                Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,
+                Err(e) => return Err(e.into()),
+                Ok(version) => row.resource_version = version,
             }
+            return Ok((self.project_view(row).await?, ApplyOutcome::Configured));
         }
     }
 
@@ -240,17 +272,34 @@ impl IdentityService {
         })
     }
 
-    pub async fn delete_project(&self, name: &str) -> Result<(), ServiceError> {
+    /// Deletes a project without live VMs (compare-and-swap on the version read, checked
+    /// against `if_match`).
+    pub async fn delete_project(
+        &self,
+        name: &str,
+        if_match: Option<i64>,
+    ) -> Result<(), ServiceError> {
         validate_name("name", name)?;
         if name == DEFAULT_PROJECT {
             return Err(ApiError::conflict("project default cannot be deleted").into());
         }
-        match self.store.delete_project(name).await? {
-            None => Ok(()),
-            Some(n) => Err(ApiError::conflict(format!(
-                "project {name} still has {n} vm(s); delete them first"
-            ))
-            .into()),
+        let mut attempt = 1;
+        loop {
+            let row = self
+                .store
+                .project(name)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("project {name} not found")))?;
+            check_resource_version("project", name, if_match, row.resource_version)?;
+            return match self.store.delete_project(name, row.resource_version).await {
+                Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,
+                Err(e) => Err(e.into()),
+                Ok(None) => Ok(()),
+                Ok(Some(n)) => Err(ApiError::conflict(format!(
+                    "project {name} still has {n} vm(s); delete them first"
+                ))
+                .into()),
+            };
         }
     }
 
@@ -262,6 +311,7 @@ impl IdentityService {
             annotations: row.annotations,
             spec: row.spec,
             usage,
+            resource_version: row.resource_version,
         })
     }
 }
@@ -274,5 +324,6 @@ fn token_to_api(t: &TokenRow) -> Token {
         created_at: rfc3339(t.created_at_ms),
         expires_at: t.expires_at_ms.map(rfc3339),
         created_by: t.created_by.clone(),
+        resource_version: t.resource_version,
     }
 }

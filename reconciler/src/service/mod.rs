@@ -10,6 +10,7 @@ pub mod identity;
 pub mod ops;
 pub mod precondition;
 pub mod tasks;
+pub mod vm_refs;
 pub mod vms;
 
 use otherix_api::{ApiError, ErrorCode};
@@ -21,10 +22,11 @@ use crate::store::StoreError;
 
 pub use apply::ApplyService;
 pub use cluster::ClusterService;
-pub use entities::{resolve_vm_refs, EntityService, VmAttachments};
+pub use entities::EntityService;
 pub use identity::IdentityService;
 pub use ops::OpsService;
 pub use tasks::TaskService;
+pub use vm_refs::{resolve_vm_refs, VmAttachments};
 pub use vms::{ListVmsQuery, VmService};
 
 /// Who asks, and in which project: resolved by the HTTP layer from the caller's token and
@@ -34,7 +36,8 @@ pub struct Actor {
     pub project: String,
     /// The API token's name, recorded as `requested_by` on the tasks the request emits.
     pub requested_by: String,
-    /// The request's `If-Match`: the VM's resource_version the write is conditional on.
+    /// The request's `If-Match`: the resource_version of the object (VM) the write is
+    /// conditional on.
     /// Without it a write that loses a race is retried on a fresh read.
     pub if_match: Option<i64>,
     /// The request's Idempotency-Key: stored on the task the request creates, in the
@@ -91,10 +94,11 @@ impl From<StoreError> for ServiceError {
                 ApiError::new(ErrorCode::QuotaExceeded, format!("quota exceeded: {why}")).into()
             }
             StoreError::Conflict {
-                vm,
+                kind,
+                name,
                 expected,
                 actual,
-            } => precondition::stale(&vm, expected, actual).into(),
+            } => precondition::stale(kind, &name, expected, actual).into(),
             e @ StoreError::InsufficientCapacity { .. } => {
                 ApiError::new(ErrorCode::InsufficientCapacity, e.to_string()).into()
             }

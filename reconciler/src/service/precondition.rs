@@ -1,8 +1,11 @@
-//! `If-Match` preconditions on VM writes: the header names the `resource_version` the
-//! client last read; a VM that moved on since is 409 `conflict` naming both versions
+//! `If-Match` preconditions on writes of stored objects (VMs, pools, networks, firmware,
+//! projects, tokens, the cluster settings): the header names the `resource_version` the
+//! client last read; an object that moved on since is 409 `conflict` naming both versions
 //! (Kubernetes' stale-`resourceVersion` answer). Pure.
 
 use otherix_api::ApiError;
+
+use crate::store::{StoreError, CAS_ATTEMPTS};
 
 /// Parses an `If-Match` header value: a resource_version, bare (`7`) or as an entity tag
 /// (`"7"`, `W/"7"`).
@@ -21,25 +24,39 @@ pub fn parse_if_match(raw: &str) -> Result<i64, ApiError> {
     }
 }
 
-/// Checks the client's `If-Match` (`expected`, if given) against the stored version.
+/// Checks the client's `If-Match` (`expected`, if given) against the stored version of
+/// the `kind` object `name`.
 pub fn check_resource_version(
-    vm: &str,
+    kind: &str,
+    name: &str,
     expected: Option<i64>,
     actual: i64,
 ) -> Result<(), ApiError> {
     match expected {
-        Some(e) if e != actual => Err(stale(vm, e, Some(actual))),
+        Some(e) if e != actual => Err(stale(kind, name, e, Some(actual))),
         _ => Ok(()),
     }
 }
 
-/// The 409 of a stale write: `actual` is `None` when the VM is gone.
-pub fn stale(vm: &str, expected: i64, actual: Option<i64>) -> ApiError {
-    let actual = actual.map_or_else(|| "none (no such vm)".to_owned(), |a| a.to_string());
+/// The 409 of a stale write: `actual` is `None` when the object is gone.
+pub fn stale(kind: &str, name: &str, expected: i64, actual: Option<i64>) -> ApiError {
+    let actual = actual.map_or_else(|| format!("none (no such {kind})"), |a| a.to_string());
     ApiError::conflict(format!(
-        "vm {vm} was changed: expected resource_version {expected}, it is {actual}; \
+        "{kind} {name} was changed: expected resource_version {expected}, it is {actual}; \
          read it again and retry"
     ))
+}
+
+/// Whether a write that failed with `e` is tried again on a fresh read: only a lost
+/// compare-and-swap race, only when the request named no `If-Match` (then the 409 is the
+/// answer), and at most [`CAS_ATTEMPTS`] times.
+pub fn retry_on_conflict(e: &StoreError, if_match: Option<i64>, attempt: &mut u32) -> bool {
+    if e.is_conflict() && if_match.is_none() && *attempt < CAS_ATTEMPTS {
+        *attempt += 1;
+        true
+    } else {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -80,25 +97,39 @@ mod tests {
         let cases = [(None, 5, true), (Some(5), 5, true), (Some(4), 5, false)];
         for (expected, actual, ok) in cases {
             assert_eq!(
-                check_resource_version("web-1", expected, actual).is_ok(),
+                check_resource_version("vm", "web-1", expected, actual).is_ok(),
                 ok,
                 "{expected:?} {actual}"
             );
         }
-        let e = check_resource_version("web-1", Some(4), 5).unwrap_err();
+        let e = check_resource_version("vm", "web-1", Some(4), 5).unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
         assert!(
-            e.message.contains("expected resource_version 4, it is 5"),
+            e.message
+                .starts_with("vm web-1 was changed: expected resource_version 4, it is 5"),
+            "{}",
+            e.message
+        );
+        let e = check_resource_version("network", "lan", Some(1), 2).unwrap_err();
+        assert!(
+            e.message
+                .starts_with("network lan was changed: expected resource_version 1, it is 2"),
             "{}",
             e.message
         );
     }
 
     #[test]
-    fn stale_vm_gone_says_so() {
-        let e = stale("web-1", 3, None);
+    fn stale_object_gone_says_so() {
+        let e = stale("vm", "web-1", 3, None);
         assert!(
             e.message.contains("it is none (no such vm)"),
+            "{}",
+            e.message
+        );
+        let e = stale("pool", "fast", 3, None);
+        assert!(
+            e.message.contains("it is none (no such pool)"),
             "{}",
             e.message
         );

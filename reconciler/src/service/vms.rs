@@ -13,7 +13,7 @@ use otherix_api::{
 };
 use uuid::Uuid;
 
-use super::precondition::check_resource_version;
+use super::precondition::{check_resource_version, retry_on_conflict};
 use super::{check_limit, Actor, ServiceError};
 use crate::cursor::{decode_cursor, encode_cursor};
 use crate::gateway::Gateway;
@@ -135,7 +135,7 @@ impl VmService {
         let mut attempt = 1;
         loop {
             let mut vm = self.live_vm_by_id(id, name).await?;
-            check_resource_version(&vm.name, actor.if_match, vm.resource_version)?;
+            check_resource_version("vm", &vm.name, actor.if_match, vm.resource_version)?;
             valid_transition(&vm.name, vm.effective_phase(), VmOp::Start)?;
             vm.requested_by = Some(actor.requested_by.clone());
             if vm.phase == VmPhase::Running {
@@ -236,7 +236,7 @@ impl VmService {
         let mut attempt = 1;
         loop {
             let mut vm = self.live_vm_by_id(id, name).await?;
-            check_resource_version(&vm.name, actor.if_match, vm.resource_version)?;
+            check_resource_version("vm", &vm.name, actor.if_match, vm.resource_version)?;
             valid_transition(&vm.name, vm.effective_phase(), op)?;
             change(&mut vm);
             vm.requested_by = Some(actor.requested_by.clone());
@@ -342,16 +342,9 @@ impl VmService {
     }
 }
 
-/// Whether a VM write that failed with `e` is tried again on a fresh read: only a lost
-/// compare-and-swap race, only when the request named no `If-Match` (then the 409 is the
-/// answer), and at most [`CAS_ATTEMPTS`] times.
+/// [`retry_on_conflict`] with the actor's `If-Match`.
 pub(super) fn retry_write(e: &StoreError, actor: &Actor, attempt: &mut u32) -> bool {
-    if e.is_conflict() && actor.if_match.is_none() && *attempt < CAS_ATTEMPTS {
-        *attempt += 1;
-        true
-    } else {
-        false
-    }
+    retry_on_conflict(e, actor.if_match, attempt)
 }
 
 /// Sets the desired phase, bumping the generation when the spec changes.

@@ -1,6 +1,6 @@
 //! Pools, networks and firmware as named objects (`{id, name, annotations, spec}` rows with
-//! the spec and annotations as JSON), cluster settings, what live VMs refer to (for
-//! delete-in-use checks), and idempotency keys of task-creating requests.
+//! the spec and annotations as JSON, compare-and-swap on `resource_version`), what live
+//! VMs refer to (for delete-in-use checks), and idempotency keys of task-creating requests.
 
 use std::collections::BTreeMap;
 
@@ -11,11 +11,8 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::rows::{parse_uuid, task_from_row, TASK_COLUMNS};
-use super::{Store, StoreError, SETTING_DEFAULT_POOL};
+use super::{Store, StoreError};
 use crate::model::TaskRecord;
-
-/// The key of the cluster settings' annotations (JSON object).
-pub const SETTING_CLUSTER_ANNOTATIONS: &str = "cluster_annotations";
 
 /// The tables of named objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +27,15 @@ impl ObjectTable {
         match self {
             ObjectTable::Pools => "pools",
             ObjectTable::Networks => "networks",
+            ObjectTable::Firmware => "firmware",
+        }
+    }
+
+    /// The object kind as the API names it (in 409 answers).
+    pub fn kind(self) -> &'static str {
+        match self {
+            ObjectTable::Pools => "pool",
+            ObjectTable::Networks => "network",
             ObjectTable::Firmware => "firmware",
         }
     }
@@ -51,6 +57,8 @@ pub struct StoredObject<S> {
     pub annotations: BTreeMap<String, String>,
     pub spec: S,
     pub builtin: bool,
+    /// Moves on every write of the row; updates and deletes are compare-and-swap on it.
+    pub resource_version: i64,
 }
 
 /// A live VM's references to named objects.
@@ -62,16 +70,42 @@ pub struct VmRefs {
     pub spec: VmSpec,
 }
 
-fn json<T: Serialize>(v: &T) -> String {
+pub(super) fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("spec and annotations serialize")
 }
 
-fn decode<T: DeserializeOwned>(table: &'static str, id: &str, text: &str) -> Result<T, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(table: &'static str, id: &str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
         table,
         id: id.to_owned(),
         detail: e.to_string(),
     })
+}
+
+/// The [`StoreError::Conflict`] of a compare-and-swap on `table` that matched no row: the
+/// version the row has now, or `None` when it is gone (a database error reading it is
+/// returned as is).
+async fn conflict(
+    conn: &mut sqlx::AnyConnection,
+    table: ObjectTable,
+    id: Uuid,
+    name: &str,
+    expected: i64,
+) -> StoreError {
+    let sql = format!("SELECT resource_version FROM {} WHERE id = $1", table.table());
+    match sqlx::query_as::<_, (i64,)>(&sql)
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+    {
+        Ok(actual) => StoreError::Conflict {
+            kind: table.kind(),
+            name: name.to_owned(),
+            expected,
+            actual: actual.map(|a| a.0),
+        },
+        Err(e) => e.into(),
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -85,7 +119,8 @@ impl Store {
         table: ObjectTable,
     ) -> Result<Vec<StoredObject<S>>, StoreError> {
         let sql = format!(
-            "SELECT id, name, spec, annotations, {} AS builtin FROM {} ORDER BY name",
+            "SELECT id, name, spec, annotations, resource_version, {} AS builtin FROM {} \
+             ORDER BY name",
             table.builtin_expr(),
             table.table()
         );
@@ -101,6 +136,7 @@ impl Store {
                     annotations: decode(table.table(), &id, &annotations)?,
                     spec: decode(table.table(), &id, &spec)?,
                     builtin: r.try_get::<i64, _>("builtin")? != 0,
+                    resource_version: r.try_get("resource_version")?,
                 })
             })
             .collect()
@@ -151,30 +187,58 @@ impl Store {
         }
     }
 
-    /// Replaces an object's spec and annotations.
+    /// Replaces an object's spec and annotations if its row still has
+    /// `obj.resource_version` (else [`StoreError::Conflict`]); returns the new version.
     pub async fn update_object<S: Serialize>(
         &self,
         table: ObjectTable,
-        id: Uuid,
-        spec: &S,
-        annotations: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
+        obj: &StoredObject<S>,
+    ) -> Result<i64, StoreError> {
+        let next = obj.resource_version + 1;
         let sql = format!(
-            "UPDATE {} SET spec = $2, annotations = $3 WHERE id = $1",
+            "UPDATE {} SET spec = $2, annotations = $3, resource_version = $4 \
+             WHERE id = $1 AND resource_version = $5",
             table.table()
         );
-        sqlx::query(&sql)
-            .bind(id.to_string())
-            .bind(json(spec))
-            .bind(json(annotations))
-            .execute(&self.pool)
+        let mut conn = self.pool.acquire().await?;
+        let written = sqlx::query(&sql)
+            .bind(obj.id.to_string())
+            .bind(json(&obj.spec))
+            .bind(json(&obj.annotations))
+            .bind(next)
+            .bind(obj.resource_version)
+            .execute(&mut *conn)
             .await?;
-        Ok(())
+        if written.rows_affected() == 1 {
+            return Ok(next);
+        }
+        Err(conflict(&mut conn, table, obj.id, &obj.name, obj.resource_version).await)
     }
 
-    /// Deletes an object (a pool together with its pool instances).
-    pub async fn delete_object(&self, table: ObjectTable, id: Uuid) -> Result<(), StoreError> {
+    /// Deletes an object (a pool together with its pool instances) if its row still has
+    /// `expected` (else [`StoreError::Conflict`], and nothing is deleted).
+    pub async fn delete_object(
+        &self,
+        table: ObjectTable,
+        id: Uuid,
+        name: &str,
+        expected: i64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Compare-and-swap first: it also locks the row until the delete commits.
+        let sql = format!(
+            "UPDATE {} SET resource_version = resource_version + 1 \
+             WHERE id = $1 AND resource_version = $2",
+            table.table()
+        );
+        let locked = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(expected)
+            .execute(&mut *tx)
+            .await?;
+        if locked.rows_affected() != 1 {
+            return Err(conflict(&mut tx, table, id, name, expected).await);
+        }
         if table == ObjectTable::Pools {
             sqlx::query("DELETE FROM pool_instances WHERE pool_id = $1")
                 .bind(id.to_string())
@@ -206,48 +270,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// Sets (`Some`) or clears (`None`) a setting. A cleared default pool is stored as the
-    /// empty string, so agents registering a `default` pool do not set it again.
-    pub async fn set_setting(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
-        let value = match value {
-            Some(v) => v.to_owned(),
-            None if key == SETTING_DEFAULT_POOL => String::new(),
-            None => {
-                sqlx::query("DELETE FROM settings WHERE key = $1")
-                    .bind(key)
-                    .execute(&self.pool)
-                    .await?;
-                return Ok(());
-            }
-        };
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ($1, $2) \
-             ON CONFLICT (key) DO UPDATE SET value = $2",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// The cluster settings' annotations.
-    pub async fn cluster_annotations(&self) -> Result<BTreeMap<String, String>, StoreError> {
-        match self.setting(SETTING_CLUSTER_ANNOTATIONS).await? {
-            Some(text) => decode("settings", SETTING_CLUSTER_ANNOTATIONS, &text),
-            None => Ok(BTreeMap::new()),
-        }
-    }
-
-    pub async fn set_cluster_annotations(
-        &self,
-        annotations: &BTreeMap<String, String>,
-    ) -> Result<(), StoreError> {
-        let value = (!annotations.is_empty()).then(|| json(annotations));
-        self.set_setting(SETTING_CLUSTER_ANNOTATIONS, value.as_deref())
-            .await
     }
 
     /// The newest task created by a request with this Idempotency-Key, with that

@@ -25,6 +25,8 @@ pub struct TokenRow {
     pub created_at_ms: i64,
     pub expires_at_ms: Option<i64>,
     pub created_by: String,
+    /// Tokens are never rewritten; a revoke can be conditional on it.
+    pub resource_version: i64,
 }
 
 /// One `projects` row.
@@ -34,10 +36,13 @@ pub struct ProjectRow {
     pub name: String,
     pub spec: ProjectSpec,
     pub annotations: BTreeMap<String, String>,
+    /// Moves on every write of spec or annotations (not on the quota lock's touch).
+    pub resource_version: i64,
 }
 
 const TOKEN_COLUMNS: &str =
     "name, secret_sha256, project, role, created_at_ms, expires_at_ms, created_by";
+const PROJECT_COLUMNS: &str = "id, name, spec, annotations, resource_version";
 
 fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenRow, StoreError> {
     let name: String = row.try_get("name")?;
@@ -54,6 +59,7 @@ fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenRow, StoreError> {
         created_at_ms: row.try_get("created_at_ms")?,
         expires_at_ms: row.try_get("expires_at_ms")?,
         created_by: row.try_get("created_by")?,
+        resource_version: row.try_get("resource_version")?,
     })
 }
 
@@ -71,6 +77,7 @@ fn project_from_row(row: &sqlx::any::AnyRow) -> Result<ProjectRow, StoreError> {
         name: row.try_get("name")?,
         spec: serde_json::from_str(&spec).map_err(corrupt)?,
         annotations: serde_json::from_str(&annotations).map_err(corrupt)?,
+        resource_version: row.try_get("resource_version")?,
     })
 }
 
@@ -79,7 +86,9 @@ impl Store {
 
     /// The token whose secret hashes to `secret_sha256`, if any.
     pub async fn token_by_hash(&self, secret_sha256: &str) -> Result<Option<TokenRow>, StoreError> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE secret_sha256 = $1");
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS}, resource_version FROM api_tokens WHERE secret_sha256 = $1"
+        );
         let row = sqlx::query(&sql)
             .bind(secret_sha256)
             .fetch_optional(&self.pool)
@@ -107,18 +116,51 @@ impl Store {
 
     /// Every token, by name.
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY name");
+        let sql = format!("SELECT {TOKEN_COLUMNS}, resource_version FROM api_tokens ORDER BY name");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(token_from_row).collect()
     }
 
-    /// Deletes a token; false when there was none. The next request with it is 401.
-    pub async fn delete_token(&self, name: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM api_tokens WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected() > 0)
+    /// Deletes a token (only at version `expected`, if given: else
+    /// [`StoreError::Conflict`]); false when there was none. The next request with it is
+    /// 401.
+    pub async fn delete_token(&self, name: &str, expected: Option<i64>) -> Result<bool, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let done = match expected {
+            None => {
+                sqlx::query("DELETE FROM api_tokens WHERE name = $1")
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await?
+            }
+            Some(v) => {
+                sqlx::query("DELETE FROM api_tokens WHERE name = $1 AND resource_version = $2")
+                    .bind(name)
+                    .bind(v)
+                    .execute(&mut *conn)
+                    .await?
+            }
+        };
+        if done.rows_affected() > 0 {
+            return Ok(true);
+        }
+        let Some(expected) = expected else {
+            return Ok(false);
+        };
+        let actual: Option<(i64,)> =
+            sqlx::query_as("SELECT resource_version FROM api_tokens WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        match actual {
+            None => Ok(false),
+            Some((actual,)) => Err(StoreError::Conflict {
+                kind: "token",
+                name: name.to_owned(),
+                expected,
+                actual: Some(actual),
+            }),
+        }
     }
 
     pub async fn count_tokens(&self) -> Result<i64, StoreError> {
@@ -131,7 +173,8 @@ impl Store {
     // ---- projects ----
 
     pub async fn project(&self, name: &str) -> Result<Option<ProjectRow>, StoreError> {
-        let row = sqlx::query("SELECT id, name, spec, annotations FROM projects WHERE name = $1")
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE name = $1");
+        let row = sqlx::query(&sql)
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -139,9 +182,8 @@ impl Store {
     }
 
     pub async fn list_projects(&self) -> Result<Vec<ProjectRow>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, spec, annotations FROM projects ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let sql = format!("SELECT {PROJECT_COLUMNS} FROM projects ORDER BY name");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(project_from_row).collect()
     }
 
@@ -163,26 +205,54 @@ impl Store {
         Ok(())
     }
 
-    /// Rewrites a project's spec and annotations. Limits below the current usage are
-    /// allowed (like a Kubernetes ResourceQuota): they only stop further growth.
-    pub async fn update_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE projects SET spec = $2, annotations = $3, updated_at_ms = $4 WHERE name = $1",
+    /// Rewrites a project's spec and annotations if its row still has
+    /// `p.resource_version` (else [`StoreError::Conflict`]); returns the new version.
+    /// Limits below the current usage are allowed (like a Kubernetes ResourceQuota): they
+    /// only stop further growth.
+    pub async fn update_project(&self, p: &ProjectRow) -> Result<i64, StoreError> {
+        let next = p.resource_version + 1;
+        let mut conn = self.pool.acquire().await?;
+        let written = sqlx::query(
+            "UPDATE projects SET spec = $2, annotations = $3, updated_at_ms = $4, \
+             resource_version = $5 WHERE name = $1 AND resource_version = $6",
         )
         .bind(p.name.clone())
         .bind(serde_json::to_string(&p.spec).expect("ProjectSpec serializes"))
         .bind(serde_json::to_string(&p.annotations).expect("annotations serialize"))
         .bind(self.now_ms())
-        .execute(&self.pool)
+        .bind(next)
+        .bind(p.resource_version)
+        .execute(&mut *conn)
         .await?;
-        Ok(())
+        if written.rows_affected() == 1 {
+            return Ok(next);
+        }
+        Err(project_conflict(&mut conn, &p.name, p.resource_version).await?)
     }
 
     /// Deletes a project that holds no live VM, with the member and viewer tokens bound to
-    /// it, in one transaction. `Ok(Some(n))` = refused, `n` live VMs remain.
-    pub async fn delete_project(&self, name: &str) -> Result<Option<u64>, StoreError> {
+    /// it, in one transaction, if the project is still at version `expected` (else
+    /// [`StoreError::Conflict`]). `Ok(Some(n))` = refused, `n` live VMs remain.
+    pub async fn delete_project(
+        &self,
+        name: &str,
+        expected: i64,
+    ) -> Result<Option<u64>, StoreError> {
         let mut tx = self.pool.begin().await?;
         lock_project(&mut tx, name, self.now_ms()).await?;
+        let (actual,): (i64,) =
+            sqlx::query_as("SELECT resource_version FROM projects WHERE name = $1")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+        if actual != expected {
+            return Err(StoreError::Conflict {
+                kind: "project",
+                name: name.to_owned(),
+                expected,
+                actual: Some(actual),
+            });
+        }
         let usage = usage_in(&mut tx, name).await?;
         if usage.vms > 0 {
             return Ok(Some(usage.vms));
@@ -267,6 +337,26 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The [`StoreError::Conflict`] of a compare-and-swap on project `name` that matched no
+/// row.
+async fn project_conflict(
+    conn: &mut AnyConnection,
+    name: &str,
+    expected: i64,
+) -> Result<StoreError, StoreError> {
+    let actual: Option<(i64,)> =
+        sqlx::query_as("SELECT resource_version FROM projects WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(StoreError::Conflict {
+        kind: "project",
+        name: name.to_owned(),
+        expected,
+        actual: actual.map(|a| a.0),
+    })
 }
 
 /// Locks the project row for this transaction and returns its limits.

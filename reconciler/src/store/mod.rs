@@ -4,6 +4,7 @@
 //! change is one transaction.
 
 mod cluster_ca;
+mod cluster_settings;
 mod enrollment;
 mod entities;
 mod identity;
@@ -27,7 +28,8 @@ use crate::model::TaskRecord;
 
 pub use cluster_ca::ClusterCaRow;
 pub use enrollment::{JoinTokenUse, NodeCertRecord};
-pub use entities::{ObjectTable, StoredObject, VmRefs, SETTING_CLUSTER_ANNOTATIONS};
+pub use cluster_settings::{ClusterSettingsRow, SETTING_CLUSTER_ANNOTATIONS};
+pub use entities::{ObjectTable, StoredObject, VmRefs};
 pub use identity::{ProjectRow, TokenRow};
 pub use lease::{Fence, LeaseRow, LEADER_LEASE};
 pub use nodes::NodeRegistration;
@@ -65,10 +67,12 @@ pub enum StoreError {
     ProjectNotFound(String),
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
-    /// A compare-and-swap write found the VM row at another version (`None`: gone).
-    #[error("vm {vm} was changed concurrently: expected resource_version {expected}, found {}", actual.map_or_else(|| "none".to_owned(), |a| a.to_string()))]
+    /// A compare-and-swap write found the row of `kind` (`vm`, `pool`, `project`, ...)
+    /// `name` at another version (`None`: gone).
+    #[error("{kind} {name} was changed concurrently: expected resource_version {expected}, found {}", actual.map_or_else(|| "none".to_owned(), |a| a.to_string()))]
     Conflict {
-        vm: String,
+        kind: &'static str,
+        name: String,
         expected: i64,
         actual: Option<i64>,
     },
@@ -117,7 +121,7 @@ impl StoreError {
 }
 
 /// How often internal writers (reconciler runs, agent reports, services without
-/// `If-Match`) re-read and retry a VM write that lost a compare-and-swap race.
+/// `If-Match`) re-read and retry a write that lost a compare-and-swap race.
 pub const CAS_ATTEMPTS: u32 = 5;
 
 /// Handle to the database; cheap to clone.

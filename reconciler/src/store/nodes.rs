@@ -9,7 +9,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use super::rows::parse_uuid;
-use super::{Store, StoreError, SETTING_DEFAULT_POOL};
+use super::{Fence, Store, StoreError, SETTING_DEFAULT_POOL};
 use crate::model::{NodePool, NodeRecord};
 
 /// The pool that becomes the default when an agent registers it and none is set.
@@ -110,13 +110,16 @@ impl Store {
             }
         }
         if reg.pools.iter().any(|(p, _)| p == AUTO_DEFAULT_POOL) {
-            sqlx::query(
+            let set = sqlx::query(
                 "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
             )
             .bind(SETTING_DEFAULT_POOL)
             .bind(AUTO_DEFAULT_POOL)
             .execute(&mut *tx)
             .await?;
+            if set.rows_affected() == 1 {
+                super::cluster_settings::bump_cluster_version(&mut tx).await?;
+            }
         }
         tx.commit().await?;
         parse_uuid("nodes", &node_id)
@@ -141,12 +144,17 @@ impl Store {
     }
 
     /// Marks ready nodes whose last heartbeat is older than `cutoff_ms` not ready and
-    /// returns their names.
+    /// returns their names. With a `fence` (the leader's sweep) the lease must still be
+    /// held at that epoch.
     pub async fn mark_stale_nodes_not_ready(
         &self,
         cutoff_ms: i64,
+        fence: Option<&Fence>,
     ) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            super::lease::check_fence(&mut tx, fence).await?;
+        }
         let rows: Vec<(String,)> = sqlx::query_as(
             "UPDATE nodes SET status = 'not_ready' WHERE status = 'ready' \
              AND (last_heartbeat_ms IS NULL OR last_heartbeat_ms < $1) RETURNING name",
@@ -279,10 +287,11 @@ impl Store {
 
     /// Every pool with its instances, ordered by name.
     pub async fn list_pools(&self) -> Result<Vec<Pool>, StoreError> {
-        let pools: Vec<(String, String, String, String)> =
-            sqlx::query_as("SELECT id, name, spec, annotations FROM pools ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
+        let pools: Vec<(String, String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, name, spec, annotations, resource_version FROM pools ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let instances = sqlx::query(
             "SELECT i.id, i.pool_id, n.name AS node, i.path FROM pool_instances i \
              JOIN nodes n ON n.id = i.node_id ORDER BY n.name",
@@ -303,7 +312,7 @@ impl Store {
         }
         pools
             .into_iter()
-            .map(|(id, name, spec, annotations)| {
+            .map(|(id, name, spec, annotations, resource_version)| {
                 let corrupt = |e: serde_json::Error| StoreError::Corrupt {
                     table: "pools",
                     id: id.clone(),
@@ -315,6 +324,7 @@ impl Store {
                     name,
                     annotations: serde_json::from_str(&annotations).map_err(corrupt)?,
                     spec: serde_json::from_str(&spec).map_err(corrupt)?,
+                    resource_version,
                 })
             })
             .collect()

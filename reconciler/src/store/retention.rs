@@ -2,7 +2,7 @@
 //! bounded batches. The newest task of every live VM is kept whatever its age (it is what
 //! `vm get` and `task list --vm` show as the VM's last operation).
 
-use super::{Store, StoreError};
+use super::{Fence, Store, StoreError};
 
 /// What one [`Store::purge_batch`] removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -13,8 +13,18 @@ pub struct Purged {
 
 impl Store {
     /// Deletes at most `batch` finished tasks and at most `batch` soft-deleted VMs that
-    /// ended before `cutoff_ms` (ms since the Unix epoch).
-    pub async fn purge_batch(&self, cutoff_ms: i64, batch: i64) -> Result<Purged, StoreError> {
+    /// ended before `cutoff_ms` (ms since the Unix epoch), in one transaction. With a
+    /// `fence` (the leader's job) the lease must still be held at that epoch.
+    pub async fn purge_batch(
+        &self,
+        cutoff_ms: i64,
+        batch: i64,
+        fence: Option<&Fence>,
+    ) -> Result<Purged, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some(fence) = fence {
+            super::lease::check_fence(&mut tx, fence).await?;
+        }
         let tasks = sqlx::query(
             "DELETE FROM tasks WHERE id IN (\
                SELECT t.id FROM tasks t \
@@ -28,7 +38,7 @@ impl Store {
         )
         .bind(cutoff_ms)
         .bind(batch)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         let vms = sqlx::query(
@@ -38,9 +48,10 @@ impl Store {
         )
         .bind(cutoff_ms)
         .bind(batch)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        tx.commit().await?;
         Ok(Purged { tasks, vms })
     }
 }

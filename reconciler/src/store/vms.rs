@@ -179,6 +179,25 @@ impl Store {
         Ok(())
     }
 
+    /// [`Store::save_vm`] for the leader's loop: with a `fence` the lease must still be
+    /// held at that epoch, checked in the write's transaction ([`StoreError::Fenced`]).
+    pub async fn save_vm_fenced(
+        &self,
+        vm: &mut VmRecord,
+        fence: Option<&Fence>,
+    ) -> Result<(), StoreError> {
+        let Some(fence) = fence else {
+            return self.save_vm(vm).await;
+        };
+        let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
+        super::lease::check_fence(&mut tx, fence).await?;
+        let version = update_vm(&mut tx, vm, now).await?;
+        tx.commit().await?;
+        vm.resource_version = version;
+        Ok(())
+    }
+
     /// Writes `vm` (compare-and-swap, as [`Store::save_vm`]) and inserts `task` in one
     /// transaction; a second in-flight task for the VM is [`StoreError::TaskInFlight`]. A
     /// vm.create task claims its node's capacity in the same transaction
@@ -331,7 +350,8 @@ pub(super) async fn update_vm(
         .fetch_optional(&mut *conn)
         .await?;
     Err(StoreError::Conflict {
-        vm: vm.name.clone(),
+        kind: "vm",
+        name: vm.name.clone(),
         expected: vm.resource_version,
         actual: actual.map(|a| a.0),
     })

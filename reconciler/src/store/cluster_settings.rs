@@ -1,0 +1,127 @@
+//! The cluster settings object: the default pool and the annotations (two `settings` rows)
+//! and the one `resource_version` they share (the `cluster_resource_version` row), written
+//! together in one compare-and-swap transaction.
+
+use std::collections::BTreeMap;
+
+use sqlx::AnyConnection;
+
+use super::entities::{decode, json};
+use super::{Store, StoreError, SETTING_DEFAULT_POOL};
+
+/// The key of the cluster settings' annotations (JSON object).
+pub const SETTING_CLUSTER_ANNOTATIONS: &str = "cluster_annotations";
+/// The key of the cluster settings' resource_version (decimal text).
+const SETTING_CLUSTER_VERSION: &str = "cluster_resource_version";
+
+/// The cluster settings as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettingsRow {
+    /// Unset or cleared (stored empty) is `None`.
+    pub default_pool: Option<String>,
+    pub annotations: BTreeMap<String, String>,
+    pub resource_version: i64,
+}
+
+fn parse_version(text: &str) -> Result<i64, StoreError> {
+    text.parse().map_err(|_| StoreError::Corrupt {
+        table: "settings",
+        id: SETTING_CLUSTER_VERSION.to_owned(),
+        detail: format!("resource_version {text:?}"),
+    })
+}
+
+impl Store {
+    /// The cluster settings, read in one statement (one consistent snapshot).
+    pub async fn cluster_settings(&self) -> Result<ClusterSettingsRow, StoreError> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2, $3)")
+                .bind(SETTING_DEFAULT_POOL)
+                .bind(SETTING_CLUSTER_ANNOTATIONS)
+                .bind(SETTING_CLUSTER_VERSION)
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = ClusterSettingsRow {
+            default_pool: None,
+            annotations: BTreeMap::new(),
+            resource_version: 1,
+        };
+        for (key, value) in rows {
+            match key.as_str() {
+                SETTING_DEFAULT_POOL => out.default_pool = Some(value).filter(|p| !p.is_empty()),
+                SETTING_CLUSTER_ANNOTATIONS => {
+                    out.annotations = decode("settings", SETTING_CLUSTER_ANNOTATIONS, &value)?
+                }
+                _ => out.resource_version = parse_version(&value)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the default pool and annotations of `row` if the settings are still at
+    /// `row.resource_version` (else [`StoreError::Conflict`], nothing written); returns
+    /// the new version. A cleared default pool is stored as the empty string, so agents
+    /// registering a `default` pool do not set it again.
+    pub async fn write_cluster_settings(&self, row: &ClusterSettingsRow) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, '1') ON CONFLICT (key) DO NOTHING")
+            .bind(SETTING_CLUSTER_VERSION)
+            .execute(&mut *tx)
+            .await?;
+        let next = row.resource_version + 1;
+        let swapped = sqlx::query("UPDATE settings SET value = $2 WHERE key = $1 AND value = $3")
+            .bind(SETTING_CLUSTER_VERSION)
+            .bind(next.to_string())
+            .bind(row.resource_version.to_string())
+            .execute(&mut *tx)
+            .await?;
+        if swapped.rows_affected() != 1 {
+            let (actual,): (String,) = sqlx::query_as("SELECT value FROM settings WHERE key = $1")
+                .bind(SETTING_CLUSTER_VERSION)
+                .fetch_one(&mut *tx)
+                .await?;
+            return Err(StoreError::Conflict {
+                kind: "cluster",
+                name: "settings".to_owned(),
+                expected: row.resource_version,
+                actual: Some(parse_version(&actual)?),
+            });
+        }
+        let default_pool = row.default_pool.clone().unwrap_or_default();
+        upsert(&mut tx, SETTING_DEFAULT_POOL, &default_pool).await?;
+        if row.annotations.is_empty() {
+            sqlx::query("DELETE FROM settings WHERE key = $1")
+                .bind(SETTING_CLUSTER_ANNOTATIONS)
+                .execute(&mut *tx)
+                .await?;
+        } else {
+            upsert(&mut tx, SETTING_CLUSTER_ANNOTATIONS, &json(&row.annotations)).await?;
+        }
+        tx.commit().await?;
+        Ok(next)
+    }
+}
+
+async fn upsert(conn: &mut AnyConnection, key: &str, value: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = $2",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves the cluster settings' version in a transaction that changed them another way
+/// (an agent registration setting the default pool of a fresh cluster).
+pub(super) async fn bump_cluster_version(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE settings SET value = CAST(CAST(value AS BIGINT) + 1 AS TEXT) WHERE key = $1",
+    )
+    .bind(SETTING_CLUSTER_VERSION)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
