@@ -554,3 +554,56 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
             .join("\n")
     );
 }
+
+/// An agent whose replica hangs (SIGSTOP: its connections stay open and nothing answers)
+/// attaches to another replica within 5 s, as when its replica dies, and its VM stays
+/// controllable through the others; once the replica runs again, through it too.
+#[test]
+fn ha_agent_on_a_frozen_replica_moves_to_another() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (_images, server) = halt_image_server();
+    let url = server.url("halt.img");
+    let mut cluster = HaCluster::start(HaOptions {
+        replicas: 3,
+        nodes: Vec::new(),
+        server_args: Vec::new(),
+    });
+    let (leader, _, _) = cluster.wait_leader(Duration::from_secs(30));
+    // The agent on a standby, so the freeze takes no election.
+    let standby = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.add_agent(&NodeOptions::new("node-1", &["default"]), standby);
+    cluster.wait_node_ready(standby, "node-1");
+    create_vm(&cluster, other, "h-1", &url);
+    wait::until("h-1 running", Duration::from_secs(60), || {
+        (cluster.get(other, "/v1/vms/h-1").1["status"]["phase"] == "running").then_some(())
+    });
+
+    let before = registrations(&cluster, "node-1");
+    let frozen = Instant::now();
+    cluster.freeze_replica(standby);
+    let took = wait_reattached(&cluster, "node-1", &before, frozen);
+    eprintln!(
+        "agent reconnect from a frozen replica: {} ms",
+        took.as_millis()
+    );
+    assert!(
+        took <= MAX_AGENT_RECONNECT,
+        "node-1 took {took:?} to leave its frozen replica"
+    );
+    let pause_resume = |i: usize| {
+        cluster.cli(i, &["vm", "pause", "h-1"]).ok();
+        assert_eq!(cluster.get(i, "/v1/vms/h-1").1["status"]["phase"], "paused");
+        cluster.cli(i, &["vm", "resume", "h-1"]).ok();
+        assert_eq!(
+            cluster.get(i, "/v1/vms/h-1").1["status"]["phase"],
+            "running"
+        );
+    };
+    for i in [leader, other] {
+        pause_resume(i);
+    }
+    cluster.thaw_replica(standby);
+    cluster.wait_node_ready(standby, "node-1");
+    pause_resume(standby);
+}
