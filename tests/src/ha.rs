@@ -205,6 +205,21 @@ impl HaCluster {
         self.signal(i, Signal::SIGKILL);
     }
 
+    /// SIGTERM: a graceful stop (a leader resigns at once); returns without waiting.
+    pub fn term_replica(&self, i: usize) {
+        self.signal(i, Signal::SIGTERM);
+    }
+
+    /// Waits (up to `timeout`) until replica `i` exited, reaps it; its exit status.
+    pub fn wait_replica_exit(&mut self, i: usize, timeout: Duration) -> std::process::ExitStatus {
+        let child = self.replicas[i].child.as_mut().expect("running");
+        let status = wait::until(&format!("replica {i} exits"), timeout, || {
+            child.try_wait().ok().flatten()
+        });
+        self.replicas[i].child = None;
+        status
+    }
+
     /// SIGSTOP: the process is frozen with its connections open.
     pub fn freeze_replica(&self, i: usize) {
         self.signal(i, Signal::SIGSTOP);

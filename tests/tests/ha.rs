@@ -471,7 +471,7 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
     let lease = cluster.lease().expect("a leader");
     assert_eq!(
         lease,
-        (new_holder, new_epoch),
+        (new_holder.clone(), new_epoch),
         "the new leader keeps the lease"
     );
 
@@ -553,6 +553,24 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+
+    // A graceful stop (SIGTERM) of the new leader: it resigns and a standby takes over at
+    // once, not after the lease.
+    let stopped = Instant::now();
+    cluster.term_replica(new_leader);
+    let ((next, _, next_epoch), took) =
+        cluster.wait_new_leader(&new_holder, stopped, Duration::from_secs(30));
+    eprintln!(
+        "failover (leader stopped with SIGTERM): {} ms, replica {next} leads at epoch {next_epoch}",
+        took.as_millis()
+    );
+    assert!(
+        took <= Duration::from_secs(5),
+        "a resigning leader's successor took {took:?}"
+    );
+    assert!(cluster
+        .replica_log(new_leader)
+        .contains(&format!("resigned leadership holder={new_holder}")));
 }
 
 /// An agent whose replica hangs (SIGSTOP: its connections stay open and nothing answers)
