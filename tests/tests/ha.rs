@@ -625,3 +625,35 @@ fn ha_agent_on_a_frozen_replica_moves_to_another() {
     cluster.wait_node_ready(standby, "node-1");
     pause_resume(standby);
 }
+
+/// A replica stopped with SIGTERM exits (its agents' streams do not hold it up) and its
+/// agent attaches to another replica within 5 s of the signal.
+#[test]
+fn ha_replica_stopped_with_sigterm_exits_and_its_agent_moves() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cluster = HaCluster::start(HaOptions {
+        replicas: 3,
+        nodes: Vec::new(),
+        server_args: Vec::new(),
+    });
+    let (leader, _, _) = cluster.wait_leader(Duration::from_secs(30));
+    let standby = (leader + 1) % 3;
+    cluster.add_agent(&NodeOptions::new("node-1", &["default"]), standby);
+    cluster.wait_node_ready(standby, "node-1");
+    let before = registrations(&cluster, "node-1");
+    let stopped = Instant::now();
+    cluster.term_replica(standby);
+    let status = cluster.wait_replica_exit(standby, Duration::from_secs(30));
+    eprintln!(
+        "replica {standby} exited {} ms after SIGTERM ({status})",
+        stopped.elapsed().as_millis()
+    );
+    assert!(status.success(), "replica {standby} exited with {status}");
+    let took = wait_reattached(&cluster, "node-1", &before, stopped);
+    eprintln!("agent reconnect after SIGTERM: {} ms", took.as_millis());
+    assert!(
+        took <= MAX_AGENT_RECONNECT,
+        "node-1 took {took:?} to attach to another replica"
+    );
+    cluster.wait_node_ready(leader, "node-1");
+}
