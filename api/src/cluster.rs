@@ -37,6 +37,12 @@ pub struct Node {
     pub memory_mb: u64,
     pub allocated_vcpus: u32,
     pub allocated_memory_mb: u64,
+    /// What the scheduler may commit here: `vcpus` x the cluster's `cpu_allocation_ratio`.
+    #[serde(default)]
+    pub schedulable_vcpus: u32,
+    /// `memory_mb` x the cluster's `memory_allocation_ratio`.
+    #[serde(default)]
+    pub schedulable_memory_mb: u64,
     /// Names of the pools this node serves.
     pub pools: Vec<String>,
     /// RFC 3339 time of the last heartbeat.

@@ -4,7 +4,7 @@
 //! before sending.
 
 use crate::error::ApiError;
-use crate::manifest::{NetworkSpec, NetworkType};
+use crate::manifest::{AllocationRatio, ClusterSettingsSpec, NetworkSpec, NetworkType};
 use crate::vm::{CreateVmRequest, VmSpec};
 
 pub const VCPUS_RANGE: (u32, u32) = (1, 128);
@@ -245,6 +245,39 @@ pub fn validate_network_spec(prefix: &str, spec: &NetworkSpec) -> Result<(), Api
     }
 }
 
+/// The cluster settings' field rules: a valid default pool name, allocation ratios in
+/// their ranges. `prefix` is the path of the spec, e.g. `spec`.
+pub fn validate_cluster_settings_spec(
+    prefix: &str,
+    spec: &ClusterSettingsSpec,
+) -> Result<(), ApiError> {
+    if let Some(p) = &spec.default_pool {
+        validate_name(&format!("{prefix}.default_pool"), p)?;
+    }
+    let ratios = [
+        (
+            "cpu_allocation_ratio",
+            spec.cpu_allocation_ratio,
+            AllocationRatio::CPU_RANGE,
+        ),
+        (
+            "memory_allocation_ratio",
+            spec.memory_allocation_ratio,
+            AllocationRatio::MEMORY_RANGE,
+        ),
+    ];
+    for (field, ratio, (min, max)) in ratios {
+        if let Some(AllocationRatio(r)) = ratio {
+            if !(r.is_finite() && (min..=max).contains(&r)) {
+                return Err(ApiError::validation(format!(
+                    "{prefix}.{field}: must be a number from {min} to {max} (got {r})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Validates a `POST /v1/vms` body.
 pub fn validate_create_vm(req: &CreateVmRequest) -> Result<(), ApiError> {
     validate_name("name", &req.name)?;
@@ -258,6 +291,65 @@ mod tests {
 
     fn spec() -> VmSpec {
         VmSpec::new("http://127.0.0.1:8080/img.qcow2", Arch::Amd64)
+    }
+
+    #[test]
+    fn validate_cluster_settings_spec_table() {
+        let ratios = |cpu: Option<f64>, mem: Option<f64>| ClusterSettingsSpec {
+            default_pool: None,
+            cpu_allocation_ratio: cpu.map(AllocationRatio),
+            memory_allocation_ratio: mem.map(AllocationRatio),
+        };
+        let cases = [
+            (ratios(None, None), None),
+            (ratios(Some(8.0), Some(1.5)), None),
+            (ratios(Some(0.1), Some(4.0)), None),
+            (ratios(Some(64.0), Some(0.1)), None),
+            (
+                ratios(Some(0.0), None),
+                Some("spec.cpu_allocation_ratio: must be a number from 0.1 to 64 (got 0)"),
+            ),
+            (
+                ratios(Some(65.0), None),
+                Some("spec.cpu_allocation_ratio: must be a number from 0.1 to 64 (got 65)"),
+            ),
+            (
+                ratios(Some(-1.0), None),
+                Some("spec.cpu_allocation_ratio: must be a number from 0.1 to 64 (got -1)"),
+            ),
+            (
+                ratios(None, Some(f64::NAN)),
+                Some("spec.memory_allocation_ratio: must be a number from 0.1 to 4 (got NaN)"),
+            ),
+            (
+                ratios(None, Some(4.5)),
+                Some("spec.memory_allocation_ratio: must be a number from 0.1 to 4 (got 4.5)"),
+            ),
+        ];
+        for (spec, want) in cases {
+            let got = validate_cluster_settings_spec("spec", &spec)
+                .err()
+                .map(|e| e.message);
+            assert_eq!(got.as_deref(), want, "{spec:?}");
+        }
+        let bad_pool = ClusterSettingsSpec {
+            default_pool: Some("Bad Name".into()),
+            ..Default::default()
+        };
+        let err = validate_cluster_settings_spec("spec", &bad_pool).unwrap_err();
+        assert!(
+            err.message.starts_with("spec.default_pool:"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn allocation_ratio_applies_rounding_down() {
+        assert_eq!(AllocationRatio(4.0).apply(2), 8);
+        assert_eq!(AllocationRatio(1.5).apply(3), 4);
+        assert_eq!(AllocationRatio(0.5).apply(8192), 4096);
+        assert_eq!(AllocationRatio::DEFAULT_MEMORY.apply(24_000), 24_000);
     }
 
     #[test]

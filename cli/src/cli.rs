@@ -758,6 +758,18 @@ pub enum ClusterSetCommand {
         /// Pool name.
         name: String,
     },
+    /// vCPUs the scheduler commits per host core (0.1..64; unset: 4).
+    #[command(alias = "cpu_allocation_ratio")]
+    CpuAllocationRatio {
+        /// A number, e.g. 8 or 2.5.
+        ratio: f64,
+    },
+    /// Guest memory the scheduler commits per MiB of host memory (0.1..4; unset: 1).
+    #[command(alias = "memory_allocation_ratio")]
+    MemoryAllocationRatio {
+        /// A number, e.g. 1.5.
+        ratio: f64,
+    },
 }
 
 /// `create -f PATH`.
@@ -1575,6 +1587,15 @@ mod entity_tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["cluster", "set", "default-pool"]).is_err());
+        for spelling in ["cpu-allocation-ratio", "cpu_allocation_ratio"] {
+            match parse(&["cluster", "set", spelling, "8"]).unwrap() {
+                Command::Cluster(ClusterCommand::Set(ClusterSetCommand::CpuAllocationRatio {
+                    ratio,
+                })) => assert_eq!(ratio, 8.0),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parse(&["cluster", "set", "memory-allocation-ratio", "lots"]).is_err());
         assert!(parse(&["cluster", "set", "nonsense", "x"]).is_err());
     }
 }

@@ -463,14 +463,17 @@ impl Client {
         self.get(&["v1", "cluster"], &[])
     }
 
-    /// `PUT /v1/cluster`
+    /// `PUT /v1/cluster`, conditional on `if_match` (the resource_version read) if given.
     pub fn put_cluster(
         &self,
         req: &ApplyRequest<ClusterSettingsSpec>,
+        if_match: Option<i64>,
     ) -> Result<ApplyResponse<ClusterSettings>, ClientError> {
-        Ok(self
-            .send(self.request(Method::PUT, &["v1", "cluster"], &[]).json(req))?
-            .value)
+        let mut builder = self.request(Method::PUT, &["v1", "cluster"], &[]).json(req);
+        if let Some(v) = if_match {
+            builder = builder.header(reqwest::header::IF_MATCH, v.to_string());
+        }
+        Ok(self.send(builder)?.value)
     }
 
     /// `POST /v1/tasks/{id}/cancel`

@@ -106,6 +106,7 @@ pub(crate) mod fake {
         pub url: String,
         requests: Arc<Mutex<Vec<String>>>,
         auths: Arc<Mutex<Vec<Option<String>>>>,
+        if_matches: Arc<Mutex<Vec<Option<String>>>>,
     }
 
     impl FakeServer {
@@ -117,6 +118,8 @@ pub(crate) mod fake {
             let seen = Arc::clone(&requests);
             let auths = Arc::new(Mutex::new(vec![]));
             let seen_auth = Arc::clone(&auths);
+            let if_matches = Arc::new(Mutex::new(vec![]));
+            let seen_if_match = Arc::clone(&if_matches);
             thread::spawn(move || {
                 for (n, conn) in listener.incoming().enumerate() {
                     let Ok(mut conn) = conn else { return };
@@ -125,6 +128,7 @@ pub(crate) mod fake {
                     reader.read_line(&mut line).unwrap();
                     let mut len = 0usize;
                     let mut auth = None;
+                    let mut if_match = None;
                     loop {
                         let mut h = String::new();
                         reader.read_line(&mut h).unwrap();
@@ -137,6 +141,9 @@ pub(crate) mod fake {
                         if h.to_ascii_lowercase().starts_with("authorization:") {
                             auth = Some(h["authorization:".len()..].trim().to_owned());
                         }
+                        if h.to_ascii_lowercase().starts_with("if-match:") {
+                            if_match = Some(h["if-match:".len()..].trim().to_owned());
+                        }
                     }
                     let mut body = vec![0; len];
                     reader.read_exact(&mut body).unwrap();
@@ -147,6 +154,7 @@ pub(crate) mod fake {
                     }
                     seen.lock().unwrap().push(req);
                     seen_auth.lock().unwrap().push(auth);
+                    seen_if_match.lock().unwrap().push(if_match);
                     let (status, body) = &answers[n.min(answers.len() - 1)];
                     let resp = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -159,12 +167,18 @@ pub(crate) mod fake {
                 url,
                 requests,
                 auths,
+                if_matches,
             }
         }
 
         /// The `Authorization` header of each request seen so far.
         pub fn auths(&self) -> Vec<Option<String>> {
             self.auths.lock().unwrap().clone()
+        }
+
+        /// The `If-Match` header of each request seen so far.
+        pub fn if_matches(&self) -> Vec<Option<String>> {
+            self.if_matches.lock().unwrap().clone()
         }
 
         /// Request lines seen so far: `GET /path?query` (plus ` body` when there is one).

@@ -158,10 +158,16 @@ impl ApplyTarget for ServiceTarget {
                 .block(s.entities.apply_pool(name, req(&m.spec, &m.metadata), None))
                 .map(|r| (r.outcome, None)),
             Object::Network(m) => self
-                .block(s.entities.apply_network(name, req(&m.spec, &m.metadata), None))
+                .block(
+                    s.entities
+                        .apply_network(name, req(&m.spec, &m.metadata), None),
+                )
                 .map(|r| (r.outcome, None)),
             Object::Firmware(m) => self
-                .block(s.entities.apply_firmware(name, req(&m.spec, &m.metadata), None))
+                .block(
+                    s.entities
+                        .apply_firmware(name, req(&m.spec, &m.metadata), None),
+                )
                 .map(|r| (r.outcome, None)),
             Object::ClusterSettings(m) => self
                 .block(s.entities.apply_cluster(req(&m.spec, &m.metadata), None))
@@ -178,16 +184,24 @@ impl ApplyTarget for ServiceTarget {
             Kind::Project => {
                 // The identity service deletes a missing project silently; say so.
                 match self.block(s.identity.project(&Self::caller(), name)) {
-                    Ok(_) => self.block(s.identity.delete_project(name, None)).map(|()| None),
+                    Ok(_) => self
+                        .block(s.identity.delete_project(name, None))
+                        .map(|()| None),
                     Err(e) => Err(e),
                 }
             }
             Kind::Vm => self
                 .block(s.vms.delete(&Self::actor(object.project()), name))
                 .map(|a| Some(a.task.id)),
-            Kind::Pool => self.block(s.entities.delete_pool(name, None)).map(|()| None),
-            Kind::Network => self.block(s.entities.delete_network(name, None)).map(|()| None),
-            Kind::Firmware => self.block(s.entities.delete_firmware(name, None)).map(|()| None),
+            Kind::Pool => self
+                .block(s.entities.delete_pool(name, None))
+                .map(|()| None),
+            Kind::Network => self
+                .block(s.entities.delete_network(name, None))
+                .map(|()| None),
+            Kind::Firmware => self
+                .block(s.entities.delete_firmware(name, None))
+                .map(|()| None),
             Kind::ClusterSettings => {
                 Err(ApiError::validation("the cluster settings cannot be deleted").into())
             }

@@ -2,6 +2,7 @@
 //! mutate: a VM row (desired spec + observed status + intents), a task row, a node row.
 //! Pure data plus their conversions to the `otherix-api` wire types.
 
+use otherix_api::manifest::AllocationRatio;
 use otherix_api::{
     ErrorBody, Node, NodeStatus, Placement, Task, TaskKind, TaskProgress, TaskStatus, Vm, VmPhase,
     VmSpec, VmStatus,
@@ -346,7 +347,8 @@ pub struct NodeRecord {
 }
 
 impl NodeRecord {
-    pub fn to_api(&self) -> Node {
+    /// The API view; `ratios` are the cluster's (cpu, memory) allocation ratios.
+    pub fn to_api(&self, (cpu, memory): (AllocationRatio, AllocationRatio)) -> Node {
         Node {
             id: self.id,
             name: self.name.clone(),
@@ -358,6 +360,8 @@ impl NodeRecord {
             memory_mb: self.memory_mb,
             allocated_vcpus: self.allocated_vcpus,
             allocated_memory_mb: self.allocated_memory_mb,
+            schedulable_vcpus: u32::try_from(cpu.apply(u64::from(self.vcpus))).unwrap_or(u32::MAX),
+            schedulable_memory_mb: memory.apply(self.memory_mb),
             pools: self.pools.iter().map(|p| p.pool.clone()).collect(),
             last_heartbeat: self.last_heartbeat_ms.map(rfc3339),
             allow_file_urls: self.allow_file_urls,

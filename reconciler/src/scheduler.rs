@@ -1,14 +1,47 @@
 //! The scheduler: a pure function from a VM spec and the cluster's nodes (with their pool
 //! instances and committed resources) to a placement, or the error that says why none fits.
 
+use otherix_api::manifest::{AllocationRatio, ClusterSettingsSpec};
 use otherix_api::{ApiError, ErrorCode, NodeStatus, Placement, RejectedNode, VmSpec};
 
 use crate::model::NodeRecord;
 
-/// vCPUs the scheduler commits per host core. vCPUs are time-shared, so like KubeVirt
-/// (cpuAllocationRatio 10) and OpenStack (cpu_allocation_ratio 16) otherix overcommits
-/// them, more cautiously; memory is never overcommitted.
-pub const CPU_ALLOCATION_RATIO: u32 = 4;
+/// How much of a node the scheduler commits: vCPUs per host core and MiB of guest memory
+/// per MiB of host memory (cluster settings `cpu_allocation_ratio`, default 4: vCPUs are
+/// time-shared, so like KubeVirt and OpenStack otherix overcommits them, more cautiously;
+/// `memory_allocation_ratio`, default 1: memory is not overcommitted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ratios {
+    pub cpu: AllocationRatio,
+    pub memory: AllocationRatio,
+}
+
+impl Default for Ratios {
+    fn default() -> Self {
+        Ratios {
+            cpu: AllocationRatio::DEFAULT_CPU,
+            memory: AllocationRatio::DEFAULT_MEMORY,
+        }
+    }
+}
+
+impl Ratios {
+    /// The ratios of the cluster settings' spec (defaults where unset).
+    pub fn of(spec: &ClusterSettingsSpec) -> Ratios {
+        Ratios {
+            cpu: spec.cpu_ratio(),
+            memory: spec.memory_ratio(),
+        }
+    }
+
+    /// What the scheduler may commit on a node of `capacity`.
+    pub fn schedulable(self, capacity: Capacity) -> Capacity {
+        Capacity {
+            vcpus: self.cpu.apply(capacity.vcpus),
+            memory_mb: self.memory.apply(capacity.memory_mb),
+        }
+    }
+}
 
 /// vCPUs (host cores, or committed guest vCPUs) and memory in MiB of one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,24 +51,22 @@ pub struct Capacity {
 }
 
 /// Whether `allocated` (everything placed on a node, the VM being claimed included) fits
-/// the node's `capacity` under the same rule [`schedule`] applies: vCPUs up to
-/// [`CPU_ALLOCATION_RATIO`] per core, memory never overcommitted. The store checks it in
-/// the transaction that claims a node, so concurrent creates cannot overcommit it.
-pub fn fits(capacity: Capacity, allocated: Capacity) -> Result<(), String> {
-    let schedulable_vcpus = capacity
-        .vcpus
-        .saturating_mul(u64::from(CPU_ALLOCATION_RATIO));
+/// the node's `capacity` under the same rule [`schedule`] applies (the [`Ratios`]). The
+/// store checks it in the transaction that claims a node, so concurrent creates cannot
+/// overcommit it.
+pub fn fits(capacity: Capacity, allocated: Capacity, ratios: Ratios) -> Result<(), String> {
+    let schedulable = ratios.schedulable(capacity);
     let mut short = Vec::new();
-    if allocated.vcpus > schedulable_vcpus {
+    if allocated.vcpus > schedulable.vcpus {
         short.push(format!(
-            "{} vCPUs committed, {schedulable_vcpus} schedulable ({} cores x allocation ratio {CPU_ALLOCATION_RATIO})",
-            allocated.vcpus, capacity.vcpus
+            "{} vCPUs committed, {} schedulable ({} cores x allocation ratio {})",
+            allocated.vcpus, schedulable.vcpus, capacity.vcpus, ratios.cpu
         ));
     }
-    if allocated.memory_mb > capacity.memory_mb {
+    if allocated.memory_mb > schedulable.memory_mb {
         short.push(format!(
-            "{} MiB memory committed, {} MiB on the node",
-            allocated.memory_mb, capacity.memory_mb
+            "{} MiB memory committed, {} MiB schedulable ({} MiB x allocation ratio {})",
+            allocated.memory_mb, schedulable.memory_mb, capacity.memory_mb, ratios.memory
         ));
     }
     if short.is_empty() {
@@ -76,6 +107,7 @@ pub fn schedule(
     spec: &VmSpec,
     nodes: &[NodeRecord],
     default_pool: Option<&str>,
+    ratios: Ratios,
 ) -> Result<Placement, ApiError> {
     let pool_ref = match spec.pool.as_deref().or(default_pool) {
         Some(p) => p,
@@ -114,7 +146,7 @@ pub fn schedule(
     let mut accepted = Vec::new();
     let mut rejected = Vec::new();
     for node in candidates {
-        match check_node(spec, node, pool_matches) {
+        match check_node(spec, node, pool_matches, ratios) {
             Ok(()) => accepted.push(node),
             Err(r) => rejected.push((node, r)),
         }
@@ -122,7 +154,7 @@ pub fn schedule(
     accepted.sort_by(|a, b| {
         a.allocated_vms
             .cmp(&b.allocated_vms)
-            .then(free_memory(b).cmp(&free_memory(a)))
+            .then(free_memory(b, ratios).cmp(&free_memory(a, ratios)))
             .then(a.name.cmp(&b.name))
     });
     let rejected_nodes: Vec<RejectedNode> = rejected
@@ -175,14 +207,18 @@ pub fn schedule(
     Err(ApiError::new(code, message))
 }
 
-fn free_memory(n: &NodeRecord) -> u64 {
-    n.memory_mb.saturating_sub(n.allocated_memory_mb)
+fn free_memory(n: &NodeRecord, ratios: Ratios) -> u64 {
+    ratios
+        .memory
+        .apply(n.memory_mb)
+        .saturating_sub(n.allocated_memory_mb)
 }
 
 fn check_node(
     spec: &VmSpec,
     node: &NodeRecord,
     pool_matches: impl Fn(&crate::model::NodePool) -> bool,
+    ratios: Ratios,
 ) -> Result<(), Rejection> {
     if node.status != NodeStatus::Ready {
         return Err(Rejection::NotReady);
@@ -196,14 +232,14 @@ fn check_node(
     if spec.image_url.starts_with("file://") && !node.allow_file_urls {
         return Err(Rejection::FileUrls);
     }
-    let schedulable_vcpus = node.vcpus.saturating_mul(CPU_ALLOCATION_RATIO);
-    let free_vcpus = schedulable_vcpus.saturating_sub(node.allocated_vcpus);
-    let free_mem = free_memory(node);
+    let schedulable_vcpus = ratios.cpu.apply(u64::from(node.vcpus));
+    let free_vcpus = schedulable_vcpus.saturating_sub(u64::from(node.allocated_vcpus));
+    let free_mem = free_memory(node, ratios);
     let mut short = Vec::new();
-    if spec.vcpus > free_vcpus {
+    if u64::from(spec.vcpus) > free_vcpus {
         short.push(format!(
-            "needs {} vCPUs, {free_vcpus} free ({} cores x allocation ratio {CPU_ALLOCATION_RATIO})",
-            spec.vcpus, node.vcpus
+            "needs {} vCPUs, {free_vcpus} free ({} cores x allocation ratio {})",
+            spec.vcpus, node.vcpus, ratios.cpu
         ));
     }
     if u64::from(spec.memory_mb) > free_mem {
@@ -253,14 +289,29 @@ mod tests {
         ];
         for (capacity, allocated, want) in cases {
             assert_eq!(
-                fits(capacity, allocated).is_ok(),
+                fits(capacity, allocated, Ratios::default()).is_ok(),
                 want,
                 "{capacity:?} {allocated:?}"
             );
         }
-        let why = fits(cap(1, 100), cap(5, 200)).unwrap_err();
+        let why = fits(cap(1, 100), cap(5, 200), Ratios::default()).unwrap_err();
         assert!(why.contains("5 vCPUs committed, 4 schedulable"), "{why}");
         assert!(why.contains("200 MiB memory committed, 100 MiB"), "{why}");
+        // The cluster's ratios: twice the vCPUs, half again the memory.
+        let ratios = Ratios {
+            cpu: AllocationRatio(8.0),
+            memory: AllocationRatio(1.5),
+        };
+        assert!(fits(cap(1, 100), cap(8, 150), ratios).is_ok());
+        let why = fits(cap(1, 100), cap(9, 151), ratios).unwrap_err();
+        assert!(
+            why.contains("9 vCPUs committed, 8 schedulable (1 cores x allocation ratio 8)"),
+            "{why}"
+        );
+        assert!(
+            why.contains("151 MiB memory committed, 150 MiB schedulable"),
+            "{why}"
+        );
     }
 
     fn node(name: &str) -> NodeRecord {
@@ -463,7 +514,7 @@ mod tests {
             let mut nodes = vec![node("n1"), node("n2")];
             let mut default = Some("default");
             setup(&mut s, &mut nodes, &mut default);
-            let got = schedule(&s, &nodes, default);
+            let got = schedule(&s, &nodes, default, Ratios::default());
             match (got, want) {
                 (Ok(p), Ok(n)) => {
                     assert_eq!(p.node, n, "{name}");
@@ -479,10 +530,41 @@ mod tests {
     }
 
     #[test]
+    fn schedule_follows_the_cluster_allocation_ratios() {
+        let mut full = node("n1");
+        full.allocated_vcpus = full.vcpus * 4;
+        let nodes = vec![full];
+        let err = schedule(&spec(), &nodes, Some("default"), Ratios::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InsufficientCapacity, "{}", err.message);
+        assert!(
+            err.message.contains("allocation ratio 4"),
+            "{}",
+            err.message
+        );
+        let doubled = Ratios {
+            cpu: AllocationRatio(8.0),
+            ..Ratios::default()
+        };
+        let p = schedule(&spec(), &nodes, Some("default"), doubled).unwrap();
+        assert_eq!(p.node, "n1");
+
+        // Memory: all of it committed; a ratio of 1.5 leaves room, 1 does not.
+        let mut mem = node("n1");
+        mem.allocated_memory_mb = mem.memory_mb;
+        let nodes = vec![mem];
+        assert!(schedule(&spec(), &nodes, Some("default"), Ratios::default()).is_err());
+        let more_memory = Ratios {
+            memory: AllocationRatio(1.5),
+            ..Ratios::default()
+        };
+        assert!(schedule(&spec(), &nodes, Some("default"), more_memory).is_ok());
+    }
+
+    #[test]
     fn schedule_rejected_nodes_recorded_with_reason() {
         let mut nodes = vec![node("n1"), node("n2")];
         nodes[0].status = NodeStatus::NotReady;
-        let p = schedule(&spec(), &nodes, Some("default")).unwrap();
+        let p = schedule(&spec(), &nodes, Some("default"), Ratios::default()).unwrap();
         assert_eq!(p.node, "n2");
         assert_eq!(
             p.rejected,

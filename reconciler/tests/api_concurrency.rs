@@ -249,7 +249,8 @@ async fn get_vm_status(app: &Router, name: &str) -> StatusCode {
         .0
 }
 
-#[tokio::test]
+// Several worker threads: the writers really run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_vm_concurrent_writers_with_same_stale_if_match_exactly_one_wins() {
     let r = replicas(64, 262_144).await;
     let (status, v) = call(

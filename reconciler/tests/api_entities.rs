@@ -592,9 +592,11 @@ async fn cluster_get_put_and_cleared_default_pool_stays_cleared() {
     let app = &s.app;
     let (status, c) = call(app, Method::GET, "/v1/cluster", None).await;
     assert_eq!(status, StatusCode::OK);
+    // Version 1 from the migration, 2 once the first agent's `default` pool became the
+    // default.
     assert_eq!(
         c,
-        json!({"name": "cluster", "spec": {"default_pool": "default"}})
+        json!({"name": "cluster", "spec": {"default_pool": "default"}, "resource_version": 2})
     );
     assert_error(
         call(
@@ -617,7 +619,10 @@ async fn cluster_get_put_and_cleared_default_pool_stays_cleared() {
 
     let (_, r) = call(app, Method::PUT, "/v1/cluster", Some(json!({"spec": {}}))).await;
     assert_eq!(r["outcome"], "configured", "{r}");
-    assert_eq!(r["object"], json!({"name": "cluster", "spec": {}}));
+    assert_eq!(
+        r["object"],
+        json!({"name": "cluster", "spec": {}, "resource_version": 4})
+    );
     assert_error(
         create_vm(app, "a", json!({})).await,
         StatusCode::BAD_REQUEST,
@@ -632,8 +637,95 @@ async fn cluster_get_put_and_cleared_default_pool_stays_cleared() {
         .unwrap();
     let (_, c) = call(app, Method::GET, "/v1/cluster", None).await;
     assert_eq!(c["spec"], json!({}));
+    assert_eq!(c["resource_version"], 4, "nothing was written: {c}");
     let (status, v) = create_vm(app, "a", json!({"pool": "default"})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+}
+
+/// `cluster set cpu-allocation-ratio 8`: a node takes twice the vCPUs it takes at the
+/// default 4; `node get` shows what is schedulable; out-of-range ratios are refused.
+#[tokio::test]
+async fn cpu_allocation_ratio_8_lets_a_node_take_twice_the_vcpus() {
+    let s = server_with_node().await;
+    let app = &s.app;
+    let big = json!({"vcpus": 128, "memory_mb": 256});
+    // 64 cores x 4 = 256 schedulable vCPUs: two VMs of 128.
+    let mut placed = 0;
+    for i in 0..3 {
+        let (status, v) = create_vm(app, &format!("a{i}"), big.clone()).await;
+        match status {
+            StatusCode::ACCEPTED => placed += 1,
+            _ => {
+                assert_error(
+                    (status, v.clone()),
+                    StatusCode::CONFLICT,
+                    "insufficient_capacity",
+                    "allocation ratio 4",
+                );
+            }
+        }
+    }
+    assert_eq!(placed, 2);
+    let (_, n) = call(app, Method::GET, "/v1/nodes/node-1", None).await;
+    assert_eq!(
+        (
+            n["allocated_vcpus"].as_u64(),
+            n["schedulable_vcpus"].as_u64()
+        ),
+        (Some(256), Some(256)),
+        "{n}"
+    );
+
+    let (_, c) = call(app, Method::GET, "/v1/cluster", None).await;
+    let mut spec = c["spec"].clone();
+    spec["cpu_allocation_ratio"] = json!(100);
+    assert_error(
+        call(
+            app,
+            Method::PUT,
+            "/v1/cluster",
+            Some(json!({"spec": spec.clone()})),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "validation_failed",
+        "spec.cpu_allocation_ratio: must be a number from 0.1 to 64 (got 100)",
+    );
+    spec["cpu_allocation_ratio"] = json!(8);
+    let (status, r) = call(app, Method::PUT, "/v1/cluster", Some(json!({"spec": spec}))).await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(
+        r["object"]["spec"]["cpu_allocation_ratio"],
+        json!(8.0),
+        "{r}"
+    );
+
+    // 64 x 8 = 512: two more, then full again.
+    let mut placed = 0;
+    for i in 0..3 {
+        let (status, v) = create_vm(app, &format!("b{i}"), big.clone()).await;
+        match status {
+            StatusCode::ACCEPTED => placed += 1,
+            _ => {
+                assert_error(
+                    (status, v.clone()),
+                    StatusCode::CONFLICT,
+                    "insufficient_capacity",
+                    "allocation ratio 8",
+                );
+            }
+        }
+    }
+    assert_eq!(placed, 2);
+    let (_, n) = call(app, Method::GET, "/v1/nodes/node-1", None).await;
+    assert_eq!(
+        (
+            n["allocated_vcpus"].as_u64(),
+            n["schedulable_vcpus"].as_u64()
+        ),
+        (Some(512), Some(512)),
+        "{n}"
+    );
 }
 
 #[tokio::test]

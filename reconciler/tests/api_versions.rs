@@ -137,8 +137,14 @@ async fn put_delete_if_match_stale_is_409_naming_both_versions_for_every_kind() 
 
         // The now stale version: 409 naming both, nothing written (even an unchanged body).
         for writer in ["c", "b"] {
-            let (status, v) =
-                call(app, Method::PUT, &url, Some(1), Some(&body(&k.spec, writer))).await;
+            let (status, v) = call(
+                app,
+                Method::PUT,
+                &url,
+                Some(1),
+                Some(&body(&k.spec, writer)),
+            )
+            .await;
             assert_eq!(status, StatusCode::CONFLICT, "{} {v}", k.kind);
             let want = format!(
                 "{} obj-1 was changed: expected resource_version 1, it is 2",
@@ -153,8 +159,15 @@ async fn put_delete_if_match_stale_is_409_naming_both_versions_for_every_kind() 
             "{v}"
         );
         let (status, got) = call(app, Method::GET, &url, None, None).await;
-        assert_eq!(status, StatusCode::OK, "a refused delete deletes nothing: {got}");
-        assert_eq!((version(&got), &got["annotations"]["writer"]), (2, &json!("b")));
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "a refused delete deletes nothing: {got}"
+        );
+        assert_eq!(
+            (version(&got), &got["annotations"]["writer"]),
+            (2, &json!("b"))
+        );
 
         // A precondition on an object that does not exist: 409, and nothing is created.
         let other = format!("{}/obj-2", k.collection);
@@ -175,17 +188,30 @@ async fn put_delete_if_match_stale_is_409_naming_both_versions_for_every_kind() 
     }
 }
 
-#[tokio::test]
+// Several worker threads: the writers really run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_concurrent_writers_with_same_stale_if_match_exactly_one_wins_for_every_kind() {
     let r = replicas().await;
     for k in kinds() {
         let url = format!("{}/obj-1", k.collection);
-        let (status, v) = call(&r.apps[0], Method::PUT, &url, None, Some(&body(&k.spec, "0"))).await;
+        let (status, v) = call(
+            &r.apps[0],
+            Method::PUT,
+            &url,
+            None,
+            Some(&body(&k.spec, "0")),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{v}");
         let read = version(&v["object"]);
         let outcomes = concurrent_puts(&r.apps, &url, Some(read), &k.spec, WRITERS).await;
         let (won, lost) = split(&outcomes, read);
-        assert_eq!(won.len(), 1, "{}: exactly one writer wins: {outcomes:?}", k.kind);
+        assert_eq!(
+            won.len(),
+            1,
+            "{}: exactly one writer wins: {outcomes:?}",
+            k.kind
+        );
         assert_eq!(lost, WRITERS - 1, "{}", k.kind);
         // What is stored is the winner's write, one version on.
         let (_, got) = call(&r.apps[1], Method::GET, &url, None, None).await;
@@ -194,12 +220,20 @@ async fn put_concurrent_writers_with_same_stale_if_match_exactly_one_wins_for_ev
     }
 }
 
-#[tokio::test]
+// Several worker threads: the writers really run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn put_concurrent_writers_without_if_match_all_succeed_each_write_moves_the_version() {
     let r = replicas().await;
     for k in kinds() {
         let url = format!("{}/obj-1", k.collection);
-        let (status, v) = call(&r.apps[0], Method::PUT, &url, None, Some(&body(&k.spec, "0"))).await;
+        let (status, v) = call(
+            &r.apps[0],
+            Method::PUT,
+            &url,
+            None,
+            Some(&body(&k.spec, "0")),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{v}");
         let read = version(&v["object"]);
         // A writer that loses the compare-and-swap re-reads and writes again: none is
@@ -262,7 +296,8 @@ fn split(outcomes: &[(StatusCode, Value)], read: i64) -> (Vec<Value>, usize) {
     (won, lost)
 }
 
-#[tokio::test]
+// Several worker threads: the writers really run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_settings_if_match_stale_409_concurrent_one_wins_agent_default_pool_moves_it() {
     let r = replicas().await;
     let app = &r.apps[0];
@@ -280,7 +315,14 @@ async fn cluster_settings_if_match_stale_409_concurrent_one_wins_agent_default_p
     assert_eq!(v1, v0 + 1, "{c}");
 
     let settings = |writer: &str| json!({"spec": {"default_pool": "default"}, "annotations": {"writer": writer}});
-    let (status, v) = call(app, Method::PUT, "/v1/cluster", Some(v0), Some(&settings("a"))).await;
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/cluster",
+        Some(v0),
+        Some(&settings("a")),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{v}");
     assert!(
         message(&v).starts_with(&format!(
@@ -288,7 +330,14 @@ async fn cluster_settings_if_match_stale_409_concurrent_one_wins_agent_default_p
         )),
         "{v}"
     );
-    let (status, v) = call(app, Method::PUT, "/v1/cluster", Some(v1), Some(&settings("a"))).await;
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/cluster",
+        Some(v1),
+        Some(&settings("a")),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["outcome"], "configured", "{v}");
     let v2 = version(&v["object"]);
@@ -368,11 +417,71 @@ async fn token_revoke_if_match_stale_is_409_current_revokes() {
     );
     let (_, list) = call(app, Method::GET, "/v1/tokens", None, None).await;
     assert!(
-        list["items"].as_array().unwrap().iter().any(|t| t["name"] == "ci"),
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "ci"),
         "a refused revoke revokes nothing: {list}"
     );
     let (status, v) = call(&r.apps[1], Method::DELETE, "/v1/tokens/ci", Some(1), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{v}");
     let (status, v) = call(app, Method::DELETE, "/v1/tokens/ci", Some(1), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+}
+
+#[tokio::test]
+async fn project_version_moves_on_its_own_writes_not_on_the_quota_checks_of_vm_writes() {
+    let r = replicas().await;
+    let app = &r.apps[0];
+    register_node(&r.s).await;
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/projects/team",
+        None,
+        Some(&json!({"spec": {"max_vms": 2}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(version(&v["object"]), 1, "{v}");
+    // A quota-checked VM create locks (touches) the project row: not a write of the
+    // project, so a client holding version 1 may still write it.
+    let vm = json!({"name": "web-1", "spec": {"image_url": "http://127.0.0.1:9/img.qcow2",
+        "arch": "amd64", "vcpus": 1, "memory_mb": 512}});
+    let (status, v) = call(
+        &r.apps[1],
+        Method::POST,
+        "/v1/vms?project=team",
+        None,
+        Some(&vm),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let (_, p) = call(app, Method::GET, "/v1/projects/team", None, None).await;
+    assert_eq!(
+        (version(&p), p["usage"]["vms"].as_u64()),
+        (1, Some(1)),
+        "{p}"
+    );
+    let (status, v) = call(
+        app,
+        Method::PUT,
+        "/v1/projects/team",
+        Some(1),
+        Some(&json!({"spec": {"max_vms": 3}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(version(&v["object"]), 2, "{v}");
+    // A stale delete is 409 before the live-VM check; a current one names the VMs left.
+    let (status, v) = call(app, Method::DELETE, "/v1/projects/team", Some(1), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(
+        message(&v).starts_with("project team was changed: expected resource_version 1, it is 2"),
+        "{v}"
+    );
+    let (status, v) = call(app, Method::DELETE, "/v1/projects/team", Some(2), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{v}");
+    assert!(message(&v).contains("still has 1 vm(s)"), "{v}");
 }

@@ -113,6 +113,60 @@ pub struct FirmwareSpec {
 pub struct ClusterSettingsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_pool: Option<String>,
+    /// vCPUs the scheduler commits per host core (KubeVirt's cpuAllocationRatio,
+    /// OpenStack's cpu_allocation_ratio). Unset: 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_allocation_ratio: Option<AllocationRatio>,
+    /// Guest memory the scheduler commits per MiB of host memory. Unset: 1 (never
+    /// overcommitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_allocation_ratio: Option<AllocationRatio>,
+}
+
+/// How much of a node's capacity the scheduler commits per unit of it: a finite number
+/// greater than 0 (checked by `validate::validate_cluster_settings_spec`).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct AllocationRatio(pub f64);
+
+// Validated ratios are finite (never NaN), so equality is total.
+impl Eq for AllocationRatio {}
+
+impl AllocationRatio {
+    /// `cpu_allocation_ratio` when unset.
+    pub const DEFAULT_CPU: AllocationRatio = AllocationRatio(4.0);
+    /// `memory_allocation_ratio` when unset.
+    pub const DEFAULT_MEMORY: AllocationRatio = AllocationRatio(1.0);
+    /// Accepted range of `cpu_allocation_ratio`.
+    pub const CPU_RANGE: (f64, f64) = (0.1, 64.0);
+    /// Accepted range of `memory_allocation_ratio`.
+    pub const MEMORY_RANGE: (f64, f64) = (0.1, 4.0);
+
+    /// `capacity` x ratio, rounded down: what the scheduler may commit on a node.
+    pub fn apply(self, capacity: u64) -> u64 {
+        // f64 holds every capacity a node reports exactly; the product is floored.
+        (capacity as f64 * self.0).floor() as u64
+    }
+}
+
+impl std::fmt::Display for AllocationRatio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl ClusterSettingsSpec {
+    /// The ratio the scheduler uses for vCPUs (the default when unset).
+    pub fn cpu_ratio(&self) -> AllocationRatio {
+        self.cpu_allocation_ratio
+            .unwrap_or(AllocationRatio::DEFAULT_CPU)
+    }
+
+    /// The ratio the scheduler uses for memory (the default when unset).
+    pub fn memory_ratio(&self) -> AllocationRatio {
+        self.memory_allocation_ratio
+            .unwrap_or(AllocationRatio::DEFAULT_MEMORY)
+    }
 }
 
 /// A generic manifest envelope around a typed spec.

@@ -8,7 +8,9 @@ use serde::Deserialize;
 use super::kinds::*;
 use super::locate::{document_positions, DocPositions, Pos};
 pub use crate::validate::valid_ifname;
-use crate::validate::{validate_name, validate_network_spec, validate_vm_spec};
+use crate::validate::{
+    validate_cluster_settings_spec, validate_name, validate_network_spec, validate_vm_spec,
+};
 
 /// Documents one file may hold.
 pub const MAX_DOCUMENTS: usize = 10_000;
@@ -232,10 +234,9 @@ fn validate_object(object: &Object) -> Result<(), String> {
                 Ok(())
             }
         }
-        Object::ClusterSettings(cs) => match &cs.spec.default_pool {
-            Some(p) => validate_name("spec.default_pool", p).map_err(|e| e.message),
-            None => Ok(()),
-        },
+        Object::ClusterSettings(cs) => {
+            validate_cluster_settings_spec("spec", &cs.spec).map_err(|e| e.message)
+        }
         Object::Pool(_) | Object::Project(_) => Ok(()),
     }
 }

@@ -163,8 +163,8 @@ pub fn nodes(nodes: &[Node]) -> String {
                 n.status.as_str().to_owned(),
                 n.arch.clone(),
                 n.accel.clone(),
-                format!("{}/{}", n.allocated_vcpus, n.vcpus),
-                format!("{}/{}MiB", n.allocated_memory_mb, n.memory_mb),
+                format!("{}/{}", n.allocated_vcpus, n.schedulable_vcpus),
+                format!("{}/{}MiB", n.allocated_memory_mb, n.schedulable_memory_mb),
                 join_or_none(&n.pools),
             ]
         })
@@ -473,6 +473,8 @@ mod tests {
             memory_mb: 16384,
             allocated_vcpus: 2,
             allocated_memory_mb: 2048,
+            schedulable_vcpus: 32,
+            schedulable_memory_mb: 16384,
             pools: vec!["default".into(), "fast".into()],
             last_heartbeat: None,
             allow_file_urls: false,
@@ -480,7 +482,7 @@ mod tests {
         assert_eq!(
             nodes(&[n]),
             "NAME    STATUS     ARCH   ACCEL  VCPUS  MEMORY         POOLS\n\
-             node-1  not_ready  arm64  kvm    2/8    2048/16384MiB  default,fast\n"
+             node-1  not_ready  arm64  kvm    2/32   2048/16384MiB  default,fast\n"
         );
     }
 

@@ -166,11 +166,17 @@ pub fn node(n: &Node) -> String {
         ("accel", n.accel.clone()),
         (
             "vcpus",
-            format!("{}/{} allocated", n.allocated_vcpus, n.vcpus),
+            format!(
+                "{}/{} allocated ({} cores)",
+                n.allocated_vcpus, n.schedulable_vcpus, n.vcpus
+            ),
         ),
         (
             "memory_mb",
-            format!("{}/{} allocated", n.allocated_memory_mb, n.memory_mb),
+            format!(
+                "{}/{} allocated ({} on the node)",
+                n.allocated_memory_mb, n.schedulable_memory_mb, n.memory_mb
+            ),
         ),
         ("pools", join_or_none(&n.pools)),
         ("last_heartbeat", or_none(n.last_heartbeat.as_deref())),
@@ -248,10 +254,29 @@ pub fn whoami(w: &Whoami, server: &str) -> String {
 }
 
 /// The `cluster get` text view.
+/// A set ratio as is; an unset one as its default, marked.
+fn ratio_or_default(
+    set: Option<otherix_api::manifest::AllocationRatio>,
+    effective: otherix_api::manifest::AllocationRatio,
+) -> String {
+    match set {
+        Some(r) => r.to_string(),
+        None => format!("{effective} (default)"),
+    }
+}
+
 pub fn cluster(c: &ClusterSettings) -> String {
     let mut rows = vec![
         ("name", c.name.clone()),
         ("default_pool", or_none(c.spec.default_pool.as_deref())),
+        (
+            "cpu_allocation_ratio",
+            ratio_or_default(c.spec.cpu_allocation_ratio, c.spec.cpu_ratio()),
+        ),
+        (
+            "memory_allocation_ratio",
+            ratio_or_default(c.spec.memory_allocation_ratio, c.spec.memory_ratio()),
+        ),
     ];
     rows.extend(annotation_rows(&c.annotations));
     render(&rows)
@@ -613,17 +638,27 @@ vars_template: /usr/share/OVMF/OVMF_VARS_4M.fd
             annotations: Default::default(),
             spec: ClusterSettingsSpec {
                 default_pool: Some("default".into()),
+                ..Default::default()
             },
         };
         assert_eq!(
             cluster(&c),
-            "name:         cluster\ndefault_pool: default\n"
+            "name:                    cluster\n\
+             default_pool:            default\n\
+             cpu_allocation_ratio:    4 (default)\n\
+             memory_allocation_ratio: 1 (default)\n"
         );
         c.spec.default_pool = None;
+        c.spec.cpu_allocation_ratio = Some(otherix_api::manifest::AllocationRatio(8.0));
+        c.spec.memory_allocation_ratio = Some(otherix_api::manifest::AllocationRatio(1.5));
         c.annotations.insert("team".into(), "infra".into());
         assert_eq!(
             cluster(&c),
-            "name:         cluster\ndefault_pool: -\nannotation:   team=infra\n"
+            "name:                    cluster\n\
+             default_pool:            -\n\
+             cpu_allocation_ratio:    8\n\
+             memory_allocation_ratio: 1.5\n\
+             annotation:              team=infra\n"
         );
     }
 }

@@ -94,6 +94,7 @@ spec:
             annotations: Default::default(),
             spec: otherix_api::manifest::ClusterSettingsSpec {
                 default_pool: Some("fast".into()),
+                ..Default::default()
             },
         };
         let text = cluster_manifest(&c).unwrap();

@@ -275,19 +275,21 @@ impl Reconciler {
         let mut placement = None;
         if kind == TaskKind::VmCreate {
             let nodes = self.store.list_nodes().await?;
-            let default_pool = self.store.default_pool().await?;
+            let settings = self.store.cluster_settings().await?;
+            let default_pool = settings.default_pool.clone();
+            let ratios = settings.ratios();
             // A retried create prefers the node it was placed on before.
             let previous = match (&vm.node, &vm.spec.node) {
                 (Some(prev), None) => {
                     let mut pinned = vm.spec.clone();
                     pinned.node = Some(prev.clone());
-                    schedule(&pinned, &nodes, default_pool.as_deref()).ok()
+                    schedule(&pinned, &nodes, default_pool.as_deref(), ratios).ok()
                 }
                 _ => None,
             };
             let p = match previous {
                 Some(p) => p,
-                None => schedule(&vm.spec, &nodes, default_pool.as_deref())
+                None => schedule(&vm.spec, &nodes, default_pool.as_deref(), ratios)
                     .map_err(ReconcileError::Unschedulable)?,
             };
             vm.node = Some(p.node.clone());

@@ -1,5 +1,6 @@
 //! Cluster reads: nodes (with what is committed to them) and pools (with their instances).
 
+use otherix_api::manifest::AllocationRatio;
 use otherix_api::{ApiError, ListResponse, Node, Pool};
 
 use super::ServiceError;
@@ -14,10 +15,17 @@ impl ClusterService {
         ClusterService { store }
     }
 
+    /// The cluster's (cpu, memory) allocation ratios, for the nodes' schedulable figures.
+    async fn ratios(&self) -> Result<(AllocationRatio, AllocationRatio), ServiceError> {
+        let r = self.store.cluster_settings().await?.ratios();
+        Ok((r.cpu, r.memory))
+    }
+
     pub async fn nodes(&self) -> Result<ListResponse<Node>, ServiceError> {
         let nodes = self.store.list_nodes().await?;
+        let ratios = self.ratios().await?;
         Ok(ListResponse {
-            items: nodes.iter().map(|n| n.to_api()).collect(),
+            items: nodes.iter().map(|n| n.to_api(ratios)).collect(),
             next_cursor: None,
         })
     }
@@ -25,10 +33,11 @@ impl ClusterService {
     /// A node by name or uuid.
     pub async fn node(&self, name: &str) -> Result<Node, ServiceError> {
         let nodes = self.store.list_nodes().await?;
+        let ratios = self.ratios().await?;
         nodes
             .iter()
             .find(|n| n.name == name || n.id.to_string() == name)
-            .map(|n| n.to_api())
+            .map(|n| n.to_api(ratios))
             .ok_or_else(|| ApiError::not_found(format!("node {name} not found")).into())
     }
 

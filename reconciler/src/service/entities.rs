@@ -5,7 +5,7 @@
 //! 409 `conflict`); without it a write that loses a race is retried on a fresh read.
 
 use otherix_api::manifest::{ClusterSettingsSpec, FirmwareSpec, NetworkSpec, PoolSpec};
-use otherix_api::validate::{validate_name, validate_network_spec};
+use otherix_api::validate::{validate_cluster_settings_spec, validate_name, validate_network_spec};
 use otherix_api::{
     ApiError, ApplyOutcome, ApplyRequest, ApplyResponse, ClusterSettings, CreateObjectRequest,
     Firmware, ListResponse, Network, Pool,
@@ -162,7 +162,12 @@ impl EntityService {
             }
             let deleted = self
                 .store
-                .delete_object(ObjectTable::Pools, pool.id, &pool.name, pool.resource_version)
+                .delete_object(
+                    ObjectTable::Pools,
+                    pool.id,
+                    &pool.name,
+                    pool.resource_version,
+                )
                 .await;
             match deleted {
                 Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,
@@ -239,7 +244,9 @@ impl EntityService {
             name_or_id,
             if_match,
             |net: &StoredObject<NetworkSpec>, vms| {
-                users(vms, |v| is_ref(v.spec.network.as_deref(), &net.name, net.id))
+                users(vms, |v| {
+                    is_ref(v.spec.network.as_deref(), &net.name, net.id)
+                })
             },
         )
         .await
@@ -330,9 +337,9 @@ impl EntityService {
             name_or_id,
             if_match,
             |fw: &StoredObject<FirmwareSpec>, vms| {
-            users(vms, |v| {
-                v.spec.firmware.as_deref() == Some(fw.name.as_str())
-                    || is_ref(v.spec.firmware_id.as_deref(), "", fw.id)
+                users(vms, |v| {
+                    v.spec.firmware.as_deref() == Some(fw.name.as_str())
+                        || is_ref(v.spec.firmware_id.as_deref(), "", fw.id)
                 })
             },
         )
@@ -355,7 +362,10 @@ impl EntityService {
         loop {
             let current = self.store.cluster_settings().await?;
             check_resource_version("cluster", "settings", if_match, current.resource_version)?;
+            validate_cluster_settings_spec("spec", &req.spec)?;
             if current.default_pool == req.spec.default_pool
+                && current.cpu_allocation_ratio == req.spec.cpu_allocation_ratio
+                && current.memory_allocation_ratio == req.spec.memory_allocation_ratio
                 && current.annotations == req.annotations
             {
                 return Ok(ApplyResponse {
@@ -375,6 +385,8 @@ impl EntityService {
             }
             let row = ClusterSettingsRow {
                 default_pool: req.spec.default_pool.clone(),
+                cpu_allocation_ratio: req.spec.cpu_allocation_ratio,
+                memory_allocation_ratio: req.spec.memory_allocation_ratio,
                 annotations: req.annotations.clone(),
                 resource_version: current.resource_version,
             };
@@ -382,7 +394,12 @@ impl EntityService {
                 Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,
                 r => r?,
             };
-            tracing::info!(default_pool = ?req.spec.default_pool, "cluster settings configured");
+            tracing::info!(
+                default_pool = ?req.spec.default_pool,
+                cpu_allocation_ratio = ?req.spec.cpu_allocation_ratio,
+                memory_allocation_ratio = ?req.spec.memory_allocation_ratio,
+                "cluster settings configured"
+            );
             return Ok(ApplyResponse {
                 outcome: ApplyOutcome::Configured,
                 object: self.cluster().await?,
@@ -562,6 +579,8 @@ fn cluster_api(row: ClusterSettingsRow) -> ClusterSettings {
         annotations: row.annotations,
         spec: ClusterSettingsSpec {
             default_pool: row.default_pool,
+            cpu_allocation_ratio: row.cpu_allocation_ratio,
+            memory_allocation_ratio: row.memory_allocation_ratio,
         },
         resource_version: row.resource_version,
     }

@@ -215,10 +215,7 @@ impl IdentityService {
                 if let Some(expected) = if_match {
                     return Err(stale("project", name, expected, None).into());
                 }
-                match self
-                    .create_project(name, spec.clone(), annotations.clone())
-                    .await
-                {
+                match self.create_project(name, spec, annotations.clone()).await {
                     Ok(p) => return Ok((p, ApplyOutcome::Created)),
                     // A concurrent apply created it first: apply onto that one.
                     Err(ServiceError::Api(e))
@@ -234,7 +231,7 @@ impl IdentityService {
             if row.spec == spec && row.annotations == annotations {
                 return Ok((self.project_view(row).await?, ApplyOutcome::Unchanged));
             }
-            row.spec = spec.clone();
+            row.spec = spec;
             row.annotations = annotations.clone();
             match self.store.update_project(&row).await {
                 Err(e) if retry_on_conflict(&e, if_match, &mut attempt) => continue,

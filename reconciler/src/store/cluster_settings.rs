@@ -1,10 +1,12 @@
-//! The cluster settings object: the default pool and the annotations (two `settings` rows)
-//! and the one `resource_version` they share (the `cluster_resource_version` row), written
-//! together in one compare-and-swap transaction.
+//! The cluster settings object: the default pool, the allocation ratios and the
+//! annotations (`settings` rows) and the one `resource_version` they share (the
+//! `cluster_resource_version` row), written together in one compare-and-swap transaction.
 
 use std::collections::BTreeMap;
 
 use sqlx::AnyConnection;
+
+use otherix_api::manifest::AllocationRatio;
 
 use super::entities::{decode, json};
 use super::{Store, StoreError, SETTING_DEFAULT_POOL};
@@ -13,6 +15,9 @@ use super::{Store, StoreError, SETTING_DEFAULT_POOL};
 pub const SETTING_CLUSTER_ANNOTATIONS: &str = "cluster_annotations";
 /// The key of the cluster settings' resource_version (decimal text).
 const SETTING_CLUSTER_VERSION: &str = "cluster_resource_version";
+/// The keys of the allocation ratios (decimal text; absent = the default).
+pub(super) const SETTING_CPU_RATIO: &str = "cpu_allocation_ratio";
+pub(super) const SETTING_MEMORY_RATIO: &str = "memory_allocation_ratio";
 
 /// The cluster settings as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,7 +25,35 @@ pub struct ClusterSettingsRow {
     /// Unset or cleared (stored empty) is `None`.
     pub default_pool: Option<String>,
     pub annotations: BTreeMap<String, String>,
+    pub cpu_allocation_ratio: Option<AllocationRatio>,
+    pub memory_allocation_ratio: Option<AllocationRatio>,
     pub resource_version: i64,
+}
+
+impl ClusterSettingsRow {
+    /// The ratios the scheduler uses (defaults where unset).
+    pub fn ratios(&self) -> crate::scheduler::Ratios {
+        crate::scheduler::Ratios {
+            cpu: self
+                .cpu_allocation_ratio
+                .unwrap_or(AllocationRatio::DEFAULT_CPU),
+            memory: self
+                .memory_allocation_ratio
+                .unwrap_or(AllocationRatio::DEFAULT_MEMORY),
+        }
+    }
+}
+
+/// A stored allocation ratio.
+pub(super) fn parse_ratio(key: &str, text: &str) -> Result<AllocationRatio, StoreError> {
+    match text.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(AllocationRatio(r)),
+        _ => Err(StoreError::Corrupt {
+            table: "settings",
+            id: key.to_owned(),
+            detail: format!("allocation ratio {text:?}"),
+        }),
+    }
 }
 
 fn parse_version(text: &str) -> Result<i64, StoreError> {
@@ -35,15 +68,19 @@ impl Store {
     /// The cluster settings, read in one statement (one consistent snapshot).
     pub async fn cluster_settings(&self) -> Result<ClusterSettingsRow, StoreError> {
         let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2, $3)")
+            sqlx::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4, $5)")
                 .bind(SETTING_DEFAULT_POOL)
                 .bind(SETTING_CLUSTER_ANNOTATIONS)
                 .bind(SETTING_CLUSTER_VERSION)
+                .bind(SETTING_CPU_RATIO)
+                .bind(SETTING_MEMORY_RATIO)
                 .fetch_all(&self.pool)
                 .await?;
         let mut out = ClusterSettingsRow {
             default_pool: None,
             annotations: BTreeMap::new(),
+            cpu_allocation_ratio: None,
+            memory_allocation_ratio: None,
             resource_version: 1,
         };
         for (key, value) in rows {
@@ -51,6 +88,10 @@ impl Store {
                 SETTING_DEFAULT_POOL => out.default_pool = Some(value).filter(|p| !p.is_empty()),
                 SETTING_CLUSTER_ANNOTATIONS => {
                     out.annotations = decode("settings", SETTING_CLUSTER_ANNOTATIONS, &value)?
+                }
+                SETTING_CPU_RATIO => out.cpu_allocation_ratio = Some(parse_ratio(&key, &value)?),
+                SETTING_MEMORY_RATIO => {
+                    out.memory_allocation_ratio = Some(parse_ratio(&key, &value)?)
                 }
                 _ => out.resource_version = parse_version(&value)?,
             }
@@ -62,12 +103,17 @@ impl Store {
     /// `row.resource_version` (else [`StoreError::Conflict`], nothing written); returns
     /// the new version. A cleared default pool is stored as the empty string, so agents
     /// registering a `default` pool do not set it again.
-    pub async fn write_cluster_settings(&self, row: &ClusterSettingsRow) -> Result<i64, StoreError> {
+    pub async fn write_cluster_settings(
+        &self,
+        row: &ClusterSettingsRow,
+    ) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, '1') ON CONFLICT (key) DO NOTHING")
-            .bind(SETTING_CLUSTER_VERSION)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, '1') ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(SETTING_CLUSTER_VERSION)
+        .execute(&mut *tx)
+        .await?;
         let next = row.resource_version + 1;
         let swapped = sqlx::query("UPDATE settings SET value = $2 WHERE key = $1 AND value = $3")
             .bind(SETTING_CLUSTER_VERSION)
@@ -95,11 +141,52 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         } else {
-            upsert(&mut tx, SETTING_CLUSTER_ANNOTATIONS, &json(&row.annotations)).await?;
+            upsert(
+                &mut tx,
+                SETTING_CLUSTER_ANNOTATIONS,
+                &json(&row.annotations),
+            )
+            .await?;
+        }
+        for (key, ratio) in [
+            (SETTING_CPU_RATIO, row.cpu_allocation_ratio),
+            (SETTING_MEMORY_RATIO, row.memory_allocation_ratio),
+        ] {
+            match ratio {
+                Some(r) => upsert(&mut tx, key, &r.to_string()).await?,
+                None => {
+                    sqlx::query("DELETE FROM settings WHERE key = $1")
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
         }
         tx.commit().await?;
         Ok(next)
     }
+}
+
+/// The allocation ratios as of `conn`'s transaction (the defaults where unset).
+pub(super) async fn allocation_ratios(
+    conn: &mut AnyConnection,
+) -> Result<crate::scheduler::Ratios, StoreError> {
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2)")
+            .bind(SETTING_CPU_RATIO)
+            .bind(SETTING_MEMORY_RATIO)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut ratios = crate::scheduler::Ratios::default();
+    for (key, value) in rows {
+        let r = parse_ratio(&key, &value)?;
+        if key == SETTING_CPU_RATIO {
+            ratios.cpu = r;
+        } else {
+            ratios.memory = r;
+        }
+    }
+    Ok(ratios)
 }
 
 async fn upsert(conn: &mut AnyConnection, key: &str, value: &str) -> Result<(), StoreError> {

@@ -74,7 +74,11 @@ pub(super) fn json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("spec and annotations serialize")
 }
 
-pub(super) fn decode<T: DeserializeOwned>(table: &'static str, id: &str, text: &str) -> Result<T, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    id: &str,
+    text: &str,
+) -> Result<T, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
         table,
         id: id.to_owned(),
@@ -92,7 +96,10 @@ async fn conflict(
     name: &str,
     expected: i64,
 ) -> StoreError {
-    let sql = format!("SELECT resource_version FROM {} WHERE id = $1", table.table());
+    let sql = format!(
+        "SELECT resource_version FROM {} WHERE id = $1",
+        table.table()
+    );
     match sqlx::query_as::<_, (i64,)>(&sql)
         .bind(id.to_string())
         .fetch_optional(&mut *conn)

@@ -124,7 +124,11 @@ impl Store {
     /// Deletes a token (only at version `expected`, if given: else
     /// [`StoreError::Conflict`]); false when there was none. The next request with it is
     /// 401.
-    pub async fn delete_token(&self, name: &str, expected: Option<i64>) -> Result<bool, StoreError> {
+    pub async fn delete_token(
+        &self,
+        name: &str,
+        expected: Option<i64>,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let done = match expected {
             None => {

@@ -27,8 +27,8 @@ use sqlx::{AnyPool, Executor};
 use crate::model::TaskRecord;
 
 pub use cluster_ca::ClusterCaRow;
-pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use cluster_settings::{ClusterSettingsRow, SETTING_CLUSTER_ANNOTATIONS};
+pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs};
 pub use identity::{ProjectRow, TokenRow};
 pub use lease::{Fence, LeaseRow, LEADER_LEASE};

@@ -394,7 +394,8 @@ pub(super) async fn claim_node(conn: &mut AnyConnection, node: &str) -> Result<(
         vcpus: get("vcpus")?,
         memory_mb: get("memory_mb")?,
     };
-    match fits(capacity, allocated) {
+    let ratios = super::cluster_settings::allocation_ratios(conn).await?;
+    match fits(capacity, allocated, ratios) {
         Ok(()) => Ok(()),
         Err(detail) => Err(StoreError::InsufficientCapacity {
             node: node.to_owned(),
