@@ -10,6 +10,7 @@
 //! replica, and the QEMU processes of a VM. Dropping the cluster kills every process it
 //! started (QEMU included), then drops the database (or stops the throwaway server).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,6 +25,7 @@ use crate::cluster::{
 };
 use crate::paths::bin;
 use crate::postgres::TestDatabase;
+use crate::procs::{qemu_pids_mentioning, strip_ansi};
 use crate::wait;
 
 #[derive(Clone, Debug)]
@@ -472,50 +474,89 @@ impl HaCluster {
     pub fn qemu_pids(&self, needle: &str) -> Vec<u32> {
         qemu_pids_mentioning(needle)
     }
-}
 
-/// `text` without ANSI escape sequences (`ESC [ ... letter`).
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
+    /// `vm create NAME` (1 vCPU, 128 MiB, no cloud-init, image `url`) through replica
+    /// `first`, or the next one when that fails (a client retrying elsewhere while its
+    /// replica is down). A retry that finds the VM already there (a dying replica committed
+    /// it but never answered) counts as done. Returns the replica that answered.
+    pub fn create_vm(&self, first: usize, name: &str, url: &str) -> usize {
+        let n = self.replica_count();
+        let mut errors = Vec::new();
+        for attempt in 0..2 * n {
+            let i = (first + attempt) % n;
+            let out = self.cli(
+                i,
+                &[
+                    "vm",
+                    "create",
+                    name,
+                    "--image-url",
+                    url,
+                    "--arch",
+                    "amd64",
+                    "--vcpus",
+                    "1",
+                    "--memory-mb",
+                    "128",
+                    "--no-cloud-init",
+                ],
+            );
+            if out.code == 0 || (attempt > 0 && out.stderr.contains("already exists")) {
+                return i;
             }
-        } else {
-            out.push(c);
+            errors.push(format!("replica {i}: {}", out.stderr.trim()));
+            std::thread::sleep(Duration::from_millis(200));
         }
+        panic!("vm create {name}: no replica answered: {errors:#?}");
     }
-    out
-}
 
-/// The pids of running `qemu-system-*` processes whose command line mentions `needle`.
-pub fn qemu_pids_mentioning(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        let prog = cmdline.split('\0').next().unwrap_or("");
-        if prog
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .starts_with("qemu-system")
-            && cmdline.contains(needle)
-            && wait::pid_alive(pid)
-        {
-            pids.push(pid);
+    /// Every VM, through replica `i` (all pages).
+    pub fn list_vms(&self, i: usize) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/v1/vms?limit=100&cursor={c}"),
+                None => "/v1/vms?limit=100".to_owned(),
+            };
+            let (status, body) = self.get(i, &path);
+            assert_eq!(status, 200, "GET {path}: {body}");
+            out.extend(body["items"].as_array().cloned().unwrap_or_default());
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return out,
+            }
         }
     }
-    pids
+
+    /// [`HaCluster::registrations`] of `node` on every live replica.
+    pub fn registrations_by_replica(&self, node: &str) -> HashMap<usize, usize> {
+        self.live_replicas()
+            .into_iter()
+            .map(|i| (i, self.registrations(i, node)))
+            .collect()
+    }
+
+    /// Polls (30 s at most) until a live replica logged `node registered` for `node` more
+    /// often than in `before` (from [`HaCluster::registrations_by_replica`]): the agent
+    /// attached again. The time from `since`.
+    pub fn wait_reattached(
+        &self,
+        node: &str,
+        before: &HashMap<usize, usize>,
+        since: Instant,
+    ) -> Duration {
+        wait::until(
+            &format!("{node} attached to another replica"),
+            Duration::from_secs(30),
+            || {
+                self.live_replicas()
+                    .into_iter()
+                    .any(|i| self.registrations(i, node) > before.get(&i).copied().unwrap_or(0))
+                    .then(|| since.elapsed())
+            },
+        )
+    }
 }
 
 impl Drop for HaCluster {
@@ -533,26 +574,5 @@ impl Drop for HaCluster {
             self.kill_replica(i);
         }
         kill_processes_mentioning(self.dir.path());
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::strip_ansi;
-
-    #[test]
-    fn strip_ansi_table() {
-        let cases = [
-            ("plain", "plain"),
-            (
-                "\u{1b}[3mtask_id\u{1b}[0m\u{1b}[2m=\u{1b}[0m\"x\"",
-                "task_id=\"x\"",
-            ),
-            ("\u{1b}[32m INFO\u{1b}[0m a", " INFO a"),
-            ("", ""),
-        ];
-        for (input, want) in cases {
-            assert_eq!(strip_ansi(input), want, "{input:?}");
-        }
     }
 }

@@ -11,6 +11,7 @@ pub mod image_server;
 pub mod netns;
 pub mod paths;
 pub mod postgres;
+pub mod procs;
 pub mod wait;
 
 pub use cluster::{BackgroundCli, CliOutput, Cluster, ClusterOptions};

@@ -29,18 +29,6 @@ const MAX_AGENT_RECONNECT: Duration = Duration::from_secs(5);
 /// not compete for the 2 cores with another's.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A 1 MiB raw disk whose boot sector is `hlt; jmp $-1`: QEMU boots it and idles.
-fn halt_image_server() -> (tempfile::TempDir, ImageServer) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut disk = vec![0u8; 1024 * 1024];
-    disk[0..3].copy_from_slice(&[0xf4, 0xeb, 0xfd]);
-    disk[510] = 0x55;
-    disk[511] = 0xaa;
-    std::fs::write(dir.path().join("halt.img"), disk).expect("write halt.img");
-    let server = ImageServer::start(dir.path());
-    (dir, server)
-}
-
 /// VMs of acceptance (a).
 const VMS: usize = 50;
 
@@ -70,96 +58,10 @@ fn raise_cpu_allocation_ratio(cluster: &HaCluster) {
     eprintln!("cpu_allocation_ratio {ratio}");
 }
 
-/// `vm create NAME` through replica `first`, or the next one when it fails (a client
-/// retrying elsewhere when its replica is down). A retry that finds the VM already created (the
-/// dead replica committed it before dying) counts as done. Returns the replica that
-/// answered.
-fn create_vm(cluster: &HaCluster, first: usize, name: &str, url: &str) -> usize {
-    let n = cluster.replica_count();
-    let mut errors = Vec::new();
-    for attempt in 0..2 * n {
-        let i = (first + attempt) % n;
-        let out = cluster.cli(
-            i,
-            &[
-                "vm",
-                "create",
-                name,
-                "--image-url",
-                url,
-                "--arch",
-                "amd64",
-                "--vcpus",
-                "1",
-                "--memory-mb",
-                "128",
-                "--no-cloud-init",
-            ],
-        );
-        if out.code == 0 {
-            return i;
-        }
-        if attempt > 0 && out.stderr.contains("already exists") {
-            return i;
-        }
-        errors.push(format!("replica {i}: {}", out.stderr.trim()));
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("vm create {name}: no replica answered: {errors:#?}");
-}
-
-/// Every VM, through replica `i` (all pages).
-fn list_vms(cluster: &HaCluster, i: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let path = match &cursor {
-            Some(c) => format!("/v1/vms?limit=100&cursor={c}"),
-            None => "/v1/vms?limit=100".to_owned(),
-        };
-        let (status, body) = cluster.get(i, &path);
-        assert_eq!(status, 200, "GET {path}: {body}");
-        out.extend(body["items"].as_array().cloned().unwrap_or_default());
-        match body["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return out,
-        }
-    }
-}
-
-/// Polls replica `i`'s log count of `node registered node=NODE` on every live replica but
-/// `dead` until one grows; the time from `since`.
-fn wait_reattached(
-    cluster: &HaCluster,
-    node: &str,
-    before: &HashMap<usize, usize>,
-    since: Instant,
-) -> Duration {
-    wait::until(
-        &format!("{node} attached to another replica"),
-        Duration::from_secs(30),
-        || {
-            cluster
-                .live_replicas()
-                .into_iter()
-                .any(|i| cluster.registrations(i, node) > before.get(&i).copied().unwrap_or(0))
-                .then(|| since.elapsed())
-        },
-    )
-}
-
-fn registrations(cluster: &HaCluster, node: &str) -> HashMap<usize, usize> {
-    cluster
-        .live_replicas()
-        .into_iter()
-        .map(|i| (i, cluster.registrations(i, node)))
-        .collect()
-}
-
 #[test]
 fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_images, server) = halt_image_server();
+    let (_images, server) = ImageServer::with_halt_disk();
     let url = server.url("halt.img");
     // 3 replicas, 2 agents.
     let mut cluster = HaCluster::start(HaOptions {
@@ -183,7 +85,7 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
         .collect();
     let before: HashMap<&str, HashMap<usize, usize>> = leader_nodes
         .iter()
-        .map(|n| (*n, registrations(&cluster, n)))
+        .map(|n| (*n, cluster.registrations_by_replica(n)))
         .collect();
 
     // (a) 50 creates round-robin over the replicas from 5 threads; the leader is killed
@@ -198,7 +100,7 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
                 if k >= VMS {
                     break;
                 }
-                if create_vm(&cluster, k % 3, &format!("vm-{k:02}"), &url) != k % 3 {
+                if cluster.create_vm(k % 3, &format!("vm-{k:02}"), &url) != k % 3 {
                     rerouted.fetch_add(1, Ordering::SeqCst);
                 }
                 done.fetch_add(1, Ordering::SeqCst);
@@ -215,7 +117,7 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
             .map(|n| {
                 (
                     n.to_string(),
-                    wait_reattached(&cluster, n, &before[n], killed),
+                    cluster.wait_reattached(n, &before[n], killed),
                 )
             })
             .collect();
@@ -253,7 +155,7 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
     // Every VM ends running, exactly once.
     let live = cluster.live_replicas()[0];
     let vms = wait::until("50 VMs running", Duration::from_secs(240), || {
-        let vms = list_vms(&cluster, live);
+        let vms = cluster.list_vms(live);
         let running = vms
             .iter()
             .filter(|v| v["status"]["phase"] == "running")
@@ -326,10 +228,10 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
         .copied()
         .find(|(_, i)| *i != now_leader)
         .unwrap_or(pairs[0]);
-    let before = registrations(&cluster, node);
+    let before = cluster.registrations_by_replica(node);
     let killed = Instant::now();
     cluster.kill_replica(victim);
-    let took = wait_reattached(&cluster, node, &before, killed);
+    let took = cluster.wait_reattached(node, &before, killed);
     eprintln!(
         "agent reconnect: {node} {} ms (replica {victim} killed)",
         took.as_millis()
@@ -339,7 +241,8 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
         "{node} took {took:?} to attach to another replica"
     );
     let remaining = cluster.live_replicas();
-    let on_node: Vec<String> = list_vms(&cluster, remaining[0])
+    let on_node: Vec<String> = cluster
+        .list_vms(remaining[0])
         .into_iter()
         .filter(|v| v["status"]["node"] == node)
         .map(|v| v["name"].as_str().unwrap().to_owned())
@@ -384,7 +287,7 @@ fn ha_leader_killed_during_50_creates_every_vm_runs_once_and_agents_fail_over() 
 #[test]
 fn ha_frozen_leader_is_fenced_and_steps_down() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_images, server) = halt_image_server();
+    let (_images, server) = ImageServer::with_halt_disk();
     let url = server.url("halt.img");
     let mut cluster = HaCluster::start(HaOptions {
         replicas: 3,
@@ -398,7 +301,7 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
     cluster.add_agent(&NodeOptions::new("node-1", &["default"]), standby);
     cluster.wait_node_ready(standby, "node-1");
     for name in ["f-1", "f-2"] {
-        create_vm(&cluster, standby, name, &url);
+        cluster.create_vm(standby, name, &url);
     }
     wait::until("f-1 and f-2 running", Duration::from_secs(120), || {
         ["f-1", "f-2"]
@@ -417,7 +320,7 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
     // killed, which only the leader's loop repairs (restart_policy on-failure: a vm.start
     // after the backoff, fenced with the leader's epoch).
     cluster.cli(other, &["vm", "stop", "f-1", "--force"]).ok();
-    create_vm(&cluster, other, "f-3", &url);
+    cluster.create_vm(other, "f-3", &url);
     let f2_id = cluster.get(other, "/v1/vms/f-2").1["id"]
         .as_str()
         .expect("f-2 id")
@@ -559,7 +462,7 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
 #[test]
 fn ha_agent_on_a_frozen_replica_moves_to_another() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_images, server) = halt_image_server();
+    let (_images, server) = ImageServer::with_halt_disk();
     let url = server.url("halt.img");
     let mut cluster = HaCluster::start(HaOptions {
         replicas: 3,
@@ -572,15 +475,15 @@ fn ha_agent_on_a_frozen_replica_moves_to_another() {
     let other = (leader + 2) % 3;
     cluster.add_agent(&NodeOptions::new("node-1", &["default"]), standby);
     cluster.wait_node_ready(standby, "node-1");
-    create_vm(&cluster, other, "h-1", &url);
+    cluster.create_vm(other, "h-1", &url);
     wait::until("h-1 running", Duration::from_secs(60), || {
         (cluster.get(other, "/v1/vms/h-1").1["status"]["phase"] == "running").then_some(())
     });
 
-    let before = registrations(&cluster, "node-1");
+    let before = cluster.registrations_by_replica("node-1");
     let frozen = Instant::now();
     cluster.freeze_replica(standby);
-    let took = wait_reattached(&cluster, "node-1", &before, frozen);
+    let took = cluster.wait_reattached("node-1", &before, frozen);
     eprintln!(
         "agent reconnect from a frozen replica: {} ms",
         took.as_millis()
@@ -620,7 +523,7 @@ fn ha_replica_stopped_with_sigterm_exits_and_its_agent_moves() {
     let standby = (leader + 1) % 3;
     cluster.add_agent(&NodeOptions::new("node-1", &["default"]), standby);
     cluster.wait_node_ready(standby, "node-1");
-    let before = registrations(&cluster, "node-1");
+    let before = cluster.registrations_by_replica("node-1");
     let stopped = Instant::now();
     cluster.term_replica(standby);
     let status = cluster.wait_replica_exit(standby, Duration::from_secs(30));
@@ -629,7 +532,7 @@ fn ha_replica_stopped_with_sigterm_exits_and_its_agent_moves() {
         stopped.elapsed().as_millis()
     );
     assert!(status.success(), "replica {standby} exited with {status}");
-    let took = wait_reattached(&cluster, "node-1", &before, stopped);
+    let took = cluster.wait_reattached("node-1", &before, stopped);
     eprintln!("agent reconnect after SIGTERM: {} ms", took.as_millis());
     assert!(
         took <= MAX_AGENT_RECONNECT,
