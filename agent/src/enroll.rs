@@ -34,6 +34,21 @@ pub const NODE_KEY_FILE: &str = "node.key";
 pub const NODE_CERT_FILE: &str = "node.crt";
 pub const CA_CERT_FILE: &str = "ca.crt";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 PINGs on the gateway connection: a server that stops answering (a frozen or
+/// partitioned replica whose kernel still ACKs TCP) is given up after interval + timeout,
+/// and the session fails over to the next `--server`.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The agent's settings for every gateway connection (plain or TLS).
+pub fn gateway_endpoint(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+}
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
@@ -274,10 +289,10 @@ fn endpoint(url: &str) -> Result<Endpoint, EnrollError> {
     if authority.is_empty() || authority.contains('/') {
         return Err(EnrollError::BadUrl(url.to_owned()));
     }
-    Ok(Endpoint::from_shared(format!("http://{authority}"))
-        .map_err(|_| EnrollError::BadUrl(url.to_owned()))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true))
+    Ok(gateway_endpoint(
+        Endpoint::from_shared(format!("http://{authority}"))
+            .map_err(|_| EnrollError::BadUrl(url.to_owned()))?,
+    ))
 }
 
 /// Connects to the gateway at `url` (https) over TLS with `config`.

@@ -251,10 +251,21 @@ impl<D: VmDriver> Session<'_, D> {
         let url = self.server.to_string();
         let mut client = match self.transport {
             Transport::Plain => {
-                tokio::time::timeout(CONNECT_TIMEOUT, AgentGatewayClient::connect(url.clone()))
-                    .await
-                    .map_err(|_| SessionError::ConnectTimeout(url.clone()))?
-                    .map_err(|source| SessionError::Connect { url, source })?
+                let endpoint =
+                    tonic::transport::Endpoint::from_shared(url.clone()).map_err(|source| {
+                        SessionError::Connect {
+                            url: url.clone(),
+                            source,
+                        }
+                    })?;
+                let channel = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    enroll::gateway_endpoint(endpoint).connect(),
+                )
+                .await
+                .map_err(|_| SessionError::ConnectTimeout(url.clone()))?
+                .map_err(|source| SessionError::Connect { url, source })?;
+                AgentGatewayClient::new(channel)
             }
             Transport::Tls(config) => {
                 tokio::time::timeout(CONNECT_TIMEOUT, enroll::connect(&url, config.clone()))

@@ -67,6 +67,17 @@ struct Args {
     insecure_http: bool,
 }
 
+/// How long the servers may drain after SIGTERM/Ctrl-C before the process exits anyway.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The agent gateway's gRPC server: HTTP/2 PINGs drop the session of an agent that stops
+/// answering (a frozen or partitioned host) within ~5 s, so its stream is released.
+fn agent_server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -163,6 +174,14 @@ async fn main() -> anyhow::Result<()> {
     let _background = daemon.spawn_background(RESYNC_INTERVAL);
     // Give the leader lease up at the signal, not after the servers drained.
     let resigned = daemon.resign_on(shutdown_signal());
+    // At the signal, end every agent stream from this side (their agents fail over to
+    // another --server at once); tonic's drain then has nothing left to wait for.
+    let sessions = daemon.gateway.sessions().clone();
+    let end_sessions = async move {
+        shutdown_signal().await;
+        let n = sessions.kick_all(&tonic::Status::unavailable("otherixd is shutting down"));
+        tracing::info!(sessions = n, "ended the agent sessions");
+    };
     let manifests = match &args.manifests_dir {
         Some(dir) => Some(
             otherixd::manifests_dir::ManifestsWatcher::spawn(dir.clone(), daemon.state.clone())
@@ -186,9 +205,9 @@ async fn main() -> anyhow::Result<()> {
                 });
             let agent_server: futures::future::BoxFuture<'static, anyhow::Result<()>> =
                 Box::pin(async move {
-                    tonic::transport::Server::builder()
+                    agent_server_builder()
                         .add_service(gateway)
-                        .serve_with_incoming_shutdown(agents.into_stream(), shutdown_signal())
+                        .serve_with_incoming_shutdown(agents.into_stream(), end_sessions)
                         .await
                         .context("serving the agent gateway")
                 });
@@ -204,19 +223,28 @@ async fn main() -> anyhow::Result<()> {
                 });
             let agent_server: futures::future::BoxFuture<'static, anyhow::Result<()>> =
                 Box::pin(async move {
-                    tonic::transport::Server::builder()
+                    agent_server_builder()
                         .add_service(gateway)
-                        .serve_with_incoming_shutdown(
-                            TcpListenerStream::new(agents),
-                            shutdown_signal(),
-                        )
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(agents), end_sessions)
                         .await
                         .context("serving the agent gateway")
                 });
             (http_server, agent_server)
         }
     };
-    tokio::try_join!(http_server, agent_server)?;
+    // Connections that outlive the drain (a long-poll, a stuck client) do not keep the
+    // process up.
+    let drain_limit = async {
+        shutdown_signal().await;
+        tokio::time::sleep(SHUTDOWN_DRAIN).await;
+    };
+    tokio::select! {
+        served = async { tokio::try_join!(http_server, agent_server) } => { served?; }
+        _ = drain_limit => tracing::warn!(
+            "connections still open {}s after the shutdown signal; exiting anyway",
+            SHUTDOWN_DRAIN.as_secs()
+        ),
+    }
     if let Some(watcher) = manifests {
         tokio::task::spawn_blocking(move || watcher.stop()).await?;
     }

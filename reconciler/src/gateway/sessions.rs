@@ -119,6 +119,15 @@ impl Sessions {
     }
 
     /// The nodes whose agents are attached here.
+    /// Ends every session with `status` (a replica shutting down): each agent sees its
+    /// stream end at once and fails over to its next server. Returns how many ended.
+    pub fn kick_all(&self, status: &Status) -> usize {
+        self.attached_nodes()
+            .iter()
+            .filter(|node| self.kick(node, status.clone()))
+            .count()
+    }
+
     pub fn attached_nodes(&self) -> Vec<String> {
         self.nodes
             .lock()
