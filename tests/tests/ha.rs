@@ -24,6 +24,9 @@ use serde_json::Value;
 const MAX_FAILOVER: Duration = Duration::from_secs(20);
 /// Longest accepted time for an agent to attach to another replica after its own died.
 const MAX_AGENT_RECONNECT: Duration = Duration::from_secs(5);
+/// The same when its replica hangs instead: the agent notices through HTTP/2 keepalive (a
+/// PING every 2 s, 3 s to answer), so up to 5 s pass before it even moves.
+const MAX_AGENT_RECONNECT_FROM_FROZEN: Duration = Duration::from_secs(8);
 
 /// The tests run one at a time: each has a 3-replica cluster and its failover timings must
 /// not compete for the 2 cores with another's.
@@ -457,7 +460,7 @@ fn ha_frozen_leader_is_fenced_and_steps_down() {
 }
 
 /// An agent whose replica hangs (SIGSTOP: its connections stay open and nothing answers)
-/// attaches to another replica within 5 s, as when its replica dies, and its VM stays
+/// attaches to another replica within 8 s (5 s to notice), and its VM stays
 /// controllable through the others; once the replica runs again, through it too.
 #[test]
 fn ha_agent_on_a_frozen_replica_moves_to_another() {
@@ -489,7 +492,7 @@ fn ha_agent_on_a_frozen_replica_moves_to_another() {
         took.as_millis()
     );
     assert!(
-        took <= MAX_AGENT_RECONNECT,
+        took <= MAX_AGENT_RECONNECT_FROM_FROZEN,
         "node-1 took {took:?} to leave its frozen replica"
     );
     let pause_resume = |i: usize| {
