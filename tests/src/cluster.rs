@@ -142,7 +142,8 @@ impl CliOutput {
     }
 }
 
-fn free_addr() -> String {
+/// A free `127.0.0.1:PORT` (bound then released).
+pub fn free_addr() -> String {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().unwrap().to_string()
 }
@@ -193,11 +194,7 @@ impl Cluster {
     }
 
     fn log_file(&self, name: &str) -> std::fs::File {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))
-            .expect("open log")
+        open_log(self.dir.path(), name)
     }
 
     /// Starts (or restarts) otherixd on the same ports and data dir.
@@ -222,17 +219,10 @@ impl Cluster {
             .spawn()
             .expect("spawn otherixd");
         self.server = Some(child);
-        let url = self.api_url.clone();
-        let ca = self.ca_cert_path();
-        let tls = self.is_tls();
-        wait::until("otherixd /healthz", Duration::from_secs(30), || {
-            if tls {
-                let pem = std::fs::read(&ca).ok()?;
-                register_ca(&url, &pem);
-            }
-            let (status, _) = http_request(&url, "GET", "/healthz", None, &[]).ok()?;
-            (status == 200).then_some(())
-        });
+        wait_healthz(
+            &self.api_url,
+            self.is_tls().then(|| self.ca_cert_path()).as_deref(),
+        );
         self.write_cli_config();
     }
 
@@ -253,14 +243,7 @@ impl Cluster {
 
     /// The CA fingerprint otherixd printed at start (`otherixd: CA fingerprint <hex>`).
     pub fn ca_fingerprint(&self) -> String {
-        let log = self.dir.path().join("otherixd.log");
-        wait::until("the CA fingerprint line", Duration::from_secs(30), || {
-            let text = std::fs::read_to_string(&log).ok()?;
-            text.lines()
-                .rev()
-                .find_map(|l| l.strip_prefix("otherixd: CA fingerprint "))
-                .map(|fp| fp.trim().to_owned())
-        })
+        logged_ca_fingerprint(&self.dir.path().join("otherixd.log"))
     }
 
     /// The admin token otherixd wrote at first start, if it writes one.
@@ -371,14 +354,7 @@ impl Cluster {
     /// the cluster (the caller waits for or kills it; [`Drop`] kills what mentions the
     /// cluster dir).
     pub fn spawn_agent_process(&self, log_name: &str, args: &[String]) -> Child {
-        Command::new(bin("otherix-agent"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(self.log_file(&format!("agent-{log_name}")))
-            .stderr(self.log_file(&format!("agent-{log_name}")))
-            .spawn()
-            .expect("spawn otherix-agent")
+        spawn_agent(self.dir.path(), log_name, args)
     }
 
     /// Kills a node's agent with SIGKILL; its QEMU processes keep running.
@@ -434,40 +410,7 @@ impl Cluster {
 
     /// Runs `otherix ARGS` with extra environment variables (they win over the config).
     pub fn cli_env(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> CliOutput {
-        let mut cmd = Command::new(bin("otherix"));
-        cmd.args(args)
-            .env("OTHERIX_CONFIG", self.cli_config_path())
-            .env_remove("OTHERIX_SERVER")
-            .env_remove("OTHERIX_TOKEN")
-            .env_remove("OTHERIX_PROJECT")
-            .env_remove("OTHERIX_CA_CERT");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn otherix");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        let out = child.wait_with_output().expect("otherix output");
-        CliOutput {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run_cli(&self.cli_config_path(), args, stdin, env)
     }
 
     /// Starts `otherix ARGS` in the background (e.g. `create -f DIR --watch`), its stdout
@@ -604,22 +547,7 @@ impl Cluster {
     }
 
     fn print_logs(&self) {
-        for entry in std::fs::read_dir(self.dir.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(60)..];
-                eprintln!("===== {} (last {} lines)", path.display(), tail.len());
-                for l in tail {
-                    eprintln!("{l}");
-                }
-            }
-        }
+        print_logs(self.dir.path());
     }
 }
 
@@ -636,6 +564,115 @@ impl Drop for Cluster {
         }
         self.kill_server();
         kill_processes_mentioning(self.dir.path());
+    }
+}
+
+/// Appends to `DIR/<name>.log`.
+pub fn open_log(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .expect("open log")
+}
+
+/// Waits until `url/healthz` answers 200; over https it trusts only the CA at `ca` (read
+/// again on every try: otherixd writes it at start).
+pub fn wait_healthz(url: &str, ca: Option<&Path>) {
+    wait::until(
+        &format!("otherixd /healthz at {url}"),
+        Duration::from_secs(30),
+        || {
+            if let Some(ca) = ca {
+                let pem = std::fs::read(ca).ok()?;
+                register_ca(url, &pem);
+            }
+            let (status, _) = http_request(url, "GET", "/healthz", None, &[]).ok()?;
+            (status == 200).then_some(())
+        },
+    );
+}
+
+/// The CA fingerprint otherixd printed at start in its log (`otherixd: CA fingerprint <hex>`).
+pub fn logged_ca_fingerprint(log: &Path) -> String {
+    wait::until("the CA fingerprint line", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(log).ok()?;
+        text.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("otherixd: CA fingerprint "))
+            .map(|fp| fp.trim().to_owned())
+    })
+}
+
+/// Runs `otherix ARGS` with the config file `config` (`OTHERIX_CONFIG`), feeding `stdin`,
+/// with extra environment variables (they win over the config).
+pub fn run_cli(
+    config: &Path,
+    args: &[&str],
+    stdin: Option<&str>,
+    env: &[(&str, &str)],
+) -> CliOutput {
+    let mut cmd = Command::new(bin("otherix"));
+    cmd.args(args)
+        .env("OTHERIX_CONFIG", config)
+        .env_remove("OTHERIX_SERVER")
+        .env_remove("OTHERIX_TOKEN")
+        .env_remove("OTHERIX_PROJECT")
+        .env_remove("OTHERIX_CA_CERT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn otherix");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().expect("otherix output");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `otherix-agent ARGS` with its output in `DIR/agent-<log_name>.log`.
+pub fn spawn_agent(dir: &Path, log_name: &str, args: &[String]) -> Child {
+    Command::new(bin("otherix-agent"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(open_log(dir, &format!("agent-{log_name}")))
+        .stderr(open_log(dir, &format!("agent-{log_name}")))
+        .spawn()
+        .expect("spawn otherix-agent")
+}
+
+/// Prints the last 60 lines of every `*.log` in `dir` (on a failing test).
+pub fn print_logs(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("===== {} (last {} lines)", path.display(), tail.len());
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 

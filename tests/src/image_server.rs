@@ -29,6 +29,19 @@ pub struct ImageServer {
 }
 
 impl ImageServer {
+    /// A server for `halt.img`: a 1 MiB raw disk whose boot sector is `hlt; jmp $-1`, so
+    /// QEMU boots it and idles (many guests fit on 2 cores). Keep the dir while serving.
+    pub fn with_halt_disk() -> (tempfile::TempDir, ImageServer) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut disk = vec![0u8; 1024 * 1024];
+        disk[0..3].copy_from_slice(&[0xf4, 0xeb, 0xfd]);
+        disk[510] = 0x55;
+        disk[511] = 0xaa;
+        std::fs::write(dir.path().join("halt.img"), disk).expect("write halt.img");
+        let server = ImageServer::start(dir.path());
+        (dir, server)
+    }
+
     /// Serves the files under `root` at `http://127.0.0.1:<port>/<name>`.
     pub fn start(root: &Path) -> ImageServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind image server");

@@ -6,12 +6,16 @@
 //! `scripts/test.sh` does); the test guests come from `tests/images/build.sh`.
 
 pub mod cluster;
+pub mod ha;
 pub mod image_server;
 pub mod netns;
 pub mod paths;
+pub mod postgres;
+pub mod procs;
 pub mod wait;
 
 pub use cluster::{BackgroundCli, CliOutput, Cluster, ClusterOptions};
+pub use ha::{HaCluster, HaOptions};
 pub use image_server::ImageServer;
 
 /// The UUID that follows `key` in `text` (e.g. `task=` in `created task=<uuid> ...`).
