@@ -311,9 +311,10 @@ fn remote_add_pins_the_ca_and_a_changed_certificate_fails_naming_both() {
         .cli_env(&["vm", "list"], None, &[("OTHERIX_CONFIG", &env_config)])
         .ok();
 
-    // The server is re-installed with a new CA: the pinned remote refuses it.
+    // The server is re-installed with a new CA (the CA lives in the database, so a new
+    // install is a new data dir): the pinned remote refuses it.
     cluster.kill_server();
-    std::fs::remove_dir_all(cluster.server_data_dir().join("tls")).unwrap();
+    std::fs::remove_dir_all(cluster.server_data_dir()).unwrap();
     cluster.start_server();
     let new = cluster.ca_fingerprint();
     assert_ne!(old, new);
