@@ -43,8 +43,9 @@ pub enum BootstrapError {
     },
 }
 
-/// How often every live VM is reconciled even without a trigger.
-pub const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the leader scans every live VM for work no trigger announced (read-only:
+/// only VMs with something to do are queued).
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 pub struct Daemon {
     pub store: Store,

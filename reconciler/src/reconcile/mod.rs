@@ -2,13 +2,15 @@
 //! [`plan::plan`] what to do, persists the emitted task together with the VM's
 //! transitional phase in one transaction, and dispatches the task to the node's agent.
 //! Triggers: API writes (direct calls), agent reports (the trigger channel), and a
-//! periodic resync of every live VM; the last two go through the [`queue::WorkQueue`]
+//! periodic read-only resync that queues only the VMs with something to do
+//! ([`resync`]); the last two go through the [`queue::WorkQueue`]
 //! (deduplicated per VM, bounded concurrency, backoff on errors). Failed tasks are retried
 //! after the backoff recorded on the VM ([`retry`]).
 
 mod due;
 pub mod plan;
 pub mod queue;
+mod resync;
 pub mod retry;
 
 use std::sync::Arc;
@@ -379,8 +381,18 @@ impl Reconciler {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                match me.store.live_vm_ids().await {
-                    Ok(ids) => ids.into_iter().for_each(|id| queue.add(id)),
+                match me.store.live_vms_with_in_flight().await {
+                    Ok(vms) => {
+                        let now = me.store.now_ms();
+                        for (vm, in_flight) in vms {
+                            let input = PlanInput::from_vm(&vm, in_flight, now);
+                            match resync::resync_due(&input, vm.retry_at_ms, now) {
+                                Some(d) if d.is_zero() => queue.add(vm.id),
+                                Some(d) => queue.add_after(vm.id, d),
+                                None => {}
+                            }
+                        }
+                    }
                     Err(e) => {
                         tracing::warn!(error = %error_chain(&e), "resync: listing vms failed")
                     }

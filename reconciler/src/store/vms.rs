@@ -158,6 +158,33 @@ impl Store {
             .collect()
     }
 
+    /// Every live VM with the kind of its in-flight task, if any: what the periodic
+    /// resync plans from (two scans, no per-VM query).
+    pub async fn live_vms_with_in_flight(
+        &self,
+    ) -> Result<Vec<(VmRecord, Option<TaskKind>)>, StoreError> {
+        let rows = sqlx::query(&format!("{VM_SELECT} WHERE v.deleted_at IS NULL"))
+            .fetch_all(&self.pool)
+            .await?;
+        let in_flight: Vec<(String, String)> = sqlx::query_as(
+            "SELECT vm_id, kind FROM tasks WHERE status IN ('pending', 'running') \
+             AND vm_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let kinds: std::collections::HashMap<String, TaskKind> = in_flight
+            .into_iter()
+            .filter_map(|(vm, kind)| Some((vm, TaskKind::parse(&kind)?)))
+            .collect();
+        rows.iter()
+            .map(|row| {
+                let vm = vm_from_row(row)?;
+                let kind = kinds.get(&vm.id.to_string()).copied();
+                Ok((vm, kind))
+            })
+            .collect()
+    }
+
     /// Ids of the live VMs placed on `node`.
     pub async fn live_vm_ids_on_node(&self, node: &str) -> Result<Vec<Uuid>, StoreError> {
         let rows: Vec<(String,)> =
