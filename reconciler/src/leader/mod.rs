@@ -6,8 +6,10 @@
 //! change of holder), renews or stands by, and publishes `Some(epoch)` while leading on a
 //! watch channel. A leader that cannot renew steps down before its lease runs out. On stop
 //! it resigns (holder cleared, `NOTIFY otherix_leader` on PostgreSQL) so a standby takes
-//! over at its next check; standbys `LISTEN otherix_leader` and check at once. SQLite has one replica: it always leads, at epoch 0, with no
-//! lease row.
+//! over at its next check; standbys `LISTEN otherix_leader` and check at once, and a
+//! standby checks right after the holder's lease runs out ([`next_check`]), so a crashed
+//! leader is replaced when its lease expires. SQLite has one replica: it always leads, at
+//! epoch 0, with no lease row.
 
 use std::time::Duration;
 
@@ -44,6 +46,27 @@ pub fn decide(now_ms: i64, row: Option<&LeaseRow>, me: &str) -> Decision {
         Some(_) => Decision::Standby,
     }
 }
+
+/// When to check the lease next: every `renew_every`, but a standby that saw another
+/// holder's lease run out sooner checks right after it does (so a crashed leader is
+/// replaced as soon as its lease expires, not up to `renew_every` later).
+pub fn next_check(
+    now_ms: i64,
+    other_expires_at_ms: Option<i64>,
+    renew_every: Duration,
+) -> Duration {
+    match other_expires_at_ms {
+        Some(at) => {
+            let until_expiry =
+                Duration::from_millis(u64::try_from(at - now_ms).unwrap_or(0)) + EXPIRY_MARGIN;
+            until_expiry.min(renew_every)
+        }
+        None => renew_every,
+    }
+}
+
+/// How long after another holder's lease expiry a standby checks.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(20);
 
 /// Timing of the election; tests shorten it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,9 +137,13 @@ impl Elector {
         let mut held: Option<(i64, i64)> = None;
         loop {
             let now = self.store.now_ms();
+            let mut other_expires_at = None;
             match self.step(now, lease_ms).await {
-                Ok(Some(epoch)) => held = Some((epoch, now + lease_ms)),
-                Ok(None) => held = None,
+                Ok(Step::Leading(epoch)) => held = Some((epoch, now + lease_ms)),
+                Ok(Step::Standby(expires_at)) => {
+                    held = None;
+                    other_expires_at = expires_at;
+                }
                 Err(e) => {
                     tracing::warn!(error = %crate::error_chain(&e), "leader lease check failed");
                     // Step down well before the lease could have been taken by another.
@@ -133,7 +160,7 @@ impl Elector {
                 }
             };
             tokio::select! {
-                _ = tokio::time::sleep(self.timing.renew_every) => {}
+                _ = tokio::time::sleep(next_check(now, other_expires_at, self.timing.renew_every)) => {}
                 r = notified => {
                     if let Err(e) = r {
                         tracing::warn!(error = %crate::error_chain(&e), "leader notifications lost; polling only");
@@ -169,31 +196,61 @@ impl Elector {
         }
     }
 
-    /// One check: `Some(epoch)` when this replica leads afterwards.
-    async fn step(&self, now: i64, lease_ms: i64) -> Result<Option<i64>, crate::store::StoreError> {
+    /// One check of the lease row.
+    async fn step(&self, now: i64, lease_ms: i64) -> Result<Step, crate::store::StoreError> {
         let row = self.store.read_lease(LEASE_NAME).await?;
         let until = now + lease_ms;
-        Ok(match decide(now, row.as_ref(), &self.me) {
+        let led = match decide(now, row.as_ref(), &self.me) {
             Decision::Acquire => {
                 self.store
                     .acquire_lease(LEASE_NAME, &self.me, row.as_ref(), until)
                     .await?
             }
             Decision::Renew => {
-                let epoch = row.map_or(0, |r| r.epoch);
+                let epoch = row.as_ref().map_or(0, |r| r.epoch);
                 self.store
                     .renew_lease(LEASE_NAME, &self.me, epoch, until)
                     .await?
                     .then_some(epoch)
             }
-            Decision::Standby => None,
-        })
+            Decision::Standby => {
+                return Ok(Step::Standby(row.map(|r| r.expires_at_ms)));
+            }
+        };
+        // A lost compare-and-swap: another replica just took or renewed it.
+        Ok(led.map_or(Step::Standby(None), Step::Leading))
     }
+}
+
+/// What one [`Elector::step`] found.
+enum Step {
+    /// This replica leads at this epoch.
+    Leading(i64),
+    /// Another replica leads; its lease runs out at this time (if known).
+    Standby(Option<i64>),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_check_table() {
+        let every = Duration::from_secs(2);
+        let ms = Duration::from_millis;
+        // (now, other holder's expiry, want)
+        let cases = [
+            (1_000, None, every),
+            (1_000, Some(20_000), every),
+            (1_000, Some(1_500), ms(520)),
+            (1_000, Some(1_000), ms(20)),
+            (1_000, Some(900), ms(20)),
+            (1_000, Some(2_980), every),
+        ];
+        for (now, at, want) in cases {
+            assert_eq!(next_check(now, at, every), want, "{now} {at:?}");
+        }
+    }
 
     fn row(holder: Option<&str>, expires_at_ms: i64) -> LeaseRow {
         LeaseRow {
