@@ -98,6 +98,20 @@ pub enum Command {
     Diff(DiffArgs),
     /// Delete the objects manifests declare.
     Delete(DeleteFilesArgs),
+    /// Print a shell completion script on stdout (e.g. `source <(otherix completion bash)`).
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+}
+
+/// The shells `otherix completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod cluster;
+pub mod completion;
 pub mod delete_files;
 pub mod diff;
 pub mod firmware;
@@ -101,6 +102,10 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
     if let Command::Remote(cmd) = cli.command {
         return remote::run(cmd, &config::path(&env)?, cli.project, out, err);
     }
+    // Needs no server, token or config file.
+    if let Command::Completion { shell } = cli.command {
+        return completion::run(shell, out);
+    }
     // Without a config location (no HOME), flags and environment still work.
     let config = match config::path(&env) {
         Ok(path) => config::load(&path)?,
@@ -145,6 +150,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
         Command::Token(cmd) => token::run(&mut ctx, cmd, resolved.project.as_deref()),
         Command::Whoami { output } => whoami::run(&mut ctx, output),
         Command::Remote(_) => unreachable_remote(),
+        Command::Completion { shell } => completion::run(shell, out),
         Command::Pool(cmd) => pool::run(&mut ctx, cmd),
         Command::Network(cmd) => network::run(&mut ctx, cmd),
         Command::Firmware(cmd) => firmware::run(&mut ctx, cmd),
