@@ -1,5 +1,6 @@
 //! CLI habits that need no server: `otherix completion bash|zsh|fish` scripts that the
-//! real shells accept (and that bash really completes with).
+//! real shells accept (and that bash really completes with), and `NO_COLOR` turning off
+//! every ANSI escape the CLI can print.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -92,5 +93,36 @@ fn bash_completes_subcommands() {
     let vm = complete("otherix vm ''");
     for want in ["create", "list", "delete"] {
         assert!(vm.iter().any(|w| w == want), "otherix vm <TAB>: {vm:?}");
+    }
+}
+
+/// The CLI's only colour is clap's (help and usage errors); `NO_COLOR` with any non-empty
+/// value turns it off even when `CLICOLOR_FORCE` asks for colour (no-color.org), and
+/// CLICOLOR_FORCE alone proves the check can see escapes.
+#[test]
+fn no_color_removes_every_escape() {
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        (&[("CLICOLOR_FORCE", "1")], true),
+        (&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")], false),
+        (&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "yes")], false),
+        (&[("NO_COLOR", "1")], false),
+        (&[], false), // not a terminal
+    ];
+    for (env, colour) in cases {
+        for args in [
+            &["vm", "bogus"][..],
+            &["vm", "--help"][..],
+            &["completion", "tcsh"][..],
+        ] {
+            let out = otherix(args, env);
+            let text = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+            assert!(!text.is_empty(), "{args:?}: no output");
+            assert_eq!(
+                text.contains(&0x1b),
+                *colour,
+                "{args:?} with {env:?}: {}",
+                String::from_utf8_lossy(&text)
+            );
+        }
     }
 }
