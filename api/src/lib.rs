@@ -2,7 +2,8 @@
 //!
 //! Pure data and validation, no I/O: the manifest/HTTP kinds ([`vm`], [`task`],
 //! [`cluster`]), the error codes and their HTTP statuses ([`error`]), request validation
-//! ([`validate`]), human durations ([`duration`]) and the agent gRPC protocol ([`proto`]).
+//! ([`validate`]), label rules and selectors ([`labels`]), human durations ([`duration`])
+//! and the agent gRPC protocol ([`proto`]).
 
 pub mod apply;
 pub mod cluster;
@@ -11,6 +12,7 @@ pub mod enrollment;
 pub mod error;
 pub mod firmware_path;
 pub mod identity;
+pub mod labels;
 pub mod list;
 pub mod manifest;
 pub mod proto;
