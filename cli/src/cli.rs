@@ -1389,8 +1389,21 @@ mod entity_tests {
         assert_eq!(
             names,
             [
-                "vm", "task", "node", "pool", "network", "firmware", "cluster", "project", "token",
-                "whoami", "remote", "create", "diff", "delete"
+                "vm",
+                "task",
+                "node",
+                "pool",
+                "network",
+                "firmware",
+                "cluster",
+                "project",
+                "token",
+                "whoami",
+                "remote",
+                "create",
+                "diff",
+                "delete",
+                "completion"
             ]
         );
     }
