@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages otherix needs to run VMs and to build its test guests:
 # QEMU (x86 + arm) and qemu-img, UEFI firmware, and the image tools tests/images/build.sh
-# uses. Safe to re-run: does nothing when everything is present.
+# uses (with --test, also what only the test suite needs). Safe to re-run: does nothing
+# when everything is present.
 #
 # On Debian 12 (bookworm) machines whose qemu-utils comes from bookworm-backports, the
 # matching qemu-system packages must come from there too, so backports is enabled and the
@@ -21,6 +22,10 @@ fi
 packages=(qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64
           busybox-static syslinux syslinux-common mtools dosfstools cpio kmod iproute2
           util-linux)
+# --test: also the shells the suite checks `otherix completion zsh|fish` with.
+if [ "${1:-}" = --test ]; then
+  packages+=(zsh fish)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --test
 bash tests/images/build.sh
 cargo build --workspace --bins
 # The end-to-end tests boot QEMU guests under TCG on a 2-core machine: run at most two at once.
