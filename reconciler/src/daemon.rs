@@ -18,6 +18,7 @@ use crate::events::TaskEvents;
 use crate::gateway::{Gateway, Sessions};
 use crate::leader::{Elector, Leadership, LeaseTiming};
 use crate::locks::VmLocks;
+use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::Reconciler;
@@ -119,7 +120,7 @@ impl Daemon {
             holder.clone(),
         ));
         let reconciler = Arc::new(
-            Reconciler::new(store.clone(), sessions, locks, events.clone())
+            Reconciler::new(store.clone(), sessions.clone(), locks, events.clone())
                 .with_retry_backoff(opts.retry_backoff),
         );
         let vms = Arc::new(VmService::new(
@@ -129,7 +130,9 @@ impl Daemon {
             relay.clone(),
         ));
         let cluster = Arc::new(ClusterService::new(store.clone()));
+        let metrics = Arc::new(Metrics::new(store.clone(), sessions.clone()));
         let state = AppState {
+            metrics,
             apply: Arc::new(ApplyService::new(
                 store.clone(),
                 reconciler.clone(),
@@ -217,6 +220,7 @@ impl Daemon {
         let (stop, stopped) = watch::channel(false);
         self.election = Some((stop, tokio::spawn(elector.run(stopped))));
         self.leadership = Some(leadership.clone());
+        self.state.metrics.set_leadership(leadership.clone());
         let reconciler = self.reconciler.clone();
         let gateway = self.gateway.clone();
         let store = self.store.clone();
