@@ -102,6 +102,7 @@ impl Daemon {
         let locks = Arc::new(VmLocks::default());
         let events = TaskEvents::default();
         let (trigger, triggers) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::new(store.clone(), sessions.clone()));
         let gateway = Gateway::new(
             store.clone(),
             sessions.clone(),
@@ -112,7 +113,8 @@ impl Daemon {
         .with_retry_backoff(opts.retry_backoff)
         .with_pki(opts.pki.clone())
         .with_replica_id(&holder)
-        .with_liveness(opts.liveness);
+        .with_liveness(opts.liveness)
+        .with_create_to_running(metrics.create_to_running());
         let relay = Arc::new(Relay::new(
             store.clone(),
             sessions.clone(),
@@ -130,7 +132,6 @@ impl Daemon {
             relay.clone(),
         ));
         let cluster = Arc::new(ClusterService::new(store.clone()));
-        let metrics = Arc::new(Metrics::new(store.clone(), sessions.clone()));
         let state = AppState {
             metrics,
             apply: Arc::new(ApplyService::new(

@@ -192,6 +192,17 @@ async fn scrape_matches_vm_list_and_times_the_routes_called() {
     assert_eq!(single("otherix_leader"), Some(0.0), "{text}");
     assert_eq!(single("otherix_agent_sessions"), Some(0.0), "{text}");
 
+    // The two creates that reached running were timed (create-to-running).
+    let created_count = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "otherix_vm_create_to_running_seconds")
+        .map(|s| match &s.value {
+            PromValue::Histogram(b) => b.iter().find(|b| b.less_than.is_infinite()).unwrap().count,
+            other => panic!("not a histogram: {other:?}"),
+        });
+    assert_eq!(created_count, Some(2.0), "{text}");
+
     // The routes called above, by template: three creates, one list.
     assert_eq!(
         requests_seen(&scrape, "/v1/vms", "POST", "202"),

@@ -62,6 +62,7 @@ pub struct Metrics {
     sessions: Gauge,
     leader: Gauge,
     requests: HistogramFamily<RequestLabels>,
+    create_to_running: Histogram,
     store: Store,
     attached: Arc<Sessions>,
     leadership: OnceLock<Leadership>,
@@ -105,8 +106,16 @@ impl Metrics {
             "HTTP API request duration by route template, method and status code",
             requests.clone(),
         );
+        // 1 s .. ~68 min (image downloads can be slow).
+        let create_to_running = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        registry.register(
+            "vm_create_to_running_seconds",
+            "Time from a vm.create task's creation to its VM running (observed by the replica the agent reported to)",
+            create_to_running.clone(),
+        );
         Metrics {
             registry,
+            create_to_running,
             vms,
             tasks,
             nodes,
@@ -124,6 +133,11 @@ impl Metrics {
     /// replica that never runs one, `otherix_leader` is 0).
     pub fn set_leadership(&self, leadership: Leadership) {
         let _ = self.leadership.set(leadership);
+    }
+
+    /// The create-to-running histogram, for the gateway to observe into.
+    pub fn create_to_running(&self) -> Histogram {
+        self.create_to_running.clone()
     }
 
     /// Records one HTTP API request.
