@@ -18,6 +18,7 @@ use crate::events::TaskEvents;
 use crate::gateway::{Gateway, Sessions};
 use crate::leader::{Elector, Leadership, LeaseTiming};
 use crate::locks::VmLocks;
+use crate::metrics::Metrics;
 use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::Reconciler;
@@ -101,6 +102,7 @@ impl Daemon {
         let locks = Arc::new(VmLocks::default());
         let events = TaskEvents::default();
         let (trigger, triggers) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::new(store.clone(), sessions.clone()));
         let gateway = Gateway::new(
             store.clone(),
             sessions.clone(),
@@ -111,7 +113,8 @@ impl Daemon {
         .with_retry_backoff(opts.retry_backoff)
         .with_pki(opts.pki.clone())
         .with_replica_id(&holder)
-        .with_liveness(opts.liveness);
+        .with_liveness(opts.liveness)
+        .with_create_to_running(metrics.create_to_running());
         let relay = Arc::new(Relay::new(
             store.clone(),
             sessions.clone(),
@@ -119,7 +122,7 @@ impl Daemon {
             holder.clone(),
         ));
         let reconciler = Arc::new(
-            Reconciler::new(store.clone(), sessions, locks, events.clone())
+            Reconciler::new(store.clone(), sessions.clone(), locks, events.clone())
                 .with_retry_backoff(opts.retry_backoff),
         );
         let vms = Arc::new(VmService::new(
@@ -130,6 +133,7 @@ impl Daemon {
         ));
         let cluster = Arc::new(ClusterService::new(store.clone()));
         let state = AppState {
+            metrics,
             apply: Arc::new(ApplyService::new(
                 store.clone(),
                 reconciler.clone(),
@@ -217,6 +221,7 @@ impl Daemon {
         let (stop, stopped) = watch::channel(false);
         self.election = Some((stop, tokio::spawn(elector.run(stopped))));
         self.leadership = Some(leadership.clone());
+        self.state.metrics.set_leadership(leadership.clone());
         let reconciler = self.reconciler.clone();
         let gateway = self.gateway.clone();
         let store = self.store.clone();

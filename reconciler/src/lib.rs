@@ -12,6 +12,7 @@ pub mod leader;
 pub mod lifecycle;
 pub mod locks;
 pub mod manifests_dir;
+pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod reconcile;

@@ -9,6 +9,7 @@ mod entities;
 pub mod error;
 pub mod extract;
 mod identity;
+mod metrics;
 pub mod nodes;
 mod ops;
 mod tasks;
@@ -37,6 +38,7 @@ pub struct AppState {
     pub apply: Arc<ApplyService>,
     pub identity: Arc<IdentityService>,
     pub enrollment: Arc<nodes::NodeEnrollment>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The router under construction and every path registered on it, so the route list
@@ -81,9 +83,15 @@ pub fn app(state: AppState) -> Router {
             ops::idempotency,
         ))
         .route_layer(axum::middleware::from_fn(auth::authorize))
+        .route_layer(axum::middleware::from_fn(crate::metrics::http::tag_route))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
+        ))
+        // Outermost: times every request, 401s included.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::http::observe,
         ))
         .with_state(state)
 }
@@ -91,6 +99,7 @@ pub fn app(state: AppState) -> Router {
 fn routes() -> Routes {
     Routes::new()
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::scrape))
         .route("/v1/vms", post(vms::create).get(vms::list))
         .route(
             "/v1/vms/{name}",

@@ -15,7 +15,8 @@ pub enum Access {
     ProjectRead,
     /// Changing VMs and tasks of a project: member, admin.
     ProjectWrite,
-    /// Reading cluster-wide entities (nodes, pools, networks, firmware, settings): all roles.
+    /// Reading cluster-wide entities (nodes, pools, networks, firmware, settings) and
+    /// `/metrics`: all roles.
     ClusterRead,
     /// Writing cluster-wide entities, tokens, projects, node enrollment: admin only.
     Admin,
@@ -43,6 +44,9 @@ pub fn route_access(method: &str, pattern: &str) -> Option<Access> {
     let tokens = pattern == "/v1/tokens" || pattern.starts_with("/v1/tokens/");
     Some(match () {
         _ if pattern == "/v1/whoami" => Access::AnyCaller,
+        // Cluster-wide counts (no names): every role, like reading nodes.
+        _ if pattern == "/metrics" && read => Access::ClusterRead,
+        _ if pattern == "/metrics" => Access::Admin,
         _ if project_scoped && read => Access::ProjectRead,
         _ if project_scoped => Access::ProjectWrite,
         _ if cluster_wide && read => Access::ClusterRead,
@@ -172,6 +176,8 @@ mod tests {
             ("GET", "/v1/projects/{name}", Some(Access::AnyCaller)),
             ("DELETE", "/v1/projects/{name}", Some(Access::Admin)),
             ("GET", "/v1/tokens", Some(Access::Admin)),
+            ("GET", "/metrics", Some(Access::ClusterRead)),
+            ("POST", "/metrics", Some(Access::Admin)),
             ("GET", "/v1/vmsx", None),
             ("GET", "/v2/anything", None),
         ];

@@ -21,7 +21,8 @@ use otherix_api::proto::{
     agent_message, server_message, AgentMessage, EnrollRequest, EnrollResponse, Register,
     Registered, ServerMessage, TaskState, TaskUpdate, VmReport,
 };
-use otherix_api::{ErrorBody, ErrorCode, TaskProgress, TaskStatus};
+use otherix_api::{ErrorBody, ErrorCode, TaskKind, TaskProgress, TaskStatus, VmPhase};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -94,6 +95,8 @@ pub struct Gateway {
     liveness: Liveness,
     /// Heartbeat writes of the nodes attached here.
     heartbeats: Arc<HeartbeatBook>,
+    /// `otherix_vm_create_to_running_seconds`, observed when a vm.create succeeds.
+    create_to_running: Option<Histogram>,
 }
 
 impl Gateway {
@@ -115,7 +118,14 @@ impl Gateway {
             replica: Arc::from(""),
             liveness: Liveness::default(),
             heartbeats: Arc::default(),
+            create_to_running: None,
         }
+    }
+
+    /// Observes the create-to-running time of every vm.create that succeeds into `h`.
+    pub fn with_create_to_running(mut self, h: Histogram) -> Self {
+        self.create_to_running = Some(h);
+        self
     }
 
     /// Node liveness with this grace period (`--node-grace-period`).
@@ -308,6 +318,14 @@ impl Gateway {
                         Err(e) => return Err(e.into()),
                         Ok(()) => {
                             tracing::info!(task = %task.id, kind = %task.kind, vm = %vm.name, status = %task.status, phase = %vm.phase, "task finished");
+                            if let Some(h) = &self.create_to_running {
+                                if task.kind == TaskKind::VmCreate
+                                    && task.status == TaskStatus::Success
+                                    && vm.phase == VmPhase::Running
+                                {
+                                    h.observe((now - task.created_at_ms).max(0) as f64 / 1000.0);
+                                }
+                            }
                             break;
                         }
                     }

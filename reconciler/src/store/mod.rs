@@ -5,6 +5,7 @@
 
 mod cluster_ca;
 mod cluster_settings;
+mod counts;
 mod enrollment;
 mod entities;
 mod identity;
@@ -28,6 +29,7 @@ use crate::model::TaskRecord;
 
 pub use cluster_ca::ClusterCaRow;
 pub use cluster_settings::{ClusterSettingsRow, SETTING_CLUSTER_ANNOTATIONS};
+pub use counts::GroupCount;
 pub use enrollment::{JoinTokenUse, NodeCertRecord};
 pub use entities::{ObjectTable, StoredObject, VmRefs};
 pub use identity::{ProjectRow, TokenRow};

@@ -15,7 +15,7 @@ use crate::scheduler::{fits, Capacity};
 
 /// The effective-phase rule of `model::effective_phase`, in SQL, built from the same
 /// `PHASES_WITHOUT_QEMU` list so the two cannot drift apart.
-fn effective_phase_sql() -> String {
+pub(super) fn effective_phase_sql() -> String {
     let kept: Vec<String> = PHASES_WITHOUT_QEMU
         .iter()
         .map(|p| format!("'{}'", p.as_str()))
