@@ -17,7 +17,6 @@ use nix::unistd::Pid;
 use otherix_e2e::cluster::NodeOptions;
 use otherix_e2e::ha::now_ms;
 use otherix_e2e::{wait, HaCluster, HaOptions, ImageServer};
-use serde_json::Value;
 
 /// Longest accepted failover (SIGKILL of the leader -> another replica holds the lease).
 /// The lease is 15 s and standbys retry every 2 s: the goal is 15 s, this is the bar.
