@@ -648,45 +648,42 @@ async fn cluster_get_put_and_cleared_default_pool_stays_cleared() {
 async fn cpu_allocation_ratio_8_lets_a_node_take_twice_the_vcpus() {
     let s = server_with_node().await;
     let app = &s.app;
-    let big = json!({"vcpus": 128, "memory_mb": 256});
-    // 64 cores x 4 = 256 schedulable vCPUs: two VMs of 128.
-    let mut placed = 0;
-    for i in 0..3 {
-        let (status, v) = create_vm(app, &format!("a{i}"), big.clone()).await;
-        match status {
-            StatusCode::ACCEPTED => placed += 1,
-            _ => {
+    // Creates three VMs of 128 vCPUs named PREFIX0..2: the first two fit, the third is
+    // refused naming the ratio; then node-1 has `committed` of `committed` schedulable.
+    let fill = |prefix: &'static str, ratio: &'static str, committed: u64| async move {
+        let mut placed = 0;
+        for i in 0..3 {
+            let big = json!({"vcpus": 128, "memory_mb": 256});
+            let (status, v) = create_vm(app, &format!("{prefix}{i}"), big).await;
+            if status == StatusCode::ACCEPTED {
+                placed += 1;
+            } else {
+                let why = format!("allocation ratio {ratio}");
                 assert_error(
-                    (status, v.clone()),
+                    (status, v),
                     StatusCode::CONFLICT,
                     "insufficient_capacity",
-                    "allocation ratio 4",
+                    &why,
                 );
             }
         }
-    }
-    assert_eq!(placed, 2);
-    let (_, n) = call(app, Method::GET, "/v1/nodes/node-1", None).await;
-    assert_eq!(
-        (
+        assert_eq!(placed, 2, "{prefix}");
+        let (_, n) = call(app, Method::GET, "/v1/nodes/node-1", None).await;
+        let got = (
             n["allocated_vcpus"].as_u64(),
-            n["schedulable_vcpus"].as_u64()
-        ),
-        (Some(256), Some(256)),
-        "{n}"
-    );
+            n["schedulable_vcpus"].as_u64(),
+        );
+        assert_eq!(got, (Some(committed), Some(committed)), "{n}");
+    };
+    // 64 cores x 4 = 256 schedulable vCPUs: two VMs of 128.
+    fill("a", "4", 256).await;
 
     let (_, c) = call(app, Method::GET, "/v1/cluster", None).await;
     let mut spec = c["spec"].clone();
     spec["cpu_allocation_ratio"] = json!(100);
+    let body = Some(json!({"spec": spec.clone()}));
     assert_error(
-        call(
-            app,
-            Method::PUT,
-            "/v1/cluster",
-            Some(json!({"spec": spec.clone()})),
-        )
-        .await,
+        call(app, Method::PUT, "/v1/cluster", body).await,
         StatusCode::BAD_REQUEST,
         "validation_failed",
         "spec.cpu_allocation_ratio: must be a number from 0.1 to 64 (got 100)",
@@ -701,31 +698,7 @@ async fn cpu_allocation_ratio_8_lets_a_node_take_twice_the_vcpus() {
     );
 
     // 64 x 8 = 512: two more, then full again.
-    let mut placed = 0;
-    for i in 0..3 {
-        let (status, v) = create_vm(app, &format!("b{i}"), big.clone()).await;
-        match status {
-            StatusCode::ACCEPTED => placed += 1,
-            _ => {
-                assert_error(
-                    (status, v.clone()),
-                    StatusCode::CONFLICT,
-                    "insufficient_capacity",
-                    "allocation ratio 8",
-                );
-            }
-        }
-    }
-    assert_eq!(placed, 2);
-    let (_, n) = call(app, Method::GET, "/v1/nodes/node-1", None).await;
-    assert_eq!(
-        (
-            n["allocated_vcpus"].as_u64(),
-            n["schedulable_vcpus"].as_u64()
-        ),
-        (Some(512), Some(512)),
-        "{n}"
-    );
+    fill("b", "8", 512).await;
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ use crate::store::{NodeRegistration, Store, StoreError, CAS_ATTEMPTS};
 pub use heartbeats::{HeartbeatBook, Liveness, DEFAULT_NODE_GRACE, NODE_GRACE_RANGE};
 pub use identity::{check_claim, IdentityError};
 pub use observe::{apply_task_outcome, apply_vm_report, TaskOutcome};
-pub use sessions::{task_assignment, Outbox, Sessions};
+pub use sessions::{op_request, task_assignment, Outbox, Sessions};
 
 /// How often agents heartbeat (told in `Registered`); see [`heartbeats`] for what is
 /// persisted and when a node is declared not ready.

@@ -37,6 +37,15 @@ struct PendingSync {
     reply: oneshot::Sender<SyncReply>,
 }
 
+/// The SyncRequest of a VM op (pause, resume, reset).
+pub fn op_request(op: &str, vm_id: Uuid) -> SyncRequest {
+    SyncRequest {
+        op: op.to_owned(),
+        vm_id: vm_id.to_string(),
+        ..Default::default()
+    }
+}
+
 #[derive(Default)]
 pub struct Sessions {
     nodes: Mutex<HashMap<String, Session>>,
@@ -191,22 +200,6 @@ impl Sessions {
         }
     }
 
-    /// Sends a SyncRequest for `op` on a VM and waits for its SyncReply.
-    pub async fn sync(
-        &self,
-        node: &str,
-        op: &str,
-        vm_id: Uuid,
-        timeout: Duration,
-    ) -> Result<SyncReply, GatewayError> {
-        let request = SyncRequest {
-            op: op.to_owned(),
-            vm_id: vm_id.to_string(),
-            ..Default::default()
-        };
-        self.sync_request(node, request, timeout).await
-    }
-
     /// Sends `request` (its `request_id` is assigned here) and waits for its SyncReply.
     pub async fn sync_request(
         &self,
@@ -318,7 +311,11 @@ mod tests {
             }));
         });
         let reply = sessions
-            .sync("n1", "pause", Uuid::new_v4(), Duration::from_secs(5))
+            .sync_request(
+                "n1",
+                op_request("pause", Uuid::new_v4()),
+                Duration::from_secs(5),
+            )
             .await
             .unwrap();
         assert!(reply.ok);
@@ -329,7 +326,11 @@ mod tests {
     async fn sessions_sync_unattached_node_is_not_attached_error() {
         let sessions = Sessions::default();
         let err = sessions
-            .sync("n1", "pause", Uuid::new_v4(), Duration::from_secs(1))
+            .sync_request(
+                "n1",
+                op_request("pause", Uuid::new_v4()),
+                Duration::from_secs(1),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, GatewayError::NotAttached(_)));
@@ -341,7 +342,11 @@ mod tests {
         let (tx, _rx) = mpsc::channel(SESSION_OUTBOX_CAPACITY);
         sessions.attach("n1", tx);
         let err = sessions
-            .sync("n1", "reset", Uuid::new_v4(), Duration::from_millis(50))
+            .sync_request(
+                "n1",
+                op_request("reset", Uuid::new_v4()),
+                Duration::from_millis(50),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, GatewayError::SyncTimeout { .. }));

@@ -83,12 +83,8 @@ impl Relay {
         vm_id: Uuid,
         timeout: Duration,
     ) -> Result<SyncReply, GatewayError> {
-        let request = SyncRequest {
-            op: op.to_owned(),
-            vm_id: vm_id.to_string(),
-            ..Default::default()
-        };
-        self.sync_request(node, request, timeout).await
+        self.sync_request(node, crate::gateway::op_request(op, vm_id), timeout)
+            .await
     }
 
     /// Sends a sync request to `node`'s agent and waits for its reply: over this replica's
