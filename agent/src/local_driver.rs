@@ -35,6 +35,9 @@ const BOOT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_POLL: Duration = Duration::from_millis(250);
 /// Bound on one `query-status` while `vm.stop` waits for the guest.
 const STOP_QMP_TIMEOUT: Duration = Duration::from_secs(2);
+/// A stop presses the ACPI power button again this often until `stop_timeout`: a guest
+/// that was still booting at the first press (no ACPI handler yet) sees a later one.
+const ACPI_REPEAT: Duration = Duration::from_secs(10);
 
 /// Bound on the `query-status` behind a report.
 const REPORT_QMP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -564,15 +567,34 @@ impl VmDriver for LocalDriver {
         drop(qmp);
         progress.phase("powerdown sent");
         progress.phase("waiting for guest");
-        match Self::wait_guest_off(&run, pid, timeout).await {
-            Some(GuestOff::Held) => return self.finish_stop(vm, &run, pid).await,
-            Some(GuestOff::Exited) => {
-                // Only a QEMU launched without -no-shutdown exits on guest poweroff.
-                let _ = std::fs::write(run.guest_shutdown_marker(), b"");
-                clear_dead_qemu(&run, vm.vm_id);
-                return Ok(self.stopped_report(vm, GUEST_OFF_DETAIL, true));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match Self::wait_guest_off(&run, pid, left.min(ACPI_REPEAT)).await {
+                Some(GuestOff::Held) => return self.finish_stop(vm, &run, pid).await,
+                Some(GuestOff::Exited) => {
+                    // Only a QEMU launched without -no-shutdown exits on guest poweroff.
+                    let _ = std::fs::write(run.guest_shutdown_marker(), b"");
+                    clear_dead_qemu(&run, vm.vm_id);
+                    return Ok(self.stopped_report(vm, GUEST_OFF_DETAIL, true));
+                }
+                None => {}
             }
-            None => {}
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            // Still running: press again (a failed press is retried at the next round).
+            tracing::info!(vm = %vm.name, "guest still running; pressing the power button again");
+            match Qmp::connect(&run.qmp_socket()).await {
+                Ok(qmp) => {
+                    if let Err(e) = qmp.system_powerdown().await {
+                        tracing::warn!(vm = %vm.name, error = %e, "repeated ACPI powerdown failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %vm.name, error = %e, "QMP unavailable for a repeated powerdown")
+                }
+            }
         }
         Err(ApiError::new(
             ErrorCode::StopTimeout,

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use otherix_agent::driver::{VmDriver, VmTarget};
 use otherix_agent::executor::Executor;
@@ -138,6 +138,16 @@ async fn qemu_driver_real_guest_lifecycle() {
         "marker survived a boot"
     );
     assert_ne!(relaunched.pid, started.pid);
+    // Stopped at once, while the guest still boots: the first ACPI press comes before the
+    // guest listens; a repeated one (every 10 s) stops it well within the timeout.
+    let t0 = Instant::now();
+    let stopped = driver.stop(&a, STOP_TIMEOUT, &progress).await.unwrap();
+    assert_eq!(stopped.power, VmPower::Stopped as i32, "{stopped:?}");
+    assert!(stopped.guest_shutdown, "{stopped:?}");
+    assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
+    eprintln!("stop right after launch took {:?}", t0.elapsed());
+    let relaunched = driver.start(&a, &progress).await.unwrap();
+    assert_eq!(relaunched.power, VmPower::Running as i32);
     let off = driver.poweroff(&a, &progress).await.unwrap();
     assert_eq!(off.power, VmPower::Stopped as i32);
     assert!(!pid_alive(relaunched.pid, &run_a.path));
