@@ -1,7 +1,7 @@
 //! The scheduler: a pure function from a VM spec and the cluster's nodes (with their pool
 //! instances and committed resources) to a placement, or the error that says why none fits.
 
-use otherix_api::manifest::{AllocationRatio, ClusterSettingsSpec};
+use otherix_api::manifest::AllocationRatio;
 use otherix_api::{ApiError, ErrorCode, NodeStatus, Placement, RejectedNode, VmSpec};
 
 use crate::model::NodeRecord;
@@ -26,14 +26,6 @@ impl Default for Ratios {
 }
 
 impl Ratios {
-    /// The ratios of the cluster settings' spec (defaults where unset).
-    pub fn of(spec: &ClusterSettingsSpec) -> Ratios {
-        Ratios {
-            cpu: spec.cpu_ratio(),
-            memory: spec.memory_ratio(),
-        }
-    }
-
     /// What the scheduler may commit on a node of `capacity`.
     pub fn schedulable(self, capacity: Capacity) -> Capacity {
         Capacity {

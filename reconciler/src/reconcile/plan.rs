@@ -99,10 +99,11 @@ pub fn plan(vm: &PlanInput) -> Action {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn base() -> PlanInput {
+    /// A placed VM running as desired, nothing in flight (the fixture other tables vary).
+    pub(in crate::reconcile) fn base() -> PlanInput {
         PlanInput {
             phase: VmPhase::Running,
             desired: DesiredPhase::Running,

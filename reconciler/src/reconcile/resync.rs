@@ -30,21 +30,8 @@ pub fn resync_due(input: &PlanInput, retry_at_ms: Option<i64>, now_ms: i64) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reconcile::plan::tests::base as at_rest;
     use otherix_api::VmPhase;
-
-    fn at_rest() -> PlanInput {
-        PlanInput {
-            phase: VmPhase::Running,
-            desired: DesiredPhase::Running,
-            requested_op: None,
-            deletion_requested: false,
-            placed: true,
-            node_ready: true,
-            in_flight: None,
-            retry: None,
-            retry_waiting: false,
-        }
-    }
 
     #[test]
     fn resync_due_table() {

@@ -16,8 +16,8 @@ pub const SETTING_CLUSTER_ANNOTATIONS: &str = "cluster_annotations";
 /// The key of the cluster settings' resource_version (decimal text).
 const SETTING_CLUSTER_VERSION: &str = "cluster_resource_version";
 /// The keys of the allocation ratios (decimal text; absent = the default).
-pub(super) const SETTING_CPU_RATIO: &str = "cpu_allocation_ratio";
-pub(super) const SETTING_MEMORY_RATIO: &str = "memory_allocation_ratio";
+const SETTING_CPU_RATIO: &str = "cpu_allocation_ratio";
+const SETTING_MEMORY_RATIO: &str = "memory_allocation_ratio";
 
 /// The cluster settings as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl ClusterSettingsRow {
 }
 
 /// A stored allocation ratio.
-pub(super) fn parse_ratio(key: &str, text: &str) -> Result<AllocationRatio, StoreError> {
+fn parse_ratio(key: &str, text: &str) -> Result<AllocationRatio, StoreError> {
     match text.parse::<f64>() {
         Ok(r) if r.is_finite() && r > 0.0 => Ok(AllocationRatio(r)),
         _ => Err(StoreError::Corrupt {
@@ -67,36 +67,8 @@ fn parse_version(text: &str) -> Result<i64, StoreError> {
 impl Store {
     /// The cluster settings, read in one statement (one consistent snapshot).
     pub async fn cluster_settings(&self) -> Result<ClusterSettingsRow, StoreError> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4, $5)")
-                .bind(SETTING_DEFAULT_POOL)
-                .bind(SETTING_CLUSTER_ANNOTATIONS)
-                .bind(SETTING_CLUSTER_VERSION)
-                .bind(SETTING_CPU_RATIO)
-                .bind(SETTING_MEMORY_RATIO)
-                .fetch_all(&self.pool)
-                .await?;
-        let mut out = ClusterSettingsRow {
-            default_pool: None,
-            annotations: BTreeMap::new(),
-            cpu_allocation_ratio: None,
-            memory_allocation_ratio: None,
-            resource_version: 1,
-        };
-        for (key, value) in rows {
-            match key.as_str() {
-                SETTING_DEFAULT_POOL => out.default_pool = Some(value).filter(|p| !p.is_empty()),
-                SETTING_CLUSTER_ANNOTATIONS => {
-                    out.annotations = decode("settings", SETTING_CLUSTER_ANNOTATIONS, &value)?
-                }
-                SETTING_CPU_RATIO => out.cpu_allocation_ratio = Some(parse_ratio(&key, &value)?),
-                SETTING_MEMORY_RATIO => {
-                    out.memory_allocation_ratio = Some(parse_ratio(&key, &value)?)
-                }
-                _ => out.resource_version = parse_version(&value)?,
-            }
-        }
-        Ok(out)
+        let mut conn = self.pool.acquire().await?;
+        read_cluster_settings(&mut conn).await
     }
 
     /// Writes the default pool and annotations of `row` if the settings are still at
@@ -167,26 +139,38 @@ impl Store {
     }
 }
 
-/// The allocation ratios as of `conn`'s transaction (the defaults where unset).
-pub(super) async fn allocation_ratios(
+/// The cluster settings as of `conn` (in a transaction: as that transaction sees them).
+pub(super) async fn read_cluster_settings(
     conn: &mut AnyConnection,
-) -> Result<crate::scheduler::Ratios, StoreError> {
+) -> Result<ClusterSettingsRow, StoreError> {
     let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2)")
+        sqlx::query_as("SELECT key, value FROM settings WHERE key IN ($1, $2, $3, $4, $5)")
+            .bind(SETTING_DEFAULT_POOL)
+            .bind(SETTING_CLUSTER_ANNOTATIONS)
+            .bind(SETTING_CLUSTER_VERSION)
             .bind(SETTING_CPU_RATIO)
             .bind(SETTING_MEMORY_RATIO)
             .fetch_all(&mut *conn)
             .await?;
-    let mut ratios = crate::scheduler::Ratios::default();
+    let mut out = ClusterSettingsRow {
+        default_pool: None,
+        annotations: BTreeMap::new(),
+        cpu_allocation_ratio: None,
+        memory_allocation_ratio: None,
+        resource_version: 1,
+    };
     for (key, value) in rows {
-        let r = parse_ratio(&key, &value)?;
-        if key == SETTING_CPU_RATIO {
-            ratios.cpu = r;
-        } else {
-            ratios.memory = r;
+        match key.as_str() {
+            SETTING_DEFAULT_POOL => out.default_pool = Some(value).filter(|p| !p.is_empty()),
+            SETTING_CLUSTER_ANNOTATIONS => {
+                out.annotations = decode("settings", SETTING_CLUSTER_ANNOTATIONS, &value)?
+            }
+            SETTING_CPU_RATIO => out.cpu_allocation_ratio = Some(parse_ratio(&key, &value)?),
+            SETTING_MEMORY_RATIO => out.memory_allocation_ratio = Some(parse_ratio(&key, &value)?),
+            _ => out.resource_version = parse_version(&value)?,
         }
     }
-    Ok(ratios)
+    Ok(out)
 }
 
 async fn upsert(conn: &mut AnyConnection, key: &str, value: &str) -> Result<(), StoreError> {

@@ -421,7 +421,9 @@ pub(super) async fn claim_node(conn: &mut AnyConnection, node: &str) -> Result<(
         vcpus: get("vcpus")?,
         memory_mb: get("memory_mb")?,
     };
-    let ratios = super::cluster_settings::allocation_ratios(conn).await?;
+    let ratios = super::cluster_settings::read_cluster_settings(conn)
+        .await?
+        .ratios();
     match fits(capacity, allocated, ratios) {
         Ok(()) => Ok(()),
         Err(detail) => Err(StoreError::InsufficientCapacity {
