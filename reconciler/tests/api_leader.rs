@@ -151,12 +151,11 @@ async fn opening_another_daemon_changes_no_node_status() {
     assert_eq!(node.status, NodeStatus::Ready);
 }
 
-#[tokio::test]
-async fn a_deposed_leaders_fenced_task_insert_fails() {
+/// A daemon on a fresh database with node-1 registered and one VM `app` on it.
+async fn daemon_with_one_vm() -> (tempfile::TempDir, Daemon, uuid::Uuid) {
     let dir = tempfile::tempdir().unwrap();
     let url = fresh_database_url(dir.path()).await;
     let d = Daemon::open(&url).await.unwrap();
-    let store = &d.store;
     d.gateway.register(&registration()).await.unwrap();
     let actor = otherixd::service::Actor::new("default", "test");
     let req = CreateVmRequest {
@@ -164,7 +163,14 @@ async fn a_deposed_leaders_fenced_task_insert_fails() {
         spec: VmSpec::new("http://127.0.0.1:9/img.qcow2", Arch::Amd64),
     };
     d.state.vms.create(&actor, req).await.unwrap();
-    let id = store.live_vm_ids().await.unwrap()[0];
+    let id = d.store.live_vm_ids().await.unwrap()[0];
+    (dir, d, id)
+}
+
+#[tokio::test]
+async fn a_deposed_leaders_fenced_task_insert_fails() {
+    let (_dir, d, id) = daemon_with_one_vm().await;
+    let store = &d.store;
     let mut vm = store.vm_by_id(id).await.unwrap().unwrap();
 
     // "a" leads at epoch 1; "b" steals the lease with a higher epoch.
@@ -220,18 +226,8 @@ async fn a_deposed_leaders_fenced_task_insert_fails() {
 /// liveness sweep and the retention purge of a deposed leader change nothing.
 #[tokio::test]
 async fn a_deposed_leaders_sweep_purge_and_vm_writes_fail() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = fresh_database_url(dir.path()).await;
-    let d = Daemon::open(&url).await.unwrap();
+    let (_dir, d, id) = daemon_with_one_vm().await;
     let store = &d.store;
-    d.gateway.register(&registration()).await.unwrap();
-    let actor = otherixd::service::Actor::new("default", "test");
-    let req = CreateVmRequest {
-        name: "app".into(),
-        spec: VmSpec::new("http://127.0.0.1:9/img.qcow2", Arch::Amd64),
-    };
-    d.state.vms.create(&actor, req).await.unwrap();
-    let id = store.live_vm_ids().await.unwrap()[0];
     // A finished task of a deleted VM, both old enough for any retention cutoff.
     sqlx::query("UPDATE tasks SET status = 'success', finished_at = 1")
         .execute(store.pool())
