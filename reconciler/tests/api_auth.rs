@@ -146,7 +146,7 @@ fn sample_path(pattern: &str, task_id: &str) -> String {
 }
 
 fn is_project_scoped(pattern: &str) -> bool {
-    pattern.starts_with("/v1/vms") || pattern.starts_with("/v1/tasks")
+    pattern.starts_with("/v1/vms") || pattern.starts_with("/v1/tasks") || pattern == "/v1/apply"
 }
 
 fn body_for(method: &Method) -> Option<Value> {
@@ -259,7 +259,7 @@ async fn every_route_needs_a_token_viewers_cannot_write_other_projects_are_404()
         );
         // Without naming the project, a's objects simply are not there for b.
         let is_upsert = *method == Method::PUT;
-        let is_list_or_create = matches!(*pattern, "/v1/vms" | "/v1/tasks");
+        let is_list_or_create = matches!(*pattern, "/v1/vms" | "/v1/tasks" | "/v1/apply");
         if !is_upsert && !is_list_or_create {
             let (status, v) = api
                 .call(method.clone(), path, Some(&member_b), body_for(method))
