@@ -47,11 +47,18 @@ pub fn seed_files(vm_id: Uuid, vm_name: &str, spec: &VmSpec) -> Option<SeedFiles
     if spec.no_cloud_init {
         return None;
     }
+    let mut meta = format!("instance-id: {vm_id}\nlocal-hostname: {vm_name}\n");
+    if !spec.ssh_authorized_keys.is_empty() {
+        // cloud-init's NoCloud reads `public-keys` from meta-data and installs them for
+        // the default user, whatever the user-data is. JSON strings are YAML scalars.
+        meta.push_str("public-keys:\n");
+        for key in &spec.ssh_authorized_keys {
+            let quoted = serde_json::to_string(key).expect("a string serializes");
+            meta.push_str(&format!("  - {quoted}\n"));
+        }
+    }
     let mut files = vec![
-        (
-            "meta-data",
-            format!("instance-id: {vm_id}\nlocal-hostname: {vm_name}\n"),
-        ),
+        ("meta-data", meta),
         (
             "user-data",
             spec.user_data
@@ -149,6 +156,21 @@ mod tests {
     }
 
     #[test]
+    fn meta_data_with_keys_parses_as_yaml_listing_them() {
+        let mut spec = spec();
+        let keys = vec![
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5q alice: laptop #1".to_owned(),
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB 'single' \"double\" \\".to_owned(),
+        ];
+        spec.ssh_authorized_keys = keys.clone();
+        let seed = seed_files(Uuid::nil(), "web-1", &spec).unwrap();
+        let meta: serde_yaml::Value = serde_yaml::from_str(&seed.files[0].1).unwrap();
+        let got: Vec<String> = serde_yaml::from_value(meta["public-keys"].clone()).unwrap();
+        assert_eq!(got, keys);
+        assert_eq!(meta["local-hostname"], "web-1");
+    }
+
+    #[test]
     fn seed_files_table() {
         let id = Uuid::parse_str("6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11").unwrap();
         let meta = "instance-id: 6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11\nlocal-hostname: web-1\n";
@@ -157,7 +179,24 @@ mod tests {
         with_all.network_config = Some("version: 2\n".into());
         let mut disabled = spec();
         disabled.no_cloud_init = true;
+        let mut with_keys = spec();
+        with_keys.user_data = Some("#!/bin/sh\necho hi\n".into());
+        with_keys.ssh_authorized_keys = vec![
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5q alice@laptop".into(),
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB \"quoted\" #x".into(),
+        ];
+        let meta_with_keys =
+            "instance-id: 6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11\nlocal-hostname: web-1\n\
+            public-keys:\n  - \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5q alice@laptop\"\n  \
+            - \"ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB \\\"quoted\\\" #x\"\n";
         let table: Vec<(VmSpec, Option<WantFiles>)> = vec![
+            (
+                with_keys,
+                Some(vec![
+                    ("meta-data", meta_with_keys),
+                    ("user-data", "#!/bin/sh\necho hi\n"),
+                ]),
+            ),
             (
                 spec(),
                 Some(vec![("meta-data", meta), ("user-data", DEFAULT_USER_DATA)]),

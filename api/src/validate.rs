@@ -127,11 +127,19 @@ pub fn validate_vm_spec(prefix: &str, spec: &VmSpec) -> Result<(), ApiError> {
             }
         }
     }
-    if spec.no_cloud_init && (spec.user_data.is_some() || spec.network_config.is_some()) {
+    if spec.no_cloud_init
+        && (spec.user_data.is_some()
+            || spec.network_config.is_some()
+            || !spec.ssh_authorized_keys.is_empty())
+    {
         return Err(ApiError::validation(format!(
-            "{prefix}.no_cloud_init: mutually exclusive with {prefix}.user_data and {prefix}.network_config"
+            "{prefix}.no_cloud_init: mutually exclusive with {prefix}.user_data, {prefix}.network_config and {prefix}.ssh_authorized_keys"
         )));
     }
+    validate_ssh_keys(
+        &format!("{prefix}.ssh_authorized_keys"),
+        &spec.ssh_authorized_keys,
+    )?;
     for (field, value) in [
         ("user_data", &spec.user_data),
         ("network_config", &spec.network_config),
@@ -152,6 +160,54 @@ pub fn validate_vm_spec(prefix: &str, spec: &VmSpec) -> Result<(), ApiError> {
         validate_network_config(&format!("{prefix}.network_config"), nc)?;
     }
     validate_ports(prefix, spec)?;
+    Ok(())
+}
+
+/// The most SSH keys one VM takes.
+pub const MAX_SSH_KEYS: usize = 32;
+const MAX_SSH_KEY_BYTES: usize = 16 * 1024;
+const SSH_KEY_TYPES: [&str; 8] = [
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-dss",
+];
+
+/// SSH public keys: each one authorized_keys line `TYPE BASE64 [comment]` of a known type,
+/// printable, at most 16 KiB; at most 32 keys.
+pub fn validate_ssh_keys(field: &str, keys: &[String]) -> Result<(), ApiError> {
+    if keys.len() > MAX_SSH_KEYS {
+        return Err(ApiError::validation(format!(
+            "{field}: at most {MAX_SSH_KEYS} keys (got {})",
+            keys.len()
+        )));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let bad = |why: &str| ApiError::validation(format!("{field}[{i}]: {why}"));
+        if key.len() > MAX_SSH_KEY_BYTES {
+            return Err(bad("must be at most 16384 bytes"));
+        }
+        if key.chars().any(|c| c.is_control()) {
+            return Err(bad("must be one line of printable text"));
+        }
+        let mut parts = key.split_whitespace();
+        let kind = parts.next().unwrap_or("");
+        if !SSH_KEY_TYPES.contains(&kind) {
+            return Err(bad(&format!(
+                "must start with a key type ({}), got {kind:?}",
+                SSH_KEY_TYPES.join(", ")
+            )));
+        }
+        let blob = parts.next().unwrap_or("");
+        let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=');
+        if blob.len() < 16 || !blob.chars().all(base64) {
+            return Err(bad("the key type must be followed by the base64 key"));
+        }
+    }
     Ok(())
 }
 
@@ -459,5 +515,54 @@ mod tests {
         s.user_data = Some("#!/bin/sh\necho hi\n".into());
         s.network_config = Some("version: 2\nethernets: {}\n".into());
         assert!(validate_vm_spec("spec", &s).is_ok());
+    }
+
+    #[test]
+    fn validate_ssh_keys_table() {
+        let ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5q alice@laptop".to_owned();
+        let many: Vec<String> = (0..33).map(|_| ed.clone()).collect();
+        let table: Vec<(Vec<String>, Option<&str>)> = vec![
+            (vec![], None),
+            (vec![ed.clone()], None),
+            (vec!["ssh-rsa AAAAB3NzaC1yc2EAAAADAQAB".into()], None),
+            (
+                vec!["ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTY= x y z".into()],
+                None,
+            ),
+            (many, Some("k: at most 32 keys (got 33)")),
+            (
+                vec!["rsa AAAAB3NzaC1yc2EAAAADAQAB".into()],
+                Some("k[0]: must start with a key type"),
+            ),
+            (
+                vec![ed.clone(), "ssh-ed25519".into()],
+                Some("k[1]: the key type must be followed by the base64 key"),
+            ),
+            (
+                vec!["ssh-ed25519 AAAA!!!!AAAAAAAAAAAA".into()],
+                Some("k[0]: the key type must be followed"),
+            ),
+            (
+                vec![format!("{ed}\nssh-rsa AAAAB3NzaC1yc2EAAAADAQAB")],
+                Some("k[0]: must be one line of printable text"),
+            ),
+            (
+                vec![format!("ssh-ed25519 {}", "A".repeat(17000))],
+                Some("k[0]: must be at most 16384 bytes"),
+            ),
+        ];
+        for (keys, want) in table {
+            let got = validate_ssh_keys("k", &keys).err().map(|e| e.message);
+            match (want, got) {
+                (None, None) => {}
+                (Some(w), Some(g)) => assert!(g.starts_with(w), "{w:?} vs {g:?}"),
+                (w, g) => panic!("{keys:?}: want {w:?}, got {g:?}"),
+            }
+        }
+        let mut spec = spec();
+        spec.no_cloud_init = true;
+        spec.ssh_authorized_keys = vec![ed];
+        let err = validate_vm_spec("spec", &spec).unwrap_err().message;
+        assert!(err.contains("spec.ssh_authorized_keys"), "{err}");
     }
 }

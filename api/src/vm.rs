@@ -192,6 +192,11 @@ pub struct VmSpec {
     /// cloud-init network-config (netplan v2 YAML).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_config: Option<String>,
+    /// SSH public keys (authorized_keys lines) cloud-init installs for the image's default
+    /// user: written to the seed's meta-data `public-keys`, which cloud-init honours next
+    /// to any user-data, a script included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
     /// Attach no cloud-init seed at all.
     #[serde(default, skip_serializing_if = "is_false")]
     pub no_cloud_init: bool,
@@ -228,6 +233,7 @@ impl VmSpec {
             memory_mb: DEFAULT_MEMORY_MB,
             user_data: None,
             network_config: None,
+            ssh_authorized_keys: Vec::new(),
             no_cloud_init: false,
             stop_timeout_secs: None,
             desired_phase: DesiredPhase::Running,

@@ -12,8 +12,8 @@ fn validate(path: &Path) -> (bool, String) {
         .arg(path)
         .output()
         .expect("python3 runs (scripts/install-deps.sh --test installs the validator)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         !text.contains("No module named"),
         "openapi-spec-validator is missing: run scripts/install-deps.sh --test\n{text}"

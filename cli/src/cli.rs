@@ -206,6 +206,14 @@ pub struct CreateArgsRaw {
     /// Path to a cloud-init network-config YAML (netplan v2), or - for stdin.
     #[arg(long, value_name = "PATH|-", conflicts_with = "no_cloud_init")]
     pub network_config: Option<PathBuf>,
+    /// An SSH public key file (authorized_keys format, e.g. ~/.ssh/id_ed25519.pub): every
+    /// key in it is installed by cloud-init for the image's default user (repeatable).
+    #[arg(
+        long = "ssh-key",
+        value_name = "FILE",
+        conflicts_with = "no_cloud_init"
+    )]
+    pub ssh_keys: Vec<PathBuf>,
     /// Explicitly disable cloud-init.
     #[arg(long)]
     pub no_cloud_init: bool,

@@ -60,6 +60,7 @@ pub fn boot_fields_differ(booted: &VmSpec, spec: &VmSpec) -> bool {
         || booted.memory_mb != spec.memory_mb
         || booted.user_data != spec.user_data
         || booted.network_config != spec.network_config
+        || booted.ssh_authorized_keys != spec.ssh_authorized_keys
         || booted.ports != spec.ports
 }
 

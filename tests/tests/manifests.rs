@@ -127,6 +127,9 @@ fn imperative_vm_with_every_flag_round_trips_unchanged() {
     std::fs::write(&ud, "#cloud-config\nhostname: full\n").unwrap();
     let nc = dir.path().join("nc");
     std::fs::write(&nc, "version: 2\nethernets: {}\n").unwrap();
+    let key_file = dir.path().join("id_ed25519.pub");
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2e2etestkey alice@laptop";
+    std::fs::write(&key_file, format!("# mine\n{key}\n")).unwrap();
     let sha = std::fs::read_to_string(images.join("SHA256SUMS"))
         .unwrap()
         .lines()
@@ -171,6 +174,8 @@ fn imperative_vm_with_every_flag_round_trips_unchanged() {
             "18222:22",
             "--restart-policy",
             "never",
+            "--ssh-key",
+            key_file.to_str().unwrap(),
             "--wait",
         ])
         .ok();
@@ -178,6 +183,23 @@ fn imperative_vm_with_every_flag_round_trips_unchanged() {
         .cli(&["vm", "get", "full", "-o", "yaml"])
         .ok()
         .stdout;
+    assert!(yaml.contains(key), "{yaml}");
+    // The key reached the guest's cloud-init seed (meta-data public-keys), read back with
+    // mtools from the FAT image the agent wrote.
+    let vm = cluster.vm("full");
+    let seed = cluster
+        .pool_path("node-1", "default")
+        .join("vms")
+        .join(vm["id"].as_str().unwrap())
+        .join("seed.img");
+    let meta = std::process::Command::new("mtype")
+        .arg("-i")
+        .arg(&seed)
+        .arg("::meta-data")
+        .output()
+        .unwrap();
+    let meta = String::from_utf8_lossy(&meta.stdout);
+    assert!(meta.contains(&format!("public-keys:\n  - \"{key}\"")), "{meta}");
     let out = cluster
         .cli_with_stdin(&["create", "-f", "-"], Some(&yaml))
         .ok();

@@ -39,6 +39,10 @@ impl Options {
         spec.user_data = read_input("--user-data", args.user_data.as_deref(), stdin)?;
         spec.network_config =
             read_input("--network-config", args.network_config.as_deref(), stdin)?;
+        for path in &args.ssh_keys {
+            let text = read_input("--ssh-key", Some(path), stdin)?.unwrap_or_default();
+            spec.ssh_authorized_keys.extend(authorized_keys(&text));
+        }
         let request = CreateVmRequest {
             name: args.name,
             spec,
@@ -49,6 +53,14 @@ impl Options {
             wait: wait_timeout(&args.wait),
         })
     }
+}
+
+/// The keys of an authorized_keys text: every line but blanks and `#` comments.
+fn authorized_keys(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
 }
 
 /// Reads a file flag's contents; `-` means stdin.
@@ -216,6 +228,48 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "cannot read --user-data from /nonexistent/ud.yaml"
+        );
+    }
+
+    #[test]
+    fn options_ssh_key_files_add_every_key_line_and_bad_keys_name_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.pub");
+        let b = dir.path().join("keys");
+        let ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB5qexample alice@laptop";
+        let rsa = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABexample bob";
+        std::fs::write(&a, format!("{ed}\n")).unwrap();
+        std::fs::write(&b, format!("# team keys\n\n{rsa}\n")).unwrap();
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        let opts = Options::from_args(
+            args(&["--ssh-key", a, "--ssh-key", b]),
+            &mut std::io::empty(),
+        )
+        .unwrap();
+        assert_eq!(opts.request.spec.ssh_authorized_keys, [ed, rsa]);
+        let body = serde_json::to_value(&opts.request).unwrap();
+        assert_eq!(body["spec"]["ssh_authorized_keys"][1], rsa);
+
+        std::fs::write(dir.path().join("bad"), "not-a-key AAAA\n").unwrap();
+        let bad = dir.path().join("bad");
+        let err = Options::from_args(
+            args(&["--ssh-key", bad.to_str().unwrap()]),
+            &mut std::io::empty(),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("spec.ssh_authorized_keys[0]: must start with a key type"),
+            "{err}"
+        );
+        let err = Options::from_args(
+            args(&["--ssh-key", "/nonexistent/k.pub"]),
+            &mut std::io::empty(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read --ssh-key from /nonexistent/k.pub"
         );
     }
 
