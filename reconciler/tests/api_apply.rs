@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{PoolPath, Register, TaskState, TaskUpdate, VmPower, VmReport};
+use otherix_api::proto::{TaskState, TaskUpdate, VmPower, VmReport};
 use otherixd::daemon::Daemon;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -26,26 +26,7 @@ async fn server() -> TestServer {
 }
 
 async fn register_node(daemon: &Daemon) {
-    daemon
-        .gateway
-        .register(&Register {
-            node: "node-1".into(),
-            host_arch: "amd64".into(),
-            guest_arches: vec!["amd64".into(), "arm64".into()],
-            accel: "tcg".into(),
-            vcpus: 64,
-            memory_mb: 262_144,
-            pools: vec![PoolPath {
-                name: "default".into(),
-                path: "/srv/default".into(),
-            }],
-            agent_version: "test".into(),
-            allow_file_urls: false,
-            firmware_dirs: vec![],
-            vms: vec![],
-        })
-        .await
-        .unwrap();
+    common::register_node(daemon, "node-1", 64, 262_144).await;
 }
 
 async fn call(

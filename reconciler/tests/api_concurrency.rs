@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{PoolPath, Register, TaskState, TaskUpdate, VmPower, VmReport};
+use otherix_api::proto::{TaskState, TaskUpdate, VmPower, VmReport};
 use otherixd::daemon::Daemon;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -35,26 +35,7 @@ async fn replicas(node_vcpus: u32, node_memory_mb: u64) -> Replicas {
 }
 
 async fn register(s: &TestServer, node: &str, vcpus: u32, memory_mb: u64) {
-    s.daemon
-        .gateway
-        .register(&Register {
-            node: node.into(),
-            host_arch: "amd64".into(),
-            guest_arches: vec!["amd64".into()],
-            accel: "tcg".into(),
-            vcpus,
-            memory_mb,
-            pools: vec![PoolPath {
-                name: "default".into(),
-                path: "/srv/default".into(),
-            }],
-            agent_version: "test".into(),
-            allow_file_urls: false,
-            vms: vec![],
-            firmware_dirs: vec![],
-        })
-        .await
-        .unwrap();
+    common::register_node(&s.daemon, node, vcpus, memory_mb).await;
 }
 
 async fn call(

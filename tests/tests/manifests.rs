@@ -199,7 +199,10 @@ fn imperative_vm_with_every_flag_round_trips_unchanged() {
         .output()
         .unwrap();
     let meta = String::from_utf8_lossy(&meta.stdout);
-    assert!(meta.contains(&format!("public-keys:\n  - \"{key}\"")), "{meta}");
+    assert!(
+        meta.contains(&format!("public-keys:\n  - \"{key}\"")),
+        "{meta}"
+    );
     let out = cluster
         .cli_with_stdin(&["create", "-f", "-"], Some(&yaml))
         .ok();

@@ -138,35 +138,8 @@ impl Reconciler {
         vm: VmRecord,
         stamp: Option<&IdempotencyStamp>,
     ) -> Result<TaskRecord, ReconcileError> {
-        let _guard = self.locks.lock(vm.id).await;
-        let kind = match plan(&PlanInput::from_vm(&vm, None, self.store.now_ms())) {
-            Action::Emit(kind) => kind,
-            other => unreachable!("a new vm always plans a create, got {other:?}"),
-        };
-        // A failed placement claim (a concurrent create took the room) schedules again
-        // on fresh allocations: the next candidate node, or insufficient_capacity.
-        let mut attempt = 1;
-        loop {
-            let (placed, mut task) = self.prepare_task(vm.clone(), kind).await?;
-            task.stamp(stamp);
-            match self
-                .store
-                .insert_vm_with_task_in_quota(&placed, &task)
-                .await
-            {
-                Ok(()) => {
-                    self.publish(&task, &placed);
-                    return Ok(task);
-                }
-                Err(StoreError::InsufficientCapacity { node, detail })
-                    if attempt < CAS_ATTEMPTS =>
-                {
-                    tracing::info!(vm = %placed.name, node, detail, attempt, "placement claim lost; scheduling again");
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let mut created = self.create_vms(vec![vm], stamp).await?;
+        Ok(created.pop().expect("one vm in, one task out").1)
     }
 
     /// Reconciles one VM; returns the task it emitted, if any.
@@ -363,12 +336,14 @@ impl Reconciler {
 
     /// Accepts several new VMs of one project at once: places them one after the other on
     /// one read of the nodes (each placement counted before the next), then inserts every
-    /// VM and its vm.create task in ONE transaction (all or none: a full node, the quota,
-    /// a taken name), and dispatches the tasks. A lost placement claim schedules the whole
+    /// VM and its vm.create task (with the request's Idempotency-Key, if any) in ONE
+    /// transaction (all or none: a full node, the quota, a taken name, a taken key), and
+    /// dispatches the tasks. A lost placement claim schedules the whole
     /// batch again on fresh allocations, at most [`CAS_ATTEMPTS`] times.
     pub async fn create_vms(
         &self,
         vms: Vec<VmRecord>,
+        stamp: Option<&IdempotencyStamp>,
     ) -> Result<Vec<(VmRecord, TaskRecord)>, ReconcileError> {
         let mut ids: Vec<Uuid> = vms.iter().map(|vm| vm.id).collect();
         // Lock in id order: two batches never wait on each other's locks crosswise.
@@ -383,7 +358,9 @@ impl Reconciler {
             let mut placed = Vec::with_capacity(vms.len());
             let mut tasks = Vec::with_capacity(vms.len());
             for vm in &vms {
-                let (vm, task) = self.task_for(vm.clone(), TaskKind::VmCreate, Some(&mut view))?;
+                let (vm, mut task) =
+                    self.task_for(vm.clone(), TaskKind::VmCreate, Some(&mut view))?;
+                task.stamp(stamp);
                 placed.push(vm);
                 tasks.push(task);
             }

@@ -131,7 +131,7 @@ impl VmService {
             vm.requested_by = Some(actor.requested_by.clone());
             vms.push(vm);
         }
-        let created = self.reconciler.create_vms(vms).await?;
+        let created = self.reconciler.create_vms(vms, None).await?;
         Ok(created
             .into_iter()
             .map(|(vm, task)| TaskAccepted {

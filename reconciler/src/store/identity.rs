@@ -279,23 +279,12 @@ impl Store {
         usage_in(&mut conn, name).await
     }
 
-    /// Inserts a new VM and its first task in one transaction, with the VM's project quota
-    /// checked and its node's capacity claimed in it: `StoreError::QuotaExceeded`,
-    /// `InsufficientCapacity` (or `NameTaken` for a live VM of the same name in the
-    /// project, `IdempotencyKeyTaken` for a key already used) leaves nothing behind.
-    pub async fn insert_vm_with_task_in_quota(
-        &self,
-        vm: &VmRecord,
-        task: &TaskRecord,
-    ) -> Result<(), StoreError> {
-        self.insert_vms_with_tasks_in_quota(std::slice::from_ref(vm), std::slice::from_ref(task))
-            .await
-    }
-
-    /// [`Store::insert_vm_with_task_in_quota`] for several new VMs of one project (each
-    /// with its first task, `tasks[i]` for `vms[i]`): all of them or none, in one
-    /// transaction (one commit, one fsync), the quota checked once for their sum and each
-    /// node claimed once with everything placed on it.
+    /// Inserts new VMs of one project, each with its first task (`tasks[i]` for `vms[i]`),
+    /// in one transaction (one commit, one fsync), the project quota checked once for their
+    /// sum and each node's capacity claimed once with everything placed on it:
+    /// `StoreError::QuotaExceeded`, `InsufficientCapacity` (or `NameTaken` for a live VM
+    /// of the same name in the project, `IdempotencyKeyTaken` for a key already used)
+    /// leaves nothing behind.
     pub async fn insert_vms_with_tasks_in_quota(
         &self,
         vms: &[VmRecord],

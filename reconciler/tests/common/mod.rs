@@ -155,14 +155,15 @@ pub async fn reopen(dir: tempfile::TempDir, database_url: String) -> TestServer 
     }
 }
 
-/// Registers a ready amd64 node `name` serving the `default` pool (no agent stream).
+/// Registers a ready amd64 node `name` (guests amd64 and arm64) serving the `default` pool
+/// (no agent stream).
 pub async fn register_node(daemon: &Daemon, name: &str, vcpus: u32, memory_mb: u64) {
     daemon
         .gateway
         .register(&otherix_api::proto::Register {
             node: name.into(),
             host_arch: "amd64".into(),
-            guest_arches: vec!["amd64".into()],
+            guest_arches: vec!["amd64".into(), "arm64".into()],
             accel: "tcg".into(),
             vcpus,
             memory_mb,
