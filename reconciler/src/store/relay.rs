@@ -22,8 +22,10 @@ pub mod channel {
     pub const CANCEL: &str = "otherix_cancel";
     /// A node's session must be closed wherever it is attached (revoked): `"{node}"`.
     pub const KICK: &str = "otherix_kick";
+    /// Events were appended to the event log: `"{newest event number}"`.
+    pub const EVENT: &str = "otherix_event";
 
-    pub const ALL: [&str; 6] = [TASK, VM, SYNC, SYNC_DONE, CANCEL, KICK];
+    pub const ALL: [&str; 7] = [TASK, VM, SYNC, SYNC_DONE, CANCEL, KICK, EVENT];
 }
 
 /// Sends `payload` on `channel` when `conn` is PostgreSQL (delivered at commit when inside
