@@ -42,10 +42,14 @@ impl Store {
     pub async fn register_node(&self, reg: &NodeRegistration) -> Result<Uuid, StoreError> {
         let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
-        let known: Option<(String,)> = sqlx::query_as("SELECT id FROM nodes WHERE name = $1")
+        // A touching write, not a read: on SQLite a transaction that reads first cannot
+        // wait for the write lock later (it would fail busy).
+        let known = sqlx::query("UPDATE nodes SET name = name WHERE name = $1")
             .bind(reg.name.clone())
-            .fetch_optional(&mut *tx)
-            .await?;
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
         let mut new_pools = Vec::new();
         sqlx::query(
             "INSERT INTO nodes (id, name, arch, guest_arches, accel, vcpus, memory_mb, \
@@ -138,7 +142,7 @@ impl Store {
             changed
                 .push(events::object(&mut tx, ObjectTable::Pools, pool, EventType::Added).await?);
         }
-        let node_event = if known.is_some() {
+        let node_event = if known {
             EventType::Modified
         } else {
             EventType::Added
