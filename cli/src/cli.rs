@@ -1431,6 +1431,7 @@ mod entity_tests {
                 "cluster",
                 "project",
                 "token",
+                "events",
                 "whoami",
                 "remote",
                 "create",
@@ -1439,6 +1440,27 @@ mod entity_tests {
                 "completion"
             ]
         );
+    }
+
+    #[test]
+    fn events_flags_parse_kinds_and_since() {
+        match parse(&[
+            "events", "--kind", "vm,task", "--kind", "node", "--since", "42", "-o", "json",
+        ])
+        .unwrap()
+        {
+            Command::Events(a) => {
+                assert_eq!(a.kind, [EventKind::Vm, EventKind::Task, EventKind::Node]);
+                assert_eq!(a.since.as_deref(), Some("42"));
+                assert_eq!(a.output, TextFormat::Json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["events", "--kind", "vms"]).is_err());
+        match parse(&["vm", "list", "--watch"]).unwrap() {
+            Command::Vm(VmCommand::List(a)) => assert!(a.watch),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

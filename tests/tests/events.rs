@@ -38,6 +38,8 @@ fn events_killed_midway_and_resumed_with_since_union_is_every_change_once() {
     let mut cluster = Cluster::start();
     let url = server.url("busybox-amd64.qcow2");
 
+    let watch = cluster.cli_background("vm-list-watch", &["vm", "list", "--watch"]);
+    watch.wait_stdout("NAME", 1, STREAM_WAIT);
     let first = cluster.cli_background("events-1", &["events", "-o", "json", "--vm", "web-1"]);
     first.wait_stderr("events after cursor", STREAM_WAIT);
     let start = start_cursor(&first.stderr_text());
@@ -162,6 +164,18 @@ fn events_killed_midway_and_resumed_with_since_union_is_every_change_once() {
     );
     replay.wait_stdout("\"type\":\"deleted\"", 1, STREAM_WAIT);
     assert_eq!(printed(&replay.stdout_text()), union);
+
+    // vm list --watch: the (empty) list, then a line per change of the VM.
+    watch.wait_stdout("deleted   vm/web-1  deleted", 1, STREAM_WAIT);
+    let watched = watch.stdout_text();
+    let mut watched_lines = watched.lines();
+    assert!(
+        watched_lines.next().unwrap().starts_with("NAME"),
+        "{watched}"
+    );
+    let changes: Vec<&str> = watched_lines.collect();
+    assert_eq!(changes.len(), vm.len(), "{watched}");
+    assert!(changes[0].contains("added     vm/web-1"), "{watched}");
 
     // The default output: one line per event.
     let text = cluster.cli_background(
