@@ -2,6 +2,7 @@
 //! (SQLite or PostgreSQL), a reconcile loop that turns desired state into tasks, a
 //! scheduler, and the tonic gateway node agents attach to. [`daemon`] wires them up.
 
+pub mod allocations;
 pub mod api;
 pub mod auth;
 pub mod cursor;

@@ -29,15 +29,21 @@ async fn replicas(node_vcpus: u32, node_memory_mb: u64) -> Replicas {
     let s = common::open(tempfile::tempdir().unwrap()).await;
     let b = Daemon::open(&s.database_url).await.unwrap();
     let b_app = common::with_token(b.app(), &s.admin_token);
+    register(&s, "node-1", node_vcpus, node_memory_mb).await;
+    let apps = [s.app.clone(), b_app];
+    Replicas { s, _b: b, apps }
+}
+
+async fn register(s: &TestServer, node: &str, vcpus: u32, memory_mb: u64) {
     s.daemon
         .gateway
         .register(&Register {
-            node: "node-1".into(),
+            node: node.into(),
             host_arch: "amd64".into(),
             guest_arches: vec!["amd64".into()],
             accel: "tcg".into(),
-            vcpus: node_vcpus,
-            memory_mb: node_memory_mb,
+            vcpus,
+            memory_mb,
             pools: vec![PoolPath {
                 name: "default".into(),
                 path: "/srv/default".into(),
@@ -49,8 +55,6 @@ async fn replicas(node_vcpus: u32, node_memory_mb: u64) -> Replicas {
         })
         .await
         .unwrap();
-    let apps = [s.app.clone(), b_app];
-    Replicas { s, _b: b, apps }
 }
 
 async fn call(
@@ -223,17 +227,33 @@ async fn put_vm_if_match_current_is_configured_stale_is_409_naming_both_versions
 
 /// Finishes a task the way the agent would, leaving the VM running.
 async fn agent_finishes(s: &TestServer, task: &Value) {
-    s.daemon
+    agent_reports(&s.daemon, task, TaskState::Succeeded, VmPower::Running).await;
+}
+
+/// The agent of the task's node reports it ended in `state`, its VM in `power`.
+async fn agent_reports(daemon: &Daemon, task: &Value, state: TaskState, power: VmPower) {
+    let failed = state == TaskState::Failed;
+    daemon
         .gateway
         .apply_task_update(
-            "node-1",
+            task["node"].as_str().unwrap_or("node-1"),
             &TaskUpdate {
                 task_id: task["id"].as_str().unwrap().into(),
-                state: TaskState::Succeeded as i32,
+                state: state as i32,
+                error_code: if failed {
+                    "qemu_failed".into()
+                } else {
+                    String::new()
+                },
+                error_message: if failed {
+                    "test: qemu exited".into()
+                } else {
+                    String::new()
+                },
                 vm: Some(VmReport {
                     vm_id: task["vm_id"].as_str().unwrap().into(),
-                    power: VmPower::Running as i32,
-                    pid: 4242,
+                    power: power as i32,
+                    pid: if power == VmPower::Running { 4242 } else { 0 },
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -437,4 +457,128 @@ async fn op_concurrent_posts_with_one_key_make_one_task() {
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "one stop task: {ids:?}");
+}
+
+/// Per node: (name, allocated vms/vcpus/memory as counted, the same summed over the live,
+/// placed, not-failed VM rows), read by ONE statement, so on both databases it is one
+/// snapshot: the counters must equal the sums in every committed state.
+async fn node_allocations(daemon: &Daemon) -> Vec<(String, [i64; 3], [i64; 3])> {
+    let live = "FROM vms v WHERE v.node = n.name AND v.deleted_at IS NULL AND v.phase <> 'failed'";
+    let sql = format!(
+        "SELECT n.name, n.allocated_vms, n.allocated_vcpus, n.allocated_memory_mb, \
+         (SELECT COUNT(*) {live}), \
+         (SELECT CAST(COALESCE(SUM(v.vcpus), 0) AS BIGINT) {live}), \
+         (SELECT CAST(COALESCE(SUM(v.memory_mb), 0) AS BIGINT) {live}) \
+         FROM nodes n ORDER BY n.name"
+    );
+    let rows: Vec<(String, i64, i64, i64, i64, i64, i64)> = sqlx::query_as(&sql)
+        .fetch_all(daemon.store.pool())
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(n, a, b, c, x, y, z)| (n, [a, b, c], [x, y, z]))
+        .collect()
+}
+
+// Several worker threads: creates, failures and deletes really overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_allocations_always_equal_the_sum_over_live_placed_vms() {
+    // Room for a dozen or so of the VMs below on each of two nodes, so some creates are
+    // refused for capacity too.
+    let r = replicas(4, 3 * 1024).await;
+    register(&r.s, "node-2", 4, 3 * 1024).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let daemon = Daemon::open(&r.s.database_url).await.unwrap();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut checks = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                for (node, counted, summed) in node_allocations(&daemon).await {
+                    assert_eq!(
+                        counted, summed,
+                        "{node}: counters vs live VMs after {checks} checks"
+                    );
+                }
+                checks += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            checks
+        })
+    };
+
+    let mut workers = Vec::new();
+    for w in 0..4usize {
+        let app = r.apps[w % 2].clone();
+        let daemon = Daemon::open(&r.s.database_url).await.unwrap();
+        workers.push(tokio::spawn(async move {
+            let (mut placed, mut refused) = (0, 0);
+            for i in 0..10usize {
+                let name = format!("vm-{w}-{i}");
+                let size = json!({"image_url": "http://127.0.0.1:9/img.qcow2", "arch": "amd64",
+                    "vcpus": 1 + (i % 3), "memory_mb": 128 * (1 + (i % 4) as u64)});
+                let (status, v) = call(
+                    &app,
+                    Method::POST,
+                    "/v1/vms",
+                    &[],
+                    Some(&json!({"name": name, "spec": size})),
+                )
+                .await;
+                if status == StatusCode::CONFLICT {
+                    assert_eq!(v["error"]["code"], "insufficient_capacity", "{v}");
+                    refused += 1;
+                    continue;
+                }
+                assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+                placed += 1;
+                let task = &v["task"];
+                // Some creates fail (the VM then holds nothing), the rest run.
+                if i % 4 == 3 {
+                    agent_reports(&daemon, task, TaskState::Failed, VmPower::Absent).await;
+                } else {
+                    agent_reports(&daemon, task, TaskState::Succeeded, VmPower::Running).await;
+                }
+                // Every other VM is deleted again, by the agent's report of the delete task.
+                if i % 2 == 0 {
+                    let (status, v) =
+                        call(&app, Method::DELETE, &format!("/v1/vms/{name}"), &[], None).await;
+                    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+                    agent_reports(&daemon, &v["task"], TaskState::Succeeded, VmPower::Absent).await;
+                }
+            }
+            (placed, refused)
+        }));
+    }
+    let mut placed = 0;
+    for j in workers {
+        placed += j.await.unwrap().0;
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let checks = checker.await.unwrap();
+    assert!(placed > 10, "the run placed VMs ({placed})");
+    assert!(
+        checks > 5,
+        "the checker ran while the writers did ({checks} checks)"
+    );
+
+    // At rest: the counters hold VMs, and `GET /v1/nodes` shows exactly them.
+    let at_rest = node_allocations(&r.s.daemon).await;
+    assert!(at_rest.iter().any(|(_, c, _)| c[0] > 0), "{at_rest:?}");
+    for (node, counted, summed) in at_rest {
+        assert_eq!(counted, summed, "{node}");
+        let (_, n) = call(
+            &r.apps[1],
+            Method::GET,
+            &format!("/v1/nodes/{node}"),
+            &[],
+            None,
+        )
+        .await;
+        let shown = [
+            n["allocated_vcpus"].as_i64().unwrap_or(-1),
+            n["allocated_memory_mb"].as_i64().unwrap_or(-1),
+        ];
+        assert_eq!(shown, [counted[1], counted[2]], "{node}: {n}");
+    }
 }

@@ -112,13 +112,8 @@ pub(super) async fn node(
 ) -> Result<Pending, StoreError> {
     let r = sqlx::query(
         "SELECT n.id, n.name, n.status, n.arch, n.guest_arches, n.accel, n.vcpus, n.memory_mb, \
-         n.last_heartbeat_ms, n.allow_file_urls, \
-         (SELECT COUNT(*) FROM vms v WHERE v.node = n.name AND v.deleted_at IS NULL \
-          AND v.phase <> 'failed') AS alloc_vms, \
-         (SELECT CAST(COALESCE(SUM(v.vcpus), 0) AS BIGINT) FROM vms v WHERE v.node = n.name \
-          AND v.deleted_at IS NULL AND v.phase <> 'failed') AS alloc_vcpus, \
-         (SELECT CAST(COALESCE(SUM(v.memory_mb), 0) AS BIGINT) FROM vms v WHERE v.node = n.name \
-          AND v.deleted_at IS NULL AND v.phase <> 'failed') AS alloc_memory_mb \
+         n.last_heartbeat_ms, n.allow_file_urls, n.allocated_vms AS alloc_vms, \
+         n.allocated_vcpus AS alloc_vcpus, n.allocated_memory_mb AS alloc_memory_mb \
          FROM nodes n WHERE n.name = $1",
     )
     .bind(name)

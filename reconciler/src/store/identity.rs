@@ -342,6 +342,7 @@ impl Store {
             sqlx::query_as("SELECT id, spec FROM vms WHERE vcpus IS NULL OR memory_mb IS NULL")
                 .fetch_all(&self.pool)
                 .await?;
+        let filled = !rows.is_empty();
         for (id, spec) in rows {
             let spec: otherix_api::VmSpec =
                 serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
@@ -355,6 +356,10 @@ impl Store {
                 .bind(i64::from(spec.memory_mb))
                 .execute(&self.pool)
                 .await?;
+        }
+        if filled {
+            // Rows that had no sizes counted as 0 in the node counters.
+            super::allocations::recount_allocations(&mut *self.pool.acquire().await?).await?;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! queries for VMs, tasks, nodes, pools, settings and the cluster CA. Every multi-row
 //! change is one transaction.
 
+mod allocations;
 mod cluster_ca;
 mod cluster_settings;
 mod counts;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use otherix_api::firmware_path::default_firmware_dirs;
-use otherix_api::{EventType, NodeStatus, Pool, PoolInstance, VmSpec};
+use otherix_api::{EventType, NodeStatus, Pool, PoolInstance};
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -267,7 +267,8 @@ impl Store {
     pub async fn list_nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, name, status, arch, guest_arches, accel, vcpus, memory_mb, \
-             last_heartbeat_ms, allow_file_urls FROM nodes ORDER BY name",
+             last_heartbeat_ms, allow_file_urls, allocated_vms, allocated_vcpus, \
+             allocated_memory_mb FROM nodes ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -289,14 +290,14 @@ impl Store {
                     path: r.try_get("path")?,
                 });
         }
-        let allocations = self.allocations().await?;
         let mut nodes = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: String = r.try_get("id")?;
             let name: String = r.try_get("name")?;
             let status: String = r.try_get("status")?;
             let arches: String = r.try_get("guest_arches")?;
-            let (vms, vcpus, mem) = allocations.get(&name).copied().unwrap_or_default();
+            let count =
+                |col: &str| -> Result<i64, StoreError> { Ok(r.try_get::<i64, _>(col)?.max(0)) };
             nodes.push(NodeRecord {
                 id: parse_uuid("nodes", &id)?,
                 status: if status == "ready" {
@@ -315,38 +316,14 @@ impl Store {
                 memory_mb: r.try_get::<i64, _>("memory_mb")? as u64,
                 last_heartbeat_ms: r.try_get("last_heartbeat_ms")?,
                 pools: pools_by_node.remove(&id).unwrap_or_default(),
-                allocated_vms: vms,
-                allocated_vcpus: vcpus,
-                allocated_memory_mb: mem,
+                allocated_vms: count("allocated_vms")? as u32,
+                allocated_vcpus: count("allocated_vcpus")? as u32,
+                allocated_memory_mb: count("allocated_memory_mb")? as u64,
                 allow_file_urls: r.try_get::<i64, _>("allow_file_urls")? != 0,
                 name,
             });
         }
         Ok(nodes)
-    }
-
-    /// (VM count, vCPUs, memory MiB) committed per node name: every live placed VM except
-    /// those whose create failed (they hold no resources until they are created again).
-    async fn allocations(&self) -> Result<HashMap<String, (u32, u32, u64)>, StoreError> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT node, spec FROM vms \
-             WHERE deleted_at IS NULL AND node IS NOT NULL AND phase <> 'failed'",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out: HashMap<String, (u32, u32, u64)> = HashMap::new();
-        for (node, spec) in rows {
-            let spec: VmSpec = serde_json::from_str(&spec).map_err(|e| StoreError::Corrupt {
-                table: "vms",
-                id: node.clone(),
-                detail: e.to_string(),
-            })?;
-            let e = out.entry(node).or_default();
-            e.0 += 1;
-            e.1 += spec.vcpus;
-            e.2 += u64::from(spec.memory_mb);
-        }
-        Ok(out)
     }
 
     /// Every pool with its instances, ordered by name.

@@ -7,6 +7,7 @@ use sqlx::query::Query;
 use sqlx::{Any, AnyConnection, Row};
 use uuid::Uuid;
 
+use super::allocations::{footprint_of, move_allocations, stored_footprint};
 use super::events;
 use super::rows::{vm_from_row, VM_SELECT};
 use super::tasks::{insert_task, update_task};
@@ -332,9 +333,9 @@ pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result
     .bind(i64::from(vm.spec.memory_mb))
     .bind(vm.requested_by.clone())
     .bind(vm.resource_version)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    move_allocations(conn, None, footprint_of(vm).as_ref()).await
 }
 
 /// Compare-and-swap of every mutable column of `vm`: written only if the row still has
@@ -346,6 +347,7 @@ pub(super) async fn update_vm(
     now_ms: i64,
 ) -> Result<i64, StoreError> {
     let next = vm.resource_version + 1;
+    let held = stored_footprint(conn, vm.id, vm.resource_version).await?;
     let written = sqlx::query(
         "UPDATE vms SET spec = $2, generation = $3, observed_generation = $4, phase = $5, \
          node = $6, pool = $7, pool_path = $8, pid = $9, serial_log = $10, requested_op = $11, \
@@ -385,6 +387,7 @@ pub(super) async fn update_vm(
     .execute(&mut *conn)
     .await?;
     if written.rows_affected() == 1 {
+        move_allocations(conn, held.as_ref(), footprint_of(vm).as_ref()).await?;
         return Ok(next);
     }
     let actual: Option<(i64,)> = sqlx::query_as("SELECT resource_version FROM vms WHERE id = $1")
@@ -399,10 +402,11 @@ pub(super) async fn update_vm(
     })
 }
 
-/// Claims capacity on `node` for the VM rows this transaction wrote: locks the node row
-/// (a touching UPDATE: a row lock on PostgreSQL, the write lock on SQLite) so concurrent
-/// claims on one node queue up, then checks that the live VMs placed there, these ones
-/// included, still fit ([`scheduler::fits`]). Lock order: project, then node.
+/// Claims capacity on `node` for the VM rows this transaction wrote (their footprints are
+/// already in the node's counters): locks the node row (a touching UPDATE: a row lock on
+/// PostgreSQL, the write lock on SQLite) so concurrent claims on one node queue up, then
+/// checks that what is allocated there still fits ([`scheduler::fits`]). Lock order:
+/// project, then VM, then node.
 pub(super) async fn claim_node(conn: &mut AnyConnection, node: &str) -> Result<(), StoreError> {
     let touched = sqlx::query("UPDATE nodes SET vcpus = vcpus WHERE name = $1")
         .bind(node)
@@ -415,12 +419,8 @@ pub(super) async fn claim_node(conn: &mut AnyConnection, node: &str) -> Result<(
         });
     }
     let row = sqlx::query(
-        "SELECT n.vcpus AS cap_vcpus, n.memory_mb AS cap_memory_mb, \
-         (SELECT CAST(COALESCE(SUM(v.vcpus), 0) AS BIGINT) FROM vms v WHERE v.node = n.name \
-          AND v.deleted_at IS NULL AND v.phase <> 'failed') AS vcpus, \
-         (SELECT CAST(COALESCE(SUM(v.memory_mb), 0) AS BIGINT) FROM vms v WHERE v.node = n.name \
-          AND v.deleted_at IS NULL AND v.phase <> 'failed') AS memory_mb \
-         FROM nodes n WHERE n.name = $1",
+        "SELECT vcpus, memory_mb, allocated_vcpus, allocated_memory_mb FROM nodes \
+         WHERE name = $1",
     )
     .bind(node)
     .fetch_one(&mut *conn)
@@ -429,12 +429,12 @@ pub(super) async fn claim_node(conn: &mut AnyConnection, node: &str) -> Result<(
         Ok(u64::try_from(row.try_get::<i64, _>(col)?).unwrap_or(0))
     };
     let capacity = Capacity {
-        vcpus: get("cap_vcpus")?,
-        memory_mb: get("cap_memory_mb")?,
-    };
-    let allocated = Capacity {
         vcpus: get("vcpus")?,
         memory_mb: get("memory_mb")?,
+    };
+    let allocated = Capacity {
+        vcpus: get("allocated_vcpus")?,
+        memory_mb: get("allocated_memory_mb")?,
     };
     let ratios = super::cluster_settings::read_cluster_settings(conn)
         .await?
