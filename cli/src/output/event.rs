@@ -1,6 +1,6 @@
 //! One line per event, kubectl `-w` style: `CURSOR  TIME  TYPE  KIND/NAME  DETAIL`, where
-//! the detail is what changes most (a VM's phase and node, a task's kind, status and VM,
-//! a node's status, else the resource_version). A VM or task outside `default` is named
+//! the detail is what changes most (a VM's phase and node, a task's kind, status, VM,
+//! error code and progress, a node's status, else the resource_version). A VM or task outside `default` is named
 //! `<kind>/<project>/<name>`.
 
 use otherix_api::{Event, EventKind};
@@ -27,12 +27,14 @@ pub fn line(e: &Event) -> String {
         EventKind::Task => {
             let vm = o["vm_name"].as_str().map(|v| format!(" vm={v}"));
             let error = o["error"]["code"].as_str().map(|c| format!(" error={c}"));
+            let progress = o["progress"]["phase"].as_str().map(|p| format!(" ({p})"));
             format!(
-                "{} {}{}{}",
+                "{} {}{}{}{}",
                 s(&o["kind"]),
                 s(&o["status"]),
                 vm.unwrap_or_default(),
-                error.unwrap_or_default()
+                error.unwrap_or_default(),
+                progress.unwrap_or_default()
             )
         }
         EventKind::Node => s(&o["status"]),
@@ -82,6 +84,12 @@ mod tests {
                     json!({"id": "t1", "kind": "vm.stop", "status": "failed", "project": "default",
                            "vm_name": "web-1", "error": {"code": "stop_timeout", "message": "x"}})),
                 "42     08:40:01.123  modified  task/t1  vm.stop failed vm=web-1 error=stop_timeout",
+            ),
+            (
+                event(EventType::Modified, EventKind::Task,
+                    json!({"id": "t2", "kind": "vm.create", "status": "running", "project": "dev",
+                           "vm_name": "db", "progress": {"phase": "downloading image"}})),
+                "42     08:40:01.123  modified  task/dev/t2  vm.create running vm=db (downloading image)",
             ),
             (
                 event(EventType::Modified, EventKind::Node,
