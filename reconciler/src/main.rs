@@ -210,6 +210,12 @@ async fn main() -> anyhow::Result<()> {
         let n = sessions.kick_all(&tonic::Status::unavailable("otherixd is shutting down"));
         tracing::info!(sessions = n, "ended the agent sessions");
     };
+    // At the signal, end the event streams (clients resume on another replica).
+    let events = daemon.state.events.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        events.close();
+    });
     let manifests = match &args.manifests_dir {
         Some(dir) => Some(
             otherixd::manifests_dir::ManifestsWatcher::spawn(dir.clone(), daemon.state.clone())

@@ -516,3 +516,15 @@ async fn members_see_only_their_projects_events_and_filters_narrow_the_stream() 
     let (status, _) = call(&s.raw_app, Method::GET, "/v1/events", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let s = server_with_node().await;
+    let app = with_token(s.daemon.app(), &s.admin_token);
+    let mut stream = Stream::open(&app, "/v1/events").await;
+    s.daemon.state.events.close();
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.body.frame())
+        .await
+        .expect("the stream ended at close");
+    assert!(end.is_none(), "{end:?}");
+}

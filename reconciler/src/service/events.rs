@@ -35,6 +35,8 @@ pub struct EventService {
     store: Store,
     head: watch::Sender<i64>,
     pump: Mutex<Option<JoinHandle<()>>>,
+    /// Set at shutdown: every stream ends (its client resumes elsewhere with `since`).
+    closing: watch::Sender<bool>,
 }
 
 /// An opened stream: where it starts and the events after that.
@@ -49,7 +51,14 @@ impl EventService {
             store,
             head: watch::Sender::new(0),
             pump: Mutex::new(None),
+            closing: watch::Sender::new(false),
         }
+    }
+
+    /// Ends every open stream (the server is shutting down; a stream would otherwise hold
+    /// the HTTP drain until its limit). A stream opened later ends after what is there.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     /// Opens a stream after `since` (default: the newest event, i.e. only what comes
@@ -77,6 +86,7 @@ impl EventService {
         }
         self.ensure_pump();
         let mut heads = self.head.subscribe();
+        let mut closing = self.closing.subscribe();
         let store = self.store.clone();
         let events = async_stream::stream! {
             let mut cursor = start;
@@ -104,7 +114,10 @@ impl EventService {
                     continue;
                 }
                 // Wait for the head to move past us; the timeout re-reads anyway.
-                let _ = tokio::time::timeout(POLL_EVERY * 2, heads.wait_for(|h| *h > cursor)).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(POLL_EVERY * 2, heads.wait_for(|h| *h > cursor)) => {}
+                    _ = closing.wait_for(|c| *c) => break,
+                }
             }
         };
         Ok(EventStream {
