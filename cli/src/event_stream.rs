@@ -83,6 +83,13 @@ impl Iterator for EventLines {
             match self.reader.read_line(&mut line) {
                 Ok(0) => return None,
                 Ok(_) if line.trim().is_empty() => continue,
+                Ok(_) if !line.ends_with('\n') => {
+                    // The connection ended inside a line: a cut, not a bad answer.
+                    return Some(Err(ClientError::Unreachable {
+                        server: self.server.clone(),
+                        source: "the event stream was cut inside a line".into(),
+                    }));
+                }
                 Ok(_) => {
                     return Some(serde_json::from_str(&line).map_err(|source| {
                         ClientError::Decode {

@@ -177,6 +177,29 @@ fn events_killed_midway_and_resumed_with_since_union_is_every_change_once() {
     assert_eq!(changes.len(), vm.len(), "{watched}");
     assert!(changes[0].contains("added     vm/web-1"), "{watched}");
 
+    // otherixd restarts (SIGKILL): the watcher re-opens the stream after the last cursor
+    // it saw by itself; a change before and one after the restart are each printed once.
+    let survivor = cluster.cli_background("events-5", &["events", "-o", "json", "--kind", "pool"]);
+    survivor.wait_stderr("events after cursor", STREAM_WAIT);
+    cluster.cli(&["pool", "create", "before"]).ok();
+    survivor.wait_stdout("\"name\":\"before\"", 1, STREAM_WAIT);
+    cluster.kill_server();
+    cluster.start_server();
+    cluster.cli(&["pool", "create", "after"]).ok();
+    survivor.wait_stdout("\"name\":\"after\"", 1, STREAM_WAIT);
+    survivor.wait_stderr("stream ended; resumed after cursor", STREAM_WAIT);
+    let pools: Vec<String> = printed(&survivor.stdout_text())
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["type"].as_str().unwrap(),
+                e["object"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(pools, ["added before", "added after"]);
+
     // The default output: one line per event.
     let text = cluster.cli_background(
         "events-4",

@@ -38,13 +38,13 @@ impl From<VmListArgs> for Options {
 }
 
 pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
+    let events = EventsQuery {
+        kinds: vec![EventKind::Vm],
+        all_projects: opts.query.all_projects,
+        ..Default::default()
+    };
     let stream = if opts.watch {
-        let q = EventsQuery {
-            kinds: vec![EventKind::Vm],
-            all_projects: opts.query.all_projects,
-            ..Default::default()
-        };
-        Some(event_stream::open(ctx.client, &q)?)
+        Some(event_stream::open(ctx.client, &events)?)
     } else {
         None
     };
@@ -69,7 +69,7 @@ pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
             ListFormat::Json => TextFormat::Json,
             ListFormat::Table | ListFormat::Yaml => TextFormat::Text,
         };
-        super::events::follow(ctx, stream, format)?;
+        super::events::follow(ctx, stream, &events, format)?;
     }
     Ok(())
 }
