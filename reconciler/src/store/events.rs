@@ -424,23 +424,21 @@ impl Store {
     }
 }
 
-/// Deletes the oldest events committed before `cutoff_ms`, at most about `batch` of them,
-/// as a prefix of the log (everything up to the newest of them, so no hole is left below
-/// the watermark), and moves `purged_through`. Returns how many went.
+/// Deletes the oldest events committed before `cutoff_ms`: the longest run of them at the
+/// start of the log, at most `batch`, so the log stays a contiguous range above the
+/// watermark (an event stamped early by a replica with a slow clock waits for the ones
+/// before it). Moves `purged_through`; returns how many went.
 pub(super) async fn purge(
     conn: &mut AnyConnection,
     cutoff_ms: i64,
     batch: i64,
 ) -> Result<u64, StoreError> {
-    let upto: Option<(i64,)> = sqlx::query_as(
-        "SELECT MAX(seq) FROM (SELECT seq FROM events WHERE at_ms < $1 ORDER BY seq LIMIT $2) s \
-         HAVING COUNT(*) > 0",
-    )
-    .bind(cutoff_ms)
-    .bind(batch)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((upto,)) = upto else {
+    let oldest: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT seq, at_ms FROM events ORDER BY seq LIMIT $1")
+            .bind(batch)
+            .fetch_all(&mut *conn)
+            .await?;
+    let Some(upto) = expired_prefix_end(&oldest, cutoff_ms) else {
         return Ok(0);
     };
     let gone = sqlx::query("DELETE FROM events WHERE seq <= $1")
@@ -453,4 +451,34 @@ pub(super) async fn purge(
         .execute(&mut *conn)
         .await?;
     Ok(gone)
+}
+
+/// The last number of the run of `(seq, at_ms)` (oldest first) committed before
+/// `cutoff_ms`; `None` when the oldest is not.
+fn expired_prefix_end(oldest: &[(i64, i64)], cutoff_ms: i64) -> Option<i64> {
+    oldest
+        .iter()
+        .take_while(|(_, at)| *at < cutoff_ms)
+        .last()
+        .map(|(seq, _)| *seq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expired_prefix_end_table() {
+        let table: [(&[(i64, i64)], i64, Option<i64>); 5] = [
+            (&[], 100, None),
+            (&[(1, 10), (2, 20), (3, 30)], 100, Some(3)),
+            (&[(1, 10), (2, 20), (3, 30)], 25, Some(2)),
+            (&[(1, 10), (2, 20), (3, 30)], 10, None),
+            // A young event stamped between old ones stops the run: no hole.
+            (&[(4, 10), (5, 300), (6, 20)], 100, Some(4)),
+        ];
+        for (rows, cutoff, want) in table {
+            assert_eq!(expired_prefix_end(rows, cutoff), want, "{rows:?} {cutoff}");
+        }
+    }
 }
