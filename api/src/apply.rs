@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::task::Task;
+use crate::vm::{Vm, VmSpec};
 
 /// What an apply did, as kubectl prints it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
@@ -64,3 +65,30 @@ pub struct CreateObjectRequest<S> {
 
 /// The annotation that marks objects applied from a manifest directory (for `--prune`).
 pub const SOURCE_ANNOTATION: &str = "otherix.dev/source";
+
+/// The most VMs one `POST /v1/apply` may carry.
+pub const APPLY_BATCH_MAX: usize = 1000;
+
+/// One VM of a `POST /v1/apply`: what `PUT /v1/vms/{name}` takes, with the name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyVm {
+    pub name: String,
+    pub spec: VmSpec,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// `POST /v1/apply` body: many VMs of one project applied in one request (the new ones
+/// created in one transaction: all or none).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyBatchRequest {
+    pub vms: Vec<ApplyVm>,
+}
+
+/// `POST /v1/apply` answer: one [`ApplyResponse`] per VM, in the request's order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApplyBatchResponse {
+    pub vms: Vec<ApplyResponse<Vm>>,
+}

@@ -23,7 +23,8 @@ pub mod validate;
 pub mod vm;
 
 pub use apply::{
-    ApplyOutcome, ApplyRequest, ApplyResponse, CreateObjectRequest, SOURCE_ANNOTATION,
+    ApplyBatchRequest, ApplyBatchResponse, ApplyOutcome, ApplyRequest, ApplyResponse, ApplyVm,
+    CreateObjectRequest, APPLY_BATCH_MAX, SOURCE_ANNOTATION,
 };
 pub use cluster::{
     CachedImage, ClusterSettings, Firmware, LogChunk, Network, Node, NodeStatus, Pool, PoolInstance,

@@ -14,9 +14,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use otherix_api::manifest::Kind;
-use otherix_api::{ApplyRequest, ApplyResponse, Object, Task};
+use otherix_api::{
+    ApplyBatchRequest, ApplyBatchResponse, ApplyRequest, ApplyResponse, ApplyVm, Object, Task,
+};
 use otherix_manifests::{
-    filter_owned, ApplyResult, ApplyTarget, DeleteResult, Error as ManifestsError, ObjectRef,
+    apply_each, filter_owned, ApplyResult, ApplyTarget, DeleteResult, Error as ManifestsError,
+    ManyApplied, ObjectRef,
 };
 use reqwest::Method;
 use serde::Deserialize;
@@ -99,6 +102,50 @@ fn apply_body(object: &Object) -> Result<Value, serde_json::Error> {
         Object::Network(m) => body(&m.spec, &m.metadata),
         Object::Firmware(m) => body(&m.spec, &m.metadata),
         Object::ClusterSettings(m) => body(&m.spec, &m.metadata),
+    }
+}
+
+/// Nothing applied, item `index` failed.
+fn failed_at(index: usize, error: ManifestsError) -> ManyApplied {
+    ManyApplied {
+        results: Vec::new(),
+        failure: Some((index, error)),
+    }
+}
+
+/// The item a `POST /v1/apply` error is about (`vms[3] (web-4): why` -> 3, with the
+/// message cut to `why`, since the CLI names the object itself); 0 and the error as it
+/// is when the message names none (a full node, a quota: the batch as a whole).
+fn batch_item_error(e: ClientError) -> (usize, ClientError) {
+    let ClientError::Api {
+        status,
+        code,
+        message,
+    } = e
+    else {
+        return (0, e);
+    };
+    let item = message
+        .strip_prefix("vms[")
+        .and_then(|rest| rest.split_once("] ("))
+        .and_then(|(index, rest)| Some((index.parse::<usize>().ok()?, rest.split_once("): ")?.1)));
+    match item {
+        Some((index, why)) => (
+            index,
+            ClientError::Api {
+                status,
+                code,
+                message: why.to_owned(),
+            },
+        ),
+        None => (
+            0,
+            ClientError::Api {
+                status,
+                code,
+                message,
+            },
+        ),
     }
 }
 
@@ -214,6 +261,62 @@ impl ApplyTarget for HttpTarget<'_> {
         })
     }
 
+    /// One `POST /v1/apply` for VMs of one project (anything else: one PUT each). The
+    /// server creates the new ones in one transaction, so a failure applied none of them;
+    /// its message names the item (`vms[3] (web-4): ...`), which becomes the failed object.
+    fn apply_many(&mut self, objects: &[Object]) -> ManyApplied {
+        let project = objects.first().and_then(Object::project);
+        let same_vms = objects
+            .iter()
+            .all(|o| o.kind() == Kind::Vm && o.project() == project);
+        let vms: Option<Vec<ApplyVm>> = same_vms
+            .then(|| {
+                objects
+                    .iter()
+                    .map(|o| match o {
+                        Object::Vm(m) => Some(ApplyVm {
+                            name: m.metadata.name.clone(),
+                            spec: m.spec.clone(),
+                            annotations: m.metadata.annotations.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .flatten();
+        let Some(vms) = vms else {
+            return apply_each(self, objects);
+        };
+        let body = match serde_json::to_value(ApplyBatchRequest { vms }) {
+            Ok(b) => b,
+            Err(e) => return failed_at(0, ManifestsError::target(e)),
+        };
+        let query = project_query(project);
+        let answer = match self.send(Method::POST, &["v1", "apply"], &query, Some(&body)) {
+            Ok(a) => a,
+            Err(e) => {
+                let (index, e) = batch_item_error(e);
+                return failed_at(index.min(objects.len() - 1), ManifestsError::target(e));
+            }
+        };
+        let resp: ApplyBatchResponse = match self.decode(answer) {
+            Ok(r) => r,
+            Err(e) => return failed_at(0, ManifestsError::target(e)),
+        };
+        let results = resp
+            .vms
+            .into_iter()
+            .map(|r| ApplyResult {
+                outcome: r.outcome,
+                task_id: self.remember(r.task, project),
+            })
+            .collect();
+        ManyApplied {
+            results,
+            failure: None,
+        }
+    }
+
     fn delete(&mut self, object: &ObjectRef) -> Result<DeleteResult, ManifestsError> {
         let path = object_path(object.kind, &object.name);
         let query = project_query(object.project());
@@ -296,6 +399,34 @@ mod tests {
     use super::*;
     use crate::wait::fake::FakeServer;
     use serde_json::json;
+
+    #[test]
+    fn batch_item_error_table() {
+        let api = |message: &str| ClientError::Api {
+            status: 400,
+            code: "validation_failed".into(),
+            message: message.into(),
+        };
+        let table = [
+            (
+                "vms[3] (web-4): spec.vcpus: must be 1..64",
+                3,
+                "spec.vcpus: must be 1..64",
+            ),
+            ("vms[0] (a): name: appears twice", 0, "name: appears twice"),
+            ("no node can take the vm", 0, "no node can take the vm"),
+            ("vms[x] (a): why", 0, "vms[x] (a): why"),
+            ("vms[2] no colon", 0, "vms[2] no colon"),
+        ];
+        for (message, index, rest) in table {
+            match batch_item_error(api(message)) {
+                (i, ClientError::Api { message: m, .. }) => {
+                    assert_eq!((i, m.as_str()), (index, rest), "{message}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn object_paths_table() {

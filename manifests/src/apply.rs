@@ -7,6 +7,7 @@ use otherix_api::manifest::{Kind, ObjectMeta};
 use otherix_api::{ApplyOutcome, Object, SOURCE_ANNOTATION};
 use uuid::Uuid;
 
+use crate::target::{ApplyResult, ManyApplied, APPLY_MANY_MAX};
 use crate::{ApplyTarget, Error, ObjectRef};
 
 /// `object` with `otherix.dev/source: <source>` added when `source` is given.
@@ -113,13 +114,7 @@ pub fn apply_one(
     let object = stamp_source(object, source);
     target
         .apply(&object)
-        .map(|r| ApplyLine {
-            kind: object.kind(),
-            project: object.project().map(str::to_owned),
-            name: object.name().to_owned(),
-            outcome: r.outcome,
-            task_id: r.task_id,
-        })
+        .map(|r| line(&object, r))
         .map_err(|error| ApplyFailure::new(&ObjectRef::of(&object), error))
 }
 
@@ -130,23 +125,77 @@ pub fn in_apply_order(objects: &[Object]) -> Vec<&Object> {
     ordered
 }
 
-/// Applies every object in dependency order, stopping at the first error.
+/// Applies every object in dependency order, stopping at the first error. Consecutive
+/// VMs of one project go to the target together ([`ApplyTarget::apply_many`], at most
+/// [`APPLY_MANY_MAX`] at a time); the report is the same line per object either way.
 pub fn apply_all(
     objects: &[Object],
     target: &mut dyn ApplyTarget,
     source: Option<&str>,
 ) -> ApplyReport {
     let mut report = ApplyReport::default();
-    for object in in_apply_order(objects) {
-        match apply_one(object, target, source) {
-            Ok(line) => report.lines.push(line),
-            Err(failure) => {
-                report.failure = Some(failure);
-                break;
+    let ordered: Vec<Object> = in_apply_order(objects)
+        .into_iter()
+        .map(|o| stamp_source(o, source))
+        .collect();
+    for run in runs(&ordered) {
+        let done = if run.len() == 1 {
+            match target.apply(&run[0]) {
+                Ok(r) => ManyApplied {
+                    results: vec![r],
+                    failure: None,
+                },
+                Err(e) => ManyApplied {
+                    results: vec![],
+                    failure: Some((0, e)),
+                },
             }
+        } else {
+            target.apply_many(run)
+        };
+        for (object, r) in run.iter().zip(done.results) {
+            report.lines.push(line(object, r));
+        }
+        if let Some((i, error)) = done.failure {
+            let failed = run.get(i).unwrap_or(&run[0]);
+            report.failure = Some(ApplyFailure::new(&ObjectRef::of(failed), error));
+            break;
         }
     }
     report
+}
+
+fn line(object: &Object, r: ApplyResult) -> ApplyLine {
+    ApplyLine {
+        kind: object.kind(),
+        project: object.project().map(str::to_owned),
+        name: object.name().to_owned(),
+        outcome: r.outcome,
+        task_id: r.task_id,
+    }
+}
+
+/// `ordered` cut into what goes to the target at once: runs of consecutive VMs naming the
+/// same project (at most [`APPLY_MANY_MAX`]); every other object alone.
+fn runs(ordered: &[Object]) -> Vec<&[Object]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < ordered.len() {
+        let first = &ordered[start];
+        let mut end = start + 1;
+        if first.kind() == Kind::Vm {
+            while end < ordered.len()
+                && end - start < APPLY_MANY_MAX
+                && ordered[end].kind() == Kind::Vm
+                && ordered[end].project() == first.project()
+            {
+                end += 1;
+            }
+        }
+        out.push(&ordered[start..end]);
+        start = end;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -256,5 +305,45 @@ spec: {}
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn runs_group_consecutive_vms_of_one_project_up_to_the_limit() {
+        fn vm(name: &str, project: Option<&str>) -> String {
+            let project = project
+                .map(|p| format!(", project: {p}"))
+                .unwrap_or_default();
+            format!(
+                "apiVersion: otherix.dev/v1\nkind: VM\nmetadata: {{name: {name}{project}}}\n\
+                     spec: {{image_url: http://i/x.qcow2, arch: amd64}}\n"
+            )
+        }
+        let pool = "apiVersion: otherix.dev/v1\nkind: Pool\nmetadata: {name: p}\nspec: {}\n";
+        let text = [
+            pool.to_owned(),
+            vm("a", None),
+            vm("b", None),
+            vm("c", Some("t")),
+            vm("d", Some("t")),
+            vm("e", None),
+        ]
+        .join("---\n");
+        let objs = objects(&text);
+        let sizes: Vec<Vec<&str>> = runs(&objs)
+            .iter()
+            .map(|r| r.iter().map(|o| o.name()).collect())
+            .collect();
+        assert_eq!(
+            sizes,
+            [vec!["p"], vec!["a", "b"], vec!["c", "d"], vec!["e"]]
+        );
+
+        let many: String = (0..APPLY_MANY_MAX + 3)
+            .map(|i| vm(&format!("v{i}"), None))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        let objs = objects(&many);
+        let lens: Vec<usize> = runs(&objs).iter().map(|r| r.len()).collect();
+        assert_eq!(lens, [APPLY_MANY_MAX, 3]);
     }
 }

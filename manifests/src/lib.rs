@@ -28,7 +28,7 @@ pub use prune::{
     declared_refs, delete_all, filter_owned, is_owned, owned_refs, plan_delete, plan_prune,
     DeleteLine, DeleteReport, DeleteVerb,
 };
-pub use target::{ApplyResult, ApplyTarget, DeleteResult};
+pub use target::{apply_each, ApplyResult, ApplyTarget, DeleteResult, ManyApplied, APPLY_MANY_MAX};
 pub use watch::{run_watch, StopSignal, WatchEvent, WatchOptions};
 
 use otherix_api::manifest::{object_reference, Kind};

@@ -15,6 +15,33 @@ pub struct ApplyResult {
     pub task_id: Option<Uuid>,
 }
 
+/// What applying several objects did: `results[i]` for `objects[i]`, up to the one that
+/// failed (`failure`: its index and why; objects after it were not applied, and a target
+/// that applies them together, all or none, reports no results).
+#[derive(Debug, Default)]
+pub struct ManyApplied {
+    pub results: Vec<ApplyResult>,
+    pub failure: Option<(usize, Error)>,
+}
+
+/// `objects` one [`ApplyTarget::apply`] after the other, up to the first failure.
+pub fn apply_each<T: ApplyTarget + ?Sized>(target: &mut T, objects: &[Object]) -> ManyApplied {
+    let mut done = ManyApplied::default();
+    for (i, object) in objects.iter().enumerate() {
+        match target.apply(object) {
+            Ok(r) => done.results.push(r),
+            Err(e) => {
+                done.failure = Some((i, e));
+                break;
+            }
+        }
+    }
+    done
+}
+
+/// The most objects [`crate::apply_all`] hands to one [`ApplyTarget::apply_many`].
+pub const APPLY_MANY_MAX: usize = 500;
+
 /// What deleting one object did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteResult {
@@ -36,6 +63,13 @@ pub trait ApplyTarget {
     /// (which replace the stored ones), as `PUT /v1/<kind>/{name}`; a VM goes to its
     /// `metadata.project` (else the target's project).
     fn apply(&mut self, object: &Object) -> Result<ApplyResult, Error>;
+
+    /// Applies VMs of one project (at most [`APPLY_MANY_MAX`]) as `apply` would, in one
+    /// go where the target can (the CLI: one `POST /v1/apply`, the new VMs created in one
+    /// transaction). By default one `apply` after the other.
+    fn apply_many(&mut self, objects: &[Object]) -> ManyApplied {
+        apply_each(self, objects)
+    }
 
     /// Deletes one object (`DELETE /v1/<kind>/{name}`).
     fn delete(&mut self, object: &ObjectRef) -> Result<DeleteResult, Error>;
@@ -62,6 +96,9 @@ impl<T: ApplyTarget + ?Sized> ApplyTarget for &mut T {
     }
     fn apply(&mut self, object: &Object) -> Result<ApplyResult, Error> {
         (**self).apply(object)
+    }
+    fn apply_many(&mut self, objects: &[Object]) -> ManyApplied {
+        (**self).apply_many(objects)
     }
     fn delete(&mut self, object: &ObjectRef) -> Result<DeleteResult, Error> {
         (**self).delete(object)

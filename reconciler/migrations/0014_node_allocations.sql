@@ -11,3 +11,5 @@ UPDATE nodes SET
         AND v.deleted_at IS NULL AND v.phase <> 'failed'),
     allocated_memory_mb = (SELECT COALESCE(SUM(v.memory_mb), 0) FROM vms v
         WHERE v.node = nodes.name AND v.deleted_at IS NULL AND v.phase <> 'failed');
+-- `vm list --status P` pages through the VMs stored in phase P in cursor order.
+CREATE INDEX vms_phase_created ON vms (phase, created_at, id);

@@ -172,6 +172,21 @@ async fn list_vms_five_vms_limit_two_walks_all_pages_in_order() {
     assert_eq!(v["items"].as_array().unwrap().len(), 0);
     let (_, v) = call(&s.app, Method::GET, "/v1/vms?node=node-2", None).await;
     assert_eq!(v["items"].as_array().unwrap().len(), 0);
+
+    // On a node that stopped reporting the filter matches the phase the list shows.
+    s.daemon.store.mark_node_not_ready("node-1").await.unwrap();
+    for (status, count) in [("creating", 0), ("unknown", 5)] {
+        let (_, v) = call(
+            &s.app,
+            Method::GET,
+            &format!("/v1/vms?status={status}"),
+            None,
+        )
+        .await;
+        let items = v["items"].as_array().unwrap();
+        assert_eq!(items.len(), count, "status={status}: {v}");
+        assert!(items.iter().all(|i| i["status"]["phase"] == status), "{v}");
+    }
 }
 
 #[tokio::test]

@@ -569,3 +569,60 @@ async fn concurrent_writers_live_stream_has_no_gap() {
     let added_nets = got.iter().filter(|e| e["kind"] == "network").count();
     assert_eq!((added_vms, added_nets), (16, 8));
 }
+
+#[tokio::test]
+async fn node_readiness_and_bulk_apply_are_events() {
+    let s = server_with_node().await;
+    let app = &s.app;
+    let mut stream = Stream::open(app, "/v1/events").await;
+    // Three VMs in one POST /v1/apply (one transaction): each VM and its task, once.
+    let vm = |name: &str| {
+        json!({"name": name, "spec": {"image_url": "http://127.0.0.1:9/img.qcow2", "arch": "amd64"},
+               "annotations": {}})
+    };
+    ok(
+        app,
+        Method::POST,
+        "/v1/apply",
+        Some(json!({"vms": [vm("a-1"), vm("a-2"), vm("a-3")]})),
+    )
+    .await;
+    let got = stream.until(|e| is(e, "added", "vm", "a-3")).await;
+    let added: Vec<String> = summary(&got)
+        .into_iter()
+        .filter(|l| l.contains(" vm "))
+        .collect();
+    assert_eq!(added, ["added vm a-1", "added vm a-2", "added vm a-3"]);
+    assert_eq!(
+        got.iter().filter(|e| e["kind"] == "task").count(),
+        2,
+        "{:#?}",
+        summary(&got)
+    );
+    let rest = stream.until(|e| e["kind"] == "task").await;
+    assert_eq!(rest.len(), 1);
+
+    // The node goes not ready: a node event, then its VMs as GET shows them (unknown).
+    s.daemon.store.mark_node_not_ready("node-1").await.unwrap();
+    let got = stream.until(|e| is(e, "modified", "vm", "a-3")).await;
+    assert_eq!(summary(&got)[0], "modified node node-1");
+    assert_eq!(got[0]["object"]["status"], "not_ready");
+    assert!(
+        got[1..]
+            .iter()
+            .all(|e| e["object"]["status"]["phase"] == "unknown"),
+        "{got:#?}"
+    );
+    // A heartbeat makes it ready again; a second one changes nothing and is no event.
+    s.daemon.store.node_heartbeat("node-1").await.unwrap();
+    s.daemon.store.node_heartbeat("node-1").await.unwrap();
+    let got = stream.until(|e| is(e, "modified", "vm", "a-3")).await;
+    assert_eq!(got[0]["object"]["status"], "ready");
+    assert!(
+        got[1..]
+            .iter()
+            .all(|e| e["object"]["status"]["phase"] == "creating"),
+        "{got:#?}"
+    );
+    assert!(stream.next(Duration::from_millis(1500)).await.is_none());
+}

@@ -107,6 +107,7 @@ fn routes() -> Routes {
             "/v1/vms/{name}",
             get(vms::get).put(apply::put_vm).delete(vms::delete),
         )
+        .route("/v1/apply", post(apply::apply_many))
         .route("/v1/vms/{name}/start", post(vms::start))
         .route("/v1/vms/{name}/stop", post(vms::stop))
         .route("/v1/vms/{name}/poweroff", post(vms::poweroff))

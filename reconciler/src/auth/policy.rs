@@ -29,6 +29,7 @@ pub fn route_access(method: &str, pattern: &str) -> Option<Access> {
     let read = matches!(method, "GET" | "HEAD");
     let project_scoped = pattern == "/v1/vms"
         || pattern.starts_with("/v1/vms/")
+        || pattern == "/v1/apply"
         || pattern == "/v1/tasks"
         || pattern.starts_with("/v1/tasks/");
     let cluster_wide = [
@@ -170,6 +171,7 @@ mod tests {
             ("GET", "/v1/vms", Some(Access::ProjectRead)),
             ("POST", "/v1/vms", Some(Access::ProjectWrite)),
             ("PUT", "/v1/vms/{name}", Some(Access::ProjectWrite)),
+            ("POST", "/v1/apply", Some(Access::ProjectWrite)),
             ("GET", "/v1/vms/{name}/logs", Some(Access::ProjectRead)),
             ("POST", "/v1/tasks/{id}/cancel", Some(Access::ProjectWrite)),
             ("GET", "/v1/tasks/{id}", Some(Access::ProjectRead)),

@@ -16,7 +16,7 @@ pub mod retry;
 use std::sync::Arc;
 use std::time::Duration;
 
-use otherix_api::{ApiError, TaskKind, TaskStatus, VmPhase};
+use otherix_api::{ApiError, Placement, TaskKind, TaskStatus, VmPhase};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -26,8 +26,8 @@ use crate::events::TaskEvents;
 use crate::gateway::Sessions;
 use crate::lifecycle::transitional_phase;
 use crate::locks::{VmGuard, VmLocks};
-use crate::model::{IdempotencyStamp, TaskRecord, VmRecord};
-use crate::scheduler::schedule;
+use crate::model::{IdempotencyStamp, NodeRecord, TaskRecord, VmRecord};
+use crate::scheduler::{schedule, Ratios};
 use crate::store::{Fence, Store, StoreError, CAS_ATTEMPTS};
 use plan::{plan, Action, PlanInput};
 use queue::{RunResult, WorkQueue};
@@ -57,6 +57,41 @@ pub struct Reconciler {
 }
 
 /// What one reconcile run did.
+/// The nodes and settings placements are decided on, with what earlier placements of the
+/// same batch took counted on their nodes.
+struct PlacementView {
+    nodes: Vec<NodeRecord>,
+    default_pool: Option<String>,
+    ratios: Ratios,
+}
+
+impl PlacementView {
+    /// Schedules `vm` (a retried create prefers the node it was placed on before) and
+    /// counts it on the chosen node.
+    fn place(&mut self, vm: &VmRecord) -> Result<Placement, ReconcileError> {
+        let default_pool = self.default_pool.as_deref();
+        let previous = match (&vm.node, &vm.spec.node) {
+            (Some(prev), None) => {
+                let mut pinned = vm.spec.clone();
+                pinned.node = Some(prev.clone());
+                schedule(&pinned, &self.nodes, default_pool, self.ratios).ok()
+            }
+            _ => None,
+        };
+        let p = match previous {
+            Some(p) => p,
+            None => schedule(&vm.spec, &self.nodes, default_pool, self.ratios)
+                .map_err(ReconcileError::Unschedulable)?,
+        };
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.name == p.node) {
+            node.allocated_vms += 1;
+            node.allocated_vcpus += vm.spec.vcpus;
+            node.allocated_memory_mb += u64::from(vm.spec.memory_mb);
+        }
+        Ok(p)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Reconciled {
     /// The task it emitted.
@@ -270,30 +305,40 @@ impl Reconciler {
     /// Builds the task for `kind` and the VM as it looks with that task in flight.
     async fn prepare_task(
         &self,
+        vm: VmRecord,
+        kind: TaskKind,
+    ) -> Result<(VmRecord, TaskRecord), ReconcileError> {
+        let mut view = match kind {
+            TaskKind::VmCreate => Some(self.placement_view().await?),
+            _ => None,
+        };
+        self.task_for(vm, kind, view.as_mut())
+    }
+
+    /// What placement decisions read: the nodes with their allocations, the default pool
+    /// and the allocation ratios.
+    async fn placement_view(&self) -> Result<PlacementView, ReconcileError> {
+        let nodes = self.store.list_nodes().await?;
+        let settings = self.store.cluster_settings().await?;
+        Ok(PlacementView {
+            nodes,
+            default_pool: settings.default_pool.clone(),
+            ratios: settings.ratios(),
+        })
+    }
+
+    /// The task of `kind` for `vm` and the VM as it is written with it; a vm.create is
+    /// placed on `view` (which then counts the VM on its node).
+    fn task_for(
+        &self,
         mut vm: VmRecord,
         kind: TaskKind,
+        view: Option<&mut PlacementView>,
     ) -> Result<(VmRecord, TaskRecord), ReconcileError> {
         let now = self.store.now_ms();
         let mut placement = None;
-        if kind == TaskKind::VmCreate {
-            let nodes = self.store.list_nodes().await?;
-            let settings = self.store.cluster_settings().await?;
-            let default_pool = settings.default_pool.clone();
-            let ratios = settings.ratios();
-            // A retried create prefers the node it was placed on before.
-            let previous = match (&vm.node, &vm.spec.node) {
-                (Some(prev), None) => {
-                    let mut pinned = vm.spec.clone();
-                    pinned.node = Some(prev.clone());
-                    schedule(&pinned, &nodes, default_pool.as_deref(), ratios).ok()
-                }
-                _ => None,
-            };
-            let p = match previous {
-                Some(p) => p,
-                None => schedule(&vm.spec, &nodes, default_pool.as_deref(), ratios)
-                    .map_err(ReconcileError::Unschedulable)?,
-            };
+        if let (TaskKind::VmCreate, Some(view)) = (kind, view) {
+            let p = view.place(&vm)?;
             vm.node = Some(p.node.clone());
             vm.pool = Some(p.pool.clone());
             vm.pool_path = Some(p.pool_path.clone());
@@ -314,6 +359,60 @@ impl Reconciler {
         vm.phase = transitional_phase(kind);
         vm.current_task = Some(task.id);
         Ok((vm, task))
+    }
+
+    /// Accepts several new VMs of one project at once: places them one after the other on
+    /// one read of the nodes (each placement counted before the next), then inserts every
+    /// VM and its vm.create task in ONE transaction (all or none: a full node, the quota,
+    /// a taken name), and dispatches the tasks. A lost placement claim schedules the whole
+    /// batch again on fresh allocations, at most [`CAS_ATTEMPTS`] times.
+    pub async fn create_vms(
+        &self,
+        vms: Vec<VmRecord>,
+    ) -> Result<Vec<(VmRecord, TaskRecord)>, ReconcileError> {
+        let mut ids: Vec<Uuid> = vms.iter().map(|vm| vm.id).collect();
+        // Lock in id order: two batches never wait on each other's locks crosswise.
+        ids.sort();
+        let mut guards = Vec::with_capacity(ids.len());
+        for id in ids {
+            guards.push(self.locks.lock(id).await);
+        }
+        let mut attempt = 1;
+        loop {
+            let mut view = self.placement_view().await?;
+            let mut placed = Vec::with_capacity(vms.len());
+            let mut tasks = Vec::with_capacity(vms.len());
+            for vm in &vms {
+                let (vm, task) = self.task_for(vm.clone(), TaskKind::VmCreate, Some(&mut view))?;
+                placed.push(vm);
+                tasks.push(task);
+            }
+            match self
+                .store
+                .insert_vms_with_tasks_in_quota(&placed, &tasks)
+                .await
+            {
+                Ok(()) => {
+                    for (task, vm) in tasks.iter().zip(&placed) {
+                        self.publish(task, vm);
+                    }
+                    return Ok(placed.into_iter().zip(tasks).collect());
+                }
+                Err(StoreError::InsufficientCapacity { node, detail })
+                    if attempt < CAS_ATTEMPTS =>
+                {
+                    tracing::info!(
+                        vms = vms.len(),
+                        node,
+                        detail,
+                        attempt,
+                        "batch placement claim lost; scheduling again"
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Wakes local long-polls and sends the task to its agent. On PostgreSQL the insert's

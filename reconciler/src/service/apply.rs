@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use otherix_api::validate::{validate_name, validate_vm_spec};
 use otherix_api::{
-    ApiError, ApplyOutcome, ApplyRequest, ApplyResponse, CreateVmRequest, Vm, VmPhase, VmSpec,
+    ApiError, ApplyOutcome, ApplyRequest, ApplyResponse, ApplyVm, CreateVmRequest, Vm, VmPhase,
+    VmSpec, APPLY_BATCH_MAX,
 };
 
 use super::apply_diff::{immutable_changes, immutable_error};
 use super::precondition::{check_resource_version, stale};
 use super::vms::retry_write;
-use super::{Actor, ServiceError, VmService};
+use super::{in_item, Actor, ServiceError, VmService};
 use crate::reconcile::Reconciler;
 use crate::store::Store;
 
@@ -33,6 +34,78 @@ impl ApplyService {
         }
     }
 
+    /// `POST /v1/apply`: many VMs of the actor's project in one request. Every item is
+    /// validated first (nothing is written if one is invalid; the error names it); the new
+    /// ones are created in ONE transaction (all or none), then the existing ones are
+    /// applied one by one as `PUT /v1/vms/{name}` would (`unchanged` writes nothing).
+    /// Answers are in the request's order.
+    pub async fn apply_vms(
+        &self,
+        actor: &Actor,
+        items: Vec<ApplyVm>,
+    ) -> Result<Vec<ApplyResponse<Vm>>, ServiceError> {
+        if items.len() > APPLY_BATCH_MAX {
+            return Err(ApiError::validation(format!(
+                "vms: at most {APPLY_BATCH_MAX} per request (got {})",
+                items.len()
+            ))
+            .into());
+        }
+        let mut seen = std::collections::HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            validate_apply(&item.name, &item.spec, &item.annotations)
+                .map_err(|e| in_item(i, &item.name, e.into()))?;
+            if let Some(first) = seen.insert(item.name.as_str(), i) {
+                let why = format!("name: appears twice in this request (also vms[{first}])");
+                return Err(in_item(i, &item.name, ApiError::validation(why).into()));
+            }
+        }
+        let mut answers: Vec<Option<ApplyResponse<Vm>>> = vec![None; items.len()];
+        let (mut new, mut existing) = (Vec::new(), Vec::new());
+        for (i, item) in items.into_iter().enumerate() {
+            match self.store.vm_by_name(&actor.project, &item.name).await? {
+                None => new.push((i, item)),
+                Some(_) => existing.push((i, item)),
+            }
+        }
+        if !new.is_empty() {
+            let indexes: Vec<usize> = new.iter().map(|(i, _)| *i).collect();
+            let creates = new
+                .into_iter()
+                .map(|(i, item)| {
+                    let req = CreateVmRequest {
+                        name: item.name,
+                        spec: item.spec,
+                    };
+                    (i, req, item.annotations)
+                })
+                .collect();
+            let accepted = self.vms.create_many(actor, creates).await?;
+            for (i, accepted) in indexes.into_iter().zip(accepted) {
+                let object = accepted
+                    .vm
+                    .ok_or_else(|| ApiError::internal("created vm missing from its answer"))?;
+                answers[i] = Some(ApplyResponse {
+                    outcome: ApplyOutcome::Created,
+                    object,
+                    task: Some(accepted.task),
+                });
+            }
+        }
+        for (i, item) in existing {
+            let req = ApplyRequest {
+                spec: item.spec,
+                annotations: item.annotations,
+            };
+            let answer = self
+                .apply_vm(actor, &item.name, req)
+                .await
+                .map_err(|e| in_item(i, &item.name, e))?;
+            answers[i] = Some(answer);
+        }
+        Ok(answers.into_iter().flatten().collect())
+    }
+
     /// `PUT /v1/vms/{name}`.
     pub async fn apply_vm(
         &self,
@@ -40,13 +113,7 @@ impl ApplyService {
         name: &str,
         req: ApplyRequest<VmSpec>,
     ) -> Result<ApplyResponse<Vm>, ServiceError> {
-        validate_name("name", name)?;
-        validate_vm_spec("spec", &req.spec)?;
-        for key in req.annotations.keys() {
-            if key.is_empty() {
-                return Err(ApiError::validation("annotations: keys must not be empty").into());
-            }
-        }
+        validate_apply(name, &req.spec, &req.annotations)?;
         let Some(existing) = self.store.vm_by_name(&actor.project, name).await? else {
             if let Some(expected) = actor.if_match {
                 return Err(stale("vm", name, expected, None).into());
@@ -132,4 +199,18 @@ impl ApplyService {
             task: task.map(|t| t.to_api()),
         })
     }
+}
+
+/// The rules of one VM apply: its name, its spec, non-empty annotation keys.
+fn validate_apply(
+    name: &str,
+    spec: &VmSpec,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    validate_name("name", name)?;
+    validate_vm_spec("spec", spec)?;
+    if annotations.keys().any(String::is_empty) {
+        return Err(ApiError::validation("annotations: keys must not be empty"));
+    }
+    Ok(())
 }

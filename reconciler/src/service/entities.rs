@@ -466,10 +466,9 @@ impl EntityService {
         loop {
             let existing: Option<StoredObject<S>> = self
                 .store
-                .list_objects(table)
+                .object(table, name)
                 .await?
-                .into_iter()
-                .find(|o| o.name == name);
+                .filter(|o| o.name == name);
             let Some(mut obj) = existing else {
                 if let Some(expected) = if_match {
                     return Err(stale(kind, name, expected, None).into());

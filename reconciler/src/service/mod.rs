@@ -82,6 +82,17 @@ pub enum ServiceError {
     Agent(#[source] GatewayError),
 }
 
+/// `err` about item `index` (named `name`) of a request that carries many: its message
+/// says which ("vms[3] (web-4): spec.vcpus: ..."). Internal errors stay as they are.
+pub fn in_item(index: usize, name: &str, err: ServiceError) -> ServiceError {
+    match err {
+        ServiceError::Api(e) => {
+            ApiError::new(e.code, format!("vms[{index}] ({name}): {}", e.message)).into()
+        }
+        other => other,
+    }
+}
+
 impl From<StoreError> for ServiceError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -59,10 +59,9 @@ pub async fn resolve_vm_refs(store: &Store, spec: &VmSpec) -> Result<VmAttachmen
     };
     if let Some((field, wanted, how)) = firmware {
         let fw = store
-            .list_objects::<FirmwareSpec>(ObjectTable::Firmware)
+            .object::<FirmwareSpec>(ObjectTable::Firmware, wanted)
             .await?
-            .into_iter()
-            .find(|f| {
+            .filter(|f| {
                 if field == "spec.firmware" {
                     f.name == *wanted
                 } else {

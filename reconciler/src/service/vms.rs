@@ -101,6 +101,46 @@ impl VmService {
         self.accepted(task, id).await
     }
 
+    /// Several new VMs of the actor's project, validated by the caller, created in one
+    /// transaction (all or none; see [`Reconciler::create_vms`]). The answers are in
+    /// `items`' order; a VM's spec reference error names its index and name.
+    pub async fn create_many(
+        &self,
+        actor: &Actor,
+        items: Vec<(
+            usize,
+            CreateVmRequest,
+            std::collections::BTreeMap<String, String>,
+        )>,
+    ) -> Result<Vec<TaskAccepted>, ServiceError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.store.project(&actor.project).await?.is_none() {
+            return Err(ApiError::not_found(format!("project {} not found", actor.project)).into());
+        }
+        let mut vms = Vec::with_capacity(items.len());
+        for (index, req, annotations) in items {
+            let attachments = super::resolve_vm_refs(&self.store, &req.spec)
+                .await
+                .map_err(|e| super::in_item(index, &req.name, e))?;
+            let mut vm = VmRecord::new(req.name, req.spec, self.store.now_ms());
+            attachments.apply_to(&mut vm);
+            vm.annotations = annotations;
+            vm.project = actor.project.clone();
+            vm.requested_by = Some(actor.requested_by.clone());
+            vms.push(vm);
+        }
+        let created = self.reconciler.create_vms(vms).await?;
+        Ok(created
+            .into_iter()
+            .map(|(vm, task)| TaskAccepted {
+                task: task.to_api(),
+                vm: Some(vm.to_api()),
+            })
+            .collect())
+    }
+
     pub async fn get(&self, project: &str, name: &str) -> Result<Vm, ServiceError> {
         Ok(self.live_vm(project, name).await?.to_api())
     }

@@ -116,6 +116,31 @@ async fn conflict(
     }
 }
 
+fn object_select(table: ObjectTable) -> String {
+    format!(
+        "SELECT id, name, spec, annotations, resource_version, {} AS builtin FROM {}",
+        table.builtin_expr(),
+        table.table()
+    )
+}
+
+fn object_from_row<S: DeserializeOwned>(
+    table: ObjectTable,
+    r: &sqlx::any::AnyRow,
+) -> Result<StoredObject<S>, StoreError> {
+    let id: String = r.try_get("id")?;
+    let spec: String = r.try_get("spec")?;
+    let annotations: String = r.try_get("annotations")?;
+    Ok(StoredObject {
+        id: parse_uuid(table.table(), &id)?,
+        name: r.try_get("name")?,
+        annotations: decode(table.table(), &id, &annotations)?,
+        spec: decode(table.table(), &id, &spec)?,
+        builtin: r.try_get::<i64, _>("builtin")? != 0,
+        resource_version: r.try_get("resource_version")?,
+    })
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
@@ -126,41 +151,24 @@ impl Store {
         &self,
         table: ObjectTable,
     ) -> Result<Vec<StoredObject<S>>, StoreError> {
-        let sql = format!(
-            "SELECT id, name, spec, annotations, resource_version, {} AS builtin FROM {} \
-             ORDER BY name",
-            table.builtin_expr(),
-            table.table()
-        );
+        let sql = format!("{} ORDER BY name", object_select(table));
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                let id: String = r.try_get("id")?;
-                let spec: String = r.try_get("spec")?;
-                let annotations: String = r.try_get("annotations")?;
-                Ok(StoredObject {
-                    id: parse_uuid(table.table(), &id)?,
-                    name: r.try_get("name")?,
-                    annotations: decode(table.table(), &id, &annotations)?,
-                    spec: decode(table.table(), &id, &spec)?,
-                    builtin: r.try_get::<i64, _>("builtin")? != 0,
-                    resource_version: r.try_get("resource_version")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|r| object_from_row(table, r)).collect()
     }
 
-    /// The object of `table` whose name or id is `name_or_id`.
+    /// The object of `table` whose name or id is `name_or_id` (an index lookup on each).
     pub async fn object<S: DeserializeOwned>(
         &self,
         table: ObjectTable,
         name_or_id: &str,
     ) -> Result<Option<StoredObject<S>>, StoreError> {
-        Ok(self
-            .list_objects(table)
-            .await?
-            .into_iter()
-            .find(|o| o.name == name_or_id || o.id.to_string() == name_or_id))
+        let sql = format!("{} WHERE name = $1 OR id = $2", object_select(table));
+        let row = sqlx::query(&sql)
+            .bind(name_or_id.to_owned())
+            .bind(name_or_id.to_lowercase())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(|r| object_from_row(table, r)).transpose()
     }
 
     /// Inserts a new object; false when the name is taken.

@@ -76,11 +76,12 @@ pub(super) async fn node_readiness(
     name: &str,
 ) -> Result<Vec<Pending>, StoreError> {
     let mut out = vec![node(conn, name, EventType::Modified).await?];
-    let ids: Vec<(String,)> =
-        sqlx::query_as("SELECT id FROM vms WHERE node = $1 AND deleted_at IS NULL ORDER BY id")
-            .bind(name)
-            .fetch_all(&mut *conn)
-            .await?;
+    let ids: Vec<(String,)> = sqlx::query_as(
+        "SELECT id FROM vms WHERE node = $1 AND deleted_at IS NULL ORDER BY created_at, id",
+    )
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await?;
     for (id,) in ids {
         out.push(vm(conn, parse_uuid("vms", &id)?, false).await?);
     }

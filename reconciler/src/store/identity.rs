@@ -299,23 +299,50 @@ impl Store {
         vm: &VmRecord,
         task: &TaskRecord,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let spec = lock_project(&mut tx, &vm.project, self.now_ms()).await?;
-        let before = usage_if_limited(&mut tx, &vm.project, &spec).await?;
-        insert_vm(&mut tx, vm)
+        self.insert_vms_with_tasks_in_quota(std::slice::from_ref(vm), std::slice::from_ref(task))
             .await
-            .map_err(|e| StoreError::from_insert(e, || StoreError::NameTaken(vm.name.clone())))?;
-        check_quota(&mut tx, &vm.project, &spec, &before).await?;
-        if let Some(node) = &vm.node {
+    }
+
+    /// [`Store::insert_vm_with_task_in_quota`] for several new VMs of one project (each
+    /// with its first task, `tasks[i]` for `vms[i]`): all of them or none, in one
+    /// transaction (one commit, one fsync), the quota checked once for their sum and each
+    /// node claimed once with everything placed on it.
+    pub async fn insert_vms_with_tasks_in_quota(
+        &self,
+        vms: &[VmRecord],
+        tasks: &[TaskRecord],
+    ) -> Result<(), StoreError> {
+        let Some(project) = vms.first().map(|vm| vm.project.clone()) else {
+            return Ok(());
+        };
+        debug_assert!(vms.iter().all(|vm| vm.project == project));
+        debug_assert_eq!(vms.len(), tasks.len());
+        let mut tx = self.pool.begin().await?;
+        let spec = lock_project(&mut tx, &project, self.now_ms()).await?;
+        let before = usage_if_limited(&mut tx, &project, &spec).await?;
+        // Each insert moves its node's counters (a row lock there): in node-name order, so
+        // two batches of different projects cannot lock two nodes in opposite orders.
+        let mut by_node: Vec<&VmRecord> = vms.iter().collect();
+        by_node.sort_by(|a, b| a.node.cmp(&b.node));
+        for vm in by_node {
+            insert_vm(&mut tx, vm).await.map_err(|e| {
+                StoreError::from_insert(e, || StoreError::NameTaken(vm.name.clone()))
+            })?;
+        }
+        check_quota(&mut tx, &project, &spec, &before).await?;
+        let nodes: std::collections::BTreeSet<&str> =
+            vms.iter().filter_map(|vm| vm.node.as_deref()).collect();
+        for node in nodes {
             claim_node(&mut tx, node).await?;
         }
-        insert_task(&mut tx, task)
-            .await
-            .map_err(|e| StoreError::from_task_insert(e, vm.id, task))?;
-        let changed = vec![
-            events::vm(&mut tx, vm.id, true).await?,
-            events::task(task, true),
-        ];
+        let mut changed = Vec::with_capacity(vms.len() * 2);
+        for (vm, task) in vms.iter().zip(tasks) {
+            insert_task(&mut tx, task)
+                .await
+                .map_err(|e| StoreError::from_task_insert(e, vm.id, task))?;
+            changed.push(events::vm(&mut tx, vm.id, true).await?);
+            changed.push(events::task(task, true));
+        }
         events::append(&mut tx, self.now_ms(), changed).await?;
         tx.commit().await?;
         Ok(())

@@ -120,6 +120,11 @@ impl Store {
         if let Some(phase) = filter.phase {
             let p = param(&mut binds, Bind::Text(phase.as_str().to_owned()));
             conds.push(format!("{} = {p}", effective_phase_sql()));
+            // Implied for every shown phase but `unknown` (which a stored phase becomes on a
+            // not-ready node): lets the (phase, created_at, id) index find the page.
+            if phase != VmPhase::Unknown {
+                conds.push(format!("v.phase = {p}"));
+            }
         }
         if let Some((t, id)) = after {
             let pt = param(&mut binds, Bind::Int(t));

@@ -154,3 +154,52 @@ pub async fn reopen(dir: tempfile::TempDir, database_url: String) -> TestServer 
         database_url,
     }
 }
+
+/// Registers a ready amd64 node `name` serving the `default` pool (no agent stream).
+pub async fn register_node(daemon: &Daemon, name: &str, vcpus: u32, memory_mb: u64) {
+    daemon
+        .gateway
+        .register(&otherix_api::proto::Register {
+            node: name.into(),
+            host_arch: "amd64".into(),
+            guest_arches: vec!["amd64".into()],
+            accel: "tcg".into(),
+            vcpus,
+            memory_mb,
+            pools: vec![otherix_api::proto::PoolPath {
+                name: "default".into(),
+                path: "/srv/default".into(),
+            }],
+            agent_version: "test".into(),
+            allow_file_urls: false,
+            firmware_dirs: vec![],
+            vms: vec![],
+        })
+        .await
+        .unwrap();
+}
+
+/// One JSON request through `app`: the status and the body (as JSON, else as a string).
+pub async fn call_json(
+    app: &Router,
+    method: axum::http::Method,
+    uri: &str,
+    body: Option<&serde_json::Value>,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(
+            body.map(serde_json::Value::to_string).unwrap_or_default(),
+        ))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
+    (status, value)
+}
