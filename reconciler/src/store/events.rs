@@ -470,7 +470,8 @@ mod tests {
 
     #[test]
     fn expired_prefix_end_table() {
-        let table: [(&[(i64, i64)], i64, Option<i64>); 5] = [
+        type Row<'a> = (&'a [(i64, i64)], i64, Option<i64>);
+        let table: [Row; 5] = [
             (&[], 100, None),
             (&[(1, 10), (2, 20), (3, 30)], 100, Some(3)),
             (&[(1, 10), (2, 20), (3, 30)], 25, Some(2)),
