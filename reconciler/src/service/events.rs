@@ -5,13 +5,12 @@
 //! `otherix_event` from other replicas through the relay, and by a 1 s poll, so a lost
 //! notification only delays); streams read the log only when the head moved past them.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
 use otherix_api::{ApiError, ErrorCode, Event, EventCursor};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::event_filter::EventFilter;
 use super::ServiceError;
@@ -34,7 +33,8 @@ const PAGE: u32 = 500;
 pub struct EventService {
     store: Store,
     head: watch::Sender<i64>,
-    pump: Mutex<Option<JoinHandle<()>>>,
+    /// Whether the pump runs; it clears this under the lock when it sees no stream left.
+    pump: Arc<Mutex<bool>>,
     /// Set at shutdown: every stream ends (its client resumes elsewhere with `since`).
     closing: watch::Sender<bool>,
 }
@@ -50,7 +50,7 @@ impl EventService {
         EventService {
             store,
             head: watch::Sender::new(0),
-            pump: Mutex::new(None),
+            pump: Arc::new(Mutex::new(false)),
             closing: watch::Sender::new(false),
         }
     }
@@ -84,8 +84,10 @@ impl EventService {
                  purged); list the objects again and watch from a fresh stream"
             )));
         }
-        self.ensure_pump();
+        // Subscribe before making sure the pump runs: a pump that finds no subscriber
+        // stops under the lock `ensure_pump` takes, so one of the two sees the other.
         let mut heads = self.head.subscribe();
+        self.ensure_pump();
         let mut closing = self.closing.subscribe();
         let store = self.store.clone();
         let events = async_stream::stream! {
@@ -128,21 +130,27 @@ impl EventService {
 
     /// Starts the head pump unless it runs; it stops when no stream is left.
     fn ensure_pump(&self) {
-        let mut pump = self.pump.lock().expect("event pump poisoned");
-        if pump.as_ref().is_some_and(|h| !h.is_finished()) {
+        let mut running = self.pump.lock().expect("event pump poisoned");
+        if *running {
             return;
         }
+        *running = true;
         let store = self.store.clone();
         let head = self.head.clone();
-        *pump = Some(tokio::spawn(async move {
+        let pump = self.pump.clone();
+        tokio::spawn(async move {
             let mut bell = crate::events::bell_listener();
             loop {
                 let woken = tokio::select! {
                     r = bell.changed() => r.is_ok(),
                     _ = tokio::time::sleep(POLL_EVERY) => false,
                 };
-                if head.receiver_count() == 0 {
-                    break;
+                {
+                    let mut running = pump.lock().expect("event pump poisoned");
+                    if head.receiver_count() == 0 {
+                        *running = false;
+                        break;
+                    }
                 }
                 let last = *head.borrow();
                 let mut retries = RETRY_AFTER_WAKE.iter();
@@ -164,7 +172,7 @@ impl EventService {
                     }
                 }
             }
-        }));
+        });
     }
 }
 
