@@ -22,10 +22,20 @@ fi
 packages=(qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64
           busybox-static syslinux syslinux-common mtools dosfstools cpio kmod iproute2
           util-linux)
-# --test: also the shells the suite checks `otherix completion zsh|fish` with.
+# --test: also the shells the suite checks `otherix completion zsh|fish` with, and pip for
+# the OpenAPI validator (below).
 if [ "${1:-}" = --test ]; then
-  packages+=(zsh fish)
+  packages+=(zsh fish python3-pip)
 fi
+
+# --test: openapi-spec-validator (Python, from PyPI: Debian does not package it), which
+# the suite runs on schemas/openapi.json.
+install_openapi_validator() {
+  python3 -c "import openapi_spec_validator" 2>/dev/null && return 0
+  echo "install-deps: installing openapi-spec-validator (pip)"
+  python3 -m pip install --quiet openapi-spec-validator 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages openapi-spec-validator
+}
 
 missing=()
 for p in "${packages[@]}"; do
@@ -33,6 +43,7 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all packages present"
+  if [ "${1:-}" = --test ]; then install_openapi_validator; fi
   exit 0
 fi
 echo "install-deps: installing ${missing[*]}"
@@ -50,3 +61,4 @@ fi
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${target[@]}" "${missing[@]}"
 qemu-system-x86_64 --version | head -1
+if [ "${1:-}" = --test ]; then install_openapi_validator; fi

@@ -1,4 +1,4 @@
-//! Writes `schemas/*.json` from the otherix-api types:
+//! Writes `schemas/*.json` (the manifest kinds and `openapi.json`) from the otherix-api types:
 //! `cargo run -p otherix-api --example write_schemas`.
 
 fn main() -> std::io::Result<()> {
@@ -8,5 +8,10 @@ fn main() -> std::io::Result<()> {
         std::fs::write(dir.join(&name), text)?;
         println!("wrote schemas/{name}");
     }
+    std::fs::write(
+        dir.join("openapi.json"),
+        otherix_api::openapi::document_text(),
+    )?;
+    println!("wrote schemas/openapi.json");
     Ok(())
 }

@@ -21,7 +21,7 @@ pub enum ErrorCode {
     Forbidden,
     QuotaExceeded,
     UnsupportedMediaType,
-    /// An event-stream cursor older than the retained window (or not from this log).
+    // An event-stream cursor older than the retained window (or not from this log).
     CursorExpired,
     // Task failure codes.
     StopTimeout,

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod labels;
 pub mod list;
 pub mod manifest;
+pub mod openapi;
 pub mod proto;
 pub mod schema;
 pub mod task;

@@ -102,6 +102,7 @@ fn routes() -> Routes {
     Routes::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics::scrape))
+        .route("/v1/openapi.json", get(openapi_json))
         .route("/v1/vms", post(vms::create).get(vms::list))
         .route(
             "/v1/vms/{name}",
@@ -180,6 +181,12 @@ fn routes() -> Routes {
 
 async fn healthz() -> &'static str {
     "ok"
+}
+
+/// `GET /v1/openapi.json`: the OpenAPI 3.1 document (`otherix_api::openapi`), built once.
+async fn openapi_json() -> axum::Json<&'static serde_json::Value> {
+    static DOCUMENT: std::sync::OnceLock<serde_json::Value> = std::sync::OnceLock::new();
+    axum::Json(DOCUMENT.get_or_init(otherix_api::openapi::document))
 }
 
 async fn not_found() -> HttpError {

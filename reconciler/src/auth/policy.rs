@@ -45,6 +45,8 @@ pub fn route_access(method: &str, pattern: &str) -> Option<Access> {
     let tokens = pattern == "/v1/tokens" || pattern.starts_with("/v1/tokens/");
     Some(match () {
         _ if pattern == "/v1/whoami" => Access::AnyCaller,
+        // The API's description: any caller, like whoami.
+        _ if pattern == "/v1/openapi.json" => Access::AnyCaller,
         // The change stream: the handler scopes VM, task and project events to the
         // caller's project(s); cluster-wide kinds are readable by every role anyway.
         _ if pattern == "/v1/events" && read => Access::ProjectRead,
@@ -168,6 +170,7 @@ mod tests {
     fn route_access_classifies_routes() {
         let table = [
             ("GET", "/v1/whoami", Some(Access::AnyCaller)),
+            ("GET", "/v1/openapi.json", Some(Access::AnyCaller)),
             ("GET", "/v1/vms", Some(Access::ProjectRead)),
             ("POST", "/v1/vms", Some(Access::ProjectWrite)),
             ("PUT", "/v1/vms/{name}", Some(Access::ProjectWrite)),

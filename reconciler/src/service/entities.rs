@@ -17,7 +17,9 @@ use uuid::Uuid;
 use super::precondition::{check_resource_version, retry_on_conflict, stale};
 use super::vm_refs::{validate_firmware_paths, validate_firmware_spec};
 use super::{check_limit, ServiceError};
-use crate::store::{ClusterSettingsRow, ObjectTable, Store, StoredObject, VmRefs, CAS_ATTEMPTS};
+use crate::store::{
+    ClusterSettingsRow, ObjectTable, RefCandidates, Store, StoredObject, VmRefs, CAS_ATTEMPTS,
+};
 
 /// The name of the one cluster settings object.
 pub const CLUSTER_NAME: &str = "cluster";
@@ -138,7 +140,10 @@ impl EntityService {
         loop {
             let pool = self.pool(name_or_id).await?;
             check_resource_version("pool", &pool.name, if_match, pool.resource_version)?;
-            let vms = self.store.live_vm_refs().await?;
+            let vms = self
+                .store
+                .live_vm_refs(RefCandidates::Pool(&pool.name))
+                .await?;
             let default_pool = self.store.default_pool().await?;
             if let Some(names) = users(&vms, |v| {
                 v.pool.as_deref() == Some(pool.name.as_str())
@@ -529,7 +534,12 @@ impl EntityService {
                 .await?
                 .ok_or_else(|| ApiError::not_found(format!("{kind} {name_or_id} not found")))?;
             check_resource_version(kind, &obj.name, if_match, obj.resource_version)?;
-            let vms = self.store.live_vm_refs().await?;
+            let candidates = match table {
+                ObjectTable::Firmware => RefCandidates::Firmware,
+                ObjectTable::Networks => RefCandidates::Network,
+                ObjectTable::Pools => RefCandidates::Pool(&obj.name),
+            };
+            let vms = self.store.live_vm_refs(candidates).await?;
             if let Some(names) = in_use(&obj, &vms) {
                 return Err(ApiError::conflict(format!(
                     "{kind} {} is in use by vms: {names}",

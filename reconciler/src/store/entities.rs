@@ -62,6 +62,15 @@ pub struct StoredObject<S> {
     pub resource_version: i64,
 }
 
+/// Which live VMs [`Store::live_vm_refs`] reads: those that may use this pool (by name),
+/// a network, a firmware.
+#[derive(Debug, Clone, Copy)]
+pub enum RefCandidates<'a> {
+    Pool(&'a str),
+    Network,
+    Firmware,
+}
+
 /// A live VM's references to named objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmRefs {
@@ -281,13 +290,29 @@ impl Store {
         Ok(())
     }
 
-    /// What every live VM refers to.
-    pub async fn live_vm_refs(&self) -> Result<Vec<VmRefs>, StoreError> {
-        let rows: Vec<(String, String, Option<String>, String)> = sqlx::query_as(
-            "SELECT id, name, pool, spec FROM vms WHERE deleted_at IS NULL ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+    /// What the live VMs that may use an entity refer to: only `candidates` are read
+    /// (the caller decides which of them really use it).
+    pub async fn live_vm_refs(
+        &self,
+        candidates: RefCandidates<'_>,
+    ) -> Result<Vec<VmRefs>, StoreError> {
+        let (cond, bind) = match candidates {
+            // Placed in it, or not placed yet (its spec or the default pool may name it).
+            RefCandidates::Pool(name) => ("(pool = $1 OR pool IS NULL)", Some(name)),
+            // The bridge is resolved from spec.network at create, the firmware from
+            // spec.firmware / firmware_id: a VM without one names none.
+            RefCandidates::Network => ("bridge IS NOT NULL", None),
+            RefCandidates::Firmware => ("firmware IS NOT NULL", None),
+        };
+        let sql = format!(
+            "SELECT id, name, pool, spec FROM vms WHERE deleted_at IS NULL AND {cond} \
+             ORDER BY name"
+        );
+        let mut q = sqlx::query_as::<_, (String, String, Option<String>, String)>(&sql);
+        if let Some(b) = bind {
+            q = q.bind(b.to_owned());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         rows.into_iter()
             .map(|(id, name, pool, spec)| {
                 Ok(VmRefs {

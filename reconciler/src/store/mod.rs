@@ -33,7 +33,7 @@ pub use cluster_ca::ClusterCaRow;
 pub use cluster_settings::{ClusterSettingsRow, SETTING_CLUSTER_ANNOTATIONS};
 pub use counts::GroupCount;
 pub use enrollment::{JoinTokenUse, NodeCertRecord};
-pub use entities::{ObjectTable, StoredObject, VmRefs};
+pub use entities::{ObjectTable, RefCandidates, StoredObject, VmRefs};
 pub use events::{EventRow, Pending as PendingEvent};
 pub use identity::{ProjectRow, TokenRow};
 pub use lease::{Fence, LeaseRow, LEADER_LEASE};
