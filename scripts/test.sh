@@ -21,7 +21,7 @@ if ! pg_url=$(bash scripts/postgres-for-tests.sh 2>"$pg_dir_file"); then
   exit 1
 fi
 trap 'bash scripts/postgres-for-tests.sh stop "$(tail -n 1 "$pg_dir_file")"; rm -f "$pg_dir_file"' EXIT
-OTHERIXD_TEST_POSTGRES_URL=$pg_url OTHERIXD_TEST_REPLICAS=3 cargo test -p otherixd --test api --test api_entities --test api_apply --test api_apply_many --test api_auth --test api_concurrency --test api_versions --test api_leader --test retention --test cluster_ca --test metrics --test openapi
+OTHERIXD_TEST_POSTGRES_URL=$pg_url OTHERIXD_TEST_REPLICAS=3 cargo test -p otherixd --test api --test api_entities --test api_apply --test api_apply_many --test api_auth --test api_concurrency --test api_versions --test api_leader --test retention --test cluster_ca --test metrics --test openapi --test api_events
 # The HA acceptance (3 replicas, real agents and QEMU, leader killed and frozen) runs here only:
 # tests/Cargo.toml keeps it out of `cargo test --workspace`.
 OTHERIXD_TEST_POSTGRES_URL=$pg_url cargo test -p otherix-e2e --test ha

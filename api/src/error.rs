@@ -21,6 +21,8 @@ pub enum ErrorCode {
     Forbidden,
     QuotaExceeded,
     UnsupportedMediaType,
+    // An event-stream cursor older than the retained window (or not from this log).
+    CursorExpired,
     // Task failure codes.
     StopTimeout,
     ImageChecksumMismatch,
@@ -44,6 +46,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::CursorExpired => 410,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Conflict
             | ErrorCode::PoolNotOnNode
@@ -93,6 +96,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::CursorExpired => "cursor_expired",
             ErrorCode::ImageUrlRefused => "image_url_refused",
             ErrorCode::ImageTooLarge => "image_too_large",
             ErrorCode::ImageFormatRefused => "image_format_refused",
@@ -196,6 +200,7 @@ mod tests {
             ErrorCode::Unauthenticated,
             ErrorCode::QuotaExceeded,
             ErrorCode::UnsupportedMediaType,
+            ErrorCode::CursorExpired,
             ErrorCode::ImageUrlRefused,
             ErrorCode::ImageFormatRefused,
         ] {
@@ -218,6 +223,7 @@ mod tests {
         assert_eq!(ErrorCode::Conflict.http_status(), 409);
         assert_eq!(ErrorCode::PoolNotOnNode.http_status(), 409);
         assert_eq!(ErrorCode::ImmutableField.http_status(), 409);
+        assert_eq!(ErrorCode::CursorExpired.http_status(), 410);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! otherix-api: the wire types every otherix process shares.
 //!
 //! Pure data and validation, no I/O: the manifest/HTTP kinds ([`vm`], [`task`],
-//! [`cluster`]), the error codes and their HTTP statuses ([`error`]), request validation
+//! [`cluster`]), change events ([`event`]), the error codes and their HTTP statuses ([`error`]), request validation
 //! ([`validate`]), label rules and selectors ([`labels`]), human durations ([`duration`])
 //! and the agent gRPC protocol ([`proto`]).
 
@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod duration;
 pub mod enrollment;
 pub mod error;
+pub mod event;
 pub mod firmware_path;
 pub mod identity;
 pub mod labels;
@@ -30,6 +31,7 @@ pub use cluster::{
     CachedImage, ClusterSettings, Firmware, LogChunk, Network, Node, NodeStatus, Pool, PoolInstance,
 };
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorEnvelope};
+pub use event::{Event, EventCursor, EventKind, EventType};
 pub use identity::{
     CreateTokenRequest, CreatedToken, Project, ProjectSpec, ProjectUsage, Role, Token, WhoAmI,
     DEFAULT_PROJECT,

@@ -75,6 +75,25 @@ const VM_LIST: &[Param] = &[
     ),
     ("all_projects", "boolean", "every project (admins)"),
 ];
+const EVENTS: &[Param] = &[
+    (
+        "since",
+        "string",
+        "resume after this cursor (default: after the newest event); 410 cursor_expired when older than the retained events",
+    ),
+    (
+        "kind",
+        "string",
+        "only these kinds, comma-separated: vm, task, node, pool, network, firmware, project, cluster",
+    ),
+    ("vm", "string", "only events about this VM (the VM and its tasks)"),
+    (
+        "project",
+        "string",
+        "the project (admins: any; others: their own)",
+    ),
+    ("all_projects", "boolean", "every project (admins)"),
+];
 const TASK_LIST: &[Param] = &[
     ("vm", "string", "only this VM's tasks"),
     ("limit", "integer", "page size, 1..1000 (default 100)"),
@@ -176,6 +195,14 @@ pub fn operations() -> Vec<Operation> {
             &[],
             None,
             Json(200, s::<Value>),
+        ),
+        op(
+            "get",
+            "/v1/events",
+            "Stream of changes: one JSON Event {type, kind, object, cursor, at} per line, until the client goes; header Otherix-Cursor is where it starts",
+            EVENTS,
+            None,
+            Text("application/x-ndjson"),
         ),
         op(
             "get",

@@ -11,7 +11,7 @@ use otherix_api::duration::parse_duration;
 use otherix_api::manifest::{FirmwareType, NetworkType};
 use otherix_api::validate::{DISK_GIB_RANGE, MEMORY_MB_RANGE, STOP_TIMEOUT_RANGE, VCPUS_RANGE};
 use otherix_api::vm::{DEFAULT_MEMORY_MB, DEFAULT_VCPUS};
-use otherix_api::{Arch, DiskFormat, PortForward, PortProtocol, RestartPolicy, VmPhase};
+use otherix_api::{Arch, DiskFormat, EventKind, PortForward, PortProtocol, RestartPolicy, VmPhase};
 use uuid::Uuid;
 
 /// The default of every --wait-timeout.
@@ -83,6 +83,9 @@ pub enum Command {
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Follow changes to VMs, tasks, nodes, pools, networks, firmware, projects and the
+    /// cluster settings, one line each (until interrupted).
+    Events(EventsArgs),
     /// Show who the server takes this CLI for.
     Whoami {
         /// Output format.
@@ -353,9 +356,39 @@ pub struct VmListArgs {
     /// VMs of every project (admin); adds a PROJECT column.
     #[arg(long)]
     pub all_projects: bool,
+    /// After the list, print a line per change of a VM (like `otherix events --kind vm`)
+    /// until interrupted.
+    #[arg(short, long)]
+    pub watch: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t)]
     pub output: ListFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Only events about this VM (the VM and its tasks).
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+    /// Only events of these kinds (vm, task, node, pool, network, firmware, project,
+    /// cluster); repeat or separate with commas.
+    #[arg(long, value_name = "KIND", value_delimiter = ',', value_parser = event_kind_parser())]
+    pub kind: Vec<EventKind>,
+    /// Resume after this cursor (the first column, or `cursor` of -o json) instead of
+    /// starting with the next change.
+    #[arg(long, value_name = "CURSOR")]
+    pub since: Option<String>,
+    /// Events of every project (admin).
+    #[arg(long)]
+    pub all_projects: bool,
+    /// Output format: one line per event, or the server's JSON lines.
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: TextFormat,
+}
+
+fn event_kind_parser() -> impl TypedValueParser<Value = EventKind> {
+    PossibleValuesParser::new(EventKind::ALL.map(|k| k.as_str()))
+        .map(|s| EventKind::parse(&s).expect("a possible value"))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -1406,6 +1439,7 @@ mod entity_tests {
                 "cluster",
                 "project",
                 "token",
+                "events",
                 "whoami",
                 "remote",
                 "create",
@@ -1414,6 +1448,27 @@ mod entity_tests {
                 "completion"
             ]
         );
+    }
+
+    #[test]
+    fn events_flags_parse_kinds_and_since() {
+        match parse(&[
+            "events", "--kind", "vm,task", "--kind", "node", "--since", "42", "-o", "json",
+        ])
+        .unwrap()
+        {
+            Command::Events(a) => {
+                assert_eq!(a.kind, [EventKind::Vm, EventKind::Task, EventKind::Node]);
+                assert_eq!(a.since.as_deref(), Some("42"));
+                assert_eq!(a.output, TextFormat::Json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["events", "--kind", "vms"]).is_err());
+        match parse(&["vm", "list", "--watch"]).unwrap() {
+            Command::Vm(VmCommand::List(a)) => assert!(a.watch),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -614,6 +614,20 @@ impl Client {
     /// Sends a request: a success status gives its body, an error envelope `Api`, and
     /// anything else (no connection, an error without an envelope) `Unreachable`.
     pub fn execute(&self, req: RequestBuilder) -> Result<Answer, ClientError> {
+        let (route, resp) = self.open(req)?;
+        let body = resp.text().map_err(|e| ClientError::Unreachable {
+            server: self.server.clone(),
+            source: Box::new(e),
+        })?;
+        Ok(Answer { route, body })
+    }
+
+    /// Sends a request and returns the success response with its body unread (a
+    /// stream), or the error [`Client::execute`] would; also the route, for messages.
+    pub fn open(
+        &self,
+        req: RequestBuilder,
+    ) -> Result<(String, reqwest::blocking::Response), ClientError> {
         let unreachable =
             |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Unreachable {
                 server: self.server.clone(),
@@ -634,10 +648,10 @@ impl Client {
             unreachable(Box::new(e))
         })?;
         let status = resp.status();
-        let body = resp.text().map_err(|e| unreachable(Box::new(e)))?;
         if status.is_success() {
-            return Ok(Answer { route, body });
+            return Ok((route, resp));
         }
+        let body = resp.text().map_err(|e| unreachable(Box::new(e)))?;
         Err(match serde_json::from_str::<WireEnvelope>(&body) {
             Ok(env) => ClientError::Api {
                 status: status.as_u16(),
@@ -683,14 +697,15 @@ impl Client {
     }
 }
 
-/// The project to add to a request: `project` on `/v1/vms...` and `/v1/tasks...` routes,
+/// The project to add to a request: `project` on `/v1/vms...`, `/v1/tasks...` and
+/// `/v1/events` routes,
 /// unless the query already selects a project or all of them.
 pub fn scoped<'p>(
     segments: &[&str],
     query: &[(&str, String)],
     project: Option<&'p str>,
 ) -> Option<&'p str> {
-    let vm_or_task = matches!(segments, ["v1", "vms" | "tasks", ..]);
+    let vm_or_task = matches!(segments, ["v1", "vms" | "tasks" | "events", ..]);
     let chosen = query
         .iter()
         .any(|(k, _)| *k == "project" || *k == "all_projects");

@@ -24,8 +24,8 @@ use crate::reconcile::retry::Backoff;
 use crate::reconcile::Reconciler;
 use crate::relay::Relay;
 use crate::service::{
-    ApplyService, ClusterService, EntityService, IdentityService, OpsService, TaskService,
-    VmService,
+    ApplyService, ClusterService, EntityService, EventService, IdentityService, OpsService,
+    TaskService, VmService,
 };
 use crate::store::{Fence, Store, StoreError};
 
@@ -134,6 +134,7 @@ impl Daemon {
         let cluster = Arc::new(ClusterService::new(store.clone()));
         let state = AppState {
             metrics,
+            events: Arc::new(EventService::new(store.clone())),
             apply: Arc::new(ApplyService::new(
                 store.clone(),
                 reconciler.clone(),

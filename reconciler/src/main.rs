@@ -47,6 +47,10 @@ struct Args {
     /// newest task of every live VM stays.
     #[arg(long, env = "OTHERIXD_RETENTION", default_value = "30d", value_parser = parse_duration)]
     retention: Duration,
+    /// How long `GET /v1/events` keeps events: `?since=` older than this is 410
+    /// cursor_expired (purged by the retention job, so up to --retention-interval later).
+    #[arg(long, env = "OTHERIXD_EVENT_RETENTION", default_value = "1h", value_parser = parse_duration)]
+    event_retention: Duration,
     /// How often the retention purge runs.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     retention_interval: Duration,
@@ -165,6 +169,7 @@ async fn main() -> anyhow::Result<()> {
             retention: RetentionPolicy {
                 max_age: args.retention,
                 every: args.retention_interval.max(Duration::from_millis(100)),
+                events_max_age: args.event_retention,
                 ..RetentionPolicy::default()
             },
             liveness: Liveness {
@@ -205,6 +210,12 @@ async fn main() -> anyhow::Result<()> {
         let n = sessions.kick_all(&tonic::Status::unavailable("otherixd is shutting down"));
         tracing::info!(sessions = n, "ended the agent sessions");
     };
+    // At the signal, end the event streams (clients resume on another replica).
+    let events = daemon.state.events.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        events.close();
+    });
     let manifests = match &args.manifests_dir {
         Some(dir) => Some(
             otherixd::manifests_dir::ManifestsWatcher::spawn(dir.clone(), daemon.state.clone())

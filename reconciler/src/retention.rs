@@ -2,7 +2,9 @@
 //! rows older than [`RetentionPolicy::max_age`] (`--retention`, default 30 days) are
 //! deleted in batches of [`RetentionPolicy::batch`], so neither table grows without bound
 //! and no single statement holds the database for long. Each live VM keeps its newest
-//! task (see [`crate::store::Store::purge_batch`]).
+//! task (see [`crate::store::Store::purge_batch`]). Events of `GET /v1/events` older than
+//! [`RetentionPolicy::events_max_age`] (`--event-retention`, default 1 h) go in the same
+//! batches; resuming below them is 410 `cursor_expired`.
 
 use std::time::Duration;
 
@@ -16,12 +18,16 @@ pub struct RetentionPolicy {
     pub max_age: Duration,
     pub every: Duration,
     pub batch: u32,
+    /// How long the event log keeps events (the window `?since=` can resume in).
+    pub events_max_age: Duration,
 }
 
 /// Default `--retention`.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default `--retention-interval`.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(600);
+/// Default `--event-retention`.
+pub const DEFAULT_EVENT_RETENTION: Duration = Duration::from_secs(3600);
 
 impl Default for RetentionPolicy {
     fn default() -> Self {
@@ -29,6 +35,7 @@ impl Default for RetentionPolicy {
             max_age: DEFAULT_RETENTION,
             every: DEFAULT_RETENTION_INTERVAL,
             batch: 500,
+            events_max_age: DEFAULT_EVENT_RETENTION,
         }
     }
 }
@@ -47,14 +54,20 @@ pub async fn purge_expired(
     policy: &RetentionPolicy,
     fence: Option<&Fence>,
 ) -> Result<Purged, StoreError> {
-    let cutoff = cutoff_ms(store.now_ms(), policy.max_age);
+    let now = store.now_ms();
+    let cutoff = cutoff_ms(now, policy.max_age);
+    let events_cutoff = cutoff_ms(now, policy.events_max_age);
     let batch = i64::from(policy.batch.max(1));
     let mut total = Purged::default();
     loop {
-        let purged = store.purge_batch(cutoff, batch, fence).await?;
+        let purged = store
+            .purge_batch(cutoff, events_cutoff, batch, fence)
+            .await?;
         total.tasks += purged.tasks;
         total.vms += purged.vms;
-        if purged.tasks < batch as u64 && purged.vms < batch as u64 {
+        total.events += purged.events;
+        if purged.tasks < batch as u64 && purged.vms < batch as u64 && purged.events < batch as u64
+        {
             return Ok(total);
         }
         // Let other writers in between batches.
@@ -71,8 +84,17 @@ pub fn spawn(store: Store, policy: RetentionPolicy, fence: Option<Fence>) -> Joi
         loop {
             tick.tick().await;
             match purge_expired(&store, &policy, fence.as_ref()).await {
-                Ok(Purged { tasks: 0, vms: 0 }) => {}
-                Ok(p) => tracing::info!(tasks = p.tasks, vms = p.vms, "retention purged old rows"),
+                Ok(Purged {
+                    tasks: 0,
+                    vms: 0,
+                    events: 0,
+                }) => {}
+                Ok(p) => tracing::info!(
+                    tasks = p.tasks,
+                    vms = p.vms,
+                    events = p.events,
+                    "retention purged old rows"
+                ),
                 Err(e) => tracing::warn!(error = %e, "retention purge failed"),
             }
         }

@@ -146,7 +146,10 @@ fn sample_path(pattern: &str, task_id: &str) -> String {
 }
 
 fn is_project_scoped(pattern: &str) -> bool {
-    pattern.starts_with("/v1/vms") || pattern.starts_with("/v1/tasks") || pattern == "/v1/apply"
+    pattern.starts_with("/v1/vms")
+        || pattern.starts_with("/v1/tasks")
+        || pattern == "/v1/apply"
+        || pattern == "/v1/events"
 }
 
 fn body_for(method: &Method) -> Option<Value> {
@@ -259,7 +262,11 @@ async fn every_route_needs_a_token_viewers_cannot_write_other_projects_are_404()
         );
         // Without naming the project, a's objects simply are not there for b.
         let is_upsert = *method == Method::PUT;
-        let is_list_or_create = matches!(*pattern, "/v1/vms" | "/v1/tasks" | "/v1/apply");
+        // (The event stream is a list too: it answers 200 and streams b's own events.)
+        let is_list_or_create = matches!(
+            *pattern,
+            "/v1/vms" | "/v1/tasks" | "/v1/apply" | "/v1/events"
+        );
         if !is_upsert && !is_list_or_create {
             let (status, v) = api
                 .call(method.clone(), path, Some(&member_b), body_for(method))

@@ -254,6 +254,7 @@ async fn a_deposed_leaders_sweep_purge_and_vm_writes_fail() {
         max_age: Duration::from_secs(1),
         every: Duration::from_secs(60),
         batch: 10,
+        ..Default::default()
     };
     let version = store.vm_by_id(id).await.unwrap().unwrap().resource_version;
     let mut vm = store.vm_by_id(id).await.unwrap().unwrap();

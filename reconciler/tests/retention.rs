@@ -92,6 +92,7 @@ async fn retention_purges_old_rows_in_batches_and_keeps_live_vms_newest_task() {
         max_age: Duration::from_secs(1),
         every: Duration::from_secs(1),
         batch: 1,
+        ..Default::default()
     };
     let purged = purge_expired(&s.daemon.store, &policy, None).await.unwrap();
     assert_eq!((purged.tasks, purged.vms), (3, 1));

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod completion;
 pub mod delete_files;
 pub mod diff;
+pub mod events;
 pub mod firmware;
 pub mod network;
 pub mod node;
@@ -149,6 +150,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
         Command::Project(cmd) => project::run(&mut ctx, cmd),
         Command::Token(cmd) => token::run(&mut ctx, cmd, resolved.project.as_deref()),
         Command::Whoami { output } => whoami::run(&mut ctx, output),
+        Command::Events(a) => events::run(&mut ctx, a.into()),
         Command::Remote(_) => unreachable_remote(),
         Command::Completion { shell } => completion::run(shell, out),
         Command::Pool(cmd) => pool::run(&mut ctx, cmd),
@@ -174,6 +176,7 @@ fn check_all_projects(cli: &Cli) -> Result<(), CommandError> {
     let all = match &cli.command {
         Command::Vm(VmCommand::List(a)) => a.all_projects,
         Command::Task(TaskCommand::List { all_projects, .. }) => *all_projects,
+        Command::Events(a) => a.all_projects,
         _ => false,
     };
     match (&cli.project, all) {

@@ -1,9 +1,14 @@
 //! `otherix vm list`: one page of `GET /v1/vms` as a table, JSON or YAML, with a stderr
-//! hint when there are more pages.
+//! hint when there are more pages. `--watch` opens the event stream first, prints the
+//! list, then a line per VM change (a change the list already shows may be printed too,
+//! never one missed).
 
 use super::{CommandError, Ctx};
-use crate::cli::{ListFormat, VmListArgs};
+use otherix_api::EventKind;
+
+use crate::cli::{ListFormat, TextFormat, VmListArgs};
 use crate::client::VmListQuery;
+use crate::event_stream::{self, EventsQuery};
 use crate::{output, wire};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +16,7 @@ pub struct Options {
     pub query: VmListQuery,
     pub show_ids: bool,
     pub format: ListFormat,
+    pub watch: bool,
 }
 
 impl From<VmListArgs> for Options {
@@ -26,11 +32,22 @@ impl From<VmListArgs> for Options {
             },
             show_ids: a.show_ids,
             format: a.output,
+            watch: a.watch,
         }
     }
 }
 
 pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
+    let events = EventsQuery {
+        kinds: vec![EventKind::Vm],
+        all_projects: opts.query.all_projects,
+        ..Default::default()
+    };
+    let stream = if opts.watch {
+        Some(event_stream::open(ctx.client, &events)?)
+    } else {
+        None
+    };
     let page = ctx.client.list_vms(&opts.query)?;
     let text = match opts.format {
         ListFormat::Table if opts.query.all_projects => output::table::vms_in_projects(
@@ -46,6 +63,13 @@ pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
     ctx.out.flush()?;
     if let Some(cursor) = &page.value.next_cursor {
         let _ = writeln!(ctx.err, "{}", output::more_results_line(cursor));
+    }
+    if let Some(stream) = stream {
+        let format = match opts.format {
+            ListFormat::Json => TextFormat::Json,
+            ListFormat::Table | ListFormat::Yaml => TextFormat::Text,
+        };
+        super::events::follow(ctx, stream, &events, format)?;
     }
     Ok(())
 }
@@ -78,6 +102,7 @@ mod tests {
             },
             show_ids: false,
             format: ListFormat::Table,
+            watch: false,
         };
         run(&mut ctx, opts).unwrap();
         let out = String::from_utf8(out).unwrap();
@@ -109,6 +134,7 @@ mod tests {
             },
             show_ids: false,
             format: ListFormat::Table,
+            watch: false,
         };
         run(&mut ctx, opts).unwrap();
         assert_eq!(

@@ -1,7 +1,9 @@
 //! Everything the CLI prints, as pure functions returning Strings: tables ([`table`]),
-//! key/value views ([`view`]), JSON ([`json`]), YAML ([`yaml`]) and the one-line
+//! key/value views ([`view`]), JSON ([`json`]), YAML ([`yaml`]), event lines ([`event`])
+//! and the one-line
 //! task messages below.
 
+pub mod event;
 pub mod json;
 pub mod table;
 pub mod view;

@@ -7,6 +7,7 @@ pub mod auth;
 mod cluster;
 mod entities;
 pub mod error;
+pub mod events;
 pub mod extract;
 mod identity;
 mod metrics;
@@ -22,8 +23,8 @@ use axum::Router;
 use otherix_api::ApiError;
 
 use crate::service::{
-    ApplyService, ClusterService, EntityService, IdentityService, OpsService, TaskService,
-    VmService,
+    ApplyService, ClusterService, EntityService, EventService, IdentityService, OpsService,
+    TaskService, VmService,
 };
 use error::HttpError;
 
@@ -39,6 +40,7 @@ pub struct AppState {
     pub identity: Arc<IdentityService>,
     pub enrollment: Arc<nodes::NodeEnrollment>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub events: Arc<EventService>,
 }
 
 /// The router under construction and every path registered on it, so the route list
@@ -174,6 +176,7 @@ fn routes() -> Routes {
                 .put(identity::apply_project)
                 .delete(identity::delete_project),
         )
+        .route("/v1/events", get(events::stream))
 }
 
 async fn healthz() -> &'static str {

@@ -47,6 +47,10 @@ pub fn route_access(method: &str, pattern: &str) -> Option<Access> {
         _ if pattern == "/v1/whoami" => Access::AnyCaller,
         // The API's description: any caller, like whoami.
         _ if pattern == "/v1/openapi.json" => Access::AnyCaller,
+        // The change stream: the handler scopes VM, task and project events to the
+        // caller's project(s); cluster-wide kinds are readable by every role anyway.
+        _ if pattern == "/v1/events" && read => Access::ProjectRead,
+        _ if pattern == "/v1/events" => Access::Admin,
         // Cluster-wide counts (no names): every role, like reading nodes.
         _ if pattern == "/metrics" && read => Access::ClusterRead,
         _ if pattern == "/metrics" => Access::Admin,
@@ -182,6 +186,8 @@ mod tests {
             ("DELETE", "/v1/projects/{name}", Some(Access::Admin)),
             ("GET", "/v1/tokens", Some(Access::Admin)),
             ("GET", "/metrics", Some(Access::ClusterRead)),
+            ("GET", "/v1/events", Some(Access::ProjectRead)),
+            ("POST", "/v1/events", Some(Access::Admin)),
             ("POST", "/metrics", Some(Access::Admin)),
             ("GET", "/v1/vmsx", None),
             ("GET", "/v2/anything", None),

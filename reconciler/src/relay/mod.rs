@@ -299,6 +299,7 @@ impl Relay {
                     }),
                 );
             }
+            Announcement::Event(_) => crate::events::ring(),
             Announcement::Kick(node) => {
                 if self.sessions.kick(
                     &node,

@@ -28,6 +28,8 @@ pub enum Announcement {
         node: String,
     },
     Kick(String),
+    /// Events up to this number were committed (`otherix_event`).
+    Event(i64),
 }
 
 impl Announcement {
@@ -56,6 +58,7 @@ impl Announcement {
                 node: next()?.to_owned(),
             },
             channel::KICK => Announcement::Kick(next()?.to_owned()),
+            channel::EVENT => Announcement::Event(next()?.parse().ok()?),
             _ => return None,
         };
         next().is_none().then_some(a)
@@ -181,6 +184,7 @@ mod tests {
                 "n4".into(),
                 Some(Announcement::Kick("n4".into())),
             ),
+            (channel::EVENT, "17".into(), Some(Announcement::Event(17))),
             ("otherix_unknown", ID.into(), None),
         ];
         for (chan, payload, want) in cases {

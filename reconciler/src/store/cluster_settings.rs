@@ -134,6 +134,8 @@ impl Store {
                 }
             }
         }
+        let modified = super::events::cluster(&mut tx).await?;
+        super::events::append(&mut tx, self.now_ms(), vec![modified]).await?;
         tx.commit().await?;
         Ok(next)
     }

@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use otherix_api::VmSpec;
+use otherix_api::{EventType, VmSpec};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::events;
 use super::rows::{parse_uuid, task_from_row, TASK_COLUMNS};
 use super::{Store, StoreError};
 use crate::model::TaskRecord;
@@ -195,20 +196,26 @@ impl Store {
                 table.table()
             ),
         };
+        let now = self.now_ms();
         let mut q = sqlx::query(&sql)
             .bind(obj.id.to_string())
             .bind(obj.name.clone())
             .bind(json(&obj.spec))
             .bind(json(&obj.annotations))
-            .bind(self.now_ms());
+            .bind(now);
         if table == ObjectTable::Firmware {
             q = q.bind(i64::from(obj.builtin));
         }
-        match q.execute(&self.pool).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_unique_violation(&e) => Ok(false),
-            Err(e) => Err(e.into()),
+        let mut tx = self.pool.begin().await?;
+        match q.execute(&mut *tx).await {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
+        let added = events::object(&mut tx, table, obj.id, EventType::Added).await?;
+        events::append(&mut tx, now, vec![added]).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Replaces an object's spec and annotations if its row still has
@@ -224,7 +231,7 @@ impl Store {
              WHERE id = $1 AND resource_version = $5",
             table.table()
         );
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.pool.begin().await?;
         let written = sqlx::query(&sql)
             .bind(obj.id.to_string())
             .bind(json(&obj.spec))
@@ -234,6 +241,9 @@ impl Store {
             .execute(&mut *conn)
             .await?;
         if written.rows_affected() == 1 {
+            let modified = events::object(&mut conn, table, obj.id, EventType::Modified).await?;
+            events::append(&mut conn, self.now_ms(), vec![modified]).await?;
+            conn.commit().await?;
             return Ok(next);
         }
         Err(conflict(&mut conn, table, obj.id, &obj.name, obj.resource_version).await)
@@ -263,6 +273,7 @@ impl Store {
         if locked.rows_affected() != 1 {
             return Err(conflict(&mut tx, table, id, name, expected).await);
         }
+        let deleted = events::object(&mut tx, table, id, EventType::Deleted).await?;
         if table == ObjectTable::Pools {
             sqlx::query("DELETE FROM pool_instances WHERE pool_id = $1")
                 .bind(id.to_string())
@@ -274,6 +285,7 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut *tx)
             .await?;
+        events::append(&mut tx, self.now_ms(), vec![deleted]).await?;
         tx.commit().await?;
         Ok(())
     }

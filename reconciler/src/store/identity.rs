@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use otherix_api::{ProjectSpec, ProjectUsage, Role};
+use otherix_api::{EventType, ProjectSpec, ProjectUsage, Role};
 use sqlx::{AnyConnection, Row};
 use uuid::Uuid;
 
+use super::events;
 use super::rows::parse_uuid;
 use super::tasks::insert_task;
 use super::vms::{claim_node, insert_vm, update_vm};
@@ -42,7 +43,7 @@ pub struct ProjectRow {
 
 const TOKEN_COLUMNS: &str =
     "name, secret_sha256, project, role, created_at_ms, expires_at_ms, created_by";
-const PROJECT_COLUMNS: &str = "id, name, spec, annotations, resource_version";
+pub(super) const PROJECT_COLUMNS: &str = "id, name, spec, annotations, resource_version";
 
 fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenRow, StoreError> {
     let name: String = row.try_get("name")?;
@@ -63,7 +64,7 @@ fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenRow, StoreError> {
     })
 }
 
-fn project_from_row(row: &sqlx::any::AnyRow) -> Result<ProjectRow, StoreError> {
+pub(super) fn project_from_row(row: &sqlx::any::AnyRow) -> Result<ProjectRow, StoreError> {
     let id: String = row.try_get("id")?;
     let spec: String = row.try_get("spec")?;
     let annotations: String = row.try_get("annotations")?;
@@ -194,6 +195,7 @@ impl Store {
     /// Inserts a project; a taken name is `StoreError::NameTaken`.
     pub async fn insert_project(&self, p: &ProjectRow) -> Result<(), StoreError> {
         let now = self.now_ms();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO projects (id, name, spec, annotations, created_at_ms, updated_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $5)",
@@ -203,9 +205,12 @@ impl Store {
         .bind(serde_json::to_string(&p.spec).expect("ProjectSpec serializes"))
         .bind(serde_json::to_string(&p.annotations).expect("annotations serialize"))
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| StoreError::from_insert(e, || StoreError::NameTaken(p.name.clone())))?;
+        let added = events::project(&mut tx, &p.name, EventType::Added).await?;
+        events::append(&mut tx, now, vec![added]).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -215,7 +220,8 @@ impl Store {
     /// only stop further growth.
     pub async fn update_project(&self, p: &ProjectRow) -> Result<i64, StoreError> {
         let next = p.resource_version + 1;
-        let mut conn = self.pool.acquire().await?;
+        let now = self.now_ms();
+        let mut conn = self.pool.begin().await?;
         let written = sqlx::query(
             "UPDATE projects SET spec = $2, annotations = $3, updated_at_ms = $4, \
              resource_version = $5 WHERE name = $1 AND resource_version = $6",
@@ -223,12 +229,15 @@ impl Store {
         .bind(p.name.clone())
         .bind(serde_json::to_string(&p.spec).expect("ProjectSpec serializes"))
         .bind(serde_json::to_string(&p.annotations).expect("annotations serialize"))
-        .bind(self.now_ms())
+        .bind(now)
         .bind(next)
         .bind(p.resource_version)
         .execute(&mut *conn)
         .await?;
         if written.rows_affected() == 1 {
+            let modified = events::project(&mut conn, &p.name, EventType::Modified).await?;
+            events::append(&mut conn, now, vec![modified]).await?;
+            conn.commit().await?;
             return Ok(next);
         }
         Err(project_conflict(&mut conn, &p.name, p.resource_version).await?)
@@ -261,6 +270,7 @@ impl Store {
         if usage.vms > 0 {
             return Ok(Some(usage.vms));
         }
+        let deleted = events::project(&mut tx, name, EventType::Deleted).await?;
         sqlx::query("DELETE FROM api_tokens WHERE project = $1 AND role <> 'admin'")
             .bind(name)
             .execute(&mut *tx)
@@ -269,6 +279,7 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
+        events::append(&mut tx, self.now_ms(), vec![deleted]).await?;
         tx.commit().await?;
         Ok(None)
     }
@@ -313,11 +324,15 @@ impl Store {
         for node in nodes {
             claim_node(&mut tx, node).await?;
         }
+        let mut changed = Vec::with_capacity(vms.len() * 2);
         for (vm, task) in vms.iter().zip(tasks) {
             insert_task(&mut tx, task)
                 .await
                 .map_err(|e| StoreError::from_task_insert(e, vm.id, task))?;
+            changed.push(events::vm(&mut tx, vm.id, true).await?);
+            changed.push(events::task(task, true));
         }
+        events::append(&mut tx, self.now_ms(), changed).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -331,6 +346,7 @@ impl Store {
         let before = usage_if_limited(&mut tx, &vm.project, &spec).await?;
         let version = update_vm(&mut tx, vm, now).await?;
         check_quota(&mut tx, &vm.project, &spec, &before).await?;
+        events::append_vm(&mut tx, now, vm.id).await?;
         tx.commit().await?;
         vm.resource_version = version;
         Ok(())
@@ -410,7 +426,10 @@ async fn lock_project(
     })
 }
 
-async fn usage_in(conn: &mut AnyConnection, project: &str) -> Result<ProjectUsage, StoreError> {
+pub(super) async fn usage_in(
+    conn: &mut AnyConnection,
+    project: &str,
+) -> Result<ProjectUsage, StoreError> {
     let row = sqlx::query(
         "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus, \
          CAST(COALESCE(SUM(memory_mb), 0) AS BIGINT) AS memory_mb \

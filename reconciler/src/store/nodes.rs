@@ -4,10 +4,12 @@
 use std::collections::HashMap;
 
 use otherix_api::firmware_path::default_firmware_dirs;
-use otherix_api::{NodeStatus, Pool, PoolInstance};
+use otherix_api::{EventType, NodeStatus, Pool, PoolInstance};
 use sqlx::Row;
 use uuid::Uuid;
 
+use super::entities::ObjectTable;
+use super::events;
 use super::rows::parse_uuid;
 use super::{Fence, Store, StoreError, SETTING_DEFAULT_POOL};
 use crate::model::{NodePool, NodeRecord};
@@ -40,6 +42,15 @@ impl Store {
     pub async fn register_node(&self, reg: &NodeRegistration) -> Result<Uuid, StoreError> {
         let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
+        // A touching write, not a read: on SQLite a transaction that reads first cannot
+        // wait for the write lock later (it would fail busy).
+        let known = sqlx::query("UPDATE nodes SET name = name WHERE name = $1")
+            .bind(reg.name.clone())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        let mut new_pools = Vec::new();
         sqlx::query(
             "INSERT INTO nodes (id, name, arch, guest_arches, accel, vcpus, memory_mb, \
              agent_version, status, last_heartbeat_ms, registered_at_ms, allow_file_urls, \
@@ -70,7 +81,7 @@ impl Store {
 
         let mut kept_pool_ids = Vec::new();
         for (pool, path) in &reg.pools {
-            sqlx::query(
+            let created = sqlx::query(
                 "INSERT INTO pools (id, name, created_at_ms) VALUES ($1, $2, $3) \
                  ON CONFLICT (name) DO NOTHING",
             )
@@ -83,6 +94,9 @@ impl Store {
                 .bind(pool.clone())
                 .fetch_one(&mut *tx)
                 .await?;
+            if created.rows_affected() == 1 {
+                new_pools.push(parse_uuid("pools", &pool_id)?);
+            }
             sqlx::query(
                 "INSERT INTO pool_instances (id, pool_id, node_id, path) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (pool_id, node_id) DO UPDATE SET path = $4",
@@ -109,6 +123,7 @@ impl Store {
                     .await?;
             }
         }
+        let mut cluster_changed = false;
         if reg.pools.iter().any(|(p, _)| p == AUTO_DEFAULT_POOL) {
             let set = sqlx::query(
                 "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
@@ -119,27 +134,71 @@ impl Store {
             .await?;
             if set.rows_affected() == 1 {
                 super::cluster_settings::bump_cluster_version(&mut tx).await?;
+                cluster_changed = true;
             }
         }
+        let mut changed = Vec::new();
+        for pool in new_pools {
+            changed
+                .push(events::object(&mut tx, ObjectTable::Pools, pool, EventType::Added).await?);
+        }
+        let node_event = if known {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        changed.push(events::node(&mut tx, &reg.name, node_event).await?);
+        if cluster_changed {
+            changed.push(events::cluster(&mut tx).await?);
+        }
+        events::append(&mut tx, now, changed).await?;
         tx.commit().await?;
         parse_uuid("nodes", &node_id)
     }
 
     /// Records a heartbeat; a not-ready node that heartbeats is ready again.
+    /// (Only a heartbeat that makes the node ready again is an event; the others are not.)
     pub async fn node_heartbeat(&self, node: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET last_heartbeat_ms = $2, status = 'ready' WHERE name = $1")
-            .bind(node)
-            .bind(self.now_ms())
-            .execute(&self.pool)
-            .await?;
+        let now = self.now_ms();
+        let beat = sqlx::query(
+            "UPDATE nodes SET last_heartbeat_ms = $2 WHERE name = $1 AND status = 'ready'",
+        )
+        .bind(node)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if beat.rows_affected() == 1 {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let ready = sqlx::query(
+            "UPDATE nodes SET last_heartbeat_ms = $2, status = 'ready' WHERE name = $1",
+        )
+        .bind(node)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if ready.rows_affected() == 1 {
+            let changed = events::node_readiness(&mut tx, node).await?;
+            events::append(&mut tx, now, changed).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn mark_node_not_ready(&self, node: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE nodes SET status = 'not_ready' WHERE name = $1")
-            .bind(node)
-            .execute(&self.pool)
-            .await?;
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE nodes SET status = 'not_ready' WHERE name = $1 AND status <> 'not_ready'",
+        )
+        .bind(node)
+        .execute(&mut *tx)
+        .await?;
+        if changed.rows_affected() == 1 {
+            let changed = events::node_readiness(&mut tx, node).await?;
+            events::append(&mut tx, self.now_ms(), changed).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -162,6 +221,11 @@ impl Store {
         .bind(cutoff_ms)
         .fetch_all(&mut *tx)
         .await?;
+        let mut changed = Vec::new();
+        for (name,) in &rows {
+            changed.extend(events::node_readiness(&mut tx, name).await?);
+        }
+        events::append(&mut tx, self.now_ms(), changed).await?;
         tx.commit().await?;
         Ok(rows.into_iter().map(|r| r.0).collect())
     }

@@ -22,8 +22,10 @@ pub mod channel {
     pub const CANCEL: &str = "otherix_cancel";
     /// A node's session must be closed wherever it is attached (revoked): `"{node}"`.
     pub const KICK: &str = "otherix_kick";
+    /// Events were appended to the event log: `"{newest event number}"`.
+    pub const EVENT: &str = "otherix_event";
 
-    pub const ALL: [&str; 6] = [TASK, VM, SYNC, SYNC_DONE, CANCEL, KICK];
+    pub const ALL: [&str; 7] = [TASK, VM, SYNC, SYNC_DONE, CANCEL, KICK, EVENT];
 }
 
 /// Sends `payload` on `channel` when `conn` is PostgreSQL (delivered at commit when inside
@@ -86,15 +88,32 @@ impl Store {
     /// ready, unless another replica took the stream over in the meantime. Returns whether
     /// it did.
     pub async fn release_stream(&self, node: &str, replica: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Was it ready? (A touching write, so SQLite takes the write lock first.)
+        let was_ready = sqlx::query(
+            "UPDATE nodes SET status = status WHERE name = $1 AND status = 'ready' \
+             AND (stream_replica = $2 OR stream_replica IS NULL)",
+        )
+        .bind(node)
+        .bind(replica)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
         let done = sqlx::query(
             "UPDATE nodes SET stream_replica = NULL, status = 'not_ready' \
              WHERE name = $1 AND (stream_replica = $2 OR stream_replica IS NULL)",
         )
         .bind(node)
         .bind(replica)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
+        if was_ready && done == 1 {
+            let changed = super::events::node_readiness(&mut tx, node).await?;
+            super::events::append(&mut tx, self.now_ms(), changed).await?;
+        }
+        tx.commit().await?;
         Ok(done == 1)
     }
 

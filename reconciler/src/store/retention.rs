@@ -9,15 +9,19 @@ use super::{Fence, Store, StoreError};
 pub struct Purged {
     pub tasks: u64,
     pub vms: u64,
+    pub events: u64,
 }
 
 impl Store {
     /// Deletes at most `batch` finished tasks and at most `batch` soft-deleted VMs that
-    /// ended before `cutoff_ms` (ms since the Unix epoch), in one transaction. With a
-    /// `fence` (the leader's job) the lease must still be held at that epoch.
+    /// ended before `cutoff_ms` (ms since the Unix epoch), and about `batch` events
+    /// committed before `events_cutoff_ms` (moving the event log's `purged_through`), in
+    /// one transaction. With a `fence` (the leader's job) the lease must still be held at
+    /// that epoch.
     pub async fn purge_batch(
         &self,
         cutoff_ms: i64,
+        events_cutoff_ms: i64,
         batch: i64,
         fence: Option<&Fence>,
     ) -> Result<Purged, StoreError> {
@@ -51,7 +55,8 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let events = super::events::purge(&mut tx, events_cutoff_ms, batch).await?;
         tx.commit().await?;
-        Ok(Purged { tasks, vms })
+        Ok(Purged { tasks, vms, events })
     }
 }

@@ -99,10 +99,17 @@ impl Store {
 
     /// Inserts a task that belongs to no VM change (e.g. an already-succeeded start).
     pub async fn insert_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_task(&mut conn, task)
+        let mut tx = self.pool.begin().await?;
+        insert_task(&mut tx, task)
             .await
             .map_err(|e| StoreError::from_task_insert(e, task.vm_id.unwrap_or_default(), task))?;
+        super::events::append(
+            &mut tx,
+            self.now_ms(),
+            vec![super::events::task(task, true)],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -129,8 +136,16 @@ impl Store {
 
     /// Writes every mutable column of `task`.
     pub async fn save_task(&self, task: &TaskRecord) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        update_task(&mut conn, task).await
+        let mut tx = self.pool.begin().await?;
+        update_task(&mut tx, task).await?;
+        super::events::append(
+            &mut tx,
+            self.now_ms(),
+            vec![super::events::task(task, false)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ use sqlx::{Any, AnyConnection, Row};
 use uuid::Uuid;
 
 use super::allocations::{footprint_of, move_allocations, stored_footprint};
+use super::events;
 use super::rows::{vm_from_row, VM_SELECT};
 use super::tasks::{insert_task, update_task};
 use super::{Fence, Store, StoreError};
@@ -207,8 +208,11 @@ impl Store {
     /// (else [`StoreError::Conflict`]); on success `vm.resource_version` is the new one.
     pub async fn save_vm(&self, vm: &mut VmRecord) -> Result<(), StoreError> {
         let now = self.now_ms();
-        let mut conn = self.pool.acquire().await?;
-        vm.resource_version = update_vm(&mut conn, vm, now).await?;
+        let mut tx = self.pool.begin().await?;
+        let version = update_vm(&mut tx, vm, now).await?;
+        events::append_vm(&mut tx, now, vm.id).await?;
+        tx.commit().await?;
+        vm.resource_version = version;
         Ok(())
     }
 
@@ -226,6 +230,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         super::lease::check_fence(&mut tx, fence).await?;
         let version = update_vm(&mut tx, vm, now).await?;
+        events::append_vm(&mut tx, now, vm.id).await?;
         tx.commit().await?;
         vm.resource_version = version;
         Ok(())
@@ -256,6 +261,11 @@ impl Store {
         insert_task(&mut tx, task)
             .await
             .map_err(|e| StoreError::from_task_insert(e, vm.id, task))?;
+        let changed = vec![
+            events::vm(&mut tx, vm.id, false).await?,
+            events::task(task, true),
+        ];
+        events::append(&mut tx, now, changed).await?;
         tx.commit().await?;
         vm.resource_version = version;
         Ok(())
@@ -272,6 +282,11 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let version = update_vm(&mut tx, vm, now).await?;
         update_task(&mut tx, task).await?;
+        let changed = vec![
+            events::vm(&mut tx, vm.id, false).await?,
+            events::task(task, false),
+        ];
+        events::append(&mut tx, now, changed).await?;
         tx.commit().await?;
         vm.resource_version = version;
         Ok(())
