@@ -63,11 +63,13 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let rest = names("s", first..opts.vms);
     eprintln!("[scale] populating {} more VMs ({} parallel PUTs)", rest.len(), opts.threads);
     let (d, ()) = timed(|| populate(&cluster, &rest, opts.threads));
-    rows.push(Row::new(
-        "4",
-        &format!("(setup) {} VMs stored by parallel PUT", rest.len()),
-        format!("{:.0}/s ({})", rate(rest.len(), d), fmt_dur(d)),
-    ));
+    if !rest.is_empty() {
+        rows.push(Row::new(
+            "4",
+            &format!("(setup) {} more VMs stored by {} parallel PUTs", rest.len(), opts.threads),
+            format!("{:.0}/s ({})", rate(rest.len(), d), fmt_dur(d)),
+        ));
+    }
     let (d, all) = timed(|| wait_running(&cluster, opts.vms));
     rows.push(Row::new(
         "4",
