@@ -377,7 +377,8 @@ mod tests {
     fn sync_ops_table() {
         let id = Uuid::new_v4();
         // (setup, op, Ok(power) or Err)
-        let table: [(&str, Option<VmPower>, SyncOp, Result<VmPower, ()>); 8] = [
+        type Case = (&'static str, Option<VmPower>, SyncOp, Result<VmPower, ()>);
+        let table: [Case; 8] = [
             (
                 "pause running",
                 Some(VmPower::Running),

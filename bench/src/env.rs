@@ -52,8 +52,11 @@ pub fn manifest_dir(parent: &Path, dir: &str, names: &[String], url: &str) -> Pa
     let path = parent.join(dir);
     std::fs::create_dir_all(&path).expect("manifest dir");
     for name in names {
-        std::fs::write(path.join(format!("{name}.yaml")), vm_manifest(name, url, ""))
-            .expect("write manifest");
+        std::fs::write(
+            path.join(format!("{name}.yaml")),
+            vm_manifest(name, url, ""),
+        )
+        .expect("write manifest");
     }
     path
 }

@@ -60,7 +60,11 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             ("halting guest", halt.url("halt.img")),
             ("busybox booting", busybox.url("busybox-amd64.qcow2")),
         ] {
-            let memory = if guest.starts_with("busybox") { 256 } else { 128 };
+            let memory = if guest.starts_with("busybox") {
+                256
+            } else {
+                128
+            };
             for paced in [true, false] {
                 let cluster = qemu_cluster()?;
                 fig2(opts, &cluster, &url, memory, paced, guest, rows)?;
@@ -72,8 +76,18 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 
 fn create_args<'a>(name: &'a str, url: &'a str, memory: &'a str) -> Vec<&'a str> {
     vec![
-        "vm", "create", name, "--image-url", url, "--arch", "amd64", "--vcpus", "1",
-        "--memory-mb", memory, "--wait",
+        "vm",
+        "create",
+        name,
+        "--image-url",
+        url,
+        "--arch",
+        "amd64",
+        "--vcpus",
+        "1",
+        "--memory-mb",
+        memory,
+        "--wait",
     ]
 }
 
@@ -88,14 +102,18 @@ fn fig1(
     let url = server.url("busybox-amd64.qcow2");
     eprintln!("[1] warming the image cache");
     cluster.cli(&create_args("f1-warm", &url, "128")).ok();
-    cluster.cli(&["vm", "delete", "f1-warm", "--force", "--wait"]).ok();
+    cluster
+        .cli(&["vm", "delete", "f1-warm", "--force", "--wait"])
+        .ok();
     let mut ours = Vec::new();
     for i in 0..opts.runs {
         let name = format!("f1-{i}");
         let (d, out) = cli_timed(cluster, &create_args(&name, &url, "128"));
         out.ok();
         ours.push(d);
-        cluster.cli(&["vm", "delete", &name, "--force", "--wait"]).ok();
+        cluster
+            .cli(&["vm", "delete", &name, "--force", "--wait"])
+            .ok();
     }
     let raw_dir = cluster.dir.path().join("fig1-raw");
     std::fs::create_dir_all(&raw_dir)?;
@@ -115,7 +133,10 @@ fn fig1(
             &format!("`vm create --wait`, cached image, median of {}", opts.runs),
             format!("{} ({ratio:.2}x)", fmt_dur(ours.median())),
         )
-        .baseline(format!("{} qemu-img + qemu-system -daemonize", fmt_dur(raw.median())))
+        .baseline(format!(
+            "{} qemu-img + qemu-system -daemonize",
+            fmt_dur(raw.median())
+        ))
         .target("<= 1.15x", ratio <= 1.15),
     );
     Ok(())
@@ -135,13 +156,29 @@ fn raw_launch(dir: &Path, src: &Path, i: usize) -> anyhow::Result<u32> {
         bail!("qemu-img create failed");
     }
     let st = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "128", "-smp", "1", "-nodefaults", "-display", "none"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "128",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
         .arg("-drive")
         .arg(format!("file={},format=qcow2,if=virtio", disk.display()))
         .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", dir.join(format!("qmp-{i}.sock")).display()))
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join(format!("qmp-{i}.sock")).display()
+        ))
         .arg("-serial")
-        .arg(format!("file:{}", dir.join(format!("serial-{i}.log")).display()))
+        .arg(format!(
+            "file:{}",
+            dir.join(format!("serial-{i}.log")).display()
+        ))
         .arg("-pidfile")
         .arg(&pidfile)
         .arg("-daemonize")
@@ -165,7 +202,9 @@ fn fig7_agent(
     eprintln!("[7] agent RSS with {n} running VMs");
     let vm_names = names("a", 0..n);
     let dir = manifest_dir(cluster.dir.path(), "fig7", &vm_names, &halt.url("halt.img"));
-    cluster.cli(&["create", "-f", &dir.display().to_string()]).ok();
+    cluster
+        .cli(&["create", "-f", &dir.display().to_string()])
+        .ok();
     let ok = wait_for(Duration::from_secs(300), Duration::from_millis(500), || {
         phase_counts(cluster).get("running").copied().unwrap_or(0) >= n
     });
@@ -175,9 +214,13 @@ fn fig7_agent(
     std::thread::sleep(Duration::from_secs(3));
     let rss = rss_mib(agent_pid(cluster));
     rows.push(
-        Row::new("7", &format!("otherix-agent RSS, {n} running VMs"), format!("{rss:.0} MiB"))
-            .baseline(format!("{rss0:.0} MiB with 0 VMs"))
-            .target("<= 30 MiB", rss <= 30.0),
+        Row::new(
+            "7",
+            &format!("otherix-agent RSS, {n} running VMs"),
+            format!("{rss:.0} MiB"),
+        )
+        .baseline(format!("{rss0:.0} MiB with 0 VMs"))
+        .target("<= 30 MiB", rss <= 30.0),
     );
     for name in &vm_names {
         api_timed(cluster, "DELETE", &format!("/v1/vms/{name}"), None);
@@ -191,7 +234,10 @@ fn fig6(cluster: &Cluster, halt: &ImageServer, rows: &mut Vec<Row>) -> anyhow::R
     let dir = cluster.dir.path().join("fig6");
     std::fs::create_dir_all(&dir)?;
     let file = dir.join("w.yaml");
-    let doc = |mem: u32| vm_manifest("w", &url, "  desired_phase: stopped\n").replace("memory_mb: 128", &format!("memory_mb: {mem}"));
+    let doc = |mem: u32| {
+        vm_manifest("w", &url, "  desired_phase: stopped\n")
+            .replace("memory_mb: 128", &format!("memory_mb: {mem}"))
+    };
     std::fs::write(&file, doc(128))?;
     let generation = || {
         let (_, status, text) = api_timed(cluster, "GET", "/v1/vms/w", None);
@@ -210,7 +256,9 @@ fn fig6(cluster: &Cluster, halt: &ImageServer, rows: &mut Vec<Row>) -> anyhow::R
         let want = generation() + 1;
         let t = Instant::now();
         cluster.cli(&["create", "-f", &path]).ok();
-        wait_for(Duration::from_secs(10), Duration::from_millis(1), || generation() >= want);
+        wait_for(Duration::from_secs(10), Duration::from_millis(1), || {
+            generation() >= want
+        });
         once.push(t.elapsed());
     }
     eprintln!("[6] watch mode");
@@ -222,7 +270,9 @@ fn fig6(cluster: &Cluster, halt: &ImageServer, rows: &mut Vec<Row>) -> anyhow::R
         let want = generation() + 1;
         let t = Instant::now();
         std::fs::write(&file, doc(200 + i))?;
-        let ok = wait_for(Duration::from_secs(10), Duration::from_millis(1), || generation() >= want);
+        let ok = wait_for(Duration::from_secs(10), Duration::from_millis(1), || {
+            generation() >= want
+        });
         if !ok {
             bail!("watch did not apply edit {i}");
         }
@@ -232,9 +282,16 @@ fn fig6(cluster: &Cluster, halt: &ImageServer, rows: &mut Vec<Row>) -> anyhow::R
     drop(watch);
     let (s, o) = (Stats::new(samples), Stats::new(once));
     rows.push(
-        Row::new("6", "watch: file saved -> new generation, p50 / max of 10", format!("{} / {}", fmt_dur(s.median()), fmt_dur(s.max())))
-            .baseline(format!("{} one-shot `create -f FILE` (median of 5)", fmt_dur(o.median())))
-            .target("p50 <= 150 ms", s.median() <= Duration::from_millis(150)),
+        Row::new(
+            "6",
+            "watch: file saved -> new generation, p50 / max of 10",
+            format!("{} / {}", fmt_dur(s.median()), fmt_dur(s.max())),
+        )
+        .baseline(format!(
+            "{} one-shot `create -f FILE` (median of 5)",
+            fmt_dur(o.median())
+        ))
+        .target("p50 <= 150 ms", s.median() <= Duration::from_millis(150)),
     );
     Ok(())
 }
@@ -290,8 +347,14 @@ fn fig5(opts: &Opts, cluster: &Cluster, rows: &mut Vec<Row>) -> anyhow::Result<(
     let server = ImageServer::start(&dir);
     let url = server.url("big.img");
     let out = cluster.dir.path().join("curl.out");
-    let script = format!("curl -sSf -o {0} {url} && sha256sum {0} >/dev/null", out.display());
-    let _ = Command::new("cat").arg(&big).stdout(std::process::Stdio::null()).status();
+    let script = format!(
+        "curl -sSf -o {0} {url} && sha256sum {0} >/dev/null",
+        out.display()
+    );
+    let _ = Command::new("cat")
+        .arg(&big)
+        .stdout(std::process::Stdio::null())
+        .status();
     let (curl, st) = timed(|| Command::new("bash").args(["-c", &script]).status());
     if !st?.success() {
         bail!("curl + sha256sum failed");
@@ -302,9 +365,24 @@ fn fig5(opts: &Opts, cluster: &Cluster, rows: &mut Vec<Row>) -> anyhow::Result<(
     let ratio = curl.as_secs_f64() / ours.as_secs_f64();
     let mib = opts.image_mib as f64;
     rows.push(
-        Row::new("5", &format!("first use of a {} MiB image (`vm create --wait`)", opts.image_mib), format!("{} ({:.0} MiB/s, {ratio:.2}x)", fmt_dur(ours), mib / ours.as_secs_f64()))
-            .baseline(format!("{} `curl -o F && sha256sum F` ({:.0} MiB/s)", fmt_dur(curl), mib / curl.as_secs_f64()))
-            .target(">= 1.0x", ratio >= 1.0),
+        Row::new(
+            "5",
+            &format!(
+                "first use of a {} MiB image (`vm create --wait`)",
+                opts.image_mib
+            ),
+            format!(
+                "{} ({:.0} MiB/s, {ratio:.2}x)",
+                fmt_dur(ours),
+                mib / ours.as_secs_f64()
+            ),
+        )
+        .baseline(format!(
+            "{} `curl -o F && sha256sum F` ({:.0} MiB/s)",
+            fmt_dur(curl),
+            mib / curl.as_secs_f64()
+        ))
+        .target(">= 1.0x", ratio >= 1.0),
     );
     let shared = server.url("shared.img");
     let failed = AtomicUsize::new(0);
@@ -329,8 +407,12 @@ fn fig5(opts: &Opts, cluster: &Cluster, rows: &mut Vec<Row>) -> anyhow::Result<(
     let requests = server.requests("shared.img");
     let failed = failed.load(Ordering::Relaxed);
     rows.push(
-        Row::new("5", "10 concurrent `vm create --wait` of one new URL: HTTP requests", format!("{requests} ({} for all, {failed} failed)", fmt_dur(d)))
-            .target("exactly 1", requests == 1 && failed == 0),
+        Row::new(
+            "5",
+            "10 concurrent `vm create --wait` of one new URL: HTTP requests",
+            format!("{requests} ({} for all, {failed} failed)", fmt_dur(d)),
+        )
+        .target("exactly 1", requests == 1 && failed == 0),
     );
     Ok(())
 }
@@ -347,7 +429,11 @@ fn fig2(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let n = opts.storm;
-    let how = if paced { "100 ms apart" } else { "one `create -f` dir" };
+    let how = if paced {
+        "100 ms apart"
+    } else {
+        "one `create -f` dir"
+    };
     eprintln!("[2] {n} VMs {how}, {guest}");
     let prefix = if paced { "p" } else { "d" };
     let vm_names = names(prefix, 0..n);
@@ -360,7 +446,10 @@ fn fig2(
         let monitor = s.spawn(|| {
             let (mut nr, mut unk) = (0, 0);
             while !stop.load(Ordering::Relaxed) {
-                nr += node_statuses(cluster).iter().filter(|(_, st)| st != "ready").count();
+                nr += node_statuses(cluster)
+                    .iter()
+                    .filter(|(_, st)| st != "ready")
+                    .count();
                 unk = unk.max(phase_counts(cluster).get("unknown").copied().unwrap_or(0));
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -383,7 +472,10 @@ fn fig2(
             let dir = dir.display().to_string();
             for f in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
                 let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-                let _ = std::fs::write(f.path(), text.replace("memory_mb: 128", &format!("memory_mb: {memory}")));
+                let _ = std::fs::write(
+                    f.path(),
+                    text.replace("memory_mb: 128", &format!("memory_mb: {memory}")),
+                );
             }
             let (d, out) = cli_timed(cluster, &["create", "-f", &dir]);
             if out.code != 0 {
@@ -408,7 +500,9 @@ fn fig2(
         && s.pct(99.0) <= Duration::from_secs(2)
         && not_ready == 0
         && max_unknown == 0;
-    let apply = apply_time.map(|d| format!(", apply {}", fmt_dur(d))).unwrap_or_default();
+    let apply = apply_time
+        .map(|d| format!(", apply {}", fmt_dur(d)))
+        .unwrap_or_default();
     rows.push(
         Row::new(
             "2",

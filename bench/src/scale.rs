@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use otherix_e2e::Cluster;
 
 use crate::env::{
-    api_timed, bare_cluster, cli_timed, cpu_percent, find_pid, manifest_dir, names,
-    phase_counts, rss_mib, timed, wait_for, SimNodes,
+    api_timed, bare_cluster, cli_timed, cpu_percent, find_pid, manifest_dir, names, phase_counts,
+    rss_mib, timed, wait_for, SimNodes,
 };
 use crate::report::{fmt_dur, rate, Row, Stats};
 use crate::Opts;
@@ -27,7 +27,10 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let sim = sim?;
     eprintln!("[scale] {} nodes ready in {}", opts.nodes, fmt_dur(d));
     let idle = Duration::from_secs(opts.idle_secs);
-    let idle0 = (rss_mib(server), cpu_percent(server, idle.min(Duration::from_secs(10))));
+    let idle0 = (
+        rss_mib(server),
+        cpu_percent(server, idle.min(Duration::from_secs(10))),
+    );
 
     let first = opts.vms.min(1000);
     let batch = names("s", 0..first);
@@ -40,16 +43,24 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let created = out.stdout.matches(" created").count();
         let r = rate(created, d);
         rows.push(
-            Row::new("3", &format!("`create -f` {first} manifests, accepted/s"), format!("{r:.0}/s ({created} in {})", fmt_dur(d)))
-                .target(">= 500/s", r >= 500.0),
+            Row::new(
+                "3",
+                &format!("`create -f` {first} manifests, accepted/s"),
+                format!("{r:.0}/s ({created} in {})", fmt_dur(d)),
+            )
+            .target(">= 500/s", r >= 500.0),
         );
         let (d, out) = cli_timed(&cluster, &["create", "-f", &path]);
         let out = out.ok();
         let unchanged = out.stdout.matches(" unchanged").count();
         let r2 = rate(unchanged, d);
         rows.push(
-            Row::new("3", &format!("re-apply {first}, all unchanged, /s"), format!("{r2:.0}/s ({unchanged} in {})", fmt_dur(d)))
-                .target(">= 2000/s", r2 >= 2000.0),
+            Row::new(
+                "3",
+                &format!("re-apply {first}, all unchanged, /s"),
+                format!("{r2:.0}/s ({unchanged} in {})", fmt_dur(d)),
+            )
+            .target(">= 2000/s", r2 >= 2000.0),
         );
     } else {
         populate(&cluster, &batch, opts.threads);
@@ -61,19 +72,30 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     wait_running(&cluster, first);
     let base = Fig4::measure(&cluster, "b");
     let rest = names("s", first..opts.vms);
-    eprintln!("[scale] populating {} more VMs ({} parallel PUTs)", rest.len(), opts.threads);
+    eprintln!(
+        "[scale] populating {} more VMs ({} parallel PUTs)",
+        rest.len(),
+        opts.threads
+    );
     let (d, ()) = timed(|| populate(&cluster, &rest, opts.threads));
     if !rest.is_empty() {
         rows.push(Row::new(
             "4",
-            &format!("(setup) {} more VMs stored by {} parallel PUTs", rest.len(), opts.threads),
+            &format!(
+                "(setup) {} more VMs stored by {} parallel PUTs",
+                rest.len(),
+                opts.threads
+            ),
             format!("{:.0}/s ({})", rate(rest.len(), d), fmt_dur(d)),
         ));
     }
     let (d, all) = timed(|| wait_running(&cluster, opts.vms));
     rows.push(Row::new(
         "4",
-        &format!("(setup) all {} VMs running on {} simulated nodes", opts.vms, opts.nodes),
+        &format!(
+            "(setup) all {} VMs running on {} simulated nodes",
+            opts.vms, opts.nodes
+        ),
         format!("{} after the last PUT ({all})", fmt_dur(d)),
     ));
     let n = opts.vms;
@@ -81,27 +103,71 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let at = Fig4::measure(&cluster, "c");
         let b = &base;
         rows.push(
-            Row::new("4", &format!("`vm list` page of 100, p50 / p99 ({n} VMs)"), format!("{} / {}", fmt_dur(at.page.median()), fmt_dur(at.page.pct(99.0))))
-                .baseline(format!("{} / {} at {first}", fmt_dur(b.page.median()), fmt_dur(b.page.pct(99.0))))
-                .target("p99 <= 5 ms", at.page.pct(99.0) <= Duration::from_millis(5)),
+            Row::new(
+                "4",
+                &format!("`vm list` page of 100, p50 / p99 ({n} VMs)"),
+                format!(
+                    "{} / {}",
+                    fmt_dur(at.page.median()),
+                    fmt_dur(at.page.pct(99.0))
+                ),
+            )
+            .baseline(format!(
+                "{} / {} at {first}",
+                fmt_dur(b.page.median()),
+                fmt_dur(b.page.pct(99.0))
+            ))
+            .target("p99 <= 5 ms", at.page.pct(99.0) <= Duration::from_millis(5)),
         );
         rows.push(
-            Row::new("4", &format!("page through all {} (limit 100)", at.paged_count), fmt_dur(at.page_all))
-                .baseline(format!("{} for {}", fmt_dur(b.page_all), b.paged_count))
-                .target("<= 0.5 s", at.page_all <= Duration::from_millis(500)),
+            Row::new(
+                "4",
+                &format!("page through all {} (limit 100)", at.paged_count),
+                fmt_dur(at.page_all),
+            )
+            .baseline(format!("{} for {}", fmt_dur(b.page_all), b.paged_count))
+            .target("<= 0.5 s", at.page_all <= Duration::from_millis(500)),
         );
         rows.push(
-            Row::new("4", "`vm get`, p50 / p99", format!("{} / {}", fmt_dur(at.get.median()), fmt_dur(at.get.pct(99.0))))
-                .baseline(format!("{} / {} at {first}", fmt_dur(b.get.median()), fmt_dur(b.get.pct(99.0)))),
+            Row::new(
+                "4",
+                "`vm get`, p50 / p99",
+                format!(
+                    "{} / {}",
+                    fmt_dur(at.get.median()),
+                    fmt_dur(at.get.pct(99.0))
+                ),
+            )
+            .baseline(format!(
+                "{} / {} at {first}",
+                fmt_dur(b.get.median()),
+                fmt_dur(b.get.pct(99.0))
+            )),
         );
         rows.push(
-            Row::new("4", "one create accepted (POST /v1/vms), p50 / max of 10", format!("{} / {}", fmt_dur(at.create.median()), fmt_dur(at.create.max())))
-                .baseline(format!("{} / {} at {first}", fmt_dur(b.create.median()), fmt_dur(b.create.max())))
-                .target("<= 20 ms", at.create.median() <= Duration::from_millis(20)),
+            Row::new(
+                "4",
+                "one create accepted (POST /v1/vms), p50 / max of 10",
+                format!(
+                    "{} / {}",
+                    fmt_dur(at.create.median()),
+                    fmt_dur(at.create.max())
+                ),
+            )
+            .baseline(format!(
+                "{} / {} at {first}",
+                fmt_dur(b.create.median()),
+                fmt_dur(b.create.max())
+            ))
+            .target("<= 20 ms", at.create.median() <= Duration::from_millis(20)),
         );
         rows.push(
-            Row::new("4", "`otherix vm list` (CLI, first page)", fmt_dur(at.cli_list))
-                .baseline(format!("{} at {first}", fmt_dur(b.cli_list))),
+            Row::new(
+                "4",
+                "`otherix vm list` (CLI, first page)",
+                fmt_dur(at.cli_list),
+            )
+            .baseline(format!("{} at {first}", fmt_dur(b.cli_list))),
         );
     }
     if opts.wants(7) {
@@ -111,19 +177,31 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         eprintln!("[7] otherixd idle CPU over {} s", idle.as_secs());
         let cpu = cpu_percent(server, idle);
         rows.push(
-            Row::new("7", &format!("otherixd RSS, {n} VMs on {} nodes", opts.nodes), format!("{rss:.0} MiB"))
-                .baseline(format!("{:.0} MiB with 0 VMs", idle0.0))
-                .target("<= 100 MiB", rss <= 100.0),
+            Row::new(
+                "7",
+                &format!("otherixd RSS, {n} VMs on {} nodes", opts.nodes),
+                format!("{rss:.0} MiB"),
+            )
+            .baseline(format!("{:.0} MiB with 0 VMs", idle0.0))
+            .target("<= 100 MiB", rss <= 100.0),
         );
         rows.push(Row::new(
             "7",
-            &format!("(info) otherix-simnode RSS, {} nodes x {} VMs", opts.nodes, n / opts.nodes.max(1)),
+            &format!(
+                "(info) otherix-simnode RSS, {} nodes x {} VMs",
+                opts.nodes,
+                n / opts.nodes.max(1)
+            ),
             format!("{:.0} MiB", rss_mib(sim.pid())),
         ));
         rows.push(
-            Row::new("7", &format!("otherixd CPU idle, {n} VMs ({} s)", idle.as_secs()), format!("{cpu:.1} % of a core"))
-                .baseline(format!("{:.1} % with 0 VMs", idle0.1))
-                .target("< 2 %", cpu < 2.0),
+            Row::new(
+                "7",
+                &format!("otherixd CPU idle, {n} VMs ({} s)", idle.as_secs()),
+                format!("{cpu:.1} % of a core"),
+            )
+            .baseline(format!("{:.1} % with 0 VMs", idle0.1))
+            .target("< 2 %", cpu < 2.0),
         );
     }
     Ok(())
@@ -159,7 +237,10 @@ fn populate(cluster: &Cluster, names: &[String], threads: usize) {
                 let Some(name) = names.get(i) else { return };
                 let (_, status, text) =
                     api_timed(cluster, "PUT", &format!("/v1/vms/{name}"), Some(&body));
-                assert!(status == 200 || status == 201 || status == 202, "PUT {name}: {status} {text}");
+                assert!(
+                    status == 200 || status == 201 || status == 202,
+                    "PUT {name}: {status} {text}"
+                );
             });
         }
     });
