@@ -300,6 +300,60 @@ pub fn cpu_percent(pid: u32, window: Duration) -> f64 {
     (after.saturating_sub(before)) as f64 / hz / window.as_secs_f64() * 100.0
 }
 
+/// A `perf record` of one process over one measurement window (with `--perf DIR`).
+pub struct Perf {
+    child: Child,
+    data: PathBuf,
+    report: PathBuf,
+}
+
+impl Perf {
+    /// Starts sampling `pid` into `DIR/NAME.data`; `None` without a dir or without perf.
+    pub fn start(dir: Option<&Path>, pid: u32, name: &str) -> Option<Perf> {
+        let dir = dir?;
+        std::fs::create_dir_all(dir).ok()?;
+        let data = dir.join(format!("{name}.data"));
+        let child = Command::new("perf")
+            .args(["record", "-q", "-F", "999", "-p", &pid.to_string(), "-o"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        std::thread::sleep(Duration::from_millis(300));
+        Some(Perf {
+            child,
+            data,
+            report: dir.join(format!("{name}.txt")),
+        })
+    }
+
+    /// Stops the recording (SIGINT), if any, and writes the flat profile next to it.
+    pub fn stop(perf: Option<Perf>) {
+        if let Some(p) = perf {
+            p.finish();
+        }
+    }
+
+    fn finish(mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        let out = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "--sort", "dso,sym"])
+            .args(["--percent-limit", "0.5", "-i"])
+            .arg(&self.data)
+            .stderr(Stdio::null())
+            .output();
+        if let Ok(out) = out {
+            let _ = std::fs::write(&self.report, &out.stdout);
+            eprintln!("[perf] {}", self.report.display());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,10 @@ pub struct Opts {
     /// Running VMs for the agent RSS of figure 7.
     #[arg(long, default_value_t = 20)]
     pub agent_vms: usize,
+    /// Record otherixd with `perf record` during the apply of figure 3, the creates and
+    /// the paging of figure 4 and the idle window of figure 7; flat profiles go to DIR.
+    #[arg(long, value_name = "DIR")]
+    pub perf: Option<std::path::PathBuf>,
 }
 
 impl Opts {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use otherix_e2e::Cluster;
 
+use crate::env::Perf;
 use crate::env::{
     api_timed, bare_cluster, cli_timed, cpu_percent, find_pid, manifest_dir, names, phase_counts,
     rss_mib, timed, wait_for, SimNodes,
@@ -38,7 +39,9 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let dir = manifest_dir(cluster.dir.path(), "fig3", &batch, SIM_URL);
         let path = dir.display().to_string();
         eprintln!("[3] create -f of {first} manifests");
+        let perf = Perf::start(opts.perf.as_deref(), server, "fig3-apply");
         let (d, out) = cli_timed(&cluster, &["create", "-f", &path]);
+        Perf::stop(perf);
         let out = out.ok();
         let created = out.stdout.matches(" created").count();
         let r = rate(created, d);
@@ -50,7 +53,9 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
             )
             .target(">= 500/s", r >= 500.0),
         );
+        let perf = Perf::start(opts.perf.as_deref(), server, "fig3-reapply");
         let (d, out) = cli_timed(&cluster, &["create", "-f", &path]);
+        Perf::stop(perf);
         let out = out.ok();
         let unchanged = out.stdout.matches(" unchanged").count();
         let r2 = rate(unchanged, d);
@@ -70,7 +75,7 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         return Ok(());
     }
     wait_running(&cluster, first);
-    let base = Fig4::measure(&cluster, "b");
+    let base = Fig4::measure(&cluster, "b", None);
     let rest = names("s", first..opts.vms);
     eprintln!(
         "[scale] populating {} more VMs ({} parallel PUTs)",
@@ -100,7 +105,7 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     ));
     let n = opts.vms;
     if opts.wants(4) {
-        let at = Fig4::measure(&cluster, "c");
+        let at = Fig4::measure(&cluster, "c", opts.perf.as_deref().map(|d| (d, server)));
         let b = &base;
         rows.push(
             Row::new(
@@ -175,7 +180,9 @@ pub fn run(opts: &Opts, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(5));
         let rss = rss_mib(server);
         eprintln!("[7] otherixd idle CPU over {} s", idle.as_secs());
+        let perf = Perf::start(opts.perf.as_deref(), server, "fig7-idle");
         let cpu = cpu_percent(server, idle);
+        Perf::stop(perf);
         rows.push(
             Row::new(
                 "7",
@@ -257,13 +264,15 @@ struct Fig4 {
 }
 
 impl Fig4 {
-    fn measure(cluster: &Cluster, tag: &str) -> Fig4 {
+    fn measure(cluster: &Cluster, tag: &str, perf: Option<(&std::path::Path, u32)>) -> Fig4 {
+        let profile = |name: &str| perf.and_then(|(dir, pid)| Perf::start(Some(dir), pid, name));
         let mut page = Vec::new();
         for _ in 0..200 {
             let (d, status, _) = api_timed(cluster, "GET", "/v1/vms?limit=100", None);
             assert_eq!(status, 200);
             page.push(d);
         }
+        let p = profile("fig4-page-all");
         let t = Instant::now();
         let mut cursor: Option<String> = None;
         let mut paged_count = 0;
@@ -282,6 +291,7 @@ impl Fig4 {
             }
         }
         let page_all = t.elapsed();
+        Perf::stop(p);
         let mut get = Vec::new();
         for i in 0..200usize {
             let name = format!("s-{:05}", (i * 37) % paged_count.max(1));
@@ -289,6 +299,7 @@ impl Fig4 {
             get.push(d);
         }
         let mut create = Vec::new();
+        let p = profile("fig4-create");
         for i in 0..10 {
             let body = serde_json::json!({"name": format!("{tag}-{i:05}"), "spec": {"image_url": SIM_URL, "arch": "amd64", "vcpus": 1, "memory_mb": 128}}).to_string();
             let (d, status, text) = api_timed(cluster, "POST", "/v1/vms", Some(&body));
@@ -296,6 +307,7 @@ impl Fig4 {
             create.push(d);
             std::thread::sleep(Duration::from_millis(200));
         }
+        Perf::stop(p);
         let (cli_list, out) = cli_timed(cluster, &["vm", "list"]);
         out.ok();
         Fig4 {
