@@ -89,14 +89,26 @@ fn parse_ts(v: &Value) -> Option<chrono::DateTime<chrono::FixedOffset>> {
     chrono::DateTime::parse_from_rfc3339(v.as_str()?).ok()
 }
 
-/// For the successful `vm.create` tasks of VMs named `prefix-*`: (created -> finished
-/// durations, latest finish as a wall-clock time).
-pub fn create_to_running(
-    cluster: &Cluster,
-    prefix: &str,
-) -> (Vec<Duration>, Option<std::time::SystemTime>) {
-    let mut durs = Vec::new();
+/// Create-to-running of the successful `vm.create` tasks of VMs named `prefix-*`, from
+/// their records: whole (created -> finished), until the server recorded the agent's first
+/// update (created -> started: dispatch, the agent picking it up, the update written) and
+/// the rest (started -> finished).
+#[derive(Debug, Default)]
+pub struct CreateTimes {
+    pub whole: Vec<Duration>,
+    pub queued: Vec<Duration>,
+    pub on_agent: Vec<Duration>,
+    /// The latest finish, as a wall-clock time.
+    pub last: Option<std::time::SystemTime>,
+}
+
+pub fn create_to_running(cluster: &Cluster, prefix: &str) -> CreateTimes {
+    let mut out = CreateTimes::default();
     let mut last: Option<chrono::DateTime<chrono::FixedOffset>> = None;
+    let span = |a: chrono::DateTime<chrono::FixedOffset>,
+                b: chrono::DateTime<chrono::FixedOffset>| {
+        (b - a).to_std().unwrap_or_default()
+    };
     for t in all_tasks(cluster) {
         let is_ours = t["kind"] == "vm.create"
             && t["status"] == "success"
@@ -106,12 +118,22 @@ pub fn create_to_running(
         if !is_ours {
             continue;
         }
-        if let (Some(c), Some(f)) = (parse_ts(&t["created_at"]), parse_ts(&t["finished_at"])) {
-            durs.push((f - c).to_std().unwrap_or_default());
+        let (c, s, f) = (
+            parse_ts(&t["created_at"]),
+            parse_ts(&t["started_at"]),
+            parse_ts(&t["finished_at"]),
+        );
+        if let (Some(c), Some(f)) = (c, f) {
+            out.whole.push(span(c, f));
+            if let Some(s) = s {
+                out.queued.push(span(c, s));
+                out.on_agent.push(span(s, f));
+            }
             last = Some(last.map_or(f, |l| l.max(f)));
         }
     }
-    (durs, last.map(std::time::SystemTime::from))
+    out.last = last.map(std::time::SystemTime::from);
+    out
 }
 
 /// VMs by phase, counted over every page of `/v1/vms`.
@@ -314,7 +336,8 @@ impl Perf {
         std::fs::create_dir_all(dir).ok()?;
         let data = dir.join(format!("{name}.data"));
         let child = Command::new("perf")
-            .args(["record", "-q", "-F", "999", "-p", &pid.to_string(), "-o"])
+            .args(["record", "-q", "-F", "199", "--call-graph", "dwarf,16384"])
+            .args(["-p", &pid.to_string(), "-o"])
             .arg(&data)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -329,7 +352,8 @@ impl Perf {
         })
     }
 
-    /// Stops the recording (SIGINT), if any, and writes the flat profile next to it.
+    /// Stops the recording (SIGINT), if any, and writes the profile next to it (inclusive
+    /// time per function, from DWARF call graphs).
     pub fn stop(perf: Option<Perf>) {
         if let Some(p) = perf {
             p.finish();
@@ -342,8 +366,16 @@ impl Perf {
             .status();
         let _ = self.child.wait();
         let out = Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "--sort", "dso,sym"])
-            .args(["--percent-limit", "0.5", "-i"])
+            .args([
+                "report",
+                "--stdio",
+                "--children",
+                "--sort",
+                "sym",
+                "-g",
+                "none",
+            ])
+            .args(["--percent-limit", "1", "-i"])
             .arg(&self.data)
             .stderr(Stdio::null())
             .output();
