@@ -30,7 +30,7 @@ pub struct Opts {
     #[arg(long, default_value_t = 30)]
     pub idle_secs: u64,
     /// Runs of figure 1 (median taken).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 11)]
     pub runs: usize,
     /// VMs per batch in figure 2.
     #[arg(long, default_value_t = 100)]

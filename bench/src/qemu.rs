@@ -106,33 +106,32 @@ fn fig1(
     cluster
         .cli(&["vm", "delete", "f1-warm", "--force", "--wait"])
         .ok();
-    let measure = |tag: &str, extra: &[&str]| {
-        let mut samples = Vec::new();
-        for i in 0..opts.runs {
-            let name = format!("f1-{tag}-{i}");
-            let mut args = create_args(&name, &url, "128");
-            args.extend_from_slice(extra);
-            let (d, out) = cli_timed(cluster, &args);
-            out.ok();
-            samples.push(d);
-            cluster
-                .cli(&["vm", "delete", &name, "--force", "--wait"])
-                .ok();
-        }
-        Stats::new(samples)
-    };
-    let plain = measure("n", &["--no-cloud-init"]);
-    let seeded = measure("c", &[]);
     let raw_dir = cluster.dir.path().join("fig1-raw");
     std::fs::create_dir_all(&raw_dir)?;
     let src = images.join("busybox-amd64.qcow2");
-    let mut raw = Vec::new();
+    let ours = |name: &str, extra: &[&str]| {
+        let mut args = create_args(name, &url, "128");
+        args.extend_from_slice(extra);
+        let (d, out) = cli_timed(cluster, &args);
+        out.ok();
+        cluster
+            .cli(&["vm", "delete", name, "--force", "--wait"])
+            .ok();
+        d
+    };
+    // Interleaved, so load from elsewhere on the host hits all three alike.
+    let (mut plain, mut seeded, mut raw) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..opts.runs {
+        plain.push(ours(&format!("f1-n-{i}"), &["--no-cloud-init"]));
+        seeded.push(ours(&format!("f1-c-{i}"), &[]));
         let (d, pid) = timed(|| raw_launch(&raw_dir, &src, i));
         raw.push(d);
-        let pid = pid?;
-        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(pid?.to_string())
+            .status();
     }
+    let (plain, seeded) = (Stats::new(plain), Stats::new(seeded));
     let raw = Stats::new(raw);
     let ratio = |s: &Stats| s.median().as_secs_f64() / raw.median().as_secs_f64();
     let base = format!(
