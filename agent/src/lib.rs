@@ -30,6 +30,7 @@ pub mod pool_images;
 pub mod qemu;
 pub mod serial_log;
 pub mod session;
+pub mod sim_driver;
 pub mod task_store;
 pub mod url_policy;
 pub mod vm_registry;

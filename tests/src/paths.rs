@@ -15,12 +15,16 @@ pub fn workspace_root() -> PathBuf {
 /// The profile directory holding the binaries: the one this test executable was built in.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test-binary>
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps")
-        .to_path_buf();
+    // target/<profile>/deps/<test-binary>, or target/<profile>/<binary> (otherix-bench)
+    let parent = exe.parent().expect("the executable has a directory");
+    let dir = if parent.ends_with("deps") {
+        parent
+            .parent()
+            .expect("test binary lives in target/<profile>/deps")
+    } else {
+        parent
+    }
+    .to_path_buf();
     for bin in ["otherixd", "otherix-agent", "otherix"] {
         assert!(
             dir.join(bin).exists(),
