@@ -23,8 +23,9 @@ pub struct Opts {
     /// Simulated nodes for figures 3, 4 and 7.
     #[arg(long, default_value_t = 100)]
     pub nodes: usize,
-    /// Parallel PUTs when storing the VMs of figure 4.
-    #[arg(long, default_value_t = 16)]
+    /// Concurrent `POST /v1/apply` requests (1,000 VMs each) when storing the VMs of
+    /// figure 4.
+    #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Seconds otherixd's idle CPU is sampled over (figure 7).
     #[arg(long, default_value_t = 30)]

@@ -45,8 +45,9 @@ pub enum BootstrapError {
 }
 
 /// How often the leader scans every live VM for work no trigger announced (read-only:
-/// only VMs with something to do are queued).
-pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// only VMs with something to do are queued). Triggers (API writes, agent reports, task
+/// updates, sessions opening) do the work; this only catches drift, so it is slow.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(120);
 
 pub struct Daemon {
     pub store: Store,

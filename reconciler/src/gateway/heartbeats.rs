@@ -1,5 +1,7 @@
-//! Node liveness that holds under load: agents heartbeat every second, but a heartbeat is
-//! written to the database at most once per [`Liveness::persist_every`] per node, by a
+//! Node liveness that holds under load: agents heartbeat every [`Liveness::heartbeat_every`]
+//! (5 s with the default grace period; a beat is only a liveness ping, VM state travels in
+//! reports), and a heartbeat is written to the database at most once per
+//! [`Liveness::persist_every`] per node, by a
 //! background write that never delays the agent's stream (one write in flight per node;
 //! beats arriving meanwhile are only counted). The leader marks a node `not_ready` once its
 //! last persisted heartbeat is older than the grace period (default 20 s, like Incus;
@@ -36,6 +38,13 @@ impl Liveness {
     /// several persisted beats were missed.
     pub fn persist_every(self) -> Duration {
         (self.grace / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+    }
+
+    /// How often agents are told to heartbeat: as often as a beat is persisted, so the
+    /// grace period spans about four beats (20 s grace: every 5 s, like a Kubernetes node
+    /// lease renewed every 10 s within 40 s). 100 nodes cost 20 beats/s, not 100.
+    pub fn heartbeat_every(self) -> Duration {
+        self.persist_every()
     }
 
     /// How often the leader sweeps for overdue nodes.
@@ -153,6 +162,9 @@ mod tests {
     fn persist_and_sweep_intervals_follow_the_grace_period() {
         let s = Duration::from_secs;
         let l = |grace| Liveness { grace };
+        assert_eq!(Liveness::default().heartbeat_every(), s(5));
+        assert_eq!(l(s(2)).heartbeat_every(), Duration::from_millis(500));
+        assert_eq!(l(s(600)).heartbeat_every(), s(5));
         assert_eq!(l(s(20)).persist_every(), s(5));
         assert_eq!(l(s(20)).sweep_every(), s(2));
         assert_eq!(l(s(600)).persist_every(), s(5));

@@ -13,7 +13,6 @@ mod tests;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
 use otherix_api::proto::agent_gateway_server::{AgentGateway, AgentGatewayServer};
@@ -40,10 +39,6 @@ pub use heartbeats::{HeartbeatBook, Liveness, DEFAULT_NODE_GRACE, NODE_GRACE_RAN
 pub use identity::{check_claim, IdentityError};
 pub use observe::{apply_task_outcome, apply_vm_report, TaskOutcome};
 pub use sessions::{op_request, task_assignment, Outbox, Sessions};
-
-/// How often agents heartbeat (told in `Registered`); see [`heartbeats`] for what is
-/// persisted and when a node is declared not ready.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -416,7 +411,7 @@ impl Gateway {
     ) -> Result<u64, GatewayError> {
         let registered = server_message::Body::Registered(Registered {
             node_id: node_id.to_string(),
-            heartbeat_interval_ms: HEARTBEAT_INTERVAL.as_millis() as u32,
+            heartbeat_interval_ms: self.liveness.heartbeat_every().as_millis() as u32,
         });
         let _ = outbox.try_send(Ok(ServerMessage {
             body: Some(registered),

@@ -61,10 +61,20 @@ impl ApplyService {
             }
         }
         let mut answers: Vec<Option<ApplyResponse<Vm>>> = vec![None; items.len()];
+        let names: Vec<&str> = items.iter().map(|i| i.name.as_str()).collect();
+        let mut stored = self.store.vms_by_names(&actor.project, &names).await?;
         let (mut new, mut existing) = (Vec::new(), Vec::new());
         for (i, item) in items.into_iter().enumerate() {
-            match self.store.vm_by_name(&actor.project, &item.name).await? {
+            match stored.remove(&item.name) {
                 None => new.push((i, item)),
+                // What a re-apply mostly is: answered from the one read, nothing written.
+                Some(vm) if is_unchanged(&vm, &item) => {
+                    answers[i] = Some(ApplyResponse {
+                        outcome: ApplyOutcome::Unchanged,
+                        object: vm.to_api(),
+                        task: None,
+                    });
+                }
                 Some(_) => existing.push((i, item)),
             }
         }
@@ -213,4 +223,14 @@ fn validate_apply(
         return Err(ApiError::validation("annotations: keys must not be empty"));
     }
     Ok(())
+}
+
+/// A stored VM an apply of `item` would leave alone (as [`ApplyService::apply_vm`] decides:
+/// same spec and annotations, not being deleted; an immutable-field change is not
+/// unchanged, so it goes the long way and gets its 409).
+fn is_unchanged(vm: &crate::model::VmRecord, item: &ApplyVm) -> bool {
+    !vm.deletion_requested
+        && vm.phase != VmPhase::Deleting
+        && vm.spec == item.spec
+        && vm.annotations == item.annotations
 }

@@ -82,6 +82,32 @@ impl Store {
         row.as_ref().map(vm_from_row).transpose()
     }
 
+    /// The live VMs of `project` among `names` (one query for a whole apply), by name.
+    pub async fn vms_by_names(
+        &self,
+        project: &str,
+        names: &[&str],
+    ) -> Result<std::collections::HashMap<String, VmRecord>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        // Bounded IN lists (SQLite's default limit is 32,766 parameters).
+        for chunk in names.chunks(500) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "{VM_SELECT} WHERE v.project = $1 AND v.deleted_at IS NULL AND v.name IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(project.to_owned());
+            for name in chunk {
+                q = q.bind((*name).to_owned());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let vm = vm_from_row(&row)?;
+                out.insert(vm.name.clone(), vm);
+            }
+        }
+        Ok(out)
+    }
+
     /// The VM with this id, live or soft-deleted.
     pub async fn vm_by_id(&self, id: Uuid) -> Result<Option<VmRecord>, StoreError> {
         let sql = format!("{VM_SELECT} WHERE v.id = $1");
