@@ -21,7 +21,8 @@ fi
 # util-linux: prlimit, which bounds `qemu-img info` on downloaded images.
 packages=(qemu-system-x86 qemu-system-arm qemu-utils ovmf qemu-efi-aarch64
           busybox-static syslinux syslinux-common mtools dosfstools cpio kmod iproute2
-          util-linux)
+          util-linux
+          libglib2.0-0 libnuma1 liburing2 libudev1)  # qemu-ga's libraries, copied into a test guest
 # --test: also the shells the suite checks `otherix completion zsh|fish` with, and pip for
 # the OpenAPI validator (below).
 if [ "${1:-}" = --test ]; then

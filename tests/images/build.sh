@@ -11,17 +11,24 @@
 #   busybox-amd64.qcow2                the same disk as qcow2
 #   busybox-amd64-nopowerdown.qcow2    same, with otherix.ignore_powerdown=1 on
 #                                      the kernel command line (both loaders)
+#   busybox-qga-amd64.qcow2            like busybox-amd64.qcow2, plus Debian's
+#                                      qemu-guest-agent (qemu-ga and the
+#                                      libraries it links) on the virtio-serial
+#                                      port org.qemu.guest_agent.0, and eth0 at
+#                                      10.0.2.15/24 (QEMU user networking)
 #   busybox-arm64.img                  raw disk: FAT superfloppy with GRUB
 #                                      arm64-efi (UEFI only), Debian arm64
 #                                      kernel, busybox initramfs
 #   busybox-arm64.qcow2                the same disk as qcow2
 #   busybox-arm64-nopowerdown.qcow2    same, with otherix.ignore_powerdown=1
-#   SHA256SUMS                         sha256sum of the six images
+#   SHA256SUMS                         sha256sum of the seven images
 #   cache/                             downloaded .debs (kept for re-runs) and
 #                                      a private apt state for arm64 look-ups
 #
 # The guest's /init (tests/images/init.sh, the same on both architectures)
 # prints marker lines on the serial console; see tests/images/README.md.
+# The QGA guest's /init is tests/images/qga-init.sh, which starts qemu-ga in
+# the background and execs init.sh; its /sbin/shutdown is qga-shutdown.sh.
 # Needs no root except to apt-get install missing tools, no loop devices and
 # no mounts. Kernels, GRUB and the arm64 busybox are fetched with
 # `apt-get download` and unpacked with `dpkg -x`: nothing is installed on the
@@ -29,7 +36,7 @@
 # up with a private apt state under cache/apt-arm64).
 #
 # Cached: if all outputs exist and OUT_DIR/.stamp matches the hash of this
-# script and init.sh, exit 0 at once. Images are built in a temp dir inside
+# script and the guest files next to it, exit 0 at once. Images are built in a temp dir inside
 # OUT_DIR and renamed into place, and the stamp is written last, so an
 # interrupted build never leaves a half image behind a valid stamp.
 set -euo pipefail
@@ -37,6 +44,8 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 INIT_SRC="$SCRIPT_DIR/init.sh"
+QGA_INIT_SRC="$SCRIPT_DIR/qga-init.sh"
+QGA_SHUTDOWN_SRC="$SCRIPT_DIR/qga-shutdown.sh"
 OUT_DIR=${1:-"$REPO_ROOT/target/test-images"}
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -59,6 +68,7 @@ NOPOWERDOWN_ARG="otherix.ignore_powerdown=1"
 OUTPUTS=(
 	busybox-amd64.img busybox-amd64.qcow2 busybox-amd64-nopowerdown.qcow2
 	busybox-arm64.img busybox-arm64.qcow2 busybox-arm64-nopowerdown.qcow2
+	busybox-qga-amd64.qcow2
 	SHA256SUMS
 )
 STAMP="$OUT_DIR/.stamp"
@@ -72,9 +82,10 @@ print_outputs() {
 	for f in "${OUTPUTS[@]}"; do echo "$OUT_DIR/$f"; done
 }
 
-# Hash of the build recipe: this script plus the guest init it embeds.
+# Hash of the build recipe: this script plus the guest files it embeds.
 recipe_hash() {
-	cat "${BASH_SOURCE[0]}" "$INIT_SRC" | sha256sum | cut -d' ' -f1
+	cat "${BASH_SOURCE[0]}" "$INIT_SRC" "$QGA_INIT_SRC" "$QGA_SHUTDOWN_SRC" |
+		sha256sum | cut -d' ' -f1
 }
 
 cache_is_valid() {
@@ -83,7 +94,9 @@ cache_is_valid() {
 	for f in "${OUTPUTS[@]}"; do [ -s "$OUT_DIR/$f" ] || return 1; done
 }
 
-[ -f "$INIT_SRC" ] || die "missing $INIT_SRC"
+for f in "$INIT_SRC" "$QGA_INIT_SRC" "$QGA_SHUTDOWN_SRC"; do
+	[ -f "$f" ] || die "missing $f"
+done
 HASH=$(recipe_hash)
 if cache_is_valid; then
 	print_outputs
@@ -164,6 +177,11 @@ ensure_tools() {
 	# grub-mkimage (from the downloaded grub-common) links against these.
 	dpkg -s liblzma5 >/dev/null 2>&1 || missing+=(liblzma5)
 	dpkg -s libdevmapper1.02.1 >/dev/null 2>&1 || missing+=(libdevmapper1.02.1)
+	# The libraries Debian's qemu-ga links against: copied from the host into
+	# the QGA guest's initramfs (found with ldd).
+	for p in libglib2.0-0 libnuma1 liburing2 libudev1; do
+		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+	done
 	if [ "${#missing[@]}" -gt 0 ]; then
 		log "installing: ${missing[*]}"
 		apt_update "$HOST_ARCH"
@@ -220,6 +238,9 @@ resolve_kernel() {
 		awk -v re="^linux-image-[0-9].*-$1\$" '$1 == "Depends:" && $2 ~ re { print $2; exit }'
 }
 resolve_busybox() { echo busybox-static; }
+# The host's candidate (bookworm: 7.2); its Depends are the libraries that
+# ensure_tools installs on the host.
+resolve_qga() { echo qemu-guest-agent; }
 # GRUB: the newest grub-common on offer (bookworm-backports' 2.12 if the host
 # has backports: bookworm's 2.06 x86_64-efi fails with "out of memory" loading
 # the kernel under OVMF with -m 256). The platform module packages must be
@@ -268,6 +289,8 @@ fetch_deb amd64 "grub-efi-amd64-bin_$(deb_file_version "$GRUB_VER")_amd64.deb" r
 GRUB_BIN_amd64=$DEB
 fetch_deb arm64 "grub-efi-arm64-bin_$(deb_file_version "$GRUB_VER")_arm64.deb" resolve_grub_bin
 GRUB_BIN_arm64=$DEB
+fetch_deb amd64 'qemu-guest-agent_*_amd64.deb' resolve_qga
+QGA_DEB=$DEB
 
 log "extracting GRUB $GRUB_VER"
 dpkg -x "$GRUB_COMMON_DEB" "$WORK/grub"
@@ -306,6 +329,8 @@ MODULES_COMMON=(virtio_pci virtio_blk virtio_net button evdev
 	ahci ata_piix sr_mod sd_mod virtio_scsi)
 MODULES_amd64=("${MODULES_COMMON[@]}")
 MODULES_arm64=("${MODULES_COMMON[@]}" virtio_mmio gpio_keys)
+# QGA guest (amd64 only): virtio_console for the virtio-serial port.
+MODULES_qga_amd64=("${MODULES_amd64[@]}" virtio_console)
 
 CONSOLE_amd64=ttyS0
 CONSOLE_arm64=ttyAMA0
@@ -314,13 +339,13 @@ GRUB_PLATFORM_arm64=arm64-efi
 EFI_LOADER_amd64=BOOTX64.EFI
 EFI_LOADER_arm64=BOOTAA64.EFI
 
-# build_initrd ARCH KERNEL_DIR KVER BUSYBOX OUT: busybox initramfs with the
-# modules of MODULES_ARCH, as cpio newc + gzip (root-owned, sorted, fixed
-# timestamps).
+# build_initrd ARCH KERNEL_DIR KVER BUSYBOX OUT [qga]: busybox initramfs with
+# the modules of MODULES_ARCH (MODULES_qga_ARCH and qemu-ga added with qga), as
+# cpio newc + gzip (root-owned, sorted, fixed timestamps).
 build_initrd() {
-	local arch=$1 kdir=$2 kver=$3 busybox=$4 out=$5
-	local root="$WORK/$arch/initramfs" moddir="$kdir/lib/modules/$kver"
-	local -n mods="MODULES_$arch"
+	local arch=$1 kdir=$2 kver=$3 busybox=$4 out=$5 flavour=${6:-}
+	local root="$WORK/$arch/initramfs${flavour:+-$flavour}" moddir="$kdir/lib/modules/$kver"
+	local -n mods="MODULES_${flavour:+${flavour}_}$arch"
 	local m deps kind path rel applet
 	local -A seen=()
 	mkdir -p "$root"/{bin,dev,proc,sys,tmp,mnt/seed,etc/otherix,lib/modules/"$kver"}
@@ -355,11 +380,44 @@ build_initrd() {
 	done
 	ln -s bin "$root/sbin"
 	install -m 0755 "$INIT_SRC" "$root/init"
+	[ "$flavour" != qga ] || add_qga "$root"
 
 	find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 	(cd "$root" && find . -print0 | sort -z |
 		cpio --null --create --format=newc --owner=0:0 --reproducible --quiet) |
 		gzip -9 -n >"$out"
+}
+
+# add_qga ROOT: turns the initramfs at ROOT into the QGA guest's: qga-init.sh
+# as /init (init.sh moves to /etc/otherix/init.sh), qemu-ga from QGA_DEB with
+# every library ldd lists and the dynamic loader (copied from the host, same
+# paths), /sbin/shutdown for guest-shutdown, an /etc/os-release for
+# guest-get-osinfo.
+add_qga() {
+	local root=$1 x="$WORK/qga-deb" libs lib
+	[ -x "$x/usr/sbin/qemu-ga" ] || dpkg -x "$QGA_DEB" "$x"
+	[ -x "$x/usr/sbin/qemu-ga" ] || die "no usr/sbin/qemu-ga in $(basename "$QGA_DEB")"
+	mv "$root/init" "$root/etc/otherix/init.sh"
+	install -m 0755 "$QGA_INIT_SRC" "$root/init"
+	install -m 0755 "$QGA_SHUTDOWN_SRC" "$root/bin/shutdown"
+	install -D -m 0755 "$x/usr/sbin/qemu-ga" "$root/usr/sbin/qemu-ga"
+	libs=$(ldd "$x/usr/sbin/qemu-ga") || die "ldd qemu-ga failed"
+	! grep -q 'not found' <<<"$libs" || die "qemu-ga: missing host libraries: $libs"
+	for lib in $(awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' <<<"$libs"); do
+		mkdir -p "$root$(dirname "$lib")"
+		cp -L "$lib" "$root$lib"
+	done
+	mkdir -p "$root/run"
+	# Stdin of qga-init.sh's background job before devtmpfs is mounted.
+	: >"$root/dev/null"
+	cat >"$root/etc/os-release" <<EOF
+PRETTY_NAME="otherix busybox test guest with qemu-guest-agent"
+NAME="otherix-busybox-qga"
+ID=otherix-busybox-qga
+ID_LIKE=debian
+VERSION_ID="1"
+EOF
+	log "qga: qemu-ga $(dpkg-deb -f "$QGA_DEB" Version), libraries: $(awk '$2 == "=>" { printf "%s ", $1 }' <<<"$libs")"
 }
 
 # syslinux configuration; $1 = kernel command line.
@@ -387,8 +445,25 @@ boot
 EOF
 }
 
+# make_disk ARCH DIR INITRD RAW: writes the raw disk RAW with DIR/vmlinuz,
+# INITRD (a file named initrd.gz), the EFI loader and DIR/std's configs.
+make_disk() {
+	local arch=$1 dir=$2 initrd=$3 raw=$4
+	local -n loader="EFI_LOADER_$arch"
+	truncate -s "${IMG_SIZE_MIB}M" "$raw"
+	mkfs.vfat --invariant -n OTHERIXBOOT "$raw" >/dev/null
+	mcopy -m -i "$raw" "$dir/vmlinuz" "$initrd" ::/
+	mmd -i "$raw" ::/EFI ::/EFI/BOOT
+	mcopy -m -i "$raw" "$dir/$loader" "::/EFI/BOOT/$loader"
+	mcopy -m -i "$raw" "$dir/std/grub.cfg" ::/EFI/BOOT/grub.cfg
+	if [ "$arch" = amd64 ]; then
+		mcopy -m -i "$raw" "$dir/std/syslinux.cfg" ::/syslinux.cfg
+		syslinux --install "$raw"
+	fi
+}
+
 # build_arch ARCH: builds WORK/busybox-ARCH.img, .qcow2 and
-# -nopowerdown.qcow2.
+# -nopowerdown.qcow2; on amd64 also WORK/busybox-qga-amd64.qcow2.
 build_arch() {
 	local arch=$1
 	local -n kdeb="KDEB_$arch" busybox="BUSYBOX_$arch" console="CONSOLE_$arch"
@@ -403,6 +478,10 @@ build_arch() {
 	log "$arch: kernel $kver"
 	depmod -b "$dir/kernel" "$kver"
 	build_initrd "$arch" "$dir/kernel" "$kver" "$busybox" "$dir/initrd.gz"
+	if [ "$arch" = amd64 ]; then
+		mkdir -p "$dir/qga"
+		build_initrd "$arch" "$dir/kernel" "$kver" "$busybox" "$dir/qga/initrd.gz" qga
+	fi
 	cp "$dir/kernel/boot/vmlinuz-$kver" "$dir/vmlinuz"
 	rm -rf "$dir/kernel"
 
@@ -424,22 +503,14 @@ build_arch() {
 		fat part_msdos part_gpt normal linux boot gzio
 	touch -d "@$SOURCE_DATE_EPOCH" "$dir/vmlinuz" "$dir/initrd.gz" "$dir/$loader" \
 		"$dir"/std/* "$dir"/npd/*
+	[ "$arch" != amd64 ] || touch -d "@$SOURCE_DATE_EPOCH" "$dir/qga/initrd.gz"
 
 	# Raw disk: a FAT "superfloppy" (filesystem from sector 0, no partition
 	# table). UEFI firmware (OVMF/AAVMF) mounts it as a removable-media
 	# file system and runs EFI/BOOT/BOOT*.EFI. On amd64, syslinux also writes
 	# its boot code into the FAT boot sector, which SeaBIOS boots like an MBR.
 	raw="$dir/$name.img"
-	truncate -s "${IMG_SIZE_MIB}M" "$raw"
-	mkfs.vfat --invariant -n OTHERIXBOOT "$raw" >/dev/null
-	mcopy -m -i "$raw" "$dir/vmlinuz" "$dir/initrd.gz" ::/
-	mmd -i "$raw" ::/EFI ::/EFI/BOOT
-	mcopy -m -i "$raw" "$dir/$loader" "::/EFI/BOOT/$loader"
-	mcopy -m -i "$raw" "$dir/std/grub.cfg" ::/EFI/BOOT/grub.cfg
-	if [ "$arch" = amd64 ]; then
-		mcopy -m -i "$raw" "$dir/std/syslinux.cfg" ::/syslinux.cfg
-		syslinux --install "$raw"
-	fi
+	make_disk "$arch" "$dir" "$dir/initrd.gz" "$raw"
 
 	# Variant that ignores the ACPI power button (for stop-timeout tests).
 	raw_npd="$dir/$name-nopowerdown.img"
@@ -453,6 +524,13 @@ build_arch() {
 	qemu-img convert -f raw -O qcow2 "$raw_npd" "$WORK/$name-nopowerdown.qcow2"
 	mv "$raw" "$WORK/$name.img"
 	rm -f "$raw_npd"
+
+	# QGA guest: same kernel, loaders and command line, its own initramfs.
+	if [ "$arch" = amd64 ]; then
+		make_disk "$arch" "$dir" "$dir/qga/initrd.gz" "$dir/busybox-qga-$arch.img"
+		qemu-img convert -f raw -O qcow2 "$dir/busybox-qga-$arch.img" "$WORK/busybox-qga-$arch.qcow2"
+		rm -f "$dir/busybox-qga-$arch.img"
+	fi
 	log "$arch: built with kernel $kver, cmdline: $cmdline"
 }
 
@@ -460,7 +538,8 @@ build_arch amd64
 build_arch arm64
 
 (cd "$WORK" && sha256sum busybox-amd64.img busybox-amd64.qcow2 busybox-amd64-nopowerdown.qcow2 \
-	busybox-arm64.img busybox-arm64.qcow2 busybox-arm64-nopowerdown.qcow2 >SHA256SUMS)
+	busybox-arm64.img busybox-arm64.qcow2 busybox-arm64-nopowerdown.qcow2 \
+	busybox-qga-amd64.qcow2 >SHA256SUMS)
 
 # Publish: drop the stamp first, rename each output into place (atomic per
 # file, same filesystem), write the stamp last.
