@@ -13,3 +13,8 @@ UPDATE nodes SET
         WHERE v.node = nodes.name AND v.deleted_at IS NULL AND v.phase <> 'failed');
 -- `vm list --status P` pages through the VMs stored in phase P in cursor order.
 CREATE INDEX vms_phase_created ON vms (phase, created_at, id);
+-- `vm list --node N` / `--pool P` page in cursor order within the filter.
+CREATE INDEX vms_node_created ON vms (node, created_at, id);
+CREATE INDEX vms_pool_created ON vms (pool, created_at, id);
+-- A VM's tasks (retention keeps each live VM's newest task; the in-flight lookups).
+CREATE INDEX tasks_vm_created ON tasks (vm_id, created_at);

@@ -95,11 +95,14 @@ fn parse_node_grace(text: &str) -> Result<Duration, String> {
 const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The agent gateway's gRPC server: HTTP/2 PINGs drop the session of an agent that stops
-/// answering (a frozen or partitioned host) within ~5 s, so its stream is released.
+/// answering (a frozen or partitioned host) within ~20 s, the default liveness grace
+/// period, so its stream is released. A live agent heartbeats every second, so the server
+/// only pings a silent one. (Agents ping the server every 2 s / 3 s themselves, to leave a
+/// frozen replica fast.)
 fn agent_server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(2)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(3)))
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
 }
 
 #[tokio::main]

@@ -100,7 +100,7 @@ impl FakeAgent {
             .into_inner();
         let mut agent = FakeAgent { tx, rx };
         match agent.next().await {
-            server_message::Body::Registered(r) => assert_eq!(r.heartbeat_interval_ms, 5000),
+            server_message::Body::Registered(r) => assert_eq!(r.heartbeat_interval_ms, 1000),
             other => panic!("expected Registered, got {other:?}"),
         }
         agent
