@@ -92,24 +92,15 @@ fn assert_error(
 
 /// Finishes a task the way the agent would.
 async fn agent_finishes(s: &TestServer, task_id: &str, vm_id: &str, power: VmPower) {
-    s.daemon
-        .gateway
-        .apply_task_update(
-            "node-1",
-            &TaskUpdate {
-                task_id: task_id.into(),
-                state: TaskState::Succeeded as i32,
-                vm: Some(VmReport {
-                    vm_id: vm_id.into(),
-                    power: power as i32,
-                    pid: if power == VmPower::Running { 4242 } else { 0 },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    common::report_task(
+        &s.daemon,
+        "node-1",
+        task_id,
+        vm_id,
+        TaskState::Succeeded,
+        power,
+    )
+    .await;
 }
 
 #[tokio::test]

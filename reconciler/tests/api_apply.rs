@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{TaskState, TaskUpdate, VmPower, VmReport};
+use otherix_api::proto::{TaskState, VmPower};
 use otherixd::daemon::Daemon;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -88,24 +88,19 @@ fn reapply_body(vm: &Value) -> Value {
 
 /// Finishes a task the way the agent would.
 async fn agent_finishes(s: &TestServer, task: &Value, power: VmPower) {
-    s.daemon
-        .gateway
-        .apply_task_update(
-            "node-1",
-            &TaskUpdate {
-                task_id: task["id"].as_str().unwrap().into(),
-                state: TaskState::Succeeded as i32,
-                vm: Some(VmReport {
-                    vm_id: task["vm_id"].as_str().unwrap().into(),
-                    power: power as i32,
-                    pid: if power == VmPower::Running { 4242 } else { 0 },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (task_id, vm_id) = (
+        task["id"].as_str().unwrap(),
+        task["vm_id"].as_str().unwrap(),
+    );
+    common::report_task(
+        &s.daemon,
+        "node-1",
+        task_id,
+        vm_id,
+        TaskState::Succeeded,
+        power,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{TaskState, TaskUpdate, VmPower, VmReport};
+use otherix_api::proto::{TaskState, VmPower};
 use otherixd::daemon::Daemon;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -213,35 +213,12 @@ async fn agent_finishes(s: &TestServer, task: &Value) {
 
 /// The agent of the task's node reports it ended in `state`, its VM in `power`.
 async fn agent_reports(daemon: &Daemon, task: &Value, state: TaskState, power: VmPower) {
-    let failed = state == TaskState::Failed;
-    daemon
-        .gateway
-        .apply_task_update(
-            task["node"].as_str().unwrap_or("node-1"),
-            &TaskUpdate {
-                task_id: task["id"].as_str().unwrap().into(),
-                state: state as i32,
-                error_code: if failed {
-                    "qemu_failed".into()
-                } else {
-                    String::new()
-                },
-                error_message: if failed {
-                    "test: qemu exited".into()
-                } else {
-                    String::new()
-                },
-                vm: Some(VmReport {
-                    vm_id: task["vm_id"].as_str().unwrap().into(),
-                    power: power as i32,
-                    pid: if power == VmPower::Running { 4242 } else { 0 },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let node = task["node"].as_str().unwrap_or("node-1");
+    let (task_id, vm_id) = (
+        task["id"].as_str().unwrap(),
+        task["vm_id"].as_str().unwrap(),
+    );
+    common::report_task(daemon, node, task_id, vm_id, state, power).await;
 }
 
 async fn get_vm_status(app: &Router, name: &str) -> StatusCode {

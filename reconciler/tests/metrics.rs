@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{PoolPath, Register, TaskState, TaskUpdate, VmPower, VmReport};
+use otherix_api::proto::{PoolPath, Register, TaskState, VmPower};
 use prometheus_parse::{Sample, Scrape, Value as PromValue};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -61,24 +61,15 @@ async fn json_call(app: &Router, method: Method, uri: &str, body: Option<Value>)
 }
 
 async fn agent_finishes(s: &TestServer, task_id: &str, vm_id: &str, power: VmPower) {
-    s.daemon
-        .gateway
-        .apply_task_update(
-            "node-1",
-            &TaskUpdate {
-                task_id: task_id.into(),
-                state: TaskState::Succeeded as i32,
-                vm: Some(VmReport {
-                    vm_id: vm_id.into(),
-                    power: power as i32,
-                    pid: if power == VmPower::Running { 4242 } else { 0 },
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    common::report_task(
+        &s.daemon,
+        "node-1",
+        task_id,
+        vm_id,
+        TaskState::Succeeded,
+        power,
+    )
+    .await;
 }
 
 fn parse(text: &str) -> Scrape {
