@@ -21,9 +21,6 @@ use crate::store::{
     ClusterSettingsRow, ObjectTable, RefCandidates, Store, StoredObject, VmRefs, CAS_ATTEMPTS,
 };
 
-/// The name of the one cluster settings object.
-pub const CLUSTER_NAME: &str = "cluster";
-
 /// `limit` and `cursor` of the entity list routes.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
@@ -354,7 +351,7 @@ impl EntityService {
     // ---- cluster settings ----
 
     pub async fn cluster(&self) -> Result<ClusterSettings, ServiceError> {
-        Ok(cluster_api(self.store.cluster_settings().await?))
+        Ok(self.store.cluster_settings().await?.to_api())
     }
 
     /// Replaces the cluster settings; `default_pool` must name an existing pool.
@@ -375,7 +372,7 @@ impl EntityService {
             {
                 return Ok(ApplyResponse {
                     outcome: ApplyOutcome::Unchanged,
-                    object: cluster_api(current),
+                    object: current.to_api(),
                     task: None,
                 });
             }
@@ -579,18 +576,5 @@ fn firmware_api(o: StoredObject<FirmwareSpec>) -> Firmware {
         spec: o.spec,
         builtin: o.builtin,
         resource_version: o.resource_version,
-    }
-}
-
-fn cluster_api(row: ClusterSettingsRow) -> ClusterSettings {
-    ClusterSettings {
-        name: CLUSTER_NAME.to_owned(),
-        annotations: row.annotations,
-        spec: ClusterSettingsSpec {
-            default_pool: row.default_pool,
-            cpu_allocation_ratio: row.cpu_allocation_ratio,
-            memory_allocation_ratio: row.memory_allocation_ratio,
-        },
-        resource_version: row.resource_version,
     }
 }

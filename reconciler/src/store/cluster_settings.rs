@@ -30,7 +30,24 @@ pub struct ClusterSettingsRow {
     pub resource_version: i64,
 }
 
+/// The name of the one cluster settings object.
+pub const CLUSTER_NAME: &str = "cluster";
+
 impl ClusterSettingsRow {
+    /// The object as `GET /v1/cluster` shows it.
+    pub fn to_api(self) -> otherix_api::ClusterSettings {
+        otherix_api::ClusterSettings {
+            name: CLUSTER_NAME.to_owned(),
+            annotations: self.annotations,
+            spec: otherix_api::manifest::ClusterSettingsSpec {
+                default_pool: self.default_pool,
+                cpu_allocation_ratio: self.cpu_allocation_ratio,
+                memory_allocation_ratio: self.memory_allocation_ratio,
+            },
+            resource_version: self.resource_version,
+        }
+    }
+
     /// The ratios the scheduler uses (defaults where unset).
     pub fn ratios(&self) -> crate::scheduler::Ratios {
         crate::scheduler::Ratios {

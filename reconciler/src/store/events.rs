@@ -5,10 +5,8 @@
 //! commit, so events are numbered in commit order on every backend. Readers page by
 //! number and then check the `purged_through` watermark retention moves.
 
-use otherix_api::manifest::ClusterSettingsSpec;
 use otherix_api::{
-    ClusterSettings, EventKind, EventType, Firmware, Network, Node, Pool, PoolInstance, Project,
-    Task,
+    EventKind, EventType, Firmware, Network, Node, Pool, PoolInstance, Project, Task,
 };
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -288,29 +286,18 @@ pub(super) async fn project(
 
 /// The cluster settings as `GET /v1/cluster` shows them (in the transaction).
 pub(super) async fn cluster(conn: &mut AnyConnection) -> Result<Pending, StoreError> {
-    let row = super::cluster_settings::read_cluster_settings(conn).await?;
-    let api = ClusterSettings {
-        name: CLUSTER_NAME.to_owned(),
-        annotations: row.annotations,
-        spec: ClusterSettingsSpec {
-            default_pool: row.default_pool,
-            cpu_allocation_ratio: row.cpu_allocation_ratio,
-            memory_allocation_ratio: row.memory_allocation_ratio,
-        },
-        resource_version: row.resource_version,
-    };
+    let api = super::cluster_settings::read_cluster_settings(conn)
+        .await?
+        .to_api();
     Ok(Pending {
         event_type: EventType::Modified,
         kind: EventKind::Cluster,
-        name: CLUSTER_NAME.to_owned(),
+        name: super::cluster_settings::CLUSTER_NAME.to_owned(),
         project: None,
         vm: None,
         object: to_json(&api),
     })
 }
-
-/// The name of the one cluster settings object.
-const CLUSTER_NAME: &str = "cluster";
 
 /// Appends `events` in order. Call it as the transaction's last statement: it takes the
 /// `last_seq` row lock, which orders every writer's numbers by commit (and, taken last,
