@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{PoolPath, Register, TaskState, TaskUpdate, VmPower, VmReport};
+use otherix_api::proto::{Register, TaskState, TaskUpdate, VmPower, VmReport};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -23,20 +23,8 @@ const UUID: &str = "6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11";
 /// What an agent on `node` sends when it attaches, serving the `default` pool.
 fn registration(node: &str, allow_file_urls: bool) -> Register {
     Register {
-        node: node.into(),
-        host_arch: "amd64".into(),
-        guest_arches: vec!["amd64".into()],
-        accel: "tcg".into(),
-        vcpus: 64,
-        memory_mb: 262_144,
-        pools: vec![PoolPath {
-            name: "default".into(),
-            path: "/srv/default".into(),
-        }],
-        agent_version: "test".into(),
-        vms: vec![],
         allow_file_urls,
-        firmware_dirs: vec![],
+        ..common::registration(node, 64, 262_144)
     }
 }
 

@@ -4,7 +4,6 @@
 //! this file: without a token every route is 401, a viewer on any mutating route is 403, a
 //! member of another project gets 404 for every project-scoped route.
 
-use otherix_api::proto::{PoolPath, Register};
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -94,22 +93,7 @@ async fn server() -> (TestServer, Api) {
     let s = open(tempfile::tempdir().unwrap()).await;
     s.daemon
         .gateway
-        .register(&Register {
-            node: "node-1".into(),
-            host_arch: "amd64".into(),
-            guest_arches: vec!["amd64".into()],
-            accel: "tcg".into(),
-            vcpus: 64,
-            memory_mb: 262_144,
-            pools: vec![PoolPath {
-                name: "default".into(),
-                path: "/srv/default".into(),
-            }],
-            agent_version: "test".into(),
-            vms: vec![],
-            allow_file_urls: false,
-            firmware_dirs: vec![],
-        })
+        .register(&common::registration("node-1", 64, 262_144))
         .await
         .unwrap();
     let api = serve(&s).await;

@@ -22,12 +22,7 @@ async fn open() -> TestServer {
 
 fn registration(pools: &[(&str, &str)]) -> Register {
     Register {
-        node: "node-1".into(),
-        host_arch: "amd64".into(),
         guest_arches: vec!["amd64".into(), "arm64".into()],
-        accel: "tcg".into(),
-        vcpus: 64,
-        memory_mb: 262_144,
         pools: pools
             .iter()
             .map(|(n, p)| PoolPath {
@@ -35,10 +30,7 @@ fn registration(pools: &[(&str, &str)]) -> Register {
                 path: (*p).into(),
             })
             .collect(),
-        agent_version: "test".into(),
-        allow_file_urls: false,
-        firmware_dirs: vec![],
-        vms: vec![],
+        ..common::registration("node-1", 64, 262_144)
     }
 }
 

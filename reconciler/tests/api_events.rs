@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{PoolPath, Register, TaskState, VmPower};
+use otherix_api::proto::{Register, TaskState, VmPower};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -18,22 +18,7 @@ mod common;
 use common::{open, with_token, TestServer};
 
 fn registration(node: &str) -> Register {
-    Register {
-        node: node.into(),
-        host_arch: "amd64".into(),
-        guest_arches: vec!["amd64".into()],
-        accel: "tcg".into(),
-        vcpus: 64,
-        memory_mb: 262_144,
-        pools: vec![PoolPath {
-            name: "default".into(),
-            path: "/srv/default".into(),
-        }],
-        agent_version: "test".into(),
-        vms: vec![],
-        allow_file_urls: false,
-        firmware_dirs: vec![],
-    }
+    common::registration(node, 64, 262_144)
 }
 
 async fn server_with_node() -> TestServer {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::fresh_database_url;
-use otherix_api::proto::{PoolPath, Register};
+use otherix_api::proto::Register;
 use otherix_api::{Arch, CreateVmRequest, NodeStatus, TaskKind, TaskStatus, VmPhase, VmSpec};
 use otherixd::daemon::{Daemon, DaemonOptions};
 use otherixd::leader::LeaseTiming;
@@ -19,22 +19,7 @@ fn postgres() -> bool {
 }
 
 fn registration() -> Register {
-    Register {
-        node: "node-1".into(),
-        host_arch: "amd64".into(),
-        guest_arches: vec!["amd64".into()],
-        accel: "tcg".into(),
-        vcpus: 8,
-        memory_mb: 8192,
-        pools: vec![PoolPath {
-            name: "default".into(),
-            path: "/srv/default".into(),
-        }],
-        agent_version: "test".into(),
-        vms: vec![],
-        allow_file_urls: false,
-        firmware_dirs: vec![],
-    }
+    common::registration("node-1", 8, 8192)
 }
 
 fn fast() -> DaemonOptions {

@@ -10,7 +10,6 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{PoolPath, Register};
 use otherixd::daemon::Daemon;
 use otherixd::store::CAS_ATTEMPTS;
 use serde_json::{json, Value};
@@ -366,22 +365,7 @@ async fn cluster_settings_if_match_stale_409_concurrent_one_wins_agent_default_p
 async fn register_node(s: &TestServer) {
     s.daemon
         .gateway
-        .register(&Register {
-            node: "node-1".into(),
-            host_arch: "amd64".into(),
-            guest_arches: vec!["amd64".into()],
-            accel: "tcg".into(),
-            vcpus: 8,
-            memory_mb: 8192,
-            pools: vec![PoolPath {
-                name: "default".into(),
-                path: "/srv/default".into(),
-            }],
-            agent_version: "test".into(),
-            allow_file_urls: false,
-            vms: vec![],
-            firmware_dirs: vec![],
-        })
+        .register(&common::registration("node-1", 8, 8192))
         .await
         .unwrap();
 }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use otherix_api::proto::{PoolPath, Register};
 use otherix_api::{Arch, CreateVmRequest, VmSpec};
 use otherixd::retention::{purge_expired, RetentionPolicy};
 use sqlx::{Connection, Executor};
@@ -21,20 +20,7 @@ async fn retention_purges_old_rows_in_batches_and_keeps_live_vms_newest_task() {
     let s = common::open(tempfile::tempdir().unwrap()).await;
     s.daemon
         .gateway
-        .register(&Register {
-            node: "node-1".into(),
-            host_arch: "amd64".into(),
-            guest_arches: vec!["amd64".into()],
-            accel: "tcg".into(),
-            vcpus: 64,
-            memory_mb: 262_144,
-            pools: vec![PoolPath {
-                name: "default".into(),
-                path: "/srv/default".into(),
-            }],
-            agent_version: "test".into(),
-            ..Default::default()
-        })
+        .register(&common::registration("node-1", 64, 262_144))
         .await
         .unwrap();
     let vms = &s.daemon.state.vms;

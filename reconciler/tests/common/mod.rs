@@ -155,29 +155,33 @@ pub async fn reopen(dir: tempfile::TempDir, database_url: String) -> TestServer 
     }
 }
 
+/// What an amd64 agent on `node` (amd64 guests, `vcpus` cores, `memory_mb` of memory)
+/// sends when it attaches, serving the `default` pool at /srv/default, with no VMs.
+pub fn registration(node: &str, vcpus: u32, memory_mb: u64) -> otherix_api::proto::Register {
+    otherix_api::proto::Register {
+        node: node.into(),
+        host_arch: "amd64".into(),
+        guest_arches: vec!["amd64".into()],
+        accel: "tcg".into(),
+        vcpus,
+        memory_mb,
+        pools: vec![otherix_api::proto::PoolPath {
+            name: "default".into(),
+            path: "/srv/default".into(),
+        }],
+        agent_version: "test".into(),
+        allow_file_urls: false,
+        firmware_dirs: vec![],
+        vms: vec![],
+    }
+}
+
 /// Registers a ready amd64 node `name` (guests amd64 and arm64) serving the `default` pool
 /// (no agent stream).
 pub async fn register_node(daemon: &Daemon, name: &str, vcpus: u32, memory_mb: u64) {
-    daemon
-        .gateway
-        .register(&otherix_api::proto::Register {
-            node: name.into(),
-            host_arch: "amd64".into(),
-            guest_arches: vec!["amd64".into(), "arm64".into()],
-            accel: "tcg".into(),
-            vcpus,
-            memory_mb,
-            pools: vec![otherix_api::proto::PoolPath {
-                name: "default".into(),
-                path: "/srv/default".into(),
-            }],
-            agent_version: "test".into(),
-            allow_file_urls: false,
-            firmware_dirs: vec![],
-            vms: vec![],
-        })
-        .await
-        .unwrap();
+    let mut reg = registration(name, vcpus, memory_mb);
+    reg.guest_arches.push("arm64".into());
+    daemon.gateway.register(&reg).await.unwrap();
 }
 
 /// One JSON request through `app`: the status and the body (as JSON, else as a string).
