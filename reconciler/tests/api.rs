@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 mod common;
+use common::agent_finishes;
 use common::{open, reopen, TestServer};
 
 const UUID: &str = "6f1c1a8e-3f3a-4b7e-9a55-0c4b4f0f9d11";
@@ -76,19 +77,6 @@ fn assert_error(
     assert_eq!(v["error"]["code"], code, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains(fragment), "message {msg:?} lacks {fragment:?}");
-}
-
-/// Finishes a task the way the agent would.
-async fn agent_finishes(s: &TestServer, task_id: &str, vm_id: &str, power: VmPower) {
-    common::report_task(
-        &s.daemon,
-        "node-1",
-        task_id,
-        vm_id,
-        TaskState::Succeeded,
-        power,
-    )
-    .await;
 }
 
 #[tokio::test]

@@ -2,14 +2,11 @@
 //! file through `Router::oneshot`; agent results are fed through the gateway's own entry
 //! point (`apply_task_update`).
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
 use otherix_api::proto::{TaskState, VmPower};
 use otherixd::daemon::Daemon;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 mod common;
 use common::TestServer;
@@ -35,18 +32,7 @@ async fn call(
     uri: &str,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(Body::from(body.map(Value::to_string).unwrap_or_default()))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, value)
+    common::call_json(app, method, uri, body).await
 }
 
 async fn put(app: &Router, name: &str, body: &Value) -> (StatusCode, Value) {

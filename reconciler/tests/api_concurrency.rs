@@ -5,14 +5,11 @@
 //! VM locks), so only the database can keep them apart. SQLite by default; PostgreSQL when
 //! `OTHERIXD_TEST_POSTGRES_URL` is set.
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
 use otherix_api::proto::{TaskState, VmPower};
 use otherixd::daemon::Daemon;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 mod common;
 use common::TestServer;
@@ -45,22 +42,7 @@ async fn call(
     headers: &[(&str, String)],
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, v.as_str());
-    }
-    let req = req
-        .body(Body::from(body.map(Value::to_string).unwrap_or_default()))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, value)
+    common::call_json_with(app, method, uri, headers, body).await
 }
 
 fn spec() -> Value {

@@ -10,11 +10,12 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{Register, TaskState, VmPower};
+use otherix_api::proto::{Register, VmPower};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 mod common;
+use common::agent_finishes;
 use common::{open, with_token, TestServer};
 
 fn registration(node: &str) -> Register {
@@ -32,18 +33,7 @@ async fn server_with_node() -> TestServer {
 }
 
 async fn call(app: &Router, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, value)
+    common::call_json(app, method, uri, body.as_ref()).await
 }
 
 async fn ok(app: &Router, method: Method, uri: &str, body: Option<Value>) -> Value {
@@ -54,18 +44,6 @@ async fn ok(app: &Router, method: Method, uri: &str, body: Option<Value>) -> Val
 
 fn vm_body(name: &str) -> Value {
     json!({"name": name, "spec": {"image_url": "http://127.0.0.1:9/img.qcow2", "arch": "amd64"}})
-}
-
-async fn agent_finishes(s: &TestServer, task_id: &str, vm_id: &str, power: VmPower) {
-    common::report_task(
-        &s.daemon,
-        "node-1",
-        task_id,
-        vm_id,
-        TaskState::Succeeded,
-        power,
-    )
-    .await;
 }
 
 /// An open `GET /v1/events` response, read line by line.

@@ -6,14 +6,11 @@
 //! without `If-Match` a writer that loses the race retries on a fresh read. SQLite by
 //! default; PostgreSQL when `OTHERIXD_TEST_POSTGRES_URL` is set.
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
-use http_body_util::BodyExt;
 use otherixd::daemon::Daemon;
 use otherixd::store::CAS_ATTEMPTS;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 mod common;
 use common::TestServer;
@@ -40,22 +37,11 @@ async fn call(
     if_match: Option<i64>,
     body: Option<&Value>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json");
-    if let Some(v) = if_match {
-        req = req.header("if-match", v.to_string());
-    }
-    let req = req
-        .body(Body::from(body.map(Value::to_string).unwrap_or_default()))
-        .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    (status, value)
+    let headers: Vec<(&str, String)> = if_match
+        .map(|v| ("if-match", v.to_string()))
+        .into_iter()
+        .collect();
+    common::call_json_with(app, method, uri, &headers, body).await
 }
 
 fn version(v: &Value) -> i64 {

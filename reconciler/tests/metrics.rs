@@ -9,13 +9,14 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use otherix_api::proto::{Register, TaskState, VmPower};
+use otherix_api::proto::{Register, VmPower};
 use prometheus_parse::{Sample, Scrape, Value as PromValue};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 mod common;
-use common::{open, with_token, TestServer};
+use common::agent_finishes;
+use common::{open, with_token};
 
 fn registration(node: &str) -> Register {
     common::registration(node, 64, 262_144)
@@ -43,18 +44,6 @@ async fn json_call(app: &Router, method: Method, uri: &str, body: Option<Value>)
     let (status, text) = call(app, method, uri, body).await;
     assert!(status.is_success(), "{status}: {text}");
     serde_json::from_str(&text).unwrap()
-}
-
-async fn agent_finishes(s: &TestServer, task_id: &str, vm_id: &str, power: VmPower) {
-    common::report_task(
-        &s.daemon,
-        "node-1",
-        task_id,
-        vm_id,
-        TaskState::Succeeded,
-        power,
-    )
-    .await;
 }
 
 fn parse(text: &str) -> Scrape {

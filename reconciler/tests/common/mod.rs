@@ -191,11 +191,26 @@ pub async fn call_json(
     uri: &str,
     body: Option<&serde_json::Value>,
 ) -> (axum::http::StatusCode, serde_json::Value) {
+    call_json_with(app, method, uri, &[], body).await
+}
+
+/// [`call_json`] with extra request headers (`If-Match`, `Idempotency-Key`, ...).
+pub async fn call_json_with(
+    app: &Router,
+    method: axum::http::Method,
+    uri: &str,
+    headers: &[(&str, String)],
+    body: Option<&serde_json::Value>,
+) -> (axum::http::StatusCode, serde_json::Value) {
     use http_body_util::BodyExt;
-    let req = axum::http::Request::builder()
+    let mut req = axum::http::Request::builder()
         .method(method)
         .uri(uri)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let req = req
         .body(axum::body::Body::from(
             body.map(serde_json::Value::to_string).unwrap_or_default(),
         ))
@@ -250,4 +265,15 @@ pub async fn report_task(
         )
         .await
         .unwrap();
+}
+
+/// The agent on node-1 reports task `task_id` of VM `vm_id` succeeded, its VM in `power`.
+pub async fn agent_finishes(
+    s: &TestServer,
+    task_id: &str,
+    vm_id: &str,
+    power: otherix_api::proto::VmPower,
+) {
+    let ok = otherix_api::proto::TaskState::Succeeded;
+    report_task(&s.daemon, "node-1", task_id, vm_id, ok, power).await;
 }
