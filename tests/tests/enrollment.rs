@@ -333,7 +333,14 @@ fn mtls_agent_runs_a_vm_and_reattaches_after_restarts() {
     });
     let agent_log = log(&cluster, "agent-node-1");
     assert_eq!(agent_log.matches("enrolled node node-1").count(), 1);
-    assert!(!agent_log.contains("refused"), "{agent_log}");
+    // Neither side refused the stored certificate. (While the server restarts, the agent's
+    // reconnects may meet a closed port: "Connection refused" is TCP, not a refusal.)
+    let refusals: Vec<&str> = agent_log
+        .lines()
+        .filter(|l| l.contains("refused") && !l.contains("Connection refused"))
+        .collect();
+    assert!(refusals.is_empty(), "{refusals:#?}\n{agent_log}");
+    assert!(!log(&cluster, "otherixd").contains("agent refused"));
 }
 
 #[test]
