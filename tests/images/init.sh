@@ -225,6 +225,17 @@ else
 	done
 fi
 
+# --- 5a. a shell on the serial console (`otherix vm console`) ----------------
+# setsid + cttyhack give it the console as its controlling tty; respawned when it
+# exits (Ctrl-D, `exit`). Input typed before it reads waits in the tty's buffer.
+console_shell() {
+	while :; do
+		setsid cttyhack sh -i
+		sleep 1
+	done
+}
+console_shell </dev/console >/dev/console 2>&1 &
+
 # --- 5. ready marker ----------------------------------------------------------
 echo "OTHERIX-TEST-GUEST-READY"
 
