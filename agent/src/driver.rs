@@ -121,6 +121,14 @@ pub trait VmDriver: Send + Sync + 'static {
         prune: bool,
     ) -> impl Future<Output = Result<Vec<CachedImageInfo>, ApiError>> + Send;
 
+    /// The unix socket of the VM's serial port (`vm console`); `conflict` when the VM is
+    /// not running. Drivers without consoles (the simulated node) keep this default.
+    fn console_socket(&self, vm_id: Uuid) -> Result<PathBuf, ApiError> {
+        Err(ApiError::conflict(format!(
+            "vm {vm_id}: this node has no serial consoles"
+        )))
+    }
+
     /// pause / resume / reset; `conflict` when the VM is not in a state for it.
     fn sync_op(
         &self,

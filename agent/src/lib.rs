@@ -10,6 +10,7 @@
 pub mod atomic_file;
 pub mod boot_setup;
 pub mod cloud_init;
+pub mod console;
 pub mod disk;
 pub mod driver;
 pub mod enroll;

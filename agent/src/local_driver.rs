@@ -254,6 +254,7 @@ impl LocalDriver {
     /// Removes files a dead QEMU may leave behind.
     fn clear_stale_runtime_files(run: &RunDir) {
         let _ = std::fs::remove_file(run.qmp_socket());
+        let _ = std::fs::remove_file(run.console_socket());
         let _ = std::fs::remove_file(run.pidfile());
     }
 
@@ -283,13 +284,14 @@ impl LocalDriver {
                 format!("cannot create run dir {}: {e}", run.path.display()),
             )
         })?;
-        let socket_len = run.qmp_socket().as_os_str().len();
+        // The console socket has the longest name of the VM's sockets.
+        let socket_len = run.console_socket().as_os_str().len();
         if socket_len > MAX_SOCKET_PATH {
             return Err(ApiError::new(
                 ErrorCode::QemuFailed,
                 format!(
-                    "QMP socket path {} is {socket_len} bytes, over the {MAX_SOCKET_PATH}-byte unix socket limit; use a shorter --data-dir",
-                    run.qmp_socket().display()
+                    "console socket path {} is {socket_len} bytes, over the {MAX_SOCKET_PATH}-byte unix socket limit; use a shorter --data-dir",
+                    run.console_socket().display()
                 ),
             ));
         }
@@ -323,6 +325,7 @@ impl LocalDriver {
             disk_format: disk.format,
             pidfile: run.pidfile(),
             qmp_socket: run.qmp_socket(),
+            console_socket: run.console_socket(),
             serial_log: run.serial_log(),
             seed: boot.seed.clone(),
             firmware: boot.firmware.clone(),
@@ -730,6 +733,16 @@ impl VmDriver for LocalDriver {
             .await
             .map_err(|e| api_err(ErrorCode::Internal, e))?
             .map_err(|e| api_err(ErrorCode::Internal, error_chain(&e)))
+    }
+
+    fn console_socket(&self, vm_id: Uuid) -> Result<std::path::PathBuf, ApiError> {
+        let run = self.registry.run_dir(vm_id);
+        match self.live_pid(&run) {
+            Some(_) => Ok(run.console_socket()),
+            None => Err(ApiError::conflict(format!(
+                "vm {vm_id} is not running on this node; its console opens when it runs"
+            ))),
+        }
     }
 
     async fn pool_images(&self, pool: &str, prune: bool) -> Result<Vec<CachedImageInfo>, ApiError> {

@@ -1,7 +1,8 @@
 //! The VM's serial console log, size-capped and readable by logical offset.
 //!
-//! QEMU appends to `serial.log` (file chardev with `append=on`, so its writes always land
-//! at the current end of the file). When the file grows past the cap, the agent copies it
+//! QEMU appends to `serial.log` (the serial socket chardev's `logfile=` with
+//! `logappend=on`, opened `O_APPEND`, so its writes always land at the current end of the
+//! file, whether or not a console is attached). When the file grows past the cap, the agent copies it
 //! to `serial.log.1` (replacing the older part) and truncates `serial.log` in place, which
 //! QEMU keeps writing to without a restart. `serial.log.base` holds the logical offset of
 //! `serial.log`'s first byte, so offsets grow monotonically across rotations and boots:

@@ -13,7 +13,9 @@ use otherix_api::proto::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
+use crate::console::Consoles;
 use crate::driver::VmDriver;
 use crate::enroll::{self, EnrollError};
 use crate::epoch_fence::EpochFence;
@@ -54,6 +56,39 @@ pub enum Transport {
     Plain,
     /// `https://`: mTLS with the node certificate, the server pinned to the cluster CA.
     Tls(Arc<rustls::ClientConfig>),
+}
+
+impl Transport {
+    /// A gateway client for `url` (the session's server, or a replica asking for a
+    /// console stream).
+    pub async fn dial(&self, url: &str) -> Result<AgentGatewayClient<Channel>, SessionError> {
+        let url = url.to_owned();
+        match self {
+            Transport::Plain => {
+                let endpoint =
+                    tonic::transport::Endpoint::from_shared(url.clone()).map_err(|source| {
+                        SessionError::Connect {
+                            url: url.clone(),
+                            source,
+                        }
+                    })?;
+                let channel = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    enroll::gateway_endpoint(endpoint).connect(),
+                )
+                .await
+                .map_err(|_| SessionError::ConnectTimeout(url.clone()))?
+                .map_err(|source| SessionError::Connect { url, source })?;
+                Ok(AgentGatewayClient::new(channel))
+            }
+            Transport::Tls(config) => Ok(tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                enroll::connect(&url, config.clone()),
+            )
+            .await
+            .map_err(|_| SessionError::ConnectTimeout(url.clone()))??),
+        }
+    }
 }
 
 /// What the agent tells the server about its node.
@@ -155,6 +190,7 @@ pub async fn run<D: VmDriver>(
 ) {
     let mut failover = Failover::new(servers);
     let epochs = EpochFence::default();
+    let consoles = Consoles::default();
     loop {
         let server = failover.current().to_owned();
         let session = Session {
@@ -165,6 +201,7 @@ pub async fn run<D: VmDriver>(
             driver: &driver,
             outbox: &outbox,
             epochs: &epochs,
+            consoles: &consoles,
         };
         match session.attach(&mut outbox_rx, &mut failover).await {
             Ok(()) => tracing::warn!(server, "server closed the gateway stream"),
@@ -200,6 +237,7 @@ struct Session<'a, D> {
     driver: &'a Arc<D>,
     outbox: &'a Outbox,
     epochs: &'a EpochFence,
+    consoles: &'a Consoles,
 }
 
 fn now_ms() -> u64 {
@@ -248,31 +286,7 @@ impl<D: VmDriver> Session<'_, D> {
         // and the server redelivers unfinished tasks, whose final updates are re-sent.
         while outbox_rx.try_recv().is_ok() {}
 
-        let url = self.server.to_string();
-        let mut client = match self.transport {
-            Transport::Plain => {
-                let endpoint =
-                    tonic::transport::Endpoint::from_shared(url.clone()).map_err(|source| {
-                        SessionError::Connect {
-                            url: url.clone(),
-                            source,
-                        }
-                    })?;
-                let channel = tokio::time::timeout(
-                    CONNECT_TIMEOUT,
-                    enroll::gateway_endpoint(endpoint).connect(),
-                )
-                .await
-                .map_err(|_| SessionError::ConnectTimeout(url.clone()))?
-                .map_err(|source| SessionError::Connect { url, source })?;
-                AgentGatewayClient::new(channel)
-            }
-            Transport::Tls(config) => {
-                tokio::time::timeout(CONNECT_TIMEOUT, enroll::connect(&url, config.clone()))
-                    .await
-                    .map_err(|_| SessionError::ConnectTimeout(url.clone()))??
-            }
-        };
+        let mut client = self.transport.dial(self.server).await?;
         let (tx, rx) = mpsc::channel::<AgentMessage>(256);
         tx.send(self.register_message().await)
             .await
@@ -340,6 +354,22 @@ impl<D: VmDriver> Session<'_, D> {
                 self.executor.assign(task);
             }
             Some(server_message::Body::Cancel(cancel)) => self.executor.cancel(&cancel.task_id),
+            Some(server_message::Body::SyncRequest(request)) if request.op == "console" => {
+                let opener = crate::console::Opener {
+                    consoles: self.consoles.clone(),
+                    transport: self.transport.clone(),
+                    server: self.server.to_owned(),
+                };
+                let socket = crate::console::parse_vm_id(&request.vm_id)
+                    .and_then(|id| self.driver.console_socket(id));
+                let outbox = self.outbox.clone();
+                tokio::spawn(async move {
+                    let reply = opener.open(request, socket).await;
+                    outbox
+                        .send_wait(agent_message::Body::SyncReply(reply))
+                        .await;
+                });
+            }
             Some(server_message::Body::SyncRequest(request)) => {
                 let executor = self.executor.clone();
                 let outbox = self.outbox.clone();

@@ -20,6 +20,8 @@ pub const QMP_SOCKET: &str = "qmp.sock";
 pub const PIDFILE: &str = "qemu.pid";
 /// The guest's serial console.
 pub const SERIAL_LOG: &str = "serial.log";
+/// QEMU's serial port socket (the console hub connects to it).
+pub const CONSOLE_SOCKET: &str = "console.sock";
 /// QEMU's own stdout/stderr from launch.
 pub const QEMU_LOG: &str = "qemu.log";
 /// Present when the VM's last QEMU ended because the guest powered itself off cleanly
@@ -71,6 +73,9 @@ impl RunDir {
     }
     pub fn pidfile(&self) -> PathBuf {
         self.path.join(PIDFILE)
+    }
+    pub fn console_socket(&self) -> PathBuf {
+        self.path.join(CONSOLE_SOCKET)
     }
     pub fn serial_log(&self) -> PathBuf {
         self.path.join(SERIAL_LOG)

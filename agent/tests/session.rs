@@ -35,6 +35,16 @@ struct FakeGateway {
 #[tonic::async_trait]
 impl AgentGateway for FakeGateway {
     type AttachStream = ReceiverStream<Result<ServerMessage, tonic::Status>>;
+    type ConsoleStream = ReceiverStream<Result<otherix_api::proto::ConsoleFrame, tonic::Status>>;
+
+    async fn console(
+        &self,
+        _request: tonic::Request<tonic::Streaming<otherix_api::proto::ConsoleFrame>>,
+    ) -> Result<tonic::Response<Self::ConsoleStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented(
+            "the fake gateway has no consoles",
+        ))
+    }
 
     async fn enroll(
         &self,

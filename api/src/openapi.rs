@@ -34,6 +34,8 @@ pub enum Answer {
     Empty,
     /// `text/plain` (health) or the Prometheus text format.
     Text(&'static str),
+    /// 101 Switching Protocols to a WebSocket carrying what the text says.
+    WebSocket(&'static str),
 }
 
 /// A query parameter: name, JSON type, description.
@@ -140,6 +142,24 @@ const LOGS: &[Param] = &[
     ),
 ];
 
+const CONSOLE: &[Param] = &[
+    (
+        "read_only",
+        "boolean",
+        "attach as a reader: any number may, besides the one writer (viewers may only read)",
+    ),
+    (
+        "force",
+        "boolean",
+        "attach as the writer even if there is one (it is disconnected)",
+    ),
+    (
+        "project",
+        "string",
+        "the project (admins: any; others: their own)",
+    ),
+];
+
 const fn op(
     method: &'static str,
     path: &'static str,
@@ -160,7 +180,7 @@ const fn op(
 
 /// Every operation of the API (the router's routes; a test keeps the two equal).
 pub fn operations() -> Vec<Operation> {
-    use Answer::{Empty, Json, Text};
+    use Answer::{Empty, Json, Text, WebSocket};
     let vm_op = |method, path, summary| {
         op(
             method,
@@ -295,6 +315,14 @@ pub fn operations() -> Vec<Operation> {
             LOGS,
             None,
             Json(200, s::<LogChunk>),
+        ),
+        op(
+            "get",
+            "/v1/vms/{name}/console",
+            "Attach to the serial console (WebSocket)",
+            CONSOLE,
+            None,
+            WebSocket("the serial port's bytes both ways (binary messages; a read-only session's input is dropped); the server closes with the reason when the console ends"),
         ),
         op(
             "get",
@@ -625,6 +653,12 @@ fn operation(o: &Operation, gen: &mut SchemaGenerator, error: &Value) -> Value {
         }
         Answer::Empty => {
             responses.insert("204".into(), json!({"description": "done"}));
+        }
+        Answer::WebSocket(what) => {
+            responses.insert(
+                "101".into(),
+                json!({"description": format!("Switching Protocols: a WebSocket carrying {what}")}),
+            );
         }
         Answer::Text(media) => {
             responses.insert(

@@ -229,6 +229,7 @@ fn raw_launch(
         disk_format: DiskImageFormat::Qcow2,
         pidfile: pidfile.clone(),
         qmp_socket: dir.join(format!("qmp-{i}.sock")),
+        console_socket: dir.join(format!("console-{i}.sock")),
         serial_log: dir.join(format!("serial-{i}.log")),
         seed: None,
         firmware: BootFirmware::Bios,

@@ -127,6 +127,8 @@ pub enum VmCommand {
     Get(VmGetArgs),
     /// Print a VM's serial console log.
     Logs(VmLogsArgs),
+    /// Attach the terminal to a VM's serial console (detach with Ctrl-]).
+    Console(VmConsoleArgs),
     /// Boot a stopped VM (async).
     Start(AsyncOpArgs),
     /// Gracefully shut a VM down via ACPI (async); --force powers it off.
@@ -407,6 +409,19 @@ pub struct VmLogsArgs {
     /// Keep printing new output until interrupted.
     #[arg(short, long)]
     pub follow: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VmConsoleArgs {
+    /// VM name.
+    pub name: String,
+    /// Only watch: typed keys (but Ctrl-]) are not sent. Any number of readers may attach
+    /// besides the one writer; a viewer token can only attach read-only.
+    #[arg(long, conflicts_with = "force")]
+    pub read_only: bool,
+    /// Become the writer even if someone else is (they are disconnected).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Args)]

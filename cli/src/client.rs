@@ -186,6 +186,8 @@ pub struct Client {
     project: Option<String>,
     /// The pin and where its verifier reports a mismatch.
     pinned: Option<(Pin, MismatchSlot)>,
+    /// `Authorization: Bearer` of every request (also sent by the console's WebSocket).
+    token: Option<String>,
 }
 
 impl Client {
@@ -232,6 +234,7 @@ impl Client {
             http,
             project: opts.project,
             pinned,
+            token: opts.token.clone(),
         })
     }
 
@@ -652,17 +655,40 @@ impl Client {
             return Ok((route, resp));
         }
         let body = resp.text().map_err(|e| unreachable(Box::new(e)))?;
-        Err(match serde_json::from_str::<WireEnvelope>(&body) {
+        Err(self.error_answer(status, &body))
+    }
+
+    /// The error an answer with a failure `status` and `body` means: `Api` with its
+    /// envelope, else `Unreachable` quoting the body.
+    pub fn error_answer(&self, status: reqwest::StatusCode, body: &str) -> ClientError {
+        match serde_json::from_str::<WireEnvelope>(body) {
             Ok(env) => ClientError::Api {
                 status: status.as_u16(),
                 code: env.error.code,
                 message: env.error.message,
             },
-            Err(_) => unreachable(Box::new(BadStatus {
-                status,
-                body: quote_body(&body),
-            })),
-        })
+            Err(_) => ClientError::Unreachable {
+                server: self.server.clone(),
+                source: Box::new(BadStatus {
+                    status,
+                    body: quote_body(body),
+                }),
+            },
+        }
+    }
+
+    /// The bearer token requests carry, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The TLS settings requests to an `https://` server use: the pinned CA, or the
+    /// built-in roots.
+    pub fn tls_config(&self) -> Result<rustls::ClientConfig, ClientError> {
+        match &self.pinned {
+            Some((pin, _)) => Ok(tls::pinned_config(pin).map_err(ClientError::Trust)?.0),
+            None => tls::webpki_config().map_err(ClientError::Trust),
+        }
     }
 
     /// Decodes a success answer as what its route returns.

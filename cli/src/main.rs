@@ -11,6 +11,7 @@ mod cli;
 mod client;
 mod commands;
 mod config;
+mod console_socket;
 mod event_stream;
 mod http_target;
 mod output;

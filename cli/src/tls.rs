@@ -233,6 +233,19 @@ fn builder() -> Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier
         .map_err(TlsError::Setup)
 }
 
+/// A client config that trusts the built-in web PKI roots (an `https://` server with a
+/// publicly trusted certificate and no pinned CA).
+pub fn webpki_config() -> Result<ClientConfig, TlsError> {
+    let roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let mut config = builder()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// A client config that accepts only chains signed up to `pin`'s CA; a CA with another
 /// fingerprint fails the handshake and is recorded in the returned slot.
 pub fn pinned_config(pin: &Pin) -> Result<(ClientConfig, MismatchSlot), TlsError> {

@@ -81,6 +81,9 @@ pub struct DaemonOptions {
     pub lease: LeaseTiming,
     /// Node liveness grace period (`--node-grace-period`, 20 s by default).
     pub liveness: crate::gateway::Liveness,
+    /// This replica's agent gateway URL as agents reach it, for console streams
+    /// (`--agent-advertise-url`); empty: agents dial the server they are attached to.
+    pub agent_advertise_url: String,
 }
 
 impl Daemon {
@@ -134,6 +137,12 @@ impl Daemon {
         ));
         let cluster = Arc::new(ClusterService::new(store.clone()));
         let state = AppState {
+            console: Arc::new(crate::service::console::ConsoleService::new(
+                store.clone(),
+                relay.clone(),
+                gateway.consoles().clone(),
+                opts.agent_advertise_url.clone(),
+            )),
             metrics,
             events: Arc::new(EventService::new(store.clone())),
             apply: Arc::new(ApplyService::new(

@@ -71,6 +71,12 @@ struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The URL agents reach this replica's gateway at, for the console streams they dial
+    /// back (with several replicas, the agent of a VM may be attached to another one).
+    /// Default: https://AGENT-LISTEN-ADDRESS, or, when that is 0.0.0.0 / [::], none
+    /// (agents then dial the server they are attached to, right on a single replica).
+    #[arg(long, env = "OTHERIXD_AGENT_ADVERTISE_URL", value_name = "URL")]
+    agent_advertise_url: Option<String>,
     /// Serve both listeners in plain HTTP with agents identified by name (tests only).
     /// Refused unless --listen and --agent-listen are loopback addresses.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_san"])]
@@ -165,6 +171,18 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("otherixd: CA fingerprint {}", pki.ca_fingerprint());
         Some(Arc::new(pki))
     };
+    let http = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    let agents = tokio::net::TcpListener::bind(args.agent_listen)
+        .await
+        .with_context(|| format!("binding --agent-listen {}", args.agent_listen))?;
+    let agent_advertise_url = otherixd::service::console::advertise_url(
+        args.agent_advertise_url.as_deref(),
+        pki.is_some(),
+        agents.local_addr()?,
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut daemon = Daemon::from_store(
         store,
         DaemonOptions {
@@ -178,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
             liveness: Liveness {
                 grace: args.node_grace_period,
             },
+            agent_advertise_url,
             ..Default::default()
         },
     );
@@ -189,12 +208,6 @@ async fn main() -> anyhow::Result<()> {
     {
         eprintln!("otherixd: admin token written to {}", path.display());
     }
-    let http = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding --listen {}", args.listen))?;
-    let agents = tokio::net::TcpListener::bind(args.agent_listen)
-        .await
-        .with_context(|| format!("binding --agent-listen {}", args.agent_listen))?;
     let scheme = if pki.is_some() { "https" } else { "http" };
     eprintln!(
         "otherixd: api {scheme}://{}, agents {scheme}://{}, data {}",

@@ -276,6 +276,39 @@ async fn every_route_needs_a_token_viewers_cannot_write_other_projects_are_404()
         )
         .await;
     assert_eq!(status, 403);
+
+    // The console: a viewer may only attach read-only (GET routes are readable by
+    // viewers, so the walk above does not cover the writer rule). only-a has no node
+    // yet: past the role check, a read-only attach is 409, not 403.
+    let (status, v) = api
+        .call(Method::GET, "/v1/vms/only-a/console", Some(&viewer_a), None)
+        .await;
+    assert_eq!((status, error_code(&v)), (403, "forbidden"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read_only=true"),
+        "{v}"
+    );
+    let (status, v) = api
+        .call(
+            Method::GET,
+            "/v1/vms/only-a/console?read_only=true",
+            Some(&viewer_a),
+            None,
+        )
+        .await;
+    assert_eq!((status, error_code(&v)), (409, "conflict"), "{v}");
+    let (status, v) = api
+        .call(
+            Method::GET,
+            "/v1/vms/only-a/console?read_only=true&force=true",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!((status, error_code(&v)), (400, "validation_failed"), "{v}");
 }
 
 #[tokio::test]

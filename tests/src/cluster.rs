@@ -416,13 +416,28 @@ impl Cluster {
     /// Starts `otherix ARGS` in the background (e.g. `create -f DIR --watch`), its stdout
     /// and stderr going to `<name>.out` / `<name>.err` in the cluster dir. Killed on drop.
     pub fn cli_background(&mut self, name: &str, args: &[&str]) -> BackgroundCli {
+        self.cli_background_env(name, args, &[])
+    }
+
+    /// [`Cluster::cli_background`] with extra environment variables (they win over the
+    /// config).
+    pub fn cli_background_env(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> BackgroundCli {
         let out = self.dir.path().join(format!("{name}.out"));
         let err = self.dir.path().join(format!("{name}.err"));
-        let child = Command::new(bin("otherix"))
-            .args(args)
+        let mut cmd = Command::new(bin("otherix"));
+        cmd.args(args)
             .env("OTHERIX_CONFIG", self.cli_config_path())
             .env_remove("OTHERIX_SERVER")
-            .env_remove("OTHERIX_TOKEN")
+            .env_remove("OTHERIX_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(std::fs::File::create(&err).unwrap())

@@ -12,6 +12,7 @@ pub mod netns;
 pub mod paths;
 pub mod postgres;
 pub mod procs;
+pub mod pty;
 pub mod wait;
 
 pub use cluster::{BackgroundCli, CliOutput, Cluster, ClusterOptions};

@@ -16,6 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use otherix_e2e::cluster::NodeOptions;
 use otherix_e2e::ha::now_ms;
+use otherix_e2e::pty::PtyCli;
 use otherix_e2e::{wait, HaCluster, HaOptions, ImageServer};
 
 /// Longest accepted failover (SIGKILL of the leader -> another replica holds the lease).
@@ -509,6 +510,38 @@ fn ha_agent_on_a_frozen_replica_moves_to_another() {
     cluster.thaw_replica(standby);
     cluster.wait_node_ready(standby, "node-1");
     pause_resume(standby);
+
+    // The console through every replica: the agent dials each asking replica back (two
+    // of the three do not hold its stream), and each session ends with the reason when
+    // the VM powers off.
+    let readers: Vec<PtyCli> = (0..3)
+        .map(|i| {
+            let remote = format!("r{i}");
+            PtyCli::spawn(
+                &cluster.cli_config_path(),
+                &["--remote", &remote, "vm", "console", "h-1", "--read-only"],
+                &cluster.dir.path().join(format!("console-{i}.err")),
+            )
+        })
+        .collect();
+    for r in &readers {
+        r.wait_stderr(
+            "attached to vm h-1's serial console (read-only)",
+            Duration::from_secs(60),
+        );
+    }
+    cluster
+        .cli(other, &["vm", "poweroff", "h-1", "--wait"])
+        .ok();
+    for mut r in readers {
+        let status = r.wait_exit(Duration::from_secs(60));
+        assert_eq!(status.code(), Some(1), "{}", r.stderr_text());
+        assert!(
+            r.stderr_text().contains("serial port closed"),
+            "{}",
+            r.stderr_text()
+        );
+    }
 }
 
 /// A replica stopped with SIGTERM exits (its agents' streams do not hold it up) and its

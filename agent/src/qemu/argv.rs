@@ -42,6 +42,9 @@ pub struct LaunchConfig {
     pub disk_format: DiskImageFormat,
     pub pidfile: PathBuf,
     pub qmp_socket: PathBuf,
+    /// The serial port's unix socket (`otherix vm console`); QEMU listens on it and
+    /// records everything the guest writes in `serial_log` too.
+    pub console_socket: PathBuf,
     pub serial_log: PathBuf,
     /// The cloud-init seed image, attached read-only as a second virtio disk.
     pub seed: Option<PathBuf>,
@@ -183,12 +186,16 @@ pub fn build_argv(cfg: &LaunchConfig) -> Result<(String, Vec<OsString>), ArgvErr
     args.push(cfg.pidfile.clone().into_os_string());
     args.push("-qmp".into());
     args.push(path_opt("unix:", &cfg.qmp_socket, ",server=on,wait=off")?);
+    // The serial port is a listening socket (one client at a time: the agent's console
+    // hub) whose log file records the guest's output whether or not anyone is attached.
     args.push("-chardev".into());
-    args.push(path_opt(
-        "file,id=serial0,path=",
-        &cfg.serial_log,
-        ",append=on",
-    )?);
+    let mut serial = path_opt(
+        "socket,id=serial0,path=",
+        &cfg.console_socket,
+        ",server=on,wait=off",
+    )?;
+    serial.push(path_opt(",logfile=", &cfg.serial_log, ",logappend=on")?);
+    args.push(serial);
     args.extend(["-serial", "chardev:serial0"].map(OsString::from));
     if let BootFirmware::Pflash { code, vars } = &cfg.firmware {
         args.push("-drive".into());

@@ -14,6 +14,7 @@ fn config() -> LaunchConfig {
         disk_format: DiskImageFormat::Qcow2,
         pidfile: "/data/vms/x/qemu.pid".into(),
         qmp_socket: "/data/vms/x/qmp.sock".into(),
+        console_socket: "/data/vms/x/console.sock".into(),
         serial_log: "/data/vms/x/serial.log".into(),
         seed: None,
         firmware: BootFirmware::Bios,
@@ -49,7 +50,8 @@ fn argv_string(cfg: &LaunchConfig) -> String {
 const COMMON: &str =
     "-smp 2 -m 512 -nodefaults -no-user-config -display none -no-shutdown -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny \
      -pidfile /data/vms/x/qemu.pid -qmp unix:/data/vms/x/qmp.sock,server=on,wait=off \
-     -chardev file,id=serial0,path=/data/vms/x/serial.log,append=on -serial chardev:serial0";
+     -chardev socket,id=serial0,path=/data/vms/x/console.sock,server=on,wait=off,logfile=/data/vms/x/serial.log,logappend=on \
+     -serial chardev:serial0";
 
 const DISK: &str = "-drive file=/pool/vms/x/disk.qcow2,if=none,id=disk0,format=qcow2 \
      -device virtio-blk-pci,drive=disk0,bootindex=0";
@@ -199,6 +201,14 @@ fn build_argv_bad_inputs_rejected() {
         (
             |c| c.disk_path = "/a,b/disk.qcow2".into(),
             ArgvError::CommaInPath("/a,b/disk.qcow2".into()),
+        ),
+        (
+            |c| c.console_socket = "/a,b/console.sock".into(),
+            ArgvError::CommaInPath("/a,b/console.sock".into()),
+        ),
+        (
+            |c| c.serial_log = "/a,b/serial.log".into(),
+            ArgvError::CommaInPath("/a,b/serial.log".into()),
         ),
         (
             |c| c.seed = Some("/a,b/seed.img".into()),

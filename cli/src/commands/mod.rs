@@ -15,6 +15,7 @@ pub mod project;
 pub mod remote;
 pub mod task;
 pub mod token;
+pub mod vm_console;
 pub mod vm_create;
 pub mod vm_get;
 pub mod vm_list;
@@ -85,6 +86,9 @@ pub enum CommandError {
     NeedsAcceptCertificate { url: String, fingerprint: String },
     #[error("certificate of {url} not trusted; nothing saved")]
     CertificateNotTrusted { url: String },
+    /// The console was closed by the other side (not detached by the user).
+    #[error("the console of vm {name} ended: {reason}")]
+    ConsoleEnded { name: String, reason: String },
 }
 
 /// What every command gets: the client and where to print.
@@ -134,6 +138,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
             VmCommand::List(args) => vm_list::run(&mut ctx, args.into()),
             VmCommand::Get(args) => vm_get::run(&mut ctx, args.into()),
             VmCommand::Logs(args) => vm_logs::run(&mut ctx, args.into()),
+            VmCommand::Console(args) => vm_console::run(&mut ctx, args),
             VmCommand::Start(a) => vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::start(a)),
             VmCommand::Stop(a) => vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::stop(a)),
             VmCommand::Poweroff(a) => {

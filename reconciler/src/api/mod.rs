@@ -5,6 +5,7 @@
 mod apply;
 pub mod auth;
 mod cluster;
+mod console;
 mod entities;
 pub mod error;
 pub mod events;
@@ -41,6 +42,7 @@ pub struct AppState {
     pub enrollment: Arc<nodes::NodeEnrollment>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub events: Arc<EventService>,
+    pub console: Arc<crate::service::console::ConsoleService>,
 }
 
 /// The router under construction and every path registered on it, so the route list
@@ -160,6 +162,7 @@ fn routes() -> Routes {
         )
         .route("/v1/tasks/{id}/cancel", post(ops::cancel_task))
         .route("/v1/vms/{name}/logs", get(ops::vm_logs))
+        .route("/v1/vms/{name}/console", get(console::attach))
         .route("/v1/whoami", get(identity::whoami))
         .route(
             "/v1/tokens",

@@ -4,6 +4,7 @@
 //! Over TLS ([`Gateway::with_pki`]) agents enroll with a join token ([`identity`]) and are
 //! identified by their client certificate, never by what their messages say.
 
+mod console;
 mod heartbeats;
 mod identity;
 mod observe;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 use futures::Stream;
 use otherix_api::proto::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use otherix_api::proto::{
-    agent_message, server_message, AgentMessage, EnrollRequest, EnrollResponse, Register,
-    Registered, ServerMessage, TaskState, TaskUpdate, VmReport,
+    agent_message, server_message, AgentMessage, ConsoleFrame, EnrollRequest, EnrollResponse,
+    Register, Registered, ServerMessage, TaskState, TaskUpdate, VmReport,
 };
 use otherix_api::{ErrorBody, ErrorCode, TaskKind, TaskProgress, TaskStatus, VmPhase};
 use prometheus_client::metrics::histogram::Histogram;
@@ -35,6 +36,7 @@ use crate::pki::Pki;
 use crate::reconcile::retry::Backoff;
 use crate::reconcile::ReconcileTrigger;
 use crate::store::{NodeRegistration, Store, StoreError, CAS_ATTEMPTS};
+pub use console::{ConsoleLink, ConsoleRendezvous, PendingConsole};
 pub use heartbeats::{HeartbeatBook, Liveness, DEFAULT_NODE_GRACE, NODE_GRACE_RANGE};
 pub use identity::{check_claim, IdentityError};
 pub use observe::{apply_task_outcome, apply_vm_report, TaskOutcome};
@@ -92,6 +94,8 @@ pub struct Gateway {
     heartbeats: Arc<HeartbeatBook>,
     /// `otherix_vm_create_to_running_seconds`, observed when a vm.create succeeds.
     create_to_running: Option<Histogram>,
+    /// Console sessions waiting for their agent to dial back.
+    consoles: Arc<ConsoleRendezvous>,
 }
 
 impl Gateway {
@@ -114,7 +118,13 @@ impl Gateway {
             liveness: Liveness::default(),
             heartbeats: Arc::default(),
             create_to_running: None,
+            consoles: Arc::default(),
         }
+    }
+
+    /// Console sessions waiting for their agent's stream.
+    pub fn consoles(&self) -> &Arc<ConsoleRendezvous> {
+        &self.consoles
     }
 
     /// Observes the create-to-running time of every vm.create that succeeds into `h`.
@@ -521,6 +531,7 @@ fn error_body(u: &TaskUpdate, default: ErrorCode) -> ErrorBody {
 }
 
 type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+type ConsoleStream = Pin<Box<dyn Stream<Item = Result<ConsoleFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentGateway for Gateway {
@@ -569,6 +580,36 @@ impl AgentGateway for Gateway {
             self.clone()
                 .read_agent_stream(reg.node.clone(), session, inbound),
         );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ConsoleStream = ConsoleStream;
+
+    async fn console(
+        &self,
+        request: Request<Streaming<ConsoleFrame>>,
+    ) -> Result<Response<Self::ConsoleStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let cert_node = match &self.pki {
+            Some(_) => {
+                let certs = request.peer_certs();
+                match self
+                    .authenticate_peer(certs.as_deref().map(|c| &c[..]))
+                    .await
+                {
+                    Ok(node) => Some(node),
+                    Err(e) => return Err(refuse(&peer, None, e)),
+                }
+            }
+            None => None,
+        };
+        let rx = self
+            .consoles
+            .arrive(cert_node.as_deref(), request.into_inner())
+            .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

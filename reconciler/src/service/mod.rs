@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod apply_diff;
 pub mod cluster;
+pub mod console;
 pub mod entities;
 pub mod event_filter;
 pub mod events;
