@@ -41,6 +41,22 @@ pub struct ApplyRequest<S> {
     pub spec: S,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// `metadata.labels` (VMs only; other kinds refuse them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl<S> ApplyRequest<S> {
+    /// Refuses `labels` for a `kind` that does not carry them (every kind but VMs).
+    pub fn refuse_labels(&self, kind: &str) -> Result<(), crate::ApiError> {
+        if self.labels.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::ApiError::validation(format!(
+                "labels: only VMs carry labels (this is a {kind})"
+            )))
+        }
+    }
 }
 
 /// `PUT /v1/<kind>/{name}` answer.
@@ -77,6 +93,8 @@ pub struct ApplyVm {
     pub spec: VmSpec,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `POST /v1/apply` body: many VMs of one project applied in one request (the new ones

@@ -71,6 +71,11 @@ const VM_LIST: &[Param] = &[
     ("node", "string", "only VMs on this node"),
     ("status", "string", "only VMs in this phase"),
     (
+        "label",
+        "string",
+        "only VMs with these labels: key=value[,key=value...] (all must match)",
+    ),
+    (
         "project",
         "string",
         "the project (admins: any; others: their own)",

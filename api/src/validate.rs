@@ -337,7 +337,8 @@ pub fn validate_cluster_settings_spec(
 /// Validates a `POST /v1/vms` body.
 pub fn validate_create_vm(req: &CreateVmRequest) -> Result<(), ApiError> {
     validate_name("name", &req.name)?;
-    validate_vm_spec("spec", &req.spec)
+    validate_vm_spec("spec", &req.spec)?;
+    crate::labels::validate_labels("labels", &req.labels)
 }
 
 #[cfg(test)]

@@ -253,6 +253,9 @@ impl VmSpec {
 pub struct CreateVmRequest {
     pub name: String,
     pub spec: VmSpec,
+    /// `metadata.labels`: what `vm list -l key=value` selects on (Kubernetes' rules).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What a VM is actually doing, as the control plane sees it.
@@ -359,6 +362,9 @@ pub struct Vm {
     pub project: String,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// `metadata.labels`: what `vm list -l key=value` selects on.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// Moves on every spec change, never on status changes.
     pub generation: i64,
     /// Moves on every write of the stored object (spec or status): the optimistic

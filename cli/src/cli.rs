@@ -219,6 +219,9 @@ pub struct CreateArgsRaw {
         conflicts_with = "no_cloud_init"
     )]
     pub ssh_keys: Vec<PathBuf>,
+    /// A label KEY=VALUE (repeatable): what `vm list -l` and `vm delete -l` select on.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Explicitly disable cloud-init.
     #[arg(long)]
     pub no_cloud_init: bool,
@@ -355,6 +358,9 @@ pub struct VmListArgs {
     /// Only VMs in this phase.
     #[arg(long, value_name = "STATUS", value_parser = phase_parser())]
     pub status: Option<VmPhase>,
+    /// Only VMs with these labels: KEY=VALUE[,KEY=VALUE...] (all must match).
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    pub selector: Option<String>,
     /// VMs of every project (admin); adds a PROJECT column.
     #[arg(long)]
     pub all_projects: bool,
@@ -448,8 +454,12 @@ pub struct StopArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DeleteArgs {
-    /// VM name.
-    pub name: String,
+    /// VM name (or -l SELECTOR for every VM with those labels).
+    #[arg(required_unless_present = "selector", conflicts_with = "selector")]
+    pub name: Option<String>,
+    /// Delete every VM of the project with these labels: KEY=VALUE[,KEY=VALUE...].
+    #[arg(short = 'l', long = "selector", value_name = "SELECTOR")]
+    pub selector: Option<String>,
     /// Do not ask for confirmation.
     #[arg(long)]
     pub force: bool,

@@ -141,6 +141,8 @@ pub struct VmListQuery {
     pub pool: Option<String>,
     pub node: Option<String>,
     pub status: Option<VmPhase>,
+    /// `label=KEY=VALUE,...`.
+    pub label: Option<String>,
     /// `all_projects=true` (admins).
     pub all_projects: bool,
 }
@@ -274,6 +276,7 @@ impl Client {
             ("pool", q.pool.as_deref()),
             ("node", q.node.as_deref()),
             ("status", q.status.map(VmPhase::as_str)),
+            ("label", q.label.as_deref()),
             ("all_projects", q.all_projects.then_some("true")),
         ];
         for (k, v) in pairs {

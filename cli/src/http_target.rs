@@ -93,6 +93,7 @@ fn apply_body(object: &Object) -> Result<Value, serde_json::Error> {
         serde_json::to_value(ApplyRequest {
             spec: spec.clone(),
             annotations: meta.annotations.clone(),
+            labels: meta.labels.clone(),
         })
     }
     match object {
@@ -278,6 +279,7 @@ impl ApplyTarget for HttpTarget<'_> {
                             name: m.metadata.name.clone(),
                             spec: m.spec.clone(),
                             annotations: m.metadata.annotations.clone(),
+                            labels: m.metadata.labels.clone(),
                         }),
                         _ => None,
                     })

@@ -32,12 +32,14 @@ pub fn live_to_object(kind: Kind, live: &Value) -> Result<Object, Error> {
         reference: reference(kind, &name),
         message,
     };
-    let annotations: BTreeMap<String, String> = match live.get("annotations") {
-        None | Some(Value::Null) => BTreeMap::new(),
-        Some(v) => {
-            serde_json::from_value(v.clone()).map_err(|e| fail(format!("annotations: {e}")))?
+    let map = |field: &str| -> Result<BTreeMap<String, String>, Error> {
+        match live.get(field) {
+            None | Some(Value::Null) => Ok(BTreeMap::new()),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| fail(format!("{field}: {e}"))),
         }
     };
+    let annotations = map("annotations")?;
+    let labels = map("labels")?;
     let spec = live
         .get("spec")
         .cloned()
@@ -46,6 +48,7 @@ pub fn live_to_object(kind: Kind, live: &Value) -> Result<Object, Error> {
         name: name.clone(),
         project: None,
         annotations,
+        labels,
     };
     fn typed<S: DeserializeOwned>(
         kind: Kind,

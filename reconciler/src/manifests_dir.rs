@@ -136,6 +136,7 @@ impl ApplyTarget for ServiceTarget {
             ApplyRequest {
                 spec: spec.clone(),
                 annotations: meta.annotations.clone(),
+                labels: meta.labels.clone(),
             }
         }
         let s = &self.state;

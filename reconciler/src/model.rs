@@ -97,6 +97,8 @@ pub struct VmRecord {
     pub firmware: Option<ResolvedFirmware>,
     /// `metadata.annotations` (user-written, like the spec).
     pub annotations: std::collections::BTreeMap<String, String>,
+    /// `metadata.labels` (user-written, like the spec; `vm list -l` selects on them).
+    pub labels: std::collections::BTreeMap<String, String>,
     /// The spec the running QEMU booted with (set when create/start/reboot succeeds).
     pub booted_spec: Option<VmSpec>,
     pub booted_at_ms: Option<i64>,
@@ -152,6 +154,7 @@ impl VmRecord {
             bridge: None,
             firmware: None,
             annotations: Default::default(),
+            labels: Default::default(),
             booted_spec: None,
             booted_at_ms: None,
             retry_kind: None,
@@ -204,6 +207,7 @@ impl VmRecord {
             name: self.name.clone(),
             project: self.project.clone(),
             annotations: self.annotations.clone(),
+            labels: self.labels.clone(),
             generation: self.generation,
             resource_version: self.resource_version,
             spec: self.spec.clone(),

@@ -561,3 +561,134 @@ async fn manifests_dir_applies_project_and_vms_in_named_projects_and_prunes_ther
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn labels_are_stored_selected_on_with_paging_and_refused_where_they_do_not_belong() {
+    let s = server_with_node().await;
+    let labelled = |labels: Value| json!({"spec": spec(), "labels": labels});
+    // Created by PUT, by POST /v1/vms and by POST /v1/apply.
+    put_ok(
+        &s.app,
+        "web-1",
+        &labelled(json!({"app": "web", "tier": "front"})),
+        "created",
+    )
+    .await;
+    let (status, v) = call(
+        &s.app,
+        Method::POST,
+        "/v1/vms",
+        Some(&json!({"name": "web-2", "spec": spec(), "labels": {"app": "web"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["vm"]["labels"], json!({"app": "web"}));
+    let (status, v) = call(
+        &s.app,
+        Method::POST,
+        "/v1/apply",
+        Some(&json!({"vms": [
+            {"name": "db-1", "spec": spec(), "labels": {"app": "db", "tier": "back"}},
+            {"name": "plain", "spec": spec()},
+        ]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        get_vm(&s.app, "db-1").await["labels"],
+        json!({"app": "db", "tier": "back"})
+    );
+    assert!(get_vm(&s.app, "plain").await.get("labels").is_none());
+
+    let names = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|vm| vm["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let list = |q: &'static str| {
+        let app = s.app.clone();
+        async move {
+            let (status, v) = call(&app, Method::GET, &format!("/v1/vms?{q}"), None).await;
+            assert_eq!(status, StatusCode::OK, "{q}: {v}");
+            v
+        }
+    };
+    assert_eq!(names(&list("label=app=web").await), ["web-1", "web-2"]);
+    assert_eq!(names(&list("label=app=web,tier=front").await), ["web-1"]);
+    assert_eq!(names(&list("label=app=we").await), Vec::<String>::new());
+    assert_eq!(names(&list("label=tier=back").await), ["db-1"]);
+    // Paged: the filter holds across pages.
+    let first = list("label=app=web&limit=1").await;
+    assert_eq!(names(&first), ["web-1"]);
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, second) = call(
+        &s.app,
+        Method::GET,
+        &format!("/v1/vms?label=app=web&limit=1&cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(names(&second), ["web-2"]);
+    assert!(second.get("next_cursor").is_none(), "{second}");
+
+    // Changing only labels is a change; the same labels again are not.
+    put_ok(
+        &s.app,
+        "web-1",
+        &labelled(json!({"app": "web"})),
+        "configured",
+    )
+    .await;
+    put_ok(
+        &s.app,
+        "web-1",
+        &labelled(json!({"app": "web"})),
+        "unchanged",
+    )
+    .await;
+    assert_eq!(names(&list("label=tier=front").await), Vec::<String>::new());
+
+    // Bad labels and selectors name the field and the rule; nothing is written.
+    for (method, uri, body, field) in [
+        (
+            Method::PUT,
+            "/v1/vms/web-3",
+            Some(labelled(json!({"app": "a b"}))),
+            "labels: value",
+        ),
+        (
+            Method::PUT,
+            "/v1/vms/web-3",
+            Some(labelled(json!({"-x": "a"}))),
+            "labels: key \"-x\"",
+        ),
+        (
+            Method::POST,
+            "/v1/vms",
+            Some(json!({"name": "web-3", "spec": spec(), "labels": {"app": "x/y"}})),
+            "labels: value",
+        ),
+        (
+            Method::GET,
+            "/v1/vms?label=app",
+            None,
+            "label: \"app\" is not a label selector",
+        ),
+        (
+            Method::PUT,
+            "/v1/pools/default",
+            Some(json!({"spec": {}, "labels": {"app": "web"}})),
+            "labels: only VMs carry labels",
+        ),
+    ] {
+        let (status, v) = call(&s.app, method.clone(), uri, body.as_ref()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "{method} {uri}: {message}");
+    }
+    let (status, _) = call(&s.app, Method::GET, "/v1/vms/web-3", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

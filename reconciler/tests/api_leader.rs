@@ -146,6 +146,7 @@ async fn daemon_with_one_vm() -> (tempfile::TempDir, Daemon, uuid::Uuid) {
     let req = CreateVmRequest {
         name: "app".into(),
         spec: VmSpec::new("http://127.0.0.1:9/img.qcow2", Arch::Amd64),
+        labels: Default::default(),
     };
     d.state.vms.create(&actor, req).await.unwrap();
     let id = d.store.live_vm_ids().await.unwrap()[0];
@@ -305,6 +306,7 @@ async fn the_leaders_loop_stamps_its_epoch_on_the_tasks_it_emits() {
     let req = CreateVmRequest {
         name: "app".into(),
         spec: VmSpec::new("http://127.0.0.1:9/img.qcow2", Arch::Amd64),
+        labels: Default::default(),
     };
     let accepted = d.state.vms.create(&actor, req).await.unwrap();
     let first = d.store.task(accepted.task.id).await.unwrap().unwrap();

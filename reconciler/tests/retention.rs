@@ -34,6 +34,7 @@ async fn retention_purges_old_rows_in_batches_and_keeps_live_vms_newest_task() {
                 CreateVmRequest {
                     name: name.into(),
                     spec,
+                    labels: Default::default(),
                 },
             )
             .await

@@ -25,6 +25,9 @@ pub struct ObjectMeta {
     pub project: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Labels (`kind: VM` only; `vm list -l key=value` selects on them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A `kind: VM` manifest document.
@@ -53,6 +56,7 @@ impl VmManifest {
                 name: vm.name.clone(),
                 project: (vm.project != DEFAULT_PROJECT).then(|| vm.project.clone()),
                 annotations: vm.annotations.clone(),
+                labels: vm.labels.clone(),
             },
             spec: vm.spec.clone(),
         }

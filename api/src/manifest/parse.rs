@@ -224,6 +224,16 @@ fn validate_object(object: &Object) -> Result<(), String> {
         }
         validate_name("metadata.project", project).map_err(|e| e.message)?;
     }
+    let labels = &object.metadata().labels;
+    if !labels.is_empty() {
+        if !matches!(object, Object::Vm(_)) {
+            return Err(format!(
+                "metadata.labels: only VM documents carry labels (this is a {})",
+                object.kind().as_str()
+            ));
+        }
+        crate::labels::validate_labels("metadata.labels", labels).map_err(|e| e.message)?;
+    }
     match object {
         Object::Vm(vm) => validate_vm_spec("spec", &vm.spec).map_err(|e| e.message),
         Object::Network(net) => validate_network_spec("spec", &net.spec).map_err(|e| e.message),
@@ -406,6 +416,61 @@ metadata:
   project: team-a
 spec: {}
 ";
+
+    #[test]
+    fn parse_manifests_metadata_labels_table() {
+        let labelled = |labels: &str| {
+            VM.replace(
+                "  name: web-1\n",
+                &format!("  name: web-1\n  labels:\n{labels}"),
+            )
+        };
+        let pool = POOL.replace("  project: team-a\n", "  labels:\n    tier: db\n");
+        // (text, Ok(labels of the first object) or Err(error prefix))
+        type Labels = Vec<(&'static str, &'static str)>;
+        let table: Vec<(String, Result<Labels, &str>)> = vec![
+            (VM.to_owned(), Ok(vec![])),
+            (
+                labelled("    app: web\n    example.com/tier: front\n"),
+                Ok(vec![("app", "web"), ("example.com/tier", "front")]),
+            ),
+            (labelled("    app: \"\"\n"), Ok(vec![("app", "")])),
+            (
+                labelled("    app: we b\n"),
+                Err("web.yaml:5:3: metadata.labels: value \"we b\" of \"app\" must be empty or 1..63"),
+            ),
+            (
+                labelled("    -app: web\n"),
+                Err("web.yaml:5:3: metadata.labels: key \"-app\""),
+            ),
+            (
+                pool,
+                Err("web.yaml:5:3: metadata.labels: only VM documents carry labels (this is a Pool)"),
+            ),
+        ];
+        for (text, want) in table {
+            match (parse_manifests("web.yaml", &text), want) {
+                (Ok(objs), Ok(labels)) => {
+                    let got: Vec<(&str, &str)> = objs[0]
+                        .object
+                        .metadata()
+                        .labels
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    assert_eq!(got, labels, "{text}");
+                }
+                (Err(errs), Err(prefix)) => {
+                    let errs: Vec<String> = errs.iter().map(ToString::to_string).collect();
+                    assert!(
+                        errs.iter().any(|e| e.starts_with(prefix)),
+                        "{errs:?} lacks {prefix:?}"
+                    );
+                }
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 
     #[test]
     fn parse_manifests_metadata_project_table() {

@@ -62,10 +62,14 @@ fn set(
             Err(e) => return Err(e.into()),
         };
         change(&mut spec);
-        match ctx
-            .client
-            .put_cluster(&ApplyRequest { spec, annotations }, version)
-        {
+        match ctx.client.put_cluster(
+            &ApplyRequest {
+                spec,
+                annotations,
+                labels: Default::default(),
+            },
+            version,
+        ) {
             Err(ClientError::Api {
                 status: 409, code, ..
             }) if code == "conflict" && version.is_some() && attempt < SET_ATTEMPTS => {

@@ -43,9 +43,15 @@ impl Options {
             let text = read_input("--ssh-key", Some(path), stdin)?.unwrap_or_default();
             spec.ssh_authorized_keys.extend(authorized_keys(&text));
         }
+        let mut labels = std::collections::BTreeMap::new();
+        for text in &args.labels {
+            let label = otherix_api::labels::LabelSelector::parse("--label", text)?;
+            labels.insert(label.key, label.value);
+        }
         let request = CreateVmRequest {
             name: args.name,
             spec,
+            labels,
         };
         validate_create_vm(&request)?;
         Ok(Options {
@@ -153,6 +159,10 @@ mod tests {
                 "90s",
                 "--restart-policy",
                 "never",
+                "--label",
+                "app=web",
+                "--label",
+                "example.com/tier=front",
                 "--wait",
                 "--wait-timeout",
                 "1h",
@@ -179,7 +189,11 @@ mod tests {
             Options {
                 request: CreateVmRequest {
                     name: "web-1".into(),
-                    spec: want
+                    spec: want,
+                    labels: [("app", "web"), ("example.com/tier", "front")]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
                 },
                 wait: Some(Duration::from_secs(3600)),
             }

@@ -28,6 +28,7 @@ impl From<VmListArgs> for Options {
                 pool: a.pool,
                 node: a.node,
                 status: a.status,
+                label: a.selector,
                 all_projects: a.all_projects,
             },
             show_ids: a.show_ids,

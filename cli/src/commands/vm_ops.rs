@@ -91,26 +91,51 @@ pub fn run_async(ctx: &mut Ctx<'_>, opts: AsyncOptions) -> Result<(), CommandErr
     )
 }
 
+/// Which VMs a `vm delete` is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteTarget {
+    Name(String),
+    /// `-l KEY=VALUE,...`: every VM of the project with those labels.
+    Selector(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteOptions {
-    pub name: String,
+    pub target: DeleteTarget,
     pub force: bool,
     pub wait: Option<Duration>,
 }
 
 impl From<DeleteArgs> for DeleteOptions {
     fn from(a: DeleteArgs) -> Self {
+        let target = match (a.name, a.selector) {
+            (_, Some(selector)) => DeleteTarget::Selector(selector),
+            (Some(name), None) => DeleteTarget::Name(name),
+            // clap requires one of them.
+            (None, None) => DeleteTarget::Name(String::new()),
+        };
         DeleteOptions {
             wait: wait_timeout(&a.wait),
-            name: a.name,
+            target,
             force: a.force,
         }
     }
 }
 
 /// `vm delete`: asks `Delete VM <name>? [y/N] ` on a terminal unless --force; refuses
-/// without a terminal.
+/// without a terminal. With a selector: the matching VMs, one prompt for all.
 pub fn run_delete(ctx: &mut Ctx<'_>, opts: DeleteOptions) -> Result<(), CommandError> {
+    let name = match opts.target {
+        DeleteTarget::Name(name) => name,
+        DeleteTarget::Selector(selector) => {
+            return run_delete_selected(ctx, &selector, opts.force, opts.wait)
+        }
+    };
+    let opts = NamedDelete {
+        name,
+        force: opts.force,
+        wait: opts.wait,
+    };
     if !opts.force {
         let stdin = io::stdin();
         if !stdin.is_terminal() {
@@ -128,6 +153,64 @@ pub fn run_delete(ctx: &mut Ctx<'_>, opts: DeleteOptions) -> Result<(), CommandE
             wait: opts.wait,
         },
     )
+}
+
+struct NamedDelete {
+    name: String,
+    force: bool,
+    wait: Option<Duration>,
+}
+
+/// Deletes every VM of the project whose labels match `selector` (one confirmation for
+/// all, listing them), each as `vm delete NAME` would.
+fn run_delete_selected(
+    ctx: &mut Ctx<'_>,
+    selector: &str,
+    force: bool,
+    wait: Option<Duration>,
+) -> Result<(), CommandError> {
+    for part in selector.split(',') {
+        otherix_api::labels::LabelSelector::parse("--selector", part)?;
+    }
+    let mut names = Vec::new();
+    let mut query = crate::client::VmListQuery {
+        label: Some(selector.to_owned()),
+        limit: Some(1000),
+        ..Default::default()
+    };
+    loop {
+        let page = ctx.client.list_vms(&query)?.value;
+        names.extend(page.items.into_iter().map(|vm| vm.name));
+        match page.next_cursor {
+            Some(c) => query.cursor = Some(c),
+            None => break,
+        }
+    }
+    if names.is_empty() {
+        writeln!(ctx.err, "no VMs match -l {selector}")?;
+        return Ok(());
+    }
+    let all = names.join(", ");
+    if !force {
+        let stdin = io::stdin();
+        if !stdin.is_terminal() {
+            return Err(CommandError::NeedsForce { name: all });
+        }
+        if !confirm_delete(&all, &mut stdin.lock(), ctx.err)? {
+            return Err(CommandError::Aborted { name: all });
+        }
+    }
+    for name in names {
+        run_async(
+            ctx,
+            AsyncOptions {
+                name,
+                op: AsyncOp::Delete,
+                wait,
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// Prints the delete prompt to `prompt` and reads one answer; only `y`/`yes` (any case)

@@ -66,6 +66,7 @@ pub fn vm(vm: &Vm, restart_pending: Option<bool>, project: Option<&str>) -> Stri
     if let Some(p) = project {
         rows.push(("project", p.to_owned()));
     }
+    rows.extend(vm.labels.iter().map(|(k, v)| ("label", format!("{k}={v}"))));
     rows.extend([
         ("status", st.phase.to_string()),
         ("arch", s.arch.to_string()),

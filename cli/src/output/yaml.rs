@@ -24,6 +24,7 @@ pub fn cluster_manifest(c: &ClusterSettings) -> Result<String, serde_yaml::Error
             name: c.name.clone(),
             project: None,
             annotations: c.annotations.clone(),
+            labels: Default::default(),
         },
         spec: c.spec.clone(),
     })

@@ -61,6 +61,7 @@ pub async fn apply_project(
     IfMatch(if_match): IfMatch,
     JsonBody(req): JsonBody<ApplyRequest<ProjectSpec>>,
 ) -> Result<Json<ApplyResponse<Project>>, HttpError> {
+    req.refuse_labels("project")?;
     let (object, outcome) = s
         .identity
         .apply_project(&name, req.spec, req.annotations, if_match)

@@ -33,6 +33,7 @@ pub struct ListParams {
     pool: Option<String>,
     node: Option<String>,
     status: Option<String>,
+    label: Option<String>,
 }
 
 pub async fn list(
@@ -47,6 +48,7 @@ pub async fn list(
         pool: p.pool,
         node: p.node,
         status: p.status,
+        label: p.label,
     };
     Ok(Json(s.vms.list(q).await?))
 }

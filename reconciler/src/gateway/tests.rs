@@ -176,6 +176,7 @@ fn create_req(name: &str) -> CreateVmRequest {
     CreateVmRequest {
         name: name.into(),
         spec: VmSpec::new("http://127.0.0.1:9/img.qcow2", Arch::Amd64),
+        labels: Default::default(),
     }
 }
 

@@ -53,7 +53,7 @@ impl ApplyService {
         }
         let mut seen = std::collections::HashMap::new();
         for (i, item) in items.iter().enumerate() {
-            validate_apply(&item.name, &item.spec, &item.annotations)
+            validate_apply(&item.name, &item.spec, &item.annotations, &item.labels)
                 .map_err(|e| in_item(i, &item.name, e.into()))?;
             if let Some(first) = seen.insert(item.name.as_str(), i) {
                 let why = format!("name: appears twice in this request (also vms[{first}])");
@@ -86,6 +86,7 @@ impl ApplyService {
                     let req = CreateVmRequest {
                         name: item.name,
                         spec: item.spec,
+                        labels: item.labels,
                     };
                     (i, req, item.annotations)
                 })
@@ -106,6 +107,7 @@ impl ApplyService {
             let req = ApplyRequest {
                 spec: item.spec,
                 annotations: item.annotations,
+                labels: item.labels,
             };
             let answer = self
                 .apply_vm(actor, &item.name, req)
@@ -123,7 +125,7 @@ impl ApplyService {
         name: &str,
         req: ApplyRequest<VmSpec>,
     ) -> Result<ApplyResponse<Vm>, ServiceError> {
-        validate_apply(name, &req.spec, &req.annotations)?;
+        validate_apply(name, &req.spec, &req.annotations, &req.labels)?;
         let Some(existing) = self.store.vm_by_name(&actor.project, name).await? else {
             if let Some(expected) = actor.if_match {
                 return Err(stale("vm", name, expected, None).into());
@@ -131,6 +133,7 @@ impl ApplyService {
             let create = CreateVmRequest {
                 name: name.to_owned(),
                 spec: req.spec,
+                labels: req.labels,
             };
             let accepted = self
                 .vms
@@ -169,7 +172,7 @@ impl ApplyService {
             if !changes.is_empty() {
                 return Err(immutable_error(&changes).into());
             }
-            if vm.spec == req.spec && vm.annotations == req.annotations {
+            if vm.spec == req.spec && vm.annotations == req.annotations && vm.labels == req.labels {
                 return Ok(ApplyResponse {
                     outcome: ApplyOutcome::Unchanged,
                     object: vm.to_api(),
@@ -183,6 +186,7 @@ impl ApplyService {
             }
             vm.spec = req.spec.clone();
             vm.annotations = req.annotations.clone();
+            vm.labels = req.labels.clone();
             vm.requested_by = Some(actor.requested_by.clone());
             // A spec that grows vcpus or memory_mb must still fit the project's quota; the
             // write is compare-and-swap on the version just read (and checked).
@@ -211,18 +215,19 @@ impl ApplyService {
     }
 }
 
-/// The rules of one VM apply: its name, its spec, non-empty annotation keys.
+/// The rules of one VM apply: its name, its spec, non-empty annotation keys, labels.
 fn validate_apply(
     name: &str,
     spec: &VmSpec,
     annotations: &std::collections::BTreeMap<String, String>,
+    labels: &std::collections::BTreeMap<String, String>,
 ) -> Result<(), ApiError> {
     validate_name("name", name)?;
     validate_vm_spec("spec", spec)?;
     if annotations.keys().any(String::is_empty) {
         return Err(ApiError::validation("annotations: keys must not be empty"));
     }
-    Ok(())
+    otherix_api::labels::validate_labels("labels", labels)
 }
 
 /// A stored VM an apply of `item` would leave alone (as [`ApplyService::apply_vm`] decides:
@@ -233,4 +238,5 @@ fn is_unchanged(vm: &crate::model::VmRecord, item: &ApplyVm) -> bool {
         && vm.phase != VmPhase::Deleting
         && vm.spec == item.spec
         && vm.annotations == item.annotations
+        && vm.labels == item.labels
 }

@@ -360,6 +360,7 @@ impl EntityService {
         req: ApplyRequest<ClusterSettingsSpec>,
         if_match: Option<i64>,
     ) -> Result<ApplyResponse<ClusterSettings>, ServiceError> {
+        req.refuse_labels("cluster settings")?;
         let mut attempt = 1;
         loop {
             let current = self.store.cluster_settings().await?;
@@ -464,6 +465,7 @@ impl EntityService {
     ) -> Result<ApplyOutcome, ServiceError> {
         validate_name("name", name)?;
         let kind = table.kind();
+        req.refuse_labels(kind)?;
         let mut attempt = 1;
         loop {
             let existing: Option<StoredObject<S>> = self

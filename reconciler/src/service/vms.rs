@@ -36,6 +36,8 @@ pub struct ListVmsQuery {
     pub pool: Option<String>,
     pub node: Option<String>,
     pub status: Option<String>,
+    /// `label=key=value,...` (all must match).
+    pub label: Option<String>,
 }
 
 pub struct VmService {
@@ -91,6 +93,7 @@ impl VmService {
         let mut vm = VmRecord::new(req.name, req.spec, self.store.now_ms());
         attachments.apply_to(&mut vm);
         vm.annotations = annotations;
+        vm.labels = req.labels;
         vm.project = actor.project.clone();
         vm.requested_by = Some(actor.requested_by.clone());
         let id = vm.id;
@@ -127,6 +130,7 @@ impl VmService {
             let mut vm = VmRecord::new(req.name, req.spec, self.store.now_ms());
             attachments.apply_to(&mut vm);
             vm.annotations = annotations;
+            vm.labels = req.labels;
             vm.project = actor.project.clone();
             vm.requested_by = Some(actor.requested_by.clone());
             vms.push(vm);
@@ -155,11 +159,19 @@ impl VmService {
                     ApiError::validation(format!("status: {s:?} is not a vm phase"))
                 })?),
             };
+        let labels = match q.label.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(text) => text
+                .split(',')
+                .map(|s| otherix_api::labels::LabelSelector::parse("label", s))
+                .collect::<Result<_, _>>()?,
+        };
         let filter = VmFilter {
             project: q.project,
             pool: q.pool,
             node: q.node,
             phase,
+            labels,
         };
         let page = self.store.list_vms(&filter, after, limit).await?;
         Ok(ListResponse {

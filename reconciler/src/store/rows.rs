@@ -14,7 +14,7 @@ pub(super) const VM_SELECT: &str = "SELECT v.id, v.name, v.spec, v.generation, \
     v.requested_op, v.last_error_code, v.last_error_message, v.deletion_requested, \
     v.created_at, v.updated_at, v.deleted_at, v.bridge, v.firmware, n.status AS node_status, \
     v.annotations, v.booted_spec, v.booted_at, v.retry_kind, v.retry_attempts, v.retry_at, \
-    v.project, v.requested_by, v.resource_version, \
+    v.project, v.requested_by, v.resource_version, v.labels, \
     (SELECT t.id FROM tasks t WHERE t.vm_id = v.id AND t.status IN ('pending', 'running') \
     LIMIT 1) AS current_task \
     FROM vms v LEFT JOIN nodes n ON n.name = v.node";
@@ -53,6 +53,7 @@ pub(super) fn vm_from_row(row: &AnyRow) -> Result<VmRecord, StoreError> {
     let pid: Option<i64> = row.try_get("pid")?;
     let firmware: Option<String> = row.try_get("firmware")?;
     let annotations: String = row.try_get("annotations")?;
+    let labels: String = row.try_get("labels")?;
     let booted_spec: Option<String> = row.try_get("booted_spec")?;
     let retry_kind: Option<String> = row.try_get("retry_kind")?;
     Ok(VmRecord {
@@ -88,6 +89,7 @@ pub(super) fn vm_from_row(row: &AnyRow) -> Result<VmRecord, StoreError> {
             .transpose()
             .map_err(|e| corrupt("vms", &id, e))?,
         annotations: serde_json::from_str(&annotations).map_err(|e| corrupt("vms", &id, e))?,
+        labels: serde_json::from_str(&labels).map_err(|e| corrupt("vms", &id, e))?,
         booted_spec: booted_spec
             .map(|s| serde_json::from_str(&s))
             .transpose()

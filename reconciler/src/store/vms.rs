@@ -37,6 +37,16 @@ pub struct VmFilter {
     pub pool: Option<String>,
     pub node: Option<String>,
     pub phase: Option<VmPhase>,
+    /// `-l key=value,...`: every selector must match (AND).
+    pub labels: Vec<otherix_api::labels::LabelSelector>,
+}
+
+/// What a VM's stored `labels` JSON contains exactly when it has label `key` = `value`:
+/// `"key":"value"` (label keys and values cannot hold quotes, colons or commas, so the
+/// text cannot match across two entries, and a longer value is followed by more than `"`).
+pub fn label_needle(selector: &otherix_api::labels::LabelSelector) -> String {
+    let quote = |s: &str| serde_json::to_string(s).expect("strings serialize");
+    format!("{}:{}", quote(&selector.key), quote(&selector.value))
 }
 
 /// One page of VMs; `next` is the (created_at, id) key of the last item when more follow.
@@ -151,6 +161,17 @@ impl Store {
             if phase != VmPhase::Unknown {
                 conds.push(format!("v.phase = {p}"));
             }
+        }
+        // Exact, case-sensitive substring tests on the JSON text (a scan of the page's
+        // candidates; fine at today's sizes, a label table would index it).
+        let contains = if self.is_postgres() {
+            "strpos"
+        } else {
+            "instr"
+        };
+        for selector in &filter.labels {
+            let p = param(&mut binds, Bind::Text(label_needle(selector)));
+            conds.push(format!("{contains}(v.labels, {p}) > 0"));
         }
         if let Some((t, id)) = after {
             let pt = param(&mut binds, Bind::Int(t));
@@ -325,9 +346,9 @@ pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result
          pool_path, pid, serial_log, requested_op, last_error_code, last_error_message, \
          deletion_requested, created_at, updated_at, deleted_at, bridge, firmware, \
          annotations, booted_spec, booted_at, retry_kind, retry_attempts, retry_at, project, \
-         vcpus, memory_mb, requested_by, resource_version) \
+         vcpus, memory_mb, requested_by, resource_version, labels) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)",
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)",
     )
     .bind(vm.id.to_string())
     .bind(vm.name.clone())
@@ -364,6 +385,7 @@ pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result
     .bind(i64::from(vm.spec.memory_mb))
     .bind(vm.requested_by.clone())
     .bind(vm.resource_version)
+    .bind(labels_json(vm))
     .execute(&mut *conn)
     .await?;
     move_allocations(conn, None, footprint_of(vm).as_ref()).await
@@ -385,7 +407,7 @@ pub(super) async fn update_vm(
          last_error_code = $12, last_error_message = $13, deletion_requested = $14, \
          updated_at = $15, deleted_at = $16, annotations = $17, booted_spec = $18, \
          booted_at = $19, retry_kind = $20, retry_attempts = $21, retry_at = $22, vcpus = $23, \
-         memory_mb = $24, requested_by = $25, resource_version = $26 \
+         memory_mb = $24, requested_by = $25, resource_version = $26, labels = $28 \
          WHERE id = $1 AND resource_version = $27",
     )
     .bind(vm.id.to_string())
@@ -415,6 +437,7 @@ pub(super) async fn update_vm(
     .bind(vm.requested_by.clone())
     .bind(next)
     .bind(vm.resource_version)
+    .bind(labels_json(vm))
     .execute(&mut *conn)
     .await?;
     if written.rows_affected() == 1 {
@@ -488,6 +511,10 @@ fn requested_op_json(vm: &VmRecord) -> Option<String> {
         .map(|op| serde_json::to_string(&op).expect("RequestedOp serializes"))
 }
 
+fn labels_json(vm: &VmRecord) -> String {
+    serde_json::to_string(&vm.labels).expect("labels serialize")
+}
+
 fn annotations_json(vm: &VmRecord) -> String {
     serde_json::to_string(&vm.annotations).expect("annotations serialize")
 }
@@ -508,6 +535,41 @@ mod tests {
             "image_url": "http://127.0.0.1:9/img.qcow2", "arch": "amd64"
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn label_needle_matches_exactly_one_entry_of_the_stored_json() {
+        use otherix_api::labels::LabelSelector;
+        let stored = |pairs: &[(&str, &str)]| {
+            let map: std::collections::BTreeMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            serde_json::to_string(&map).unwrap()
+        };
+        let sel = |s: &str| LabelSelector::parse("label", s).unwrap();
+        // (stored labels, selector, matches)
+        let table = [
+            (stored(&[("app", "web")]), "app=web", true),
+            (stored(&[("app", "web2")]), "app=web", false),
+            (stored(&[("app", "web")]), "app=we", false),
+            (stored(&[("xapp", "web")]), "app=web", false),
+            (stored(&[("App", "web")]), "app=web", false),
+            (stored(&[("a", "app"), ("b", "web")]), "app=web", false),
+            (stored(&[("a", "x"), ("app", "web")]), "app=web", true),
+            (stored(&[("app", "")]), "app=", true),
+            (stored(&[("app", "web")]), "app=", false),
+            (
+                stored(&[("example.com/tier", "db")]),
+                "example.com/tier=db",
+                true,
+            ),
+            (stored(&[]), "app=web", false),
+        ];
+        for (json, selector, want) in table {
+            let got = json.contains(&label_needle(&sel(selector)));
+            assert_eq!(got, want, "{json} {selector}");
+        }
     }
 
     #[tokio::test]
