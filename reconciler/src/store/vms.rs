@@ -325,9 +325,9 @@ pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result
          pool_path, pid, serial_log, requested_op, last_error_code, last_error_message, \
          deletion_requested, created_at, updated_at, deleted_at, bridge, firmware, \
          annotations, booted_spec, booted_at, retry_kind, retry_attempts, retry_at, project, \
-         vcpus, memory_mb, requested_by, resource_version) \
+         vcpus, memory_mb, requested_by, resource_version, guest) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)",
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)",
     )
     .bind(vm.id.to_string())
     .bind(vm.name.clone())
@@ -364,6 +364,7 @@ pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result
     .bind(i64::from(vm.spec.memory_mb))
     .bind(vm.requested_by.clone())
     .bind(vm.resource_version)
+    .bind(guest_json(vm))
     .execute(&mut *conn)
     .await?;
     move_allocations(conn, None, footprint_of(vm).as_ref()).await
@@ -385,7 +386,7 @@ pub(super) async fn update_vm(
          last_error_code = $12, last_error_message = $13, deletion_requested = $14, \
          updated_at = $15, deleted_at = $16, annotations = $17, booted_spec = $18, \
          booted_at = $19, retry_kind = $20, retry_attempts = $21, retry_at = $22, vcpus = $23, \
-         memory_mb = $24, requested_by = $25, resource_version = $26 \
+         memory_mb = $24, requested_by = $25, resource_version = $26, guest = $28 \
          WHERE id = $1 AND resource_version = $27",
     )
     .bind(vm.id.to_string())
@@ -415,6 +416,7 @@ pub(super) async fn update_vm(
     .bind(vm.requested_by.clone())
     .bind(next)
     .bind(vm.resource_version)
+    .bind(guest_json(vm))
     .execute(&mut *conn)
     .await?;
     if written.rows_affected() == 1 {
@@ -490,6 +492,12 @@ fn requested_op_json(vm: &VmRecord) -> Option<String> {
 
 fn annotations_json(vm: &VmRecord) -> String {
     serde_json::to_string(&vm.annotations).expect("annotations serialize")
+}
+
+fn guest_json(vm: &VmRecord) -> Option<String> {
+    vm.guest
+        .as_ref()
+        .map(|g| serde_json::to_string(g).expect("GuestState serializes"))
 }
 
 fn booted_spec_json(vm: &VmRecord) -> Option<String> {
