@@ -4,7 +4,8 @@
 //! VM's report) and sends an unsolicited `VmReport` (power unspecified, `guest` set) only
 //! when the answer changes. Polls every [`POLL_UNTIL_CONNECTED`] until the guest agent
 //! answers, then every [`POLL_CONNECTED`]. Like [`crate::monitor`], it leaves VMs a task
-//! holds alone and never holds a VM's lock itself. Also the guest-shutdown step of
+//! holds alone and never holds a VM's lock itself; a paused VM keeps what its guest agent
+//! said before the pause. Also the guest-shutdown step of
 //! `vm.stop` ([`request_shutdown`]).
 
 use std::collections::HashMap;
@@ -16,8 +17,10 @@ use otherix_api::proto::{GuestInfo, VmPower};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::guest_power;
 use crate::outbox::{power_report, Outbox};
 use crate::qemu::qga::{Interface, OsInfo, Qga, QgaError};
+use crate::qemu::RunStatus;
 use crate::vm_registry::{RunDir, VmRegistry};
 
 /// How often the watcher looks for VMs due a poll.
@@ -68,6 +71,14 @@ async fn poll_due(registry: &VmRegistry, outbox: &Outbox, due: &mut HashMap<Uuid
         due.insert(vm_id, (pid, Instant::now() + next));
         // The VM may have stopped (or restarted) while we asked.
         if !registry.observed_pids().contains(&(vm_id, pid)) {
+            continue;
+        }
+        // A paused guest cannot answer; what it said before still holds.
+        let was_connected = registry.guest_info(vm_id, pid).is_some_and(|g| g.connected);
+        if !info.connected
+            && was_connected
+            && guest_power::query_status(&run, POLL_TIMEOUT).await == Ok(RunStatus::Paused)
+        {
             continue;
         }
         if !registry.set_guest_info(vm_id, pid, info.clone()) {

@@ -89,7 +89,8 @@ fn guest_agent_reports_address_and_stops_the_guest() {
     let serial = cluster.serial_log("qga-1");
     file_contains(&serial, "OTHERIX-QGA-START", Duration::from_secs(5));
 
-    // vm get (text) shows them; -o yaml carries them.
+    // vm get (text) shows them; vm list -o yaml carries them (vm get -o yaml is the
+    // re-appliable manifest, without status).
     let out = cluster.cli(&["vm", "get", "qga-1"]).ok();
     eprintln!("vm get qga-1:\n{}", out.stdout);
     for line in [
@@ -104,10 +105,7 @@ fn guest_agent_reports_address_and_stops_the_guest() {
             out.stdout
         );
     }
-    let yaml = cluster
-        .cli(&["vm", "get", "qga-1", "-o", "yaml"])
-        .ok()
-        .stdout;
+    let yaml = cluster.cli(&["vm", "list", "-o", "yaml"]).ok().stdout;
     assert!(yaml.contains("guest_agent: connected"), "{yaml}");
     assert!(yaml.contains(&format!("- {GUEST_ADDRESS}")), "{yaml}");
 
@@ -166,6 +164,7 @@ fn guest_agent_reports_address_and_stops_the_guest() {
     // handler and no qemu-ga yet). The stop retries guest agent / ACPI until one lands.
     create(&cluster, &url, "qga-2");
     let pid2 = cluster.vm("qga-2")["status"]["pid"].as_u64().unwrap() as u32;
+    let started = std::time::Instant::now();
     let out = cluster.cli(&["vm", "stop", "qga-2", "--wait"]);
     assert_eq!(out.code, 0, "stop right after create: {out:?}");
     let task = uuid_after(&out.stdout, "task=");
@@ -178,7 +177,8 @@ fn guest_agent_reports_address_and_stops_the_guest() {
     assert_eq!(cluster.vm("qga-2")["status"]["phase"], "stopped");
     let serial2 = std::fs::read_to_string(cluster.serial_log("qga-2")).unwrap_or_default();
     eprintln!(
-        "early stop: guest-shutdown used: {}, ACPI used: {}",
+        "early stop took {:?}: guest-shutdown used: {}, ACPI used: {}",
+        started.elapsed(),
         serial2.contains("OTHERIX-QGA-SHUTDOWN"),
         serial2.contains("OTHERIX-TEST-GUEST-POWERDOWN")
     );

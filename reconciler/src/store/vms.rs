@@ -574,4 +574,32 @@ mod tests {
         assert!(err.is_conflict(), "{err:?}");
         assert!(store.task(task.id).await.unwrap().is_none());
     }
+
+    #[tokio::test]
+    async fn save_vm_guest_round_trips_and_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&default_database_url(dir.path()))
+            .await
+            .unwrap();
+        let vm = VmRecord::new("web-1".into(), spec(), store.now_ms());
+        insert_vm(&mut store.pool.acquire().await.unwrap(), &vm)
+            .await
+            .unwrap();
+        assert_eq!(store.vm_by_id(vm.id).await.unwrap().unwrap().guest, None);
+        let guest = crate::model::GuestState {
+            connected: true,
+            addresses: vec!["10.0.2.15/24".into()],
+            os_name: "Busybox".into(),
+            os_version: "1".into(),
+            answered: true,
+        };
+        let mut v = store.vm_by_id(vm.id).await.unwrap().unwrap();
+        v.guest = Some(guest.clone());
+        store.save_vm(&mut v).await.unwrap();
+        let mut v = store.vm_by_id(vm.id).await.unwrap().unwrap();
+        assert_eq!(v.guest, Some(guest));
+        v.guest = None;
+        store.save_vm(&mut v).await.unwrap();
+        assert_eq!(store.vm_by_id(vm.id).await.unwrap().unwrap().guest, None);
+    }
 }
