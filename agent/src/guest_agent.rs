@@ -127,14 +127,28 @@ pub async fn probe(run: &RunDir, timeout: Duration) -> GuestInfo {
     guest_info(&interfaces, os.as_ref())
 }
 
-/// The report of a guest agent that answered: its addresses and OS.
+/// At most this many addresses are reported (the guest writes the list: it is untrusted).
+pub const MAX_ADDRESSES: usize = 16;
+/// OS name and version are cut to this many characters.
+pub const MAX_OS_TEXT: usize = 128;
+
+/// The report of a guest agent that answered: its addresses and OS, capped
+/// ([`MAX_ADDRESSES`], [`MAX_OS_TEXT`]) since the guest controls them.
 pub fn guest_info(interfaces: &[Interface], os: Option<&OsInfo>) -> GuestInfo {
     let (os_name, os_version) = os.map(os_fields).unwrap_or_default();
+    let cut = |s: String| {
+        s.chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_OS_TEXT)
+            .collect()
+    };
+    let mut addresses = addresses(interfaces);
+    addresses.truncate(MAX_ADDRESSES);
     GuestInfo {
         connected: true,
-        addresses: addresses(interfaces),
-        os_name,
-        os_version,
+        addresses,
+        os_name: cut(os_name),
+        os_version: cut(os_version),
     }
 }
 
@@ -301,6 +315,24 @@ mod tests {
         for (info, (name, version)) in table {
             assert_eq!(os_fields(&info), (name.to_string(), version.to_string()));
         }
+    }
+
+    #[test]
+    fn guest_info_caps_what_the_guest_controls() {
+        let many: Vec<(&str, String, u8)> = (0..40)
+            .map(|i| ("ipv4", format!("10.0.0.{i}"), 24))
+            .collect();
+        let many: Vec<(&str, &str, u8)> =
+            many.iter().map(|(k, a, p)| (*k, a.as_str(), *p)).collect();
+        let os = OsInfo {
+            pretty_name: Some(format!("evil\n\x1b[31m{}", "x".repeat(1000))),
+            ..Default::default()
+        };
+        let info = guest_info(&[iface("eth0", &many)], Some(&os));
+        assert_eq!(info.addresses.len(), MAX_ADDRESSES);
+        assert_eq!(info.addresses[0], "10.0.0.0/24");
+        assert_eq!(info.os_name.chars().count(), MAX_OS_TEXT);
+        assert!(info.os_name.starts_with("evil[31mxxx"), "{}", info.os_name);
     }
 
     #[test]

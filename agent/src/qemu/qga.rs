@@ -170,20 +170,6 @@ impl Qga {
         })
     }
 
-    /// `guest-get-host-name`.
-    pub async fn get_host_name(&mut self) -> Result<String, QgaError> {
-        const CMD: &str = "guest-get-host-name";
-        let value = self.execute(CMD, None).await?;
-        value
-            .get("host-name")
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or_else(|| QgaError::Protocol {
-                command: CMD,
-                detail: value.to_string(),
-            })
-    }
-
     /// `guest-shutdown` with mode `powerdown`. qemu-ga answers only on failure, so this
     /// waits up to `grace` for an error and counts silence (or the guest closing the
     /// port as it goes down) as sent.
