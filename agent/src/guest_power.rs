@@ -125,9 +125,10 @@ pub async fn quit_qemu(run: &RunDir, vm_id: Uuid, pid: u32) -> bool {
     wait_exit(pid, &run.path, QUIT_GRACE).await
 }
 
-/// Removes what a dead QEMU leaves behind: QMP socket, pidfile, tap device.
+/// Removes what a dead QEMU leaves behind: QMP and QGA sockets, pidfile, tap device.
 pub fn clear_dead_qemu(run: &RunDir, vm_id: Uuid) {
     let _ = std::fs::remove_file(run.qmp_socket());
+    let _ = std::fs::remove_file(run.qga_socket());
     let _ = std::fs::remove_file(run.pidfile());
     remove_vm_tap(vm_id);
 }

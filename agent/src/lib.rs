@@ -4,8 +4,9 @@
 //! ([`image_cache`], [`pool_images`]), disks ([`disk`]), per-boot setup ([`boot_setup`]:
 //! [`firmware`], the [`cloud_init`] seed, [`network`] taps and port forwards), QEMU
 //! ([`qemu`]), the capped serial console ([`serial_log`]) and the VM registry
-//! ([`vm_registry`]); [`monitor`] notices VMs that stop outside a task, and
-//! [`guest_power`] tells a guest poweroff from a QEMU crash.
+//! ([`vm_registry`]); [`monitor`] notices VMs that stop outside a task,
+//! [`guest_power`] tells a guest poweroff from a QEMU crash, and [`guest_agent`] asks
+//! each running guest's qemu-ga for its addresses.
 
 pub mod atomic_file;
 pub mod boot_setup;
@@ -18,6 +19,7 @@ pub mod epoch_fence;
 pub mod error_chain;
 pub mod executor;
 pub mod firmware;
+pub mod guest_agent;
 pub mod guest_power;
 pub mod host;
 pub mod image_cache;

@@ -15,6 +15,7 @@ use crate::boot_setup::prepare_boot;
 use crate::disk;
 use crate::driver::{SyncOp, VmDriver, VmTarget};
 use crate::error_chain::error_chain;
+use crate::guest_agent;
 use crate::guest_power::{
     self, clear_dead_qemu, decide, finish_guest_shutdown, QemuSeen, GUEST_OFF_DETAIL, QUIT_GRACE,
 };
@@ -255,6 +256,7 @@ impl LocalDriver {
     fn clear_stale_runtime_files(run: &RunDir) {
         let _ = std::fs::remove_file(run.qmp_socket());
         let _ = std::fs::remove_file(run.console_socket());
+        let _ = std::fs::remove_file(run.qga_socket());
         let _ = std::fs::remove_file(run.pidfile());
     }
 
@@ -327,6 +329,7 @@ impl LocalDriver {
             qmp_socket: run.qmp_socket(),
             console_socket: run.console_socket(),
             serial_log: run.serial_log(),
+            qga_socket: run.qga_socket(),
             seed: boot.seed.clone(),
             firmware: boot.firmware.clone(),
             nic: boot.nic.clone(),
@@ -564,11 +567,19 @@ impl VmDriver for LocalDriver {
                 .await
                 .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
         }
-        qmp.system_powerdown()
-            .await
-            .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
         drop(qmp);
-        progress.phase("powerdown sent");
+        // The guest agent first (it works before the guest's ACPI handler is up), else ACPI.
+        if guest_agent::request_shutdown(&run, &vm.name).await {
+            progress.phase("guest-shutdown sent");
+        } else {
+            Qmp::connect(&run.qmp_socket())
+                .await
+                .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?
+                .system_powerdown()
+                .await
+                .map_err(|e| api_err(ErrorCode::QemuFailed, error_chain(&e)))?;
+            progress.phase("powerdown sent");
+        }
         progress.phase("waiting for guest");
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -586,7 +597,12 @@ impl VmDriver for LocalDriver {
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
-            // Still running: press again (a failed press is retried at the next round).
+            // Still running: ask the guest agent (up by now?) or press again (a failed
+            // press is retried at the next round).
+            if guest_agent::request_shutdown(&run, &vm.name).await {
+                progress.phase("guest-shutdown sent");
+                continue;
+            }
             tracing::info!(vm = %vm.name, "guest still running; pressing the power button again");
             match Qmp::connect(&run.qmp_socket()).await {
                 Ok(qmp) => {
@@ -602,7 +618,7 @@ impl VmDriver for LocalDriver {
         Err(ApiError::new(
             ErrorCode::StopTimeout,
             format!(
-                "guest of vm {} did not power off within {}s after ACPI powerdown; it is still running (pid {pid}); use poweroff to force it",
+                "guest of vm {} did not power off within {}s after guest-shutdown/ACPI powerdown; it is still running (pid {pid}); use poweroff to force it",
                 vm.name,
                 timeout.as_secs_f64()
             ),
@@ -704,6 +720,10 @@ impl VmDriver for LocalDriver {
         }
         report.guest_shutdown = decision.guest_shutdown;
         report.detail = decision.detail;
+        // What the guest agent watcher last learned from this QEMU (absent: no news).
+        if let Some(pid) = live.filter(|_| decision.power != VmPower::Stopped) {
+            report.guest = self.registry.guest_info(vm_id, pid);
+        }
         report
     }
 

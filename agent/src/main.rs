@@ -13,12 +13,12 @@ use otherix_agent::executor::Executor;
 use otherix_agent::host::{self, AccelChoice};
 use otherix_agent::image_fetch::{gib_to_bytes, FetchPolicy, DEFAULT_MAX_IMAGE_GIB};
 use otherix_agent::local_driver::LocalDriver;
-use otherix_agent::monitor;
 use otherix_agent::outbox::Outbox;
 use otherix_agent::qemu::process::{untraversable_ancestor, RunAs};
 use otherix_agent::session::{self, NodeInfo, Transport};
 use otherix_agent::url_policy::{Cidr, UrlPolicy};
 use otherix_agent::vm_registry::VmRegistry;
+use otherix_agent::{guest_agent, monitor};
 use otherix_api::firmware_path::DEFAULT_FIRMWARE_DIRS;
 
 /// The otherix node agent: runs VMs with QEMU for otherixd.
@@ -316,6 +316,7 @@ async fn main() -> anyhow::Result<()> {
         outbox.clone(),
         pools.clone(),
     );
+    tokio::spawn(guest_agent::run(registry.clone(), outbox.clone()));
     tokio::spawn(monitor::run(registry, outbox.clone()));
     {
         let executor = executor.clone();

@@ -73,6 +73,8 @@ impl From<StoredVmReport> for VmReport {
             detail: r.detail,
             serial_log: r.serial_log,
             guest_shutdown: r.guest_shutdown,
+            // Not kept: a replayed result carries no guest agent news.
+            guest: None,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The agent's record of its VMs: `DATA_DIR/vms/<vm_id>/` run directories (named file
-//! constants), `vm.json` records, per-VM task locks, and the last observed QEMU pid per VM
-//! (what the monitor compares against).
+//! constants), `vm.json` records, per-VM task locks, the last observed QEMU pid per VM
+//! (what the monitor compares against) and the last guest agent answer per VM (what the
+//! guest agent watcher found, attached to every running VM's report).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use otherix_api::proto::GuestInfo;
 use otherix_api::VmSpec;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -16,6 +18,8 @@ use crate::atomic_file::write_json_atomic;
 pub const VM_RECORD: &str = "vm.json";
 /// QEMU's QMP unix socket.
 pub const QMP_SOCKET: &str = "qmp.sock";
+/// The guest agent's socket (QEMU's end of the `org.qemu.guest_agent.0` port).
+pub const QGA_SOCKET: &str = "qga.sock";
 /// QEMU's pidfile (`-pidfile`).
 pub const PIDFILE: &str = "qemu.pid";
 /// The guest's serial console.
@@ -71,6 +75,9 @@ impl RunDir {
     pub fn qmp_socket(&self) -> PathBuf {
         self.path.join(QMP_SOCKET)
     }
+    pub fn qga_socket(&self) -> PathBuf {
+        self.path.join(QGA_SOCKET)
+    }
     pub fn pidfile(&self) -> PathBuf {
         self.path.join(PIDFILE)
     }
@@ -93,6 +100,8 @@ pub struct VmRegistry {
     vms_dir: PathBuf,
     locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
     observed_pids: Mutex<HashMap<Uuid, u32>>,
+    /// Per VM: the QEMU pid the info was gathered from, and the info.
+    guest_infos: Mutex<HashMap<Uuid, (u32, GuestInfo)>>,
 }
 
 impl VmRegistry {
@@ -101,6 +110,7 @@ impl VmRegistry {
             vms_dir: data_dir.join("vms"),
             locks: Mutex::default(),
             observed_pids: Mutex::default(),
+            guest_infos: Mutex::default(),
         }
     }
 
@@ -182,6 +192,25 @@ impl VmRegistry {
         };
     }
 
+    /// Records what the guest agent of the VM's QEMU `pid` said; returns whether it differs
+    /// from what was recorded for that QEMU.
+    pub fn set_guest_info(&self, vm_id: Uuid, pid: u32, info: GuestInfo) -> bool {
+        let mut infos = self.guest_infos.lock().expect("guest info table poisoned");
+        let changed = infos.get(&vm_id) != Some(&(pid, info.clone()));
+        infos.insert(vm_id, (pid, info));
+        changed
+    }
+
+    /// The guest agent info of the VM's current QEMU (`pid`); `None` when nothing was
+    /// learned from that QEMU yet (info from an earlier QEMU does not count).
+    pub fn guest_info(&self, vm_id: Uuid, pid: u32) -> Option<GuestInfo> {
+        let infos = self.guest_infos.lock().expect("guest info table poisoned");
+        infos
+            .get(&vm_id)
+            .filter(|(seen_pid, _)| *seen_pid == pid)
+            .map(|(_, info)| info.clone())
+    }
+
     /// Every VM the agent believes is running, with its pid.
     pub fn observed_pids(&self) -> Vec<(Uuid, u32)> {
         let pids = self.observed_pids.lock().expect("pid table poisoned");
@@ -229,5 +258,28 @@ mod tests {
         assert_eq!(reg.observed_pids(), vec![(id, 42)]);
         reg.set_observed_pid(id, None);
         assert!(reg.observed_pids().is_empty());
+    }
+
+    #[test]
+    fn registry_guest_info_belongs_to_one_qemu() {
+        let reg = VmRegistry::new(Path::new("/nonexistent"));
+        let id = Uuid::new_v4();
+        let info = GuestInfo {
+            connected: true,
+            addresses: vec!["10.0.2.15/24".into()],
+            ..Default::default()
+        };
+        assert_eq!(reg.guest_info(id, 7), None);
+        assert!(reg.set_guest_info(id, 7, info.clone()));
+        assert!(
+            !reg.set_guest_info(id, 7, info.clone()),
+            "same info is no change"
+        );
+        assert_eq!(reg.guest_info(id, 7), Some(info.clone()));
+        assert_eq!(reg.guest_info(id, 8), None, "a new QEMU starts unknown");
+        assert!(
+            reg.set_guest_info(id, 8, info),
+            "same info from a new QEMU is news"
+        );
     }
 }

@@ -40,6 +40,6 @@ pub use list::ListResponse;
 pub use manifest::{ManifestError, Object, ObjectMeta, ParsedObject, VmManifest, API_VERSION};
 pub use task::{Placement, RejectedNode, Task, TaskAccepted, TaskKind, TaskProgress, TaskStatus};
 pub use vm::{
-    Arch, CreateVmRequest, DesiredPhase, DiskFormat, PortForward, PortProtocol, RestartPolicy, Vm,
-    VmPhase, VmSpec, VmStatus,
+    Arch, CreateVmRequest, DesiredPhase, DiskFormat, GuestAgentState, PortForward, PortProtocol,
+    RestartPolicy, Vm, VmPhase, VmSpec, VmStatus,
 };

@@ -350,6 +350,40 @@ pub struct VmStatus {
     /// A boot-time field changed while the VM ran; it takes effect at the next boot.
     #[serde(default, skip_serializing_if = "is_false")]
     pub restart_pending: bool,
+    /// Whether the guest's qemu-guest-agent answers (polled by the node agent every few
+    /// seconds until it does, then every 15 s). Absent while the VM is not running or
+    /// paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_agent: Option<GuestAgentState>,
+    /// The guest's addresses as CIDR, from the guest agent (loopback and IPv6 link-local
+    /// left out). Omitted when none are known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// The guest OS as its guest agent names it (`guest-get-osinfo`'s pretty name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    /// True once the guest agent has answered during this boot: the guest is up. Absent
+    /// means unknown (not running, or no answer yet: the guest may still be booting or may
+    /// have no guest agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+}
+
+/// Whether a VM's guest agent answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestAgentState {
+    Connected,
+    NotConnected,
+}
+
+impl GuestAgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestAgentState::Connected => "connected",
+            GuestAgentState::NotConnected => "not_connected",
+        }
+    }
 }
 
 /// A VM as `GET /v1/vms/{name}` returns it.

@@ -230,6 +230,7 @@ fn raw_launch(
         pidfile: pidfile.clone(),
         qmp_socket: dir.join(format!("qmp-{i}.sock")),
         console_socket: dir.join(format!("console-{i}.sock")),
+        qga_socket: dir.join(format!("qga-{i}.sock")),
         serial_log: dir.join(format!("serial-{i}.log")),
         seed: None,
         firmware: BootFirmware::Bios,

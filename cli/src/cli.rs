@@ -304,11 +304,13 @@ impl From<FormatArg> for DiskFormat {
     }
 }
 
-/// Output formats of list commands.
+/// Output formats of `vm list`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum ListFormat {
     #[default]
     Table,
+    /// The table plus IP (the guest's first address, from its guest agent).
+    Wide,
     Json,
     Yaml,
 }

@@ -4,8 +4,8 @@
 
 use otherix_api::manifest::AllocationRatio;
 use otherix_api::{
-    ErrorBody, Node, NodeStatus, Placement, Task, TaskKind, TaskProgress, TaskStatus, Vm, VmPhase,
-    VmSpec, VmStatus,
+    ErrorBody, GuestAgentState, Node, NodeStatus, Placement, Task, TaskKind, TaskProgress,
+    TaskStatus, Vm, VmPhase, VmSpec, VmStatus,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -112,6 +112,36 @@ pub struct VmRecord {
     pub requested_by: Option<String>,
     /// Bumped on every write of the row; writes are compare-and-swap on it.
     pub resource_version: i64,
+    /// What the VM's guest agent last told the node agent during this boot (`None`:
+    /// nothing yet; cleared when the VM stops).
+    pub guest: Option<GuestState>,
+}
+
+/// A VM's guest as its guest agent describes it (the agent's `GuestInfo`), stored as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestState {
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os_version: String,
+    /// The guest agent has answered at least once during this boot (`status.ready`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answered: bool,
+}
+
+impl From<&otherix_api::proto::GuestInfo> for GuestState {
+    fn from(g: &otherix_api::proto::GuestInfo) -> Self {
+        GuestState {
+            connected: g.connected,
+            addresses: g.addresses.clone(),
+            os_name: g.os_name.clone(),
+            os_version: g.os_version.clone(),
+            answered: g.connected,
+        }
+    }
 }
 
 /// A firmware as a VM boots with it (the agent's `FirmwareRef`).
@@ -162,6 +192,7 @@ impl VmRecord {
             retry_at_ms: None,
             requested_by: None,
             resource_version: 1,
+            guest: None,
         }
     }
 
@@ -202,6 +233,13 @@ impl VmRecord {
     }
 
     pub fn to_api(&self) -> Vm {
+        // Guest agent fields only while QEMU runs (and the node is known to be up).
+        let qemu_up = matches!(
+            self.effective_phase(),
+            VmPhase::Running | VmPhase::Paused | VmPhase::Stopping | VmPhase::Rebooting
+        );
+        let no_guest = GuestState::default();
+        let guest = self.guest.as_ref().filter(|_| qemu_up).unwrap_or(&no_guest);
         Vm {
             id: self.id,
             name: self.name.clone(),
@@ -221,6 +259,14 @@ impl VmRecord {
                 last_error: self.last_error_with_retry(),
                 observed_generation: self.observed_generation,
                 restart_pending: self.restart_pending(),
+                guest_agent: qemu_up.then_some(if guest.connected {
+                    GuestAgentState::Connected
+                } else {
+                    GuestAgentState::NotConnected
+                }),
+                addresses: guest.addresses.clone(),
+                os: (!guest.os_name.is_empty()).then(|| guest.os_name.clone()),
+                ready: (guest.connected || guest.answered).then_some(true),
             },
             created_at: rfc3339(self.created_at_ms),
             updated_at: rfc3339(self.updated_at_ms),

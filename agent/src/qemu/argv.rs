@@ -55,6 +55,8 @@ pub struct LaunchConfig {
     /// the QEMU user cannot open. `None`: the agent starts QEMU as the user already (or
     /// QEMU runs as the agent's user) under the full [`SANDBOX`].
     pub run_with_user: Option<String>,
+    /// The guest agent's unix socket (a virtio-serial port `org.qemu.guest_agent.0`).
+    pub qga_socket: PathBuf,
 }
 
 /// Firmware as QEMU sees it.
@@ -224,6 +226,22 @@ pub fn build_argv(cfg: &LaunchConfig) -> Result<(String, Vec<OsString>), ArgvErr
     args.push(netdev_arg(&cfg.nic)?.into());
     let mac = mac_for_vm(cfg.vm_id);
     args.extend(["-device", &format!("virtio-net-pci,netdev=net0,mac={mac}")].map(OsString::from));
+    // The guest agent channel: a virtio-serial port qemu-ga finds by name.
+    args.push("-chardev".into());
+    args.push(path_opt(
+        "socket,id=qga0,path=",
+        &cfg.qga_socket,
+        ",server=on,wait=off",
+    )?);
+    args.extend(
+        [
+            "-device",
+            "virtio-serial",
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ]
+        .map(OsString::from),
+    );
     Ok((qemu_binary(cfg.arch).to_string(), args))
 }
 

@@ -20,6 +20,7 @@ fn config() -> LaunchConfig {
         firmware: BootFirmware::Bios,
         nic: Nic::User { ports: Vec::new() },
         run_with_user: None,
+        qga_socket: "/data/vms/x/qga.sock".into(),
     }
 }
 
@@ -59,6 +60,9 @@ const DISK: &str = "-drive file=/pool/vms/x/disk.qcow2,if=none,id=disk0,format=q
 const SEED: &str = "-drive file=/pool/vms/x/seed.img,if=none,id=seed0,format=raw,readonly=on \
      -device virtio-blk-pci,drive=seed0";
 
+const QGA: &str = "-chardev socket,id=qga0,path=/data/vms/x/qga.sock,server=on,wait=off \
+     -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0";
+
 fn uefi(code: &str) -> BootFirmware {
     BootFirmware::Pflash {
         code: code.into(),
@@ -69,7 +73,8 @@ fn uefi(code: &str) -> BootFirmware {
 #[test]
 fn build_argv_full_command_line_per_arch_and_firmware() {
     let mac = mac_for_vm(config().vm_id);
-    let nic = format!("-netdev user,id=net0 -device virtio-net-pci,netdev=net0,mac={mac}");
+    // Every VM, both arches, ends with the guest agent channel.
+    let nic = format!("-netdev user,id=net0 -device virtio-net-pci,netdev=net0,mac={mac} {QGA}");
     let ovmf =
         "-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
                 -drive if=pflash,format=raw,unit=1,file=/pool/vms/x/efivars.fd";
@@ -213,6 +218,10 @@ fn build_argv_bad_inputs_rejected() {
         (
             |c| c.seed = Some("/a,b/seed.img".into()),
             ArgvError::CommaInPath("/a,b/seed.img".into()),
+        ),
+        (
+            |c| c.qga_socket = "/a,b/qga.sock".into(),
+            ArgvError::CommaInPath("/a,b/qga.sock".into()),
         ),
         (
             |c| {

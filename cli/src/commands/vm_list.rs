@@ -57,6 +57,14 @@ pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
             opts.show_ids,
         ),
         ListFormat::Table => output::table::vms(&page.value.items, opts.show_ids),
+        ListFormat::Wide => output::table::vms_wide(
+            &page.value.items,
+            opts.show_ids,
+            opts.query
+                .all_projects
+                .then(|| wire::item_projects(&page.raw))
+                .as_deref(),
+        ),
         ListFormat::Json => output::json::pretty(&page.raw),
         ListFormat::Yaml => output::yaml::to_string(&page.value)?,
     };
@@ -68,7 +76,7 @@ pub fn run(ctx: &mut Ctx<'_>, opts: Options) -> Result<(), CommandError> {
     if let Some(stream) = stream {
         let format = match opts.format {
             ListFormat::Json => TextFormat::Json,
-            ListFormat::Table | ListFormat::Yaml => TextFormat::Text,
+            ListFormat::Table | ListFormat::Wide | ListFormat::Yaml => TextFormat::Text,
         };
         super::events::follow(ctx, stream, &events, format)?;
     }

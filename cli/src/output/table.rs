@@ -63,6 +63,23 @@ pub fn vms_in_projects(vms: &[Vm], projects: &[String], show_ids: bool) -> Strin
     vm_table(vms, show_ids, Some(projects))
 }
 
+/// `vm list -o wide`: [`vms`] (with `PROJECT` first when `projects` is given) plus `IP`,
+/// the guest's first address as its guest agent reports it.
+pub fn vms_wide(vms: &[Vm], show_ids: bool, projects: Option<&[String]>) -> String {
+    let mut columns = vm_columns(show_ids);
+    columns.push(col("IP", 0));
+    let mut rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|vm| {
+            let mut row = vm_row(vm, show_ids);
+            row.push(or_none(vm.status.addresses.first()));
+            row
+        })
+        .collect();
+    with_projects(&mut columns, &mut rows, projects);
+    render(&columns, &rows)
+}
+
 /// `PROJECT` as the first column, when listing across projects.
 fn with_projects(columns: &mut Vec<Column>, rows: &mut [Vec<String>], projects: Option<&[String]>) {
     let Some(projects) = projects else { return };
@@ -74,6 +91,13 @@ fn with_projects(columns: &mut Vec<Column>, rows: &mut [Vec<String>], projects: 
 }
 
 fn vm_table(vms: &[Vm], show_ids: bool, projects: Option<&[String]>) -> String {
+    let mut columns = vm_columns(show_ids);
+    let mut rows: Vec<Vec<String>> = vms.iter().map(|vm| vm_row(vm, show_ids)).collect();
+    with_projects(&mut columns, &mut rows, projects);
+    render(&columns, &rows)
+}
+
+fn vm_columns(show_ids: bool) -> Vec<Column> {
     // Minimum widths keep short names aligned like the documented example.
     let mut columns = vec![
         col("NAME", 9),
@@ -86,25 +110,22 @@ fn vm_table(vms: &[Vm], show_ids: bool, projects: Option<&[String]>) -> String {
     if show_ids {
         columns.insert(0, col("ID", 0));
     }
-    let mut rows: Vec<Vec<String>> = vms
-        .iter()
-        .map(|vm| {
-            let mut row = vec![
-                vm.name.clone(),
-                vm.status.phase.to_string(),
-                vm.spec.arch.to_string(),
-                or_none(vm.status.node.as_deref()),
-                or_none(vm.status.pool.as_deref()),
-                or_none(vm.spec.network.as_deref()),
-            ];
-            if show_ids {
-                row.insert(0, vm.id.to_string());
-            }
-            row
-        })
-        .collect();
-    with_projects(&mut columns, &mut rows, projects);
-    render(&columns, &rows)
+    columns
+}
+
+fn vm_row(vm: &Vm, show_ids: bool) -> Vec<String> {
+    let mut row = vec![
+        vm.name.clone(),
+        vm.status.phase.to_string(),
+        vm.spec.arch.to_string(),
+        or_none(vm.status.node.as_deref()),
+        or_none(vm.status.pool.as_deref()),
+        or_none(vm.spec.network.as_deref()),
+    ];
+    if show_ids {
+        row.insert(0, vm.id.to_string());
+    }
+    row
 }
 
 /// `task list`: `ID KIND STATUS VM NODE CREATED`.
@@ -384,6 +405,23 @@ mod tests {
                  {VM_ID}  web-1             running  arm64  node-1    default   -\n\
                  {VM2_ID}  database-primary  pending  amd64  -         -         br-lan\n"
             )
+        );
+    }
+
+    #[test]
+    fn vms_wide_adds_first_guest_address_as_ip() {
+        let mut a = vm();
+        a.status.addresses = vec!["10.0.2.15/24".into(), "2001:db8::5/64".into()];
+        assert_eq!(
+            vms_wide(&[a.clone(), vm2()], false, None),
+            "NAME              STATUS   ARCH   NODE      POOL      NETWORK  IP\n\
+             web-1             running  arm64  node-1    default   -        10.0.2.15/24\n\
+             database-primary  pending  amd64  -         -         br-lan   -\n"
+        );
+        assert!(vms_wide(&[a.clone()], true, None).starts_with("ID "));
+        assert!(
+            vms_wide(&[a], false, Some(&["dev".into()])).starts_with("PROJECT  NAME "),
+            "PROJECT first, IP last"
         );
     }
 

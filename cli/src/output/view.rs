@@ -86,8 +86,17 @@ pub fn vm(vm: &Vm, restart_pending: Option<bool>, project: Option<&str>) -> Stri
         ("ports", join_or_none(&ports)),
         ("pid", or_none(st.pid)),
         ("serial_log", or_none(st.serial_log.as_deref())),
-        ("desired_phase", s.desired_phase.as_str().to_owned()),
     ]);
+    // The guest agent's view, while the VM runs.
+    if let Some(agent) = st.guest_agent {
+        rows.extend([
+            ("guest_agent", agent.as_str().to_owned()),
+            ("addresses", join_or_none(&st.addresses)),
+            ("os", or_none(st.os.as_deref())),
+            ("ready", or_none(st.ready)),
+        ]);
+    }
+    rows.push(("desired_phase", s.desired_phase.as_str().to_owned()));
     if let Some(pending) = restart_pending {
         rows.push(("restart_pending", pending.to_string()));
     }
@@ -329,6 +338,33 @@ updated_at:          2026-05-01T10:01:00Z
 "
         );
         assert_eq!(vm(&fx::vm(), None, None), want);
+    }
+
+    #[test]
+    fn vm_with_guest_agent_prints_its_rows_after_serial_log() {
+        let mut v = fx::vm();
+        v.status.guest_agent = Some(otherix_api::GuestAgentState::Connected);
+        v.status.addresses = vec!["10.0.2.15/24".into(), "2001:db8::5/64".into()];
+        v.status.os = Some("Debian GNU/Linux 12 (bookworm)".into());
+        v.status.ready = Some(true);
+        assert!(
+            vm(&v, None, None).contains(
+                "serial_log:          /var/lib/otherix/vms/x/serial.log\n\
+                 guest_agent:         connected\n\
+                 addresses:           10.0.2.15/24,2001:db8::5/64\n\
+                 os:                  Debian GNU/Linux 12 (bookworm)\n\
+                 ready:               true\n\
+                 desired_phase:       running\n"
+            ),
+            "{}",
+            vm(&v, None, None)
+        );
+        v.status.guest_agent = Some(otherix_api::GuestAgentState::NotConnected);
+        v.status.addresses.clear();
+        v.status.os = None;
+        v.status.ready = None;
+        let text = vm(&v, None, None);
+        assert!(text.contains("guest_agent:         not_connected\naddresses:           -\nos:                  -\nready:               -\n"), "{text}");
     }
 
     #[test]

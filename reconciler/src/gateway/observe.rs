@@ -1,12 +1,12 @@
 //! Pure folding of agent reports into a VM's observed status: what a finished task, an
-//! unsolicited `VmReport` or a sync reply means for phase, pid, last error and (when
-//! the guest or a failure settled it) the desired phase.
+//! unsolicited `VmReport` or a sync reply means for phase, pid, last error, what the guest
+//! agent said and (when the guest or a failure settled it) the desired phase.
 
 use otherix_api::proto::{VmPower, VmReport};
 use otherix_api::{DesiredPhase, ErrorBody, ErrorCode, TaskKind, VmPhase};
 
 use crate::lifecycle::phase_of;
-use crate::model::VmRecord;
+use crate::model::{GuestState, VmRecord};
 use crate::reconcile::retry::{
     clear_retry, restart_decision, schedule_retry, Backoff, StopReaction,
 };
@@ -31,6 +31,25 @@ fn apply_runtime(vm: &mut VmRecord, report: &VmReport) {
     vm.pid = (report.pid != 0).then_some(report.pid);
     if !report.serial_log.is_empty() {
         vm.serial_log = Some(report.serial_log.clone());
+    }
+}
+
+/// Folds what the guest agent said: a report with `guest` replaces it (remembering that
+/// the agent answered during this boot); one without keeps it (no news); a VM whose QEMU
+/// is not up has none.
+fn apply_guest(vm: &mut VmRecord, report: Option<&VmReport>) {
+    let qemu_up = matches!(
+        vm.phase,
+        VmPhase::Running | VmPhase::Paused | VmPhase::Stopping | VmPhase::Rebooting
+    );
+    if !qemu_up {
+        vm.guest = None;
+        return;
+    }
+    if let Some(info) = report.and_then(|r| r.guest.as_ref()) {
+        let mut guest = GuestState::from(info);
+        guest.answered |= vm.guest.as_ref().is_some_and(|g| g.answered);
+        vm.guest = Some(guest);
     }
 }
 
@@ -62,6 +81,8 @@ pub fn apply_task_outcome(
                         VmPhase::Running
                     };
                     vm.phase = reported.unwrap_or(fallback);
+                    // A new boot: what the last one's guest agent said is gone.
+                    vm.guest = None;
                     vm.observed_generation = vm.generation;
                     clear_retry(vm);
                     if matches!(vm.phase, VmPhase::Running | VmPhase::Paused) {
@@ -114,6 +135,7 @@ pub fn apply_task_outcome(
             }
         }
     }
+    apply_guest(vm, report);
 }
 
 /// Folds a `VmReport` received outside a task (or in a sync reply) into the VM; returns
@@ -179,8 +201,10 @@ pub fn apply_vm_report(
                 });
             }
         }
+        // Guest agent news only (the watcher's reports): power is not part of it.
         VmPower::Unspecified => {}
     }
+    apply_guest(vm, Some(report));
     *vm != before
 }
 
@@ -588,3 +612,7 @@ mod tests {
         assert_eq!(v.retry_kind, None);
     }
 }
+
+#[cfg(test)]
+#[path = "observe_guest_tests.rs"]
+mod guest_tests;

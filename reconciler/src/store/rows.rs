@@ -14,7 +14,7 @@ pub(super) const VM_SELECT: &str = "SELECT v.id, v.name, v.spec, v.generation, \
     v.requested_op, v.last_error_code, v.last_error_message, v.deletion_requested, \
     v.created_at, v.updated_at, v.deleted_at, v.bridge, v.firmware, n.status AS node_status, \
     v.annotations, v.booted_spec, v.booted_at, v.retry_kind, v.retry_attempts, v.retry_at, \
-    v.project, v.requested_by, v.resource_version, v.labels, \
+    v.project, v.requested_by, v.resource_version, v.labels, v.guest, \
     (SELECT t.id FROM tasks t WHERE t.vm_id = v.id AND t.status IN ('pending', 'running') \
     LIMIT 1) AS current_task \
     FROM vms v LEFT JOIN nodes n ON n.name = v.node";
@@ -56,6 +56,7 @@ pub(super) fn vm_from_row(row: &AnyRow) -> Result<VmRecord, StoreError> {
     let labels: String = row.try_get("labels")?;
     let booted_spec: Option<String> = row.try_get("booted_spec")?;
     let retry_kind: Option<String> = row.try_get("retry_kind")?;
+    let guest: Option<String> = row.try_get("guest")?;
     Ok(VmRecord {
         id: parse_uuid("vms", &id)?,
         name: row.try_get("name")?,
@@ -102,6 +103,10 @@ pub(super) fn vm_from_row(row: &AnyRow) -> Result<VmRecord, StoreError> {
         retry_at_ms: row.try_get("retry_at")?,
         requested_by: row.try_get("requested_by")?,
         resource_version: row.try_get("resource_version")?,
+        guest: guest
+            .map(|g| serde_json::from_str(&g))
+            .transpose()
+            .map_err(|e| corrupt("vms", &id, e))?,
     })
 }
 

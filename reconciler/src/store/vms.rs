@@ -346,9 +346,9 @@ pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result
          pool_path, pid, serial_log, requested_op, last_error_code, last_error_message, \
          deletion_requested, created_at, updated_at, deleted_at, bridge, firmware, \
          annotations, booted_spec, booted_at, retry_kind, retry_attempts, retry_at, project, \
-         vcpus, memory_mb, requested_by, resource_version, labels) \
+         vcpus, memory_mb, requested_by, resource_version, labels, guest) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)",
+         $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)",
     )
     .bind(vm.id.to_string())
     .bind(vm.name.clone())
@@ -386,6 +386,7 @@ pub(super) async fn insert_vm(conn: &mut AnyConnection, vm: &VmRecord) -> Result
     .bind(vm.requested_by.clone())
     .bind(vm.resource_version)
     .bind(labels_json(vm))
+    .bind(guest_json(vm))
     .execute(&mut *conn)
     .await?;
     move_allocations(conn, None, footprint_of(vm).as_ref()).await
@@ -407,7 +408,7 @@ pub(super) async fn update_vm(
          last_error_code = $12, last_error_message = $13, deletion_requested = $14, \
          updated_at = $15, deleted_at = $16, annotations = $17, booted_spec = $18, \
          booted_at = $19, retry_kind = $20, retry_attempts = $21, retry_at = $22, vcpus = $23, \
-         memory_mb = $24, requested_by = $25, resource_version = $26, labels = $28 \
+         memory_mb = $24, requested_by = $25, resource_version = $26, labels = $28, guest = $29 \
          WHERE id = $1 AND resource_version = $27",
     )
     .bind(vm.id.to_string())
@@ -438,6 +439,7 @@ pub(super) async fn update_vm(
     .bind(next)
     .bind(vm.resource_version)
     .bind(labels_json(vm))
+    .bind(guest_json(vm))
     .execute(&mut *conn)
     .await?;
     if written.rows_affected() == 1 {
@@ -517,6 +519,12 @@ fn labels_json(vm: &VmRecord) -> String {
 
 fn annotations_json(vm: &VmRecord) -> String {
     serde_json::to_string(&vm.annotations).expect("annotations serialize")
+}
+
+fn guest_json(vm: &VmRecord) -> Option<String> {
+    vm.guest
+        .as_ref()
+        .map(|g| serde_json::to_string(g).expect("GuestState serializes"))
 }
 
 fn booted_spec_json(vm: &VmRecord) -> Option<String> {
@@ -627,5 +635,33 @@ mod tests {
             .unwrap_err();
         assert!(err.is_conflict(), "{err:?}");
         assert!(store.task(task.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn save_vm_guest_round_trips_and_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&default_database_url(dir.path()))
+            .await
+            .unwrap();
+        let vm = VmRecord::new("web-1".into(), spec(), store.now_ms());
+        insert_vm(&mut store.pool.acquire().await.unwrap(), &vm)
+            .await
+            .unwrap();
+        assert_eq!(store.vm_by_id(vm.id).await.unwrap().unwrap().guest, None);
+        let guest = crate::model::GuestState {
+            connected: true,
+            addresses: vec!["10.0.2.15/24".into()],
+            os_name: "Busybox".into(),
+            os_version: "1".into(),
+            answered: true,
+        };
+        let mut v = store.vm_by_id(vm.id).await.unwrap().unwrap();
+        v.guest = Some(guest.clone());
+        store.save_vm(&mut v).await.unwrap();
+        let mut v = store.vm_by_id(vm.id).await.unwrap().unwrap();
+        assert_eq!(v.guest, Some(guest));
+        v.guest = None;
+        store.save_vm(&mut v).await.unwrap();
+        assert_eq!(store.vm_by_id(vm.id).await.unwrap().unwrap().guest, None);
     }
 }
