@@ -127,7 +127,8 @@ impl Daemon {
         ));
         let reconciler = Arc::new(
             Reconciler::new(store.clone(), sessions.clone(), locks, events.clone())
-                .with_retry_backoff(opts.retry_backoff),
+                .with_retry_backoff(opts.retry_backoff)
+                .with_queue_metrics(metrics.reconcile_queue()),
         );
         let vms = Arc::new(VmService::new(
             store.clone(),

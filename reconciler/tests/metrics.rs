@@ -249,3 +249,64 @@ async fn metrics_needs_a_token_and_any_role_may_scrape() {
     let (status, _) = call(&admin, Method::POST, "/metrics", None).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn the_leader_reports_its_reconcile_queue_depth_and_run_durations() {
+    let mut s = open(tempfile::tempdir().unwrap()).await;
+    s.daemon
+        .spawn_background(std::time::Duration::from_secs(60));
+    s.daemon
+        .gateway
+        .register(&registration("node-1"))
+        .await
+        .unwrap();
+    let app = with_token(s.daemon.app(), &s.admin_token);
+    let histogram_count = |scrape: &Scrape| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "otherix_reconcile_duration_seconds")
+            .map(|s| match &s.value {
+                PromValue::Histogram(b) => {
+                    b.iter().find(|b| b.less_than.is_infinite()).unwrap().count
+                }
+                other => panic!("not a histogram: {other:?}"),
+            })
+    };
+    let body = json!({"name": "q-1", "spec": {"image_url": "http://127.0.0.1:9/img.qcow2", "arch": "amd64"}});
+    let created = json_call(&app, Method::POST, "/v1/vms", Some(body)).await;
+    // The agent's report wakes the leader's queue (a trigger), whose run is timed.
+    let (task, vm) = (
+        created["task"]["id"].as_str().unwrap(),
+        created["vm"]["id"].as_str().unwrap(),
+    );
+    agent_finishes(&s, task, vm, VmPower::Running).await;
+    let mut last = String::new();
+    for _ in 0..100 {
+        let (status, text) = call(&app, Method::GET, "/metrics", None).await;
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let scrape = parse(&text);
+        let leads = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "otherix_leader")
+            .map(gauge);
+        if leads == Some(1.0) && histogram_count(&scrape).unwrap_or(0.0) >= 1.0 {
+            assert!(
+                scrape.docs.contains_key("otherix_reconcile_queue_depth"),
+                "{text}"
+            );
+            let depth = scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == "otherix_reconcile_queue_depth")
+                .map(gauge)
+                .expect("a depth sample");
+            assert!((0.0..=1.0).contains(&depth), "{text}");
+            return;
+        }
+        last = text;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no timed reconcile run on the leader: {last}");
+}

@@ -63,6 +63,7 @@ pub struct Metrics {
     leader: Gauge,
     requests: HistogramFamily<RequestLabels>,
     create_to_running: Histogram,
+    queue: crate::reconcile::QueueMetrics,
     store: Store,
     attached: Arc<Sessions>,
     leadership: OnceLock<Leadership>,
@@ -113,9 +114,27 @@ impl Metrics {
             "Time from a vm.create task's creation to its VM running (observed by the replica the agent reported to)",
             create_to_running.clone(),
         );
+        let queue = crate::reconcile::QueueMetrics {
+            depth: Gauge::default(),
+            // 1 ms .. ~16 s.
+            run_seconds: Some(Histogram::new(exponential_buckets(0.001, 2.0, 15))),
+        };
+        registry.register(
+            "reconcile_queue_depth",
+            "VMs waiting in the leader's reconcile queue (0 on a replica that does not lead)",
+            queue.depth.clone(),
+        );
+        if let Some(h) = &queue.run_seconds {
+            registry.register(
+                "reconcile_duration_seconds",
+                "Duration of one reconcile run of a VM (plan, writes, task dispatch) on the leader",
+                h.clone(),
+            );
+        }
         Metrics {
             registry,
             create_to_running,
+            queue,
             vms,
             tasks,
             nodes,
@@ -133,6 +152,11 @@ impl Metrics {
     /// replica that never runs one, `otherix_leader` is 0).
     pub fn set_leadership(&self, leadership: Leadership) {
         let _ = self.leadership.set(leadership);
+    }
+
+    /// The reconcile queue's gauges, for the reconciler to report into.
+    pub fn reconcile_queue(&self) -> crate::reconcile::QueueMetrics {
+        self.queue.clone()
     }
 
     /// The create-to-running histogram, for the gateway to observe into.

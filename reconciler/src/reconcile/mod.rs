@@ -30,6 +30,7 @@ use crate::model::{IdempotencyStamp, NodeRecord, TaskRecord, VmRecord};
 use crate::scheduler::{schedule, Ratios};
 use crate::store::{Fence, Store, StoreError, CAS_ATTEMPTS};
 use plan::{plan, Action, PlanInput};
+pub use queue::QueueMetrics;
 use queue::{RunResult, WorkQueue};
 use retry::{clear_retry, schedule_retry, Backoff};
 
@@ -54,6 +55,8 @@ pub struct Reconciler {
     events: TaskEvents,
     /// Retry delays of failed tasks (recorded on VMs) and of failed reconcile runs.
     backoff: Backoff,
+    /// Depth of the leader's work queue and the duration of its runs, for `/metrics`.
+    queue_metrics: QueueMetrics,
 }
 
 /// What one reconcile run did.
@@ -113,10 +116,17 @@ impl Reconciler {
             locks,
             events,
             backoff: Backoff::default(),
+            queue_metrics: QueueMetrics::default(),
         }
     }
 
     /// Retries wait `backoff` (short in tests); set before the loops start.
+    /// Reports the work queue's depth and run durations into `metrics`.
+    pub fn with_queue_metrics(mut self, metrics: QueueMetrics) -> Self {
+        self.queue_metrics = metrics;
+        self
+    }
+
     pub fn with_retry_backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
@@ -438,17 +448,30 @@ impl Reconciler {
         let queue = Arc::new(WorkQueue::default());
         let me = self.clone();
         let fence = Arc::new(fence);
+        let q = queue.clone();
         let runner = tokio::spawn(queue.clone().run(CONCURRENCY, self.backoff, move |id| {
             let me = me.clone();
             let fence = fence.clone();
-            async move { me.reconcile_queued(id, fence.as_ref().as_ref()).await }
+            let q = q.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let result = me.reconcile_queued(id, fence.as_ref().as_ref()).await;
+                let metrics = &me.queue_metrics;
+                if let Some(h) = &metrics.run_seconds {
+                    h.observe(started.elapsed().as_secs_f64());
+                }
+                metrics.set_depth(q.len());
+                result
+            }
         }));
         let q = queue.clone();
+        let metrics = self.queue_metrics.clone();
         let on_trigger = tokio::spawn(async move {
             // Aborting this task (leadership lost) releases the receiver for the next term.
             let mut triggers = triggers.lock().await;
             while let Some(id) = triggers.recv().await {
                 q.add(id);
+                metrics.set_depth(q.len());
             }
         });
         let me = self;
@@ -468,6 +491,7 @@ impl Reconciler {
                                 None => {}
                             }
                         }
+                        me.queue_metrics.set_depth(queue.len());
                     }
                     Err(e) => {
                         tracing::warn!(error = %error_chain(&e), "resync: listing vms failed")

@@ -17,6 +17,21 @@ use tokio::time::Instant;
 use super::due::{DueKeys, Next};
 use super::retry::Backoff;
 
+/// What the queue reports to `/metrics`: how many keys wait, and how long each run of
+/// the work function takes (prometheus-client handles, cheap to clone).
+#[derive(Debug, Clone, Default)]
+pub struct QueueMetrics {
+    pub depth: prometheus_client::metrics::gauge::Gauge,
+    pub run_seconds: Option<prometheus_client::metrics::histogram::Histogram>,
+}
+
+impl QueueMetrics {
+    /// Records the queue's depth now.
+    pub fn set_depth(&self, keys: usize) {
+        self.depth.set(keys as i64);
+    }
+}
+
 /// What one run of the work function asks for next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunResult {
