@@ -83,6 +83,8 @@ done
 if "$bin/otherix" vm get example >/dev/null 2>&1; then
   "$bin/otherix" vm delete example --force --wait
 fi
+# The agent caches an image by URL; drop unused ones so a rebuilt test image is fetched.
+"$bin/otherix" pool prune-images default >/dev/null
 "$bin/otherix" vm create example --image-url "http://$images/busybox-amd64.qcow2" \
   --arch amd64 --vcpus 1 --memory-mb 256 --wait
 "$bin/otherix" vm list
