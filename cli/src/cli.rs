@@ -129,6 +129,8 @@ pub enum VmCommand {
     Logs(VmLogsArgs),
     /// Attach the terminal to a VM's serial console (detach with Ctrl-]).
     Console(VmConsoleArgs),
+    /// SSH into a VM (its bridge address from the guest agent, or its port 22 forward).
+    Ssh(VmSshArgs),
     /// Boot a stopped VM (async).
     Start(AsyncOpArgs),
     /// Gracefully shut a VM down via ACPI (async); --force powers it off.
@@ -417,6 +419,21 @@ pub struct VmLogsArgs {
     /// Keep printing new output until interrupted.
     #[arg(short, long)]
     pub follow: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VmSshArgs {
+    /// VM name.
+    pub name: String,
+    /// User to log in as (default: ssh's, i.e. your user name or ~/.ssh/config).
+    #[arg(short = 'l', long = "user", value_name = "USER")]
+    pub user: Option<String>,
+    /// Identity file (ssh -i).
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The command to run instead of a login shell (after --).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

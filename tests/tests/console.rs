@@ -106,6 +106,14 @@ fn console_types_into_the_guest_detaches_and_the_bytes_are_in_vm_logs() {
     second.type_bytes(b"echo after-reset\r");
     second.wait_output("after-reset\r\n", WAIT);
 
+    // `vm ssh` needs a route to port 22: this VM has neither a bridge nor a forward.
+    let ssh = cluster.cli(&["vm", "ssh", "con-1"]);
+    assert_eq!(ssh.code, 1, "{ssh:#?}");
+    assert!(
+        ssh.stderr.contains("vm con-1 has no SSH route") && ssh.stderr.contains("--port 2222:22"),
+        "{ssh:#?}"
+    );
+
     // Stopping the VM ends every session with the reason.
     cluster.cli(&["vm", "stop", "con-1", "--wait"]).ok();
     let status = second.wait_exit(WAIT);

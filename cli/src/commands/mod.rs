@@ -21,6 +21,7 @@ pub mod vm_get;
 pub mod vm_list;
 pub mod vm_logs;
 pub mod vm_ops;
+pub mod vm_ssh;
 pub mod whoami;
 
 use std::io::{self, Write};
@@ -86,6 +87,9 @@ pub enum CommandError {
     NeedsAcceptCertificate { url: String, fingerprint: String },
     #[error("certificate of {url} not trusted; nothing saved")]
     CertificateNotTrusted { url: String },
+    /// `vm ssh`: no way to reach the VM's port 22, or `ssh` could not be started.
+    #[error("{0}")]
+    Ssh(String),
     /// The console was closed by the other side (not detached by the user).
     #[error("the console of vm {name} ended: {reason}")]
     ConsoleEnded { name: String, reason: String },
@@ -139,6 +143,7 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> Result<(), Com
             VmCommand::Get(args) => vm_get::run(&mut ctx, args.into()),
             VmCommand::Logs(args) => vm_logs::run(&mut ctx, args.into()),
             VmCommand::Console(args) => vm_console::run(&mut ctx, args),
+            VmCommand::Ssh(args) => vm_ssh::run(&mut ctx, args),
             VmCommand::Start(a) => vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::start(a)),
             VmCommand::Stop(a) => vm_ops::run_async(&mut ctx, vm_ops::AsyncOptions::stop(a)),
             VmCommand::Poweroff(a) => {
