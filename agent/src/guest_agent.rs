@@ -92,12 +92,7 @@ async fn poll_due(registry: &VmRegistry, outbox: &Outbox, due: &mut HashMap<Uuid
             "guest agent info changed"
         );
         let mut report = power_report(&vm_id.to_string(), VmPower::Unspecified);
-        report.pool = registry
-            .load(vm_id)
-            .ok()
-            .flatten()
-            .map(|r| r.pool)
-            .unwrap_or_default();
+        report.pool = registry.pool_of(vm_id);
         report.guest = Some(info);
         outbox.vm_report(report).await;
     }

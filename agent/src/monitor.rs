@@ -76,12 +76,7 @@ pub async fn check_once(registry: &VmRegistry, outbox: &Outbox) {
         }
         registry.set_observed_pid(vm_id, None);
         let mut report = power_report(&vm_id.to_string(), VmPower::Stopped);
-        report.pool = registry
-            .load(vm_id)
-            .ok()
-            .flatten()
-            .map(|r| r.pool)
-            .unwrap_or_default();
+        report.pool = registry.pool_of(vm_id);
         report.serial_log = run.serial_log().display().to_string();
         report.guest_shutdown = decision.guest_shutdown;
         report.detail = decision.detail;

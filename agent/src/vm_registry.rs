@@ -126,6 +126,15 @@ impl VmRegistry {
     }
 
     /// The VM's record, or `None` if the agent has none.
+    /// The pool of the VM's record (empty when there is none), for reports.
+    pub fn pool_of(&self, vm_id: Uuid) -> String {
+        self.load(vm_id)
+            .ok()
+            .flatten()
+            .map(|r| r.pool)
+            .unwrap_or_default()
+    }
+
     pub fn load(&self, vm_id: Uuid) -> Result<Option<VmRecord>, RegistryError> {
         let path = self.run_dir(vm_id).record();
         match std::fs::read(&path) {

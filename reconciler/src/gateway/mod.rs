@@ -530,6 +530,29 @@ fn error_body(u: &TaskUpdate, default: ErrorCode) -> ErrorBody {
     }
 }
 
+impl Gateway {
+    /// The peer's address (for logs) and, over TLS, the node its verified client
+    /// certificate names (`None` with `--insecure-http`); a refused certificate is the
+    /// status the agent gets.
+    async fn identify<T>(&self, request: &Request<T>) -> Result<(String, Option<String>), Status> {
+        let peer = request
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        if self.pki.is_none() {
+            return Ok((peer, None));
+        }
+        let certs = request.peer_certs();
+        match self
+            .authenticate_peer(certs.as_deref().map(|c| &c[..]))
+            .await
+        {
+            Ok(node) => Ok((peer, Some(node))),
+            Err(e) => Err(refuse(&peer, None, e)),
+        }
+    }
+}
+
 type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
 type ConsoleStream = Pin<Box<dyn Stream<Item = Result<ConsoleFrame, Status>> + Send>>;
 
@@ -541,23 +564,7 @@ impl AgentGateway for Gateway {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let cert_node = match &self.pki {
-            Some(_) => {
-                let certs = request.peer_certs();
-                match self
-                    .authenticate_peer(certs.as_deref().map(|c| &c[..]))
-                    .await
-                {
-                    Ok(node) => Some(node),
-                    Err(e) => return Err(refuse(&peer, None, e)),
-                }
-            }
-            None => None,
-        };
+        let (peer, cert_node) = self.identify(&request).await?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -589,23 +596,7 @@ impl AgentGateway for Gateway {
         &self,
         request: Request<Streaming<ConsoleFrame>>,
     ) -> Result<Response<Self::ConsoleStream>, Status> {
-        let peer = request
-            .remote_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "unknown".into());
-        let cert_node = match &self.pki {
-            Some(_) => {
-                let certs = request.peer_certs();
-                match self
-                    .authenticate_peer(certs.as_deref().map(|c| &c[..]))
-                    .await
-                {
-                    Ok(node) => Some(node),
-                    Err(e) => return Err(refuse(&peer, None, e)),
-                }
-            }
-            None => None,
-        };
+        let (_, cert_node) = self.identify(&request).await?;
         let rx = self
             .consoles
             .arrive(cert_node.as_deref(), request.into_inner())
