@@ -37,3 +37,4 @@ pub mod sim_driver;
 pub mod task_store;
 pub mod url_policy;
 pub mod vm_registry;
+pub mod vm_stats;

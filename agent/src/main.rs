@@ -317,6 +317,10 @@ async fn main() -> anyhow::Result<()> {
         pools.clone(),
     );
     tokio::spawn(guest_agent::run(registry.clone(), outbox.clone()));
+    tokio::spawn(otherix_agent::vm_stats::run(
+        registry.clone(),
+        outbox.clone(),
+    ));
     tokio::spawn(monitor::run(registry, outbox.clone()));
     {
         let executor = executor.clone();

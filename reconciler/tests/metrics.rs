@@ -310,3 +310,77 @@ async fn the_leader_reports_its_reconcile_queue_depth_and_run_durations() {
     }
     panic!("no timed reconcile run on the leader: {last}");
 }
+
+#[tokio::test]
+async fn agent_vm_counters_are_exported_for_vms_on_the_reporting_node_only() {
+    use otherix_api::proto::{agent_message, AgentMessage, NodeStats, VmStats};
+    let s = open(tempfile::tempdir().unwrap()).await;
+    for node in ["node-1", "node-2"] {
+        s.daemon
+            .gateway
+            .register(&registration(node))
+            .await
+            .unwrap();
+    }
+    let app = with_token(s.daemon.app(), &s.admin_token);
+    let create = |name: &str, node: &str| json!({"name": name, "spec": {"image_url": "http://127.0.0.1:9/img.qcow2", "arch": "amd64", "node": node}});
+    let one = json_call(&app, Method::POST, "/v1/vms", Some(create("s-1", "node-1"))).await;
+    let two = json_call(&app, Method::POST, "/v1/vms", Some(create("s-2", "node-2"))).await;
+    let id = |v: &Value| v["vm"]["id"].as_str().unwrap().to_owned();
+    let stats = |vm: String, cpu: f64| VmStats {
+        vm_id: vm,
+        cpu_seconds: cpu,
+        memory_bytes: 64 << 20,
+        disk_read_bytes: Some(4096),
+        disk_write_bytes: Some(512),
+        net_rx_bytes: None,
+        net_tx_bytes: None,
+    };
+    // node-1 reports its own VM and (hostile or confused) node-2's.
+    let msg = AgentMessage {
+        body: Some(agent_message::Body::NodeStats(NodeStats {
+            vms: vec![stats(id(&one), 2.5), stats(id(&two), 99.0)],
+        })),
+    };
+    s.daemon
+        .gateway
+        .handle_message("node-1", msg)
+        .await
+        .unwrap();
+
+    let (status, text) = call(&app, Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let scrape = parse(&text);
+    let value = |metric: &str, vm: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == metric && s.labels.get("vm") == Some(vm))
+            .map(|s| match s.value {
+                PromValue::Counter(v) | PromValue::Gauge(v) | PromValue::Untyped(v) => v,
+                ref other => panic!("{metric}: {other:?}"),
+            })
+    };
+    assert_eq!(
+        value("otherix_vm_cpu_seconds_total", "s-1"),
+        Some(2.5),
+        "{text}"
+    );
+    assert_eq!(
+        value("otherix_vm_memory_resident_bytes", "s-1"),
+        Some((64 << 20) as f64),
+        "{text}"
+    );
+    assert_eq!(
+        value("otherix_vm_disk_read_bytes_total", "s-1"),
+        Some(4096.0),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"project="default",node="node-1""#),
+        "{text}"
+    );
+    // Not node-1's VM: dropped. No tap: no network series.
+    assert_eq!(value("otherix_vm_cpu_seconds_total", "s-2"), None, "{text}");
+    assert!(!text.contains("otherix_vm_network"), "{text}");
+}

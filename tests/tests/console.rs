@@ -41,6 +41,40 @@ fn console_types_into_the_guest_detaches_and_the_bytes_are_in_vm_logs() {
     let config = cluster.cli_config_path();
     let dir = cluster.dir.path().to_owned();
 
+    // The agent's counters of the running VM reach /metrics (sent every 10 s).
+    let bearer = format!("Bearer {}", cluster.admin_token().unwrap());
+    let sample = |text: &str, metric: &str| -> Option<f64> {
+        let prefix = format!("{metric}{{vm=\"con-1\",project=\"default\",node=\"node-1\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let metrics = otherix_e2e::wait::until("the VM's counters on /metrics", WAIT, || {
+        let (status, text) = otherix_e2e::cluster::http_request(
+            &cluster.api_url,
+            "GET",
+            "/metrics",
+            None,
+            &[("Authorization", &bearer)],
+        )
+        .ok()?;
+        assert_eq!(status, 200, "{text}");
+        sample(&text, "otherix_vm_cpu_seconds_total").map(|_| text)
+    });
+    assert!(
+        sample(&metrics, "otherix_vm_cpu_seconds_total").unwrap() > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "otherix_vm_memory_resident_bytes").unwrap() > 1e6,
+        "{metrics}"
+    );
+    // The guest read its disk while booting.
+    assert!(
+        sample(&metrics, "otherix_vm_disk_read_bytes_total").unwrap() > 0.0,
+        "{metrics}"
+    );
+
     // Refusals before any session: no such VM, a viewer asking to write.
     cluster
         .cli(&["vm", "console", "nope"])

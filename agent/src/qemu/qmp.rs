@@ -101,6 +101,25 @@ impl Qmp {
             })
     }
 
+    /// Bytes read and written by the guest's block devices (QMP `query-blockstats`,
+    /// summed over the devices).
+    pub async fn block_bytes(&self) -> Result<(u64, u64), QmpError> {
+        let stats = self
+            .run(
+                "query-blockstats",
+                qmp::query_blockstats {
+                    query_nodes: Some(false),
+                },
+            )
+            .await?;
+        Ok(stats.iter().fold((0, 0), |(r, w), s| {
+            (
+                r + s.stats.rd_bytes.max(0) as u64,
+                w + s.stats.wr_bytes.max(0) as u64,
+            )
+        }))
+    }
+
     pub async fn query_status(&self) -> Result<RunStatus, QmpError> {
         let info = self.run("query-status", qmp::query_status {}).await?;
         Ok(match info.status {

@@ -209,6 +209,9 @@ impl Gateway {
                     tracing::warn!(node, "sync reply nobody waits for (late or unknown)");
                 }
             }
+            // Kept in memory only; `/metrics` shows a VM's counters only if it is placed on
+            // the reporting node.
+            Some(agent_message::Body::NodeStats(s)) => self.sessions.record_stats(node, s.vms),
             Some(agent_message::Body::Register(_)) => {
                 return Err(GatewayError::Protocol("Register sent twice".into()))
             }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use otherix_api::proto::{
-    server_message, FirmwareRef, ServerMessage, SyncReply, SyncRequest, TaskAssignment,
+    server_message, FirmwareRef, ServerMessage, SyncReply, SyncRequest, TaskAssignment, VmStats,
 };
 use tokio::sync::{mpsc, oneshot, Notify};
 use tonic::Status;
@@ -54,6 +54,8 @@ pub struct Sessions {
     /// Sessions closed by the server ([`Sessions::kick`]); their reader stops.
     kicked: Mutex<HashSet<u64>>,
     kick: Notify,
+    /// The last `NodeStats` of each node attached here (for `/metrics`).
+    stats: Mutex<HashMap<String, Vec<VmStats>>>,
 }
 
 impl Sessions {
@@ -68,6 +70,23 @@ impl Sessions {
         id
     }
 
+    /// Keeps `stats` as the node's latest VM counters.
+    pub fn record_stats(&self, node: &str, stats: Vec<VmStats>) {
+        self.stats
+            .lock()
+            .expect("stats poisoned")
+            .insert(node.to_owned(), stats);
+    }
+
+    /// The latest VM counters of every node attached here, as (node, counters).
+    pub fn stats(&self) -> Vec<(String, VmStats)> {
+        let stats = self.stats.lock().expect("stats poisoned");
+        stats
+            .iter()
+            .flat_map(|(node, vms)| vms.iter().map(move |v| (node.clone(), v.clone())))
+            .collect()
+    }
+
     /// Removes the session if it is still the node's current one; returns whether it was.
     /// Pending sync requests to the node fail (their senders drop).
     pub fn detach(&self, node: &str, session_id: u64) -> bool {
@@ -77,6 +96,7 @@ impl Sessions {
         }
         nodes.remove(node);
         drop(nodes);
+        self.stats.lock().expect("stats poisoned").remove(node);
         self.pending_sync
             .lock()
             .expect("pending sync poisoned")
@@ -92,6 +112,7 @@ impl Sessions {
         let Some(session) = removed else {
             return false;
         };
+        self.stats.lock().expect("stats poisoned").remove(node);
         self.kicked
             .lock()
             .expect("kicked poisoned")

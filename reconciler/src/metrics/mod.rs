@@ -2,6 +2,7 @@
 //! and this replica at scrape time, and the HTTP request histogram fed by [`http`].
 
 pub mod http;
+pub mod vm_stats;
 
 use std::sync::{Arc, OnceLock};
 
@@ -64,6 +65,7 @@ pub struct Metrics {
     requests: HistogramFamily<RequestLabels>,
     create_to_running: Histogram,
     queue: crate::reconcile::QueueMetrics,
+    vm_stats: Arc<vm_stats::VmStatsCollector>,
     store: Store,
     attached: Arc<Sessions>,
     leadership: OnceLock<Leadership>,
@@ -131,10 +133,13 @@ impl Metrics {
                 h.clone(),
             );
         }
+        let vm_stats = Arc::new(vm_stats::VmStatsCollector::default());
+        registry.register_collector(Box::new(vm_stats.clone()));
         Metrics {
             registry,
             create_to_running,
             queue,
+            vm_stats,
             vms,
             tasks,
             nodes,
@@ -183,6 +188,13 @@ impl Metrics {
         refill(&self.nodes, nodes, |[status, _]| NodeLabels { status });
         self.sessions
             .set(self.attached.attached_nodes().len() as i64);
+        let reported = self.attached.stats();
+        let ids: Vec<uuid::Uuid> = reported
+            .iter()
+            .filter_map(|(_, s)| uuid::Uuid::parse_str(&s.vm_id).ok())
+            .collect();
+        let identities = self.store.vm_identities(&ids).await?;
+        self.vm_stats.set(vm_stats::rows(reported, &identities));
         let leads = self.leadership.get().is_some_and(|l| l.borrow().is_some());
         self.leader.set(i64::from(leads));
         let mut out = String::new();

@@ -41,7 +41,7 @@ pub use nodes::NodeRegistration;
 pub use relay::{channel, SyncCallOutcome, SyncCallRow};
 pub use retention::Purged;
 pub use tasks::TaskPage;
-pub use vms::{VmFilter, VmPage};
+pub use vms::{VmFilter, VmIdentity, VmPage};
 
 /// The key of the default-pool setting.
 pub const SETTING_DEFAULT_POOL: &str = "default_pool";

@@ -1,6 +1,8 @@
 //! VM rows: lookups, keyset-paginated listing, and the transactional writes that pair a
 //! VM change with a task change.
 
+use std::collections::HashMap;
+
 use otherix_api::{TaskKind, VmPhase};
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
@@ -47,6 +49,14 @@ pub struct VmFilter {
 pub fn label_needle(selector: &otherix_api::labels::LabelSelector) -> String {
     let quote = |s: &str| serde_json::to_string(s).expect("strings serialize");
     format!("{}:{}", quote(&selector.key), quote(&selector.value))
+}
+
+/// Who a VM is, for metrics labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmIdentity {
+    pub name: String,
+    pub project: String,
+    pub node: Option<String>,
 }
 
 /// One page of VMs; `next` is the (created_at, id) key of the last item when more follow.
@@ -199,6 +209,38 @@ impl Store {
             None
         };
         Ok(VmPage { items, next })
+    }
+
+    /// Name, project and node of the live VMs among `ids` (unknown or deleted ones are
+    /// left out), for labelling per-VM metrics.
+    pub async fn vm_identities(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, VmIdentity>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id, name, project, node FROM vms WHERE deleted_at IS NULL AND id IN ({})",
+                marks.join(", ")
+            );
+            let mut q = sqlx::query_as::<_, (String, String, String, Option<String>)>(&sql);
+            for id in chunk {
+                q = q.bind(id.to_string());
+            }
+            for (id, name, project, node) in q.fetch_all(&self.pool).await? {
+                let id = super::rows::parse_uuid("vms", &id)?;
+                out.insert(
+                    id,
+                    VmIdentity {
+                        name,
+                        project,
+                        node,
+                    },
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// Ids of every live VM, for the periodic resync.
