@@ -523,8 +523,8 @@ impl Cluster {
     }
 
     /// `vm create NAME --image-url URL --arch amd64 --vcpus 1 --memory-mb 256 --wait` plus
-    /// `extra` flags, then waits for the guest's READY marker. Returns the QEMU pid.
-    pub fn create_booted(&self, name: &str, url: &str, extra: &[&str]) -> u32 {
+    /// `extra` flags; panics unless it succeeds.
+    pub fn create_running(&self, name: &str, url: &str, extra: &[&str]) -> CliOutput {
         let mut args = vec![
             "vm",
             "create",
@@ -540,7 +540,13 @@ impl Cluster {
             "--wait",
         ];
         args.extend_from_slice(extra);
-        self.cli(&args).ok();
+        self.cli(&args).ok()
+    }
+
+    /// [`Cluster::create_running`], then waits for the guest's READY marker. Returns the
+    /// QEMU pid.
+    pub fn create_booted(&self, name: &str, url: &str, extra: &[&str]) -> u32 {
+        self.create_running(name, url, extra);
         wait::file_contains(
             &self.serial_log(name),
             "OTHERIX-TEST-GUEST-READY",

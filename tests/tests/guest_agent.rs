@@ -15,22 +15,7 @@ const GUEST_ADDRESS: &str = "10.0.2.15/24";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn create(cluster: &Cluster, url: &str, name: &str) {
-    let out = cluster
-        .cli(&[
-            "vm",
-            "create",
-            name,
-            "--image-url",
-            url,
-            "--arch",
-            "amd64",
-            "--vcpus",
-            "1",
-            "--memory-mb",
-            "256",
-            "--wait",
-        ])
-        .ok();
+    let out = cluster.create_running(name, url, &[]);
     assert!(
         out.stdout
             .lines()
