@@ -72,7 +72,7 @@ pub fn vms_wide(vms: &[Vm], show_ids: bool, projects: Option<&[String]>) -> Stri
         .iter()
         .map(|vm| {
             let mut row = vm_row(vm, show_ids);
-            row.push(or_none(vm.status.addresses.first()));
+            row.push(or_none(primary_address(&vm.status.addresses)));
             row
         })
         .collect();
@@ -369,6 +369,15 @@ pub fn join_or_none(items: &[String]) -> String {
     }
 }
 
+/// The address the IP column shows: the first IPv4 one (as `kubectl get -o wide` shows a
+/// pod's), else the first.
+fn primary_address(addresses: &[String]) -> Option<&String> {
+    addresses
+        .iter()
+        .find(|a| !a.contains(':'))
+        .or(addresses.first())
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::*;
@@ -411,7 +420,8 @@ mod tests {
     #[test]
     fn vms_wide_adds_first_guest_address_as_ip() {
         let mut a = vm();
-        a.status.addresses = vec!["10.0.2.15/24".into(), "2001:db8::5/64".into()];
+        // IPv4 first in the column even when the guest lists an IPv6 address first.
+        a.status.addresses = vec!["2001:db8::5/64".into(), "10.0.2.15/24".into()];
         assert_eq!(
             vms_wide(&[a.clone(), vm2()], false, None),
             "NAME              STATUS   ARCH   NODE      POOL      NETWORK  IP\n\
