@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use otherix_api::console::ConsoleMode;
 use otherix_api::proto::agent_gateway_client::AgentGatewayClient;
 use otherix_api::proto::{
     console_frame, ConsoleEnd, ConsoleFrame, ConsoleHello, SyncReply, SyncRequest,
@@ -38,26 +39,6 @@ const END_LINGER: Duration = Duration::from_secs(2);
 pub const REPLACED_REASON: &str = "another writer took over the console (--force)";
 /// Why sessions end when QEMU closes the serial socket.
 pub const QEMU_GONE_REASON: &str = "the VM's serial port closed: QEMU exited (the VM stopped)";
-
-/// How a session attaches (`SyncRequest.console_mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsoleMode {
-    Writer,
-    ReadOnly,
-    /// A writer that replaces the current one.
-    Force,
-}
-
-impl ConsoleMode {
-    pub fn parse(mode: &str) -> Option<ConsoleMode> {
-        match mode {
-            "writer" => Some(ConsoleMode::Writer),
-            "read-only" => Some(ConsoleMode::ReadOnly),
-            "force" => Some(ConsoleMode::Force),
-            _ => None,
-        }
-    }
-}
 
 /// What a session may do once admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -454,14 +435,6 @@ mod tests {
                 None => assert_eq!(got.unwrap_err().code, ErrorCode::Conflict),
             }
         }
-    }
-
-    #[test]
-    fn mode_parse() {
-        assert_eq!(ConsoleMode::parse("writer"), Some(ConsoleMode::Writer));
-        assert_eq!(ConsoleMode::parse("read-only"), Some(ConsoleMode::ReadOnly));
-        assert_eq!(ConsoleMode::parse("force"), Some(ConsoleMode::Force));
-        assert_eq!(ConsoleMode::parse("rw"), None);
     }
 
     /// A fake QEMU serial socket: echoes what it gets, upper-cased.

@@ -7,6 +7,7 @@
 
 pub mod apply;
 pub mod cluster;
+pub mod console;
 pub mod duration;
 pub mod enrollment;
 pub mod error;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use otherix_api::console::ConsoleMode;
 use otherix_api::proto::SyncRequest;
 use otherix_api::{ApiError, ErrorCode, VmPhase};
 use uuid::Uuid;
@@ -18,44 +19,6 @@ use otherix_api::validate::validate_name;
 
 /// How long the agent gets to answer and to dial back.
 pub const CONSOLE_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How a client attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConsoleMode {
-    /// The one session whose input reaches the guest.
-    Writer,
-    /// Sees the output; any number may.
-    ReadOnly,
-    /// A writer that disconnects the current one.
-    Force,
-}
-
-impl ConsoleMode {
-    /// `?read_only=` and `?force=` of the request.
-    pub fn from_flags(read_only: bool, force: bool) -> Result<ConsoleMode, ApiError> {
-        match (read_only, force) {
-            (true, true) => Err(ApiError::validation(
-                "read_only, force: a read-only session cannot force (pick one)",
-            )),
-            (true, false) => Ok(ConsoleMode::ReadOnly),
-            (false, true) => Ok(ConsoleMode::Force),
-            (false, false) => Ok(ConsoleMode::Writer),
-        }
-    }
-
-    /// The agent's name for it (`SyncRequest.console_mode`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConsoleMode::Writer => "writer",
-            ConsoleMode::ReadOnly => "read-only",
-            ConsoleMode::Force => "force",
-        }
-    }
-
-    pub fn writes(self) -> bool {
-        self != ConsoleMode::ReadOnly
-    }
-}
 
 /// A VM whose console can be opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,23 +181,5 @@ mod tests {
                 ),
             }
         }
-    }
-
-    #[test]
-    fn mode_from_flags_table() {
-        let table = [
-            ((false, false), Some(ConsoleMode::Writer)),
-            ((true, false), Some(ConsoleMode::ReadOnly)),
-            ((false, true), Some(ConsoleMode::Force)),
-            ((true, true), None),
-        ];
-        for ((read_only, force), want) in table {
-            let got = ConsoleMode::from_flags(read_only, force);
-            match want {
-                Some(mode) => assert_eq!(got.unwrap(), mode),
-                None => assert_eq!(got.unwrap_err().code, ErrorCode::ValidationFailed),
-            }
-        }
-        assert!(ConsoleMode::Force.writes() && !ConsoleMode::ReadOnly.writes());
     }
 }
