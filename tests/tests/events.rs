@@ -43,22 +43,7 @@ fn events_killed_midway_and_resumed_with_since_union_is_every_change_once() {
     let first = cluster.cli_background("events-1", &["events", "-o", "json", "--vm", "web-1"]);
     first.wait_stderr("events after cursor", STREAM_WAIT);
     let start = start_cursor(&first.stderr_text());
-    cluster
-        .cli(&[
-            "vm",
-            "create",
-            "web-1",
-            "--image-url",
-            &url,
-            "--arch",
-            "amd64",
-            "--vcpus",
-            "1",
-            "--memory-mb",
-            "256",
-            "--wait",
-        ])
-        .ok();
+    cluster.create_running("web-1", &url, &[]);
     first.wait_stdout("\"phase\":\"running\"", 1, STREAM_WAIT);
     let part_one = printed(&first.stdout_text());
     drop(first); // killed midway

@@ -19,22 +19,7 @@ fn vm_lifecycle_create_stop_start_delete_with_real_qemu() {
     let url = server.url("busybox-amd64.qcow2");
 
     // create --wait: the product page's exact lines, dots on stderr.
-    let out = cluster
-        .cli(&[
-            "vm",
-            "create",
-            "web-1",
-            "--image-url",
-            &url,
-            "--arch",
-            "amd64",
-            "--vcpus",
-            "1",
-            "--memory-mb",
-            "256",
-            "--wait",
-        ])
-        .ok();
+    let out = cluster.create_running("web-1", &url, &[]);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "stdout: {:?}", out.stdout);
     assert!(lines[0].starts_with("created task="), "{}", lines[0]);

@@ -300,22 +300,7 @@ fn vm_lifecycle_rows_with_booted_guests() {
     let server = ImageServer::start(&images);
     let cluster = Cluster::start();
     let create = |name: &str, image: &str| {
-        cluster
-            .cli(&[
-                "vm",
-                "create",
-                name,
-                "--image-url",
-                &server.url(image),
-                "--arch",
-                "amd64",
-                "--vcpus",
-                "1",
-                "--memory-mb",
-                "256",
-                "--wait",
-            ])
-            .ok();
+        cluster.create_running(name, &server.url(image), &[]);
     };
     create("a", "busybox-amd64.qcow2");
     create("b", "busybox-amd64-nopowerdown.qcow2");

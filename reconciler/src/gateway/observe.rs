@@ -213,7 +213,7 @@ mod tests {
     use super::*;
     use otherix_api::{Arch, VmSpec};
 
-    fn vm(phase: VmPhase) -> VmRecord {
+    pub(super) fn vm(phase: VmPhase) -> VmRecord {
         let mut vm = VmRecord::new("web-1".into(), VmSpec::new("http://x/i", Arch::Amd64), 1);
         vm.phase = phase;
         vm.node = Some("n1".into());

@@ -1,16 +1,11 @@
 //! Table tests of how guest agent news folds into a VM (`apply_guest` via both entry
 //! points).
 
+use super::tests::vm;
 use super::*;
-use otherix_api::{Arch, VmSpec};
 
-fn vm(phase: VmPhase) -> VmRecord {
-    let mut vm = VmRecord::new("web-1".into(), VmSpec::new("http://x/i", Arch::Amd64), 1);
-    vm.phase = phase;
-    vm.node = Some("n1".into());
-    vm
-}
-
+/// A report without a serial log path (unlike `tests::report`), so only guest news can
+/// make it a change.
 fn report(power: VmPower, pid: u32) -> VmReport {
     VmReport {
         vm_id: String::new(),
