@@ -43,6 +43,14 @@ impl LabelSelector {
     }
 }
 
+/// A selector list `key=value[,key=value...]` (as `-l` and `?label=` take it); empty text
+/// is not a selector.
+pub fn parse_selectors(field: &str, text: &str) -> Result<Vec<LabelSelector>, ApiError> {
+    text.split(',')
+        .map(|s| LabelSelector::parse(field, s))
+        .collect()
+}
+
 /// True when every selector matches (AND; no selectors match everything).
 pub fn matches_all(selectors: &[LabelSelector], labels: &BTreeMap<String, String>) -> bool {
     selectors.iter().all(|s| s.matches(labels))
@@ -114,6 +122,22 @@ fn is_dns_subdomain(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parse_selectors_table() {
+        let keys = |text: &str| {
+            parse_selectors("-l", text).map(|v| {
+                v.into_iter()
+                    .map(|s| format!("{}={}", s.key, s.value))
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(keys("app=web").unwrap(), ["app=web"]);
+        assert_eq!(keys("app=web,tier=").unwrap(), ["app=web", "tier="]);
+        assert!(keys("").unwrap_err().message.starts_with("-l: "));
+        assert!(keys("app=web,").is_err());
+        assert!(keys("app").is_err());
+    }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

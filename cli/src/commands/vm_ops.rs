@@ -169,9 +169,7 @@ fn run_delete_selected(
     force: bool,
     wait: Option<Duration>,
 ) -> Result<(), CommandError> {
-    for part in selector.split(',') {
-        otherix_api::labels::LabelSelector::parse("--selector", part)?;
-    }
+    otherix_api::labels::parse_selectors("--selector", selector)?;
     let mut names = Vec::new();
     let mut query = crate::client::VmListQuery {
         label: Some(selector.to_owned()),

@@ -161,10 +161,7 @@ impl VmService {
             };
         let labels = match q.label.as_deref() {
             None | Some("") => Vec::new(),
-            Some(text) => text
-                .split(',')
-                .map(|s| otherix_api::labels::LabelSelector::parse("label", s))
-                .collect::<Result<_, _>>()?,
+            Some(text) => otherix_api::labels::parse_selectors("label", text)?,
         };
         let filter = VmFilter {
             project: q.project,
