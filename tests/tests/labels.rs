@@ -33,6 +33,8 @@ fn labels_select_vms_for_list_and_delete_and_round_trip_through_yaml() {
             "--memory-mb",
             "128",
             "--no-cloud-init",
+            // Created (not still creating) before delete -l runs.
+            "--wait",
         ];
         for l in labels {
             args.extend(["--label", l]);
